@@ -1,0 +1,20 @@
+//! cairn: a strongly consistent key-value store with etcd v3 semantics, built as a
+//! thread-per-core engine.
+//!
+//! # Layout
+//!
+//! - [`wal`]: the write-ahead log. Fixed-size preallocated segments written with O_DIRECT
+//!   through io_uring (glommio DMA files), records chained by a rolling CRC32C, group commit
+//!   (one write and one `fdatasync` per batch). Format: `docs/wal.md`.
+//! - [`btree`]: the append-only copy-on-write B+tree file. Checksummed fixed-size pages,
+//!   commit records, readers on any thread, online space reclamation, consistent snapshots
+//!   as byte streams. Format: `docs/btree.md`.
+//! - [`mvcc`]: the etcd v3 data model on top of the tree: revisions, versions, Range, Put,
+//!   DeleteRange, Txn, Compact, HashKV, batched apply with a durable applied-index checkpoint.
+//!
+//! The storage layers are sans-IO where they can be: the MVCC apply path is a deterministic
+//! function of its input batch and the tree state, so a simulator can drive it.
+
+pub mod btree;
+pub mod mvcc;
+pub mod wal;
