@@ -1,11 +1,48 @@
-//! TEMPORARY in-memory stand-in for the B+tree, with the exact public API of the real
-//! `btree` module (being written in parallel). Code against this API only; this file is
-//! replaced by the real implementation when branches merge. Do not commit changes to it.
+//! An append-only, copy-on-write B+tree file (the boltdb/LMDB lineage, append-only like
+//! CouchDB). Format and crash analysis: `docs/btree.md`.
+//!
+//! - One file holds up to [`MAX_TREES`] trees of byte keys (memcmp order) and byte values.
+//! - The single writer ([`Db`]) changes trees copy-on-write in memory; [`Db::commit`] appends
+//!   the changed pages, syncs, appends a commit record, and syncs again. Nothing already in
+//!   the file is ever overwritten.
+//! - Readers hold a [`View`] (any thread, `Send + Sync`): memory nodes are shared through
+//!   `Arc` and disk pages are immutable, so readers never block the writer or each other.
+//! - [`Db::snapshot`] streams the file up to the last commit while writes go on.
+//! - [`Db::start_reclaim`] rewrites the live entries into a fresh, packed file in the
+//!   background; the next commit after it is built switches files.
+//!
+//! ```
+//! use cairn::btree::{CommitMeta, Db, DbOptions};
+//! use std::ops::Bound;
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut db = Db::open(dir.path().join("db"), DbOptions::default()).unwrap();
+//! db.put(0, b"k1", b"v1").unwrap();
+//! let view = db.view();
+//! db.put(0, b"k2", b"v2").unwrap();
+//! db.commit(CommitMeta { applied_index: 7, ..Default::default() }).unwrap();
+//! assert_eq!(view.range(0, Bound::Unbounded, Bound::Unbounded, false).count(), 1);
+//! drop(db);
+//! let db = Db::open(dir.path().join("db"), DbOptions::default()).unwrap();
+//! assert_eq!(db.last_commit().applied_index, 7);
+//! assert_eq!(db.get(0, b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
+//! ```
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod db;
+mod file;
+mod node;
+mod page;
+mod reclaim;
+mod snapshot;
+mod view;
+mod write;
+
+pub use db::{Db, View};
+pub use page::{COMMIT_USER_BYTES_MAX, PAGE_SIZE};
+pub use reclaim::RECLAIM_TOUCHED_KEYS_MAX;
+pub use snapshot::Snapshot;
+pub use view::RangeIter;
+
+use std::path::PathBuf;
 
 /// Identifies one of the trees inside a database file (0..MAX_TREES).
 pub type TreeId = u8;
@@ -13,22 +50,34 @@ pub type TreeId = u8;
 pub const MAX_TREES: usize = 8;
 /// Largest tree key, in bytes.
 pub const KEY_BYTES_MAX: usize = 1024;
-/// Largest opaque user metadata stored in a commit record, in bytes.
-pub const COMMIT_USER_BYTES_MAX: usize = 2048;
+/// Largest value, in bytes (values above a quarter page live in overflow runs).
+pub const VALUE_BYTES_MAX: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtreeError {
     #[error("io error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("corrupt page in {path} at byte offset {offset}: {reason}")]
-    Corrupt { path: PathBuf, offset: u64, reason: String },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt database {path} at byte offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("key of {0} bytes exceeds the {KEY_BYTES_MAX}-byte limit")]
     KeyTooLarge(usize),
+    #[error("value of {0} bytes exceeds the {VALUE_BYTES_MAX}-byte limit")]
+    ValueTooLarge(usize),
     #[error("tree id {0} out of range")]
     BadTree(TreeId),
-    #[error("commit metadata of {0} bytes exceeds the limit")]
+    #[error("commit metadata of {0} bytes exceeds the {COMMIT_USER_BYTES_MAX}-byte limit")]
     MetaTooLarge(usize),
+    #[error("database {0} refuses writes after a failed write or sync; restart to recover")]
+    Poisoned(PathBuf),
 }
+
 pub type Result<T, E = BtreeError> = std::result::Result<T, E>;
 
 /// What a durable commit records besides the tree roots.
@@ -40,111 +89,23 @@ pub struct CommitMeta {
     pub user: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DbOptions {
     /// Branch pages cached in memory, shared by all readers.
     pub branch_cache_pages: usize,
 }
 
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            branch_cache_pages: 8192,
+        }
+    }
+}
+
+/// Space accounting: the file's size, and the bytes a fully packed file would need.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
     pub file_bytes: u64,
     pub live_bytes: u64,
-}
-
-type Trees = Arc<Vec<BTreeMap<Vec<u8>, Vec<u8>>>>;
-
-/// The single writer of one database file.
-pub struct Db {
-    trees: Trees,
-    durable: Trees,
-    meta: CommitMeta,
-}
-
-/// An immutable read view of every tree at one point; `Send + Sync + Clone`, readable from any thread.
-#[derive(Clone)]
-pub struct View {
-    trees: Trees,
-}
-
-/// Owned iterator over a key range of one tree (holds its own snapshot).
-pub struct RangeIter {
-    items: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Iterator for RangeIter {
-    type Item = Result<(Vec<u8>, Vec<u8>)>;
-    fn next(&mut self) -> Option<Self::Item> {
-        self.items.next().map(Ok)
-    }
-}
-
-fn range_of(trees: &Trees, tree: TreeId, lo: Bound<&[u8]>, hi: Bound<&[u8]>, reverse: bool) -> RangeIter {
-    let t = &trees[tree as usize];
-    let lo = lo.map(|b| b.to_vec());
-    let hi = hi.map(|b| b.to_vec());
-    let mut v: Vec<_> = match (&lo, &hi) {
-        (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) if a > b => Vec::new(),
-        _ => t.range((lo, hi)).map(|(k, v)| (k.clone(), v.clone())).collect(),
-    };
-    if reverse {
-        v.reverse();
-    }
-    RangeIter { items: v.into_iter() }
-}
-
-impl Db {
-    /// Opens (or creates) the database file at `path`, at its newest valid commit.
-    pub fn open(_path: impl AsRef<Path>, _opts: DbOptions) -> Result<Db> {
-        let t: Trees = Arc::new(vec![BTreeMap::new(); MAX_TREES]);
-        Ok(Db { trees: t.clone(), durable: t, meta: CommitMeta::default() })
-    }
-    /// Metadata of the last durable commit (zeroes for a new file).
-    pub fn last_commit(&self) -> &CommitMeta {
-        &self.meta
-    }
-    /// Reads the writer's current state (uncommitted writes included).
-    pub fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.trees[tree as usize].get(key).cloned())
-    }
-    pub fn put(&mut self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<()> {
-        if key.len() > KEY_BYTES_MAX {
-            return Err(BtreeError::KeyTooLarge(key.len()));
-        }
-        Arc::make_mut(&mut self.trees)[tree as usize].insert(key.to_vec(), value.to_vec());
-        Ok(())
-    }
-    /// Returns whether the key existed.
-    pub fn delete(&mut self, tree: TreeId, key: &[u8]) -> Result<bool> {
-        Ok(Arc::make_mut(&mut self.trees)[tree as usize].remove(key).is_some())
-    }
-    /// Range over the writer's current state; the iterator is a snapshot.
-    pub fn range(&self, tree: TreeId, lo: Bound<&[u8]>, hi: Bound<&[u8]>, reverse: bool) -> RangeIter {
-        range_of(&self.trees, tree, lo, hi, reverse)
-    }
-    /// Publishes a cheap immutable view of everything written so far.
-    pub fn view(&self) -> View {
-        View { trees: self.trees.clone() }
-    }
-    /// Makes everything written so far durable, recording `meta` (fsync before return).
-    pub fn commit(&mut self, meta: CommitMeta) -> Result<()> {
-        if meta.user.len() > COMMIT_USER_BYTES_MAX {
-            return Err(BtreeError::MetaTooLarge(meta.user.len()));
-        }
-        self.durable = self.trees.clone();
-        self.meta = meta;
-        Ok(())
-    }
-    pub fn stats(&self) -> Stats {
-        Stats::default()
-    }
-}
-
-impl View {
-    pub fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.trees[tree as usize].get(key).cloned())
-    }
-    pub fn range(&self, tree: TreeId, lo: Bound<&[u8]>, hi: Bound<&[u8]>, reverse: bool) -> RangeIter {
-        range_of(&self.trees, tree, lo, hi, reverse)
-    }
 }

@@ -1,0 +1,515 @@
+//! The single writer of a database file: open and recovery, copy-on-write changes, commits,
+//! published views, durable snapshots, and the switch to a reclaimed file.
+
+use super::file::{io_err, Appender, FileShared};
+use super::node::{BranchEntry, LeafEntry, Node, NodeRef, Val};
+use super::page::{self, check_tree, CommitRecord, COMMIT_USER_BYTES_MAX, NO_PAGE, PAGE_SIZE};
+use super::reclaim::{self, Reclaim};
+use super::snapshot::Snapshot;
+use super::view::{RangeIter, Roots};
+use super::write::{self, Ctx};
+use super::{BtreeError, CommitMeta, DbOptions, Result, Stats, TreeId, KEY_BYTES_MAX, MAX_TREES};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An immutable read view of every tree at one point: `Send + Sync + Clone`, readable from
+/// any thread while the writer goes on. Views of uncommitted state are served from memory.
+#[derive(Clone)]
+pub struct View {
+    roots: Roots,
+}
+
+impl View {
+    pub fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.roots.get(tree, key)
+    }
+    pub fn range(
+        &self,
+        tree: TreeId,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        reverse: bool,
+    ) -> RangeIter {
+        self.roots.range(tree, lo, hi, reverse)
+    }
+}
+
+/// One database file as the writer sees it.
+pub(crate) struct FileState {
+    pub cur: Roots,
+    /// Next page to append (the file's length in pages once the last commit is written).
+    pub next_page: u64,
+    pub last: CommitRecord,
+    /// Bytes reachable from the last commit, plus the file header and that commit record.
+    pub live_bytes: u64,
+    /// On-disk bytes made dead by changes since the last commit.
+    pub freed_bytes: u64,
+}
+
+/// The single writer of one database file.
+pub struct Db {
+    path: PathBuf,
+    opts: DbOptions,
+    state: FileState,
+    meta: CommitMeta,
+    reclaim: Option<Reclaim>,
+    /// Set when a write or sync failed: the file's durable state is unknown, so nothing more
+    /// is written (a failed fsync cannot be retried safely).
+    poisoned: bool,
+}
+
+impl FileState {
+    pub fn put(&mut self, t: usize, key: &[u8], value: &[u8]) -> Result<()> {
+        let val = Val::new(key, value);
+        let mut ctx = Ctx {
+            file: &self.cur.file,
+            freed_bytes: &mut self.freed_bytes,
+        };
+        match &mut self.cur.roots[t] {
+            None => {
+                let leaf = Node::Leaf(vec![LeafEntry {
+                    key: key.into(),
+                    val,
+                }]);
+                self.cur.roots[t] = Some(NodeRef::Mem(Arc::new(leaf)));
+            }
+            Some(root) => {
+                if let Some((k, right)) = write::insert(&mut ctx, root, key, val)? {
+                    let left = root.clone();
+                    *root = NodeRef::Mem(Arc::new(Node::Branch(vec![
+                        BranchEntry {
+                            key: Box::default(),
+                            child: left,
+                        },
+                        BranchEntry {
+                            key: k,
+                            child: right,
+                        },
+                    ])));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn delete(&mut self, t: usize, key: &[u8]) -> Result<bool> {
+        let Some(root) = &mut self.cur.roots[t] else {
+            return Ok(false);
+        };
+        if !write::contains(&self.cur.file, root, key)? {
+            return Ok(false);
+        }
+        let mut ctx = Ctx {
+            file: &self.cur.file,
+            freed_bytes: &mut self.freed_bytes,
+        };
+        write::remove(&mut ctx, root, key)?;
+        write::shrink_root(&mut ctx, &mut self.cur.roots[t])?;
+        Ok(true)
+    }
+}
+
+pub(crate) fn empty_commit() -> CommitRecord {
+    CommitRecord {
+        seq: 0,
+        page_id: NO_PAGE,
+        applied_index: 0,
+        applied_term: 0,
+        data_start: 0,
+        data_crc: 0,
+        prev_commit: NO_PAGE,
+        live_bytes: PAGE_SIZE as u64,
+        roots: [NO_PAGE; MAX_TREES],
+        user: Vec::new(),
+    }
+}
+
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+/// Creates a new file holding only the header page, atomically (temp file, fsync, rename).
+pub(crate) fn create_file(path: &Path, tmp: &Path) -> Result<()> {
+    let mut f = File::create(tmp).map_err(|e| io_err(tmp, e))?;
+    f.write_all(&page::encode_file_header())
+        .map_err(|e| io_err(tmp, e))?;
+    f.sync_all().map_err(|e| io_err(tmp, e))?;
+    std::fs::rename(tmp, path).map_err(|e| io_err(path, e))?;
+    sync_dir(path)
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+impl Db {
+    /// Opens (or creates) the database file at `path`, at its newest valid commit. Anything
+    /// after that commit (a commit torn by a crash) is cut off and reported.
+    pub fn open(path: impl AsRef<Path>, opts: DbOptions) -> Result<Db> {
+        let path = path.as_ref().to_path_buf();
+        for leftover in [suffixed(&path, ".tmp"), suffixed(&path, ".reclaim")] {
+            if leftover.exists() {
+                std::fs::remove_file(&leftover).map_err(|e| io_err(&leftover, e))?;
+            }
+        }
+        if !path.exists() {
+            create_file(&path, &suffixed(&path, ".tmp"))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        let shared = Arc::new(FileShared::new(file, path.clone(), opts.branch_cache_pages));
+        let state = recover(shared)?;
+        let meta = CommitMeta {
+            applied_index: state.last.applied_index,
+            applied_term: state.last.applied_term,
+            user: state.last.user.clone(),
+        };
+        Ok(Db {
+            path,
+            opts,
+            state,
+            meta,
+            reclaim: None,
+            poisoned: false,
+        })
+    }
+
+    /// Metadata of the last durable commit (zeroes for a new file).
+    pub fn last_commit(&self) -> &CommitMeta {
+        &self.meta
+    }
+
+    /// Reads the writer's current state (uncommitted writes included).
+    pub fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.state.cur.get(tree, key)
+    }
+
+    /// Range over the writer's current state; the iterator is a snapshot.
+    pub fn range(
+        &self,
+        tree: TreeId,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        reverse: bool,
+    ) -> RangeIter {
+        self.state.cur.range(tree, lo, hi, reverse)
+    }
+
+    /// Publishes a cheap immutable view of everything written so far.
+    pub fn view(&self) -> View {
+        View {
+            roots: self.state.cur.clone(),
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(BtreeError::Poisoned(self.path.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn put(&mut self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let t = check_tree(tree)?;
+        if key.len() > KEY_BYTES_MAX {
+            return Err(BtreeError::KeyTooLarge(key.len()));
+        }
+        if value.len() > super::VALUE_BYTES_MAX {
+            return Err(BtreeError::ValueTooLarge(value.len()));
+        }
+        self.note_touched(tree, key);
+        self.state.put(t, key, value)
+    }
+
+    /// Removes `key`; returns whether it existed.
+    pub fn delete(&mut self, tree: TreeId, key: &[u8]) -> Result<bool> {
+        self.check_writable()?;
+        let t = check_tree(tree)?;
+        let existed = self.state.delete(t, key)?;
+        if existed {
+            self.note_touched(tree, key);
+        }
+        Ok(existed)
+    }
+
+    fn note_touched(&mut self, tree: TreeId, key: &[u8]) {
+        if let Some(r) = &mut self.reclaim {
+            if !r.touch(tree, key) {
+                tracing::warn!(path = %self.path.display(), "space reclamation abandoned: too many writes while it ran");
+                self.reclaim = None;
+            }
+        }
+    }
+
+    /// Makes everything written so far durable, recording `meta`; returns after fsync. If a
+    /// space reclamation has finished building, this commit also switches to the new file.
+    pub fn commit(&mut self, meta: CommitMeta) -> Result<()> {
+        self.check_writable()?;
+        if meta.user.len() > COMMIT_USER_BYTES_MAX {
+            return Err(BtreeError::MetaTooLarge(meta.user.len()));
+        }
+        let ready = self.reclaim.as_ref().is_some_and(Reclaim::is_finished);
+        let result = if ready {
+            self.finish_reclaim(&meta)
+        } else {
+            self.commit_state(&meta)
+        };
+        if let Err(e) = &result {
+            if matches!(e, BtreeError::Io { .. }) {
+                self.poisoned = true;
+            }
+            return result;
+        }
+        self.meta = meta;
+        Ok(())
+    }
+
+    fn commit_state(&mut self, meta: &CommitMeta) -> Result<()> {
+        commit_into(&mut self.state, meta)
+    }
+
+    /// Starts rewriting every live entry into a fresh file on a background thread, from a
+    /// view of the current state; reads and writes go on. A later `commit` switches to the
+    /// new file once it is built.
+    pub fn start_reclaim(&mut self) -> Result<()> {
+        self.check_writable()?;
+        if self.reclaim.is_none() {
+            let src = self.state.cur.clone();
+            let tmp = suffixed(&self.path, ".reclaim");
+            self.reclaim = Some(Reclaim::start(src, tmp, self.opts.branch_cache_pages));
+        }
+        Ok(())
+    }
+
+    /// Whether a reclamation is running or waiting for the next commit to switch files.
+    pub fn reclaim_pending(&self) -> bool {
+        self.reclaim.is_some()
+    }
+
+    /// Blocks until a running reclamation has built its file (the next commit switches).
+    pub fn wait_reclaim_built(&self) {
+        if let Some(r) = &self.reclaim {
+            r.wait_built();
+        }
+    }
+
+    fn finish_reclaim(&mut self, meta: &CommitMeta) -> Result<()> {
+        let Some(r) = self.reclaim.take() else {
+            return self.commit_state(meta);
+        };
+        let (built, touched) = match r.join() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "space reclamation failed; keeping the current file");
+                return self.commit_state(meta);
+            }
+        };
+        let mut next = built;
+        reclaim::replay_touched(&self.state.cur, &mut next, touched)?;
+        next.last.prev_commit = NO_PAGE;
+        commit_into(&mut next, meta)?;
+        std::fs::rename(&next.cur.file.path, &self.path).map_err(|e| io_err(&self.path, e))?;
+        sync_dir(&self.path)?;
+        let new_file = reopen_shared(&self.path, &next.cur.file, self.opts.branch_cache_pages)?;
+        next.cur.file = new_file;
+        let before = self.state.next_page * PAGE_SIZE as u64;
+        tracing::info!(
+            path = %self.path.display(),
+            before_bytes = before,
+            after_bytes = next.next_page * PAGE_SIZE as u64,
+            "space reclaimed"
+        );
+        self.state = next;
+        Ok(())
+    }
+
+    /// A consistent snapshot of the last durable commit, readable as a byte stream (the file
+    /// up to and including that commit record) while writes go on.
+    pub fn snapshot(&self) -> Snapshot {
+        let pages = if self.state.last.page_id == NO_PAGE {
+            1
+        } else {
+            self.state.last.page_id + 1
+        };
+        Snapshot::new(
+            self.state.cur.file.clone(),
+            pages * PAGE_SIZE as u64,
+            self.meta.clone(),
+        )
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            file_bytes: self.state.next_page * PAGE_SIZE as u64,
+            live_bytes: self.state.live_bytes,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Re-labels the shared file with its final path after the rename (the fd stays the same).
+fn reopen_shared(path: &Path, old: &Arc<FileShared>, cache: usize) -> Result<Arc<FileShared>> {
+    let f = old.file.try_clone().map_err(|e| io_err(path, e))?;
+    Ok(Arc::new(FileShared::new(f, path.to_path_buf(), cache)))
+}
+
+/// The commit protocol: append every memory node, fdatasync, append the commit record,
+/// fdatasync. A commit record therefore only ever reaches the disk after its pages did.
+pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
+    let file = st.cur.file.clone();
+    let seq = st.last.seq + 1;
+    let start = st.next_page;
+    let mut app = Appender::new(start);
+    let mut roots = [NO_PAGE; MAX_TREES];
+    for (t, r) in st.cur.roots.iter().enumerate() {
+        if let Some(r) = r {
+            roots[t] = write::flush(&file, &mut app, r, seq)?;
+        }
+    }
+    app.flush(&file)?;
+    let data_pages = app.next_page - start;
+    if data_pages > 0 {
+        file.file.sync_data().map_err(|e| io_err(&file.path, e))?;
+    }
+    let commit_page = app.reserve(1);
+    let old_commit = if st.last.page_id == NO_PAGE {
+        0
+    } else {
+        PAGE_SIZE as u64
+    };
+    let live = st.live_bytes - st.freed_bytes.min(st.live_bytes) + data_pages * PAGE_SIZE as u64;
+    let rec = CommitRecord {
+        seq,
+        page_id: commit_page,
+        applied_index: meta.applied_index,
+        applied_term: meta.applied_term,
+        data_start: start,
+        data_crc: app.crc,
+        prev_commit: st.last.page_id,
+        live_bytes: live - old_commit + PAGE_SIZE as u64,
+        roots,
+        user: meta.user.clone(),
+    };
+    file.file
+        .write_all_at(&rec.encode(), commit_page * PAGE_SIZE as u64)
+        .map_err(|e| io_err(&file.path, e))?;
+    file.file.sync_data().map_err(|e| io_err(&file.path, e))?;
+    for (t, r) in st.cur.roots.iter_mut().enumerate() {
+        *r = (roots[t] != NO_PAGE).then_some(NodeRef::Disk(roots[t]));
+    }
+    st.next_page = commit_page + 1;
+    st.live_bytes = rec.live_bytes;
+    st.freed_bytes = 0;
+    st.last = rec;
+    Ok(())
+}
+
+/// Finds the newest valid commit record, checks the pages it wrote, and cuts off anything
+/// after it.
+fn recover(file: Arc<FileShared>) -> Result<FileState> {
+    let path = file.path.clone();
+    let len = file.file.metadata().map_err(|e| io_err(&path, e))?.len();
+    let pages = len / PAGE_SIZE as u64;
+    if pages == 0 {
+        return Err(BtreeError::Corrupt {
+            path,
+            offset: 0,
+            reason: "file shorter than its header page".into(),
+        });
+    }
+    page::check_file_header(&file.read_raw(0, 1)?, &path)?;
+    let last = find_newest_commit(&file, pages)?;
+    let end = match &last {
+        Some(c) => {
+            verify_commit_data(&file, c)?;
+            c.page_id + 1
+        }
+        None => 1,
+    };
+    if len > end * PAGE_SIZE as u64 {
+        tracing::warn!(
+            path = %path.display(),
+            offset = end * PAGE_SIZE as u64,
+            bytes = len - end * PAGE_SIZE as u64,
+            "cutting off an incomplete commit after the newest valid commit record"
+        );
+        file.file
+            .set_len(end * PAGE_SIZE as u64)
+            .map_err(|e| io_err(&path, e))?;
+        file.file.sync_all().map_err(|e| io_err(&path, e))?;
+    }
+    let last = last.unwrap_or_else(empty_commit);
+    let mut roots: [Option<NodeRef>; MAX_TREES] = Default::default();
+    for (t, r) in last.roots.iter().enumerate() {
+        if *r != NO_PAGE {
+            roots[t] = Some(NodeRef::Disk(*r));
+        }
+    }
+    Ok(FileState {
+        cur: Roots { file, roots },
+        next_page: end,
+        live_bytes: last.live_bytes,
+        freed_bytes: 0,
+        last,
+    })
+}
+
+const SCAN_CHUNK_PAGES: u64 = 256;
+
+fn find_newest_commit(file: &FileShared, pages: u64) -> Result<Option<CommitRecord>> {
+    let mut hi = pages;
+    while hi > 1 {
+        let lo = hi.saturating_sub(SCAN_CHUNK_PAGES).max(1);
+        let buf = file.read_raw(lo, hi - lo)?;
+        for id in (lo..hi).rev() {
+            let at = ((id - lo) as usize) * PAGE_SIZE;
+            if let Some(c) = CommitRecord::decode(&buf[at..at + PAGE_SIZE], id) {
+                return Ok(Some(c));
+            }
+        }
+        hi = lo;
+    }
+    Ok(None)
+}
+
+/// The commit record was written only after its pages were synced, so pages that fail
+/// their checksum mean the disk lost or damaged synced data: an error, not a torn write.
+fn verify_commit_data(file: &FileShared, c: &CommitRecord) -> Result<()> {
+    let mut crc = 0u32;
+    let mut id = c.data_start;
+    while id < c.page_id {
+        let n = (c.page_id - id).min(SCAN_CHUNK_PAGES);
+        crc = crc32c::crc32c_append(crc, &file.read_raw(id, n)?);
+        id += n;
+    }
+    if crc != c.data_crc {
+        return Err(BtreeError::Corrupt {
+            path: file.path.clone(),
+            offset: c.data_start * PAGE_SIZE as u64,
+            reason: format!(
+                "pages of commit {} (pages {}..{}) fail their checksum",
+                c.seq, c.data_start, c.page_id
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The database file shared by the writer and every reader: positioned reads of pages
+//! (`pread`, safe from any thread), a bounded cache of branch pages, and the append path.
+
+use super::page::{self, PageBuf, PAGE_SIZE};
+use super::{BtreeError, Result};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const CACHE_SHARDS: usize = 16;
+
+pub struct FileShared {
+    pub file: File,
+    pub path: PathBuf,
+    cache: Vec<Mutex<HashMap<u64, Arc<PageBuf>>>>,
+    cache_per_shard: usize,
+}
+
+pub fn io_err(path: &Path, source: std::io::Error) -> BtreeError {
+    BtreeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl FileShared {
+    pub fn new(file: File, path: PathBuf, cache_pages: usize) -> FileShared {
+        FileShared {
+            file,
+            path,
+            cache: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            cache_per_shard: cache_pages.div_ceil(CACHE_SHARDS),
+        }
+    }
+
+    pub fn read_raw(&self, page_id: u64, pages: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; pages as usize * PAGE_SIZE];
+        self.file
+            .read_exact_at(&mut buf, page_id * PAGE_SIZE as u64)
+            .map_err(|e| self.read_error(page_id, e))?;
+        Ok(buf)
+    }
+
+    fn read_error(&self, page_id: u64, e: std::io::Error) -> BtreeError {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            BtreeError::Corrupt {
+                path: self.path.clone(),
+                offset: page_id * PAGE_SIZE as u64,
+                reason: "page reference points past the end of the file".into(),
+            }
+        } else {
+            io_err(&self.path, e)
+        }
+    }
+
+    /// Reads and validates a tree page, through the cache for branch pages.
+    pub fn page(&self, page_id: u64) -> Result<Arc<PageBuf>> {
+        let shard = &self.cache[(page_id as usize) % CACHE_SHARDS];
+        if let Some(p) = shard.lock().get(&page_id) {
+            return Ok(p.clone());
+        }
+        let raw = self.read_raw(page_id, 1)?;
+        let page = Arc::new(PageBuf::parse(raw.into_boxed_slice(), page_id, &self.path)?);
+        if !page.is_leaf() && self.cache_per_shard > 0 {
+            let mut map = shard.lock();
+            if map.len() >= self.cache_per_shard {
+                // Pages never change, so any victim is as good as another for correctness;
+                // branch pages are few, so the cache rarely fills at all.
+                if let Some(&victim) = map.keys().next() {
+                    map.remove(&victim);
+                }
+            }
+            map.insert(page_id, page.clone());
+        }
+        Ok(page)
+    }
+
+    /// Reads an overflow value run.
+    pub fn overflow(&self, page_id: u64, len: u32) -> Result<Vec<u8>> {
+        let raw = self.read_raw(page_id, page::overflow_pages(len as usize))?;
+        page::decode_overflow(&raw, page_id, len, &self.path)
+    }
+}
+
+/// Buffers appended pages and writes them in large sequential chunks.
+pub struct Appender {
+    buf: Vec<u8>,
+    /// Page id of the first buffered byte.
+    buf_start: u64,
+    /// Next page id to hand out.
+    pub next_page: u64,
+    /// CRC32C over everything appended since `begin`.
+    pub crc: u32,
+}
+
+const APPEND_CHUNK_BYTES: usize = 1 << 20;
+
+impl Appender {
+    pub fn new(next_page: u64) -> Appender {
+        Appender {
+            buf: Vec::new(),
+            buf_start: next_page,
+            next_page,
+            crc: 0,
+        }
+    }
+
+    /// Reserves `pages` page ids for data the caller encodes with them.
+    pub fn reserve(&mut self, pages: u64) -> u64 {
+        let id = self.next_page;
+        self.next_page += pages;
+        id
+    }
+
+    /// Appends encoded pages that were reserved in order.
+    pub fn push(&mut self, file: &FileShared, bytes: &[u8]) -> Result<()> {
+        debug_assert_eq!(bytes.len() % PAGE_SIZE, 0);
+        debug_assert_eq!(
+            self.buf_start + ((self.buf.len() + bytes.len()) / PAGE_SIZE) as u64,
+            self.next_page
+        );
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= APPEND_CHUNK_BYTES {
+            self.flush(file)?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self, file: &FileShared) -> Result<()> {
+        if !self.buf.is_empty() {
+            file.file
+                .write_all_at(&self.buf, self.buf_start * PAGE_SIZE as u64)
+                .map_err(|e| io_err(&file.path, e))?;
+            self.buf_start += (self.buf.len() / PAGE_SIZE) as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}

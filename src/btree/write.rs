@@ -1,0 +1,237 @@
+//! Copy-on-write changes to one tree: insert, delete with merging of under-full nodes, and
+//! serialization of every memory node into appended pages at commit.
+
+use super::file::{Appender, FileShared};
+use super::node::{BranchEntry, LeafEntry, Node, NodeRef, Val};
+use super::page::{self, PageBuilder, HEADER_BYTES, KIND_BRANCH, KIND_LEAF, PAGE_SIZE};
+use super::view::Handle;
+use super::Result;
+use std::sync::Arc;
+
+/// What a change needs besides the node it changes: the file to read from and the count
+/// of on-disk bytes the change makes dead.
+pub struct Ctx<'a> {
+    pub file: &'a FileShared,
+    pub freed_bytes: &'a mut u64,
+}
+
+/// Below this many page bytes a node is merged with a neighbour when they fit together.
+const UNDERFULL_BYTES: usize = PAGE_SIZE / 4;
+
+fn free_val(ctx: &mut Ctx, val: &Val) {
+    if let Val::Overflow { len, .. } = val {
+        *ctx.freed_bytes += page::overflow_pages(*len as usize) * PAGE_SIZE as u64;
+    }
+}
+
+/// Makes the referenced node writable: a disk page is copied into memory (its page becomes
+/// dead at the next commit), a shared memory node is cloned.
+fn make_mut<'r>(ctx: &mut Ctx, r: &'r mut NodeRef) -> Result<&'r mut Node> {
+    if let NodeRef::Disk(id) = *r {
+        let page = ctx.file.page(id)?;
+        *ctx.freed_bytes += PAGE_SIZE as u64;
+        *r = NodeRef::Mem(Arc::new(Node::from_page(&page)));
+    }
+    match r {
+        NodeRef::Mem(n) => Ok(Arc::make_mut(n)),
+        NodeRef::Disk(_) => unreachable!("converted above"),
+    }
+}
+
+/// Inserts or replaces `key`; returns the new right sibling (and its first key) on a split.
+pub fn insert(
+    ctx: &mut Ctx,
+    r: &mut NodeRef,
+    key: &[u8],
+    val: Val,
+) -> Result<Option<(Box<[u8]>, NodeRef)>> {
+    let node = make_mut(ctx, r)?;
+    let hint = match node {
+        Node::Leaf(es) => match es.binary_search_by(|e| (*e.key).cmp(key)) {
+            Ok(i) => {
+                let old = std::mem::replace(&mut es[i].val, val);
+                free_val(ctx, &old);
+                i
+            }
+            Err(i) => {
+                es.insert(
+                    i,
+                    LeafEntry {
+                        key: key.into(),
+                        val,
+                    },
+                );
+                i
+            }
+        },
+        Node::Branch(es) => {
+            let idx = match es.binary_search_by(|e| (*e.key).cmp(key)) {
+                Ok(i) => i,
+                Err(i) => i.saturating_sub(1),
+            };
+            match insert(ctx, &mut es[idx].child, key, val)? {
+                None => return Ok(None),
+                Some((k, right)) => {
+                    es.insert(
+                        idx + 1,
+                        BranchEntry {
+                            key: k,
+                            child: right,
+                        },
+                    );
+                    idx + 1
+                }
+            }
+        }
+    };
+    if node.page_bytes() <= PAGE_SIZE {
+        return Ok(None);
+    }
+    let right = node.split(hint);
+    let first = match &right {
+        Node::Leaf(es) => es[0].key.clone(),
+        Node::Branch(es) => es[0].key.clone(),
+    };
+    Ok(Some((first, NodeRef::Mem(Arc::new(right)))))
+}
+
+/// Whether `key` is present, without making anything writable.
+pub fn contains(file: &FileShared, r: &NodeRef, key: &[u8]) -> Result<bool> {
+    let mut h = Handle::load(file, r)?;
+    while !h.is_leaf() {
+        let c = h.child(h.child_for(key));
+        h = Handle::load(file, &c)?;
+    }
+    Ok(h.search(key).is_ok())
+}
+
+/// Removes `key`, known to be present. Returns the node's remaining page bytes (0 when it
+/// became empty) so the parent can drop or merge it.
+pub fn remove(ctx: &mut Ctx, r: &mut NodeRef, key: &[u8]) -> Result<usize> {
+    let node = make_mut(ctx, r)?;
+    match node {
+        Node::Leaf(es) => {
+            if let Ok(i) = es.binary_search_by(|e| (*e.key).cmp(key)) {
+                let old = es.remove(i);
+                free_val(ctx, &old.val);
+            }
+        }
+        Node::Branch(es) => {
+            let idx = match es.binary_search_by(|e| (*e.key).cmp(key)) {
+                Ok(i) => i,
+                Err(i) => i.saturating_sub(1),
+            };
+            let left = remove(ctx, &mut es[idx].child, key)?;
+            if left == 0 {
+                es.remove(idx);
+            } else if left < UNDERFULL_BYTES && es.len() > 1 {
+                merge_with_neighbour(ctx, es, idx)?;
+            }
+        }
+    }
+    Ok(if node.len() == 0 {
+        0
+    } else {
+        node.page_bytes()
+    })
+}
+
+/// Merges child `idx` with a neighbour when both fit in one page.
+fn merge_with_neighbour(ctx: &mut Ctx, es: &mut Vec<BranchEntry>, idx: usize) -> Result<()> {
+    let (a, b) = if idx > 0 {
+        (idx - 1, idx)
+    } else {
+        (idx, idx + 1)
+    };
+    let sep = es[b].key.clone();
+    let (left, right) = es.split_at_mut(b);
+    let ln = node_bytes(ctx.file, &left[a].child)?;
+    let rn = node_bytes(ctx.file, &right[0].child)?;
+    if ln + rn - HEADER_BYTES + sep.len() > PAGE_SIZE {
+        return Ok(());
+    }
+    let moved = {
+        let rnode = make_mut(ctx, &mut right[0].child)?;
+        std::mem::replace(rnode, Node::Leaf(Vec::new()))
+    };
+    let lnode = make_mut(ctx, &mut left[a].child)?;
+    match (lnode, moved) {
+        (Node::Leaf(l), Node::Leaf(r)) => l.extend(r),
+        (Node::Branch(l), Node::Branch(mut r)) => {
+            // The right node's first key may be a stale lower bound; the parent's separator
+            // is the true smallest key of everything under it.
+            r[0].key = sep;
+            l.extend(r);
+        }
+        _ => unreachable!("siblings are at the same level"),
+    }
+    es.remove(b);
+    Ok(())
+}
+
+/// Page bytes of a node, reading it from disk if needed but copying nothing.
+fn node_bytes(file: &FileShared, r: &NodeRef) -> Result<usize> {
+    Ok(match r {
+        NodeRef::Mem(n) => n.page_bytes(),
+        NodeRef::Disk(id) => file.page(*id)?.used_bytes(),
+    })
+}
+
+/// Collapses a root that is a branch with a single child, repeatedly.
+pub fn shrink_root(ctx: &mut Ctx, root: &mut Option<NodeRef>) -> Result<()> {
+    loop {
+        let Some(r) = root else { return Ok(()) };
+        let h = Handle::load(ctx.file, r)?;
+        if h.len() == 0 {
+            *root = None;
+            return Ok(());
+        }
+        if h.is_leaf() || h.len() > 1 {
+            return Ok(());
+        }
+        let child = h.child(0);
+        if let NodeRef::Disk(_) = r {
+            *ctx.freed_bytes += PAGE_SIZE as u64;
+        }
+        *root = Some(child);
+    }
+}
+
+/// Writes every memory node under `r` (children first) and returns the page id of `r`.
+pub fn flush(file: &FileShared, app: &mut Appender, r: &NodeRef, seq: u64) -> Result<u64> {
+    let node = match r {
+        NodeRef::Disk(id) => return Ok(*id),
+        NodeRef::Mem(n) => n,
+    };
+    let page = match &**node {
+        Node::Leaf(es) => {
+            let mut b = PageBuilder::new(es.len());
+            for e in es {
+                match &e.val {
+                    Val::Inline(v) => b.leaf_inline(&e.key, v),
+                    Val::Overflow { page, len } => b.leaf_overflow(&e.key, *page, *len),
+                    Val::Large(v) => {
+                        let id = app.reserve(page::overflow_pages(v.len()));
+                        app.push(file, &page::encode_overflow(v, id, seq))?;
+                        b.leaf_overflow(&e.key, id, v.len() as u32);
+                    }
+                }
+            }
+            (b, KIND_LEAF)
+        }
+        Node::Branch(es) => {
+            let mut ids = Vec::with_capacity(es.len());
+            for e in es {
+                ids.push(flush(file, app, &e.child, seq)?);
+            }
+            let mut b = PageBuilder::new(es.len());
+            for (e, id) in es.iter().zip(ids) {
+                b.branch(&e.key, id);
+            }
+            (b, KIND_BRANCH)
+        }
+    };
+    let id = app.reserve(1);
+    app.push(file, &page.0.finish(page.1, id, seq))?;
+    Ok(id)
+}
