@@ -3,7 +3,9 @@
 
 use super::file::{io_err, Appender, FileShared};
 use super::node::{BranchEntry, LeafEntry, Node, NodeRef, Val};
-use super::page::{self, check_tree, CommitRecord, COMMIT_USER_BYTES_MAX, NO_PAGE, PAGE_SIZE};
+use super::page::{
+    self, check_tree, CommitRecord, COMMIT_COPIES, COMMIT_USER_BYTES_MAX, NO_PAGE, PAGE_SIZE,
+};
 use super::reclaim::{self, Reclaim};
 use super::snapshot::Snapshot;
 use super::view::{RangeIter, Roots};
@@ -345,7 +347,7 @@ impl Db {
         let pages = if self.state.last.page_id == NO_PAGE {
             1
         } else {
-            self.state.last.page_id + 1
+            self.state.last.page_id + COMMIT_COPIES
         };
         Snapshot::new(
             self.state.cur.file.clone(),
@@ -390,11 +392,12 @@ pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
     if data_pages > 0 {
         file.file.sync_data().map_err(|e| io_err(&file.path, e))?;
     }
-    let commit_page = app.reserve(1);
+    let commit_page = app.reserve(COMMIT_COPIES);
+    let record_bytes = COMMIT_COPIES * PAGE_SIZE as u64;
     let old_commit = if st.last.page_id == NO_PAGE {
         0
     } else {
-        PAGE_SIZE as u64
+        record_bytes
     };
     let live = st.live_bytes - st.freed_bytes.min(st.live_bytes) + data_pages * PAGE_SIZE as u64;
     let rec = CommitRecord {
@@ -405,7 +408,7 @@ pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
         data_start: start,
         data_crc: app.crc,
         prev_commit: st.last.page_id,
-        live_bytes: live - old_commit + PAGE_SIZE as u64,
+        live_bytes: live - old_commit + record_bytes,
         roots,
         user: meta.user.clone(),
     };
@@ -416,7 +419,7 @@ pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
     for (t, r) in st.cur.roots.iter_mut().enumerate() {
         *r = (roots[t] != NO_PAGE).then_some(NodeRef::Disk(roots[t]));
     }
-    st.next_page = commit_page + 1;
+    st.next_page = commit_page + COMMIT_COPIES;
     st.live_bytes = rec.live_bytes;
     st.freed_bytes = 0;
     st.last = rec;
@@ -441,7 +444,7 @@ fn recover(file: Arc<FileShared>) -> Result<FileState> {
     let end = match &last {
         Some(c) => {
             verify_commit_data(&file, c)?;
-            c.page_id + 1
+            c.page_id + COMMIT_COPIES
         }
         None => 1,
     };

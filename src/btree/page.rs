@@ -289,10 +289,15 @@ pub fn decode_overflow(run: &[u8], page_id: u64, len: u32, path: &Path) -> Resul
     Ok(run[HEADER_BYTES..HEADER_BYTES + len as usize].to_vec())
 }
 
+/// Every commit record is written twice, in consecutive pages, so that damage to one copy
+/// of the newest record is told apart from a torn write (see docs/btree.md).
+pub const COMMIT_COPIES: u64 = 2;
+
 /// Contents of a commit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitRecord {
     pub seq: u64,
+    /// Page of the record's first copy.
     pub page_id: u64,
     pub applied_index: u64,
     pub applied_term: u64,
@@ -315,16 +320,27 @@ const C_DATA_CRC: usize = 72;
 const C_USER_LEN: usize = 76;
 const C_PREV: usize = 80;
 const C_LIVE: usize = 88;
-const C_ROOTS: usize = 96;
+const C_COPY: usize = 96;
+const C_ROOTS: usize = 104;
 const C_USER: usize = C_ROOTS + 8 * MAX_TREES;
 /// Largest opaque user metadata a commit record holds, in bytes.
 pub const COMMIT_USER_BYTES_MAX: usize = 2048;
 const _: () = assert!(C_USER + COMMIT_USER_BYTES_MAX <= PAGE_SIZE);
 
 impl CommitRecord {
+    /// Encodes both copies of the record (`COMMIT_COPIES` pages from `page_id`).
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(COMMIT_COPIES as usize * PAGE_SIZE);
+        for copy in 0..COMMIT_COPIES {
+            out.extend_from_slice(&self.encode_copy(copy));
+        }
+        out
+    }
+
+    fn encode_copy(&self, copy: u64) -> Vec<u8> {
         assert!(self.user.len() <= COMMIT_USER_BYTES_MAX);
         let mut p = vec![0u8; PAGE_SIZE];
+        p[C_COPY..C_COPY + 8].copy_from_slice(&copy.to_le_bytes());
         p[C_MAGIC..C_MAGIC + 8].copy_from_slice(COMMIT_MAGIC);
         p[C_VERSION..C_VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         p[C_NTREES..C_NTREES + 4].copy_from_slice(&(MAX_TREES as u32).to_le_bytes());
@@ -339,12 +355,12 @@ impl CommitRecord {
             p[C_ROOTS + 8 * t..C_ROOTS + 8 * t + 8].copy_from_slice(&root.to_le_bytes());
         }
         p[C_USER..C_USER + self.user.len()].copy_from_slice(&self.user);
-        seal(&mut p, KIND_COMMIT, 0, self.page_id, self.seq);
+        seal(&mut p, KIND_COMMIT, 0, self.page_id + copy, self.seq);
         p
     }
 
-    /// Decodes a page that is a commit record at `page_id`, or `None` if it is not one
-    /// (wrong kind, bad checksum, wrong id or magic): a torn or foreign page.
+    /// Decodes a page that is a copy of a commit record at `page_id`, or `None` if it is not
+    /// one (wrong kind, bad checksum, wrong id or magic): a torn, damaged or foreign page.
     pub fn decode(p: &[u8], page_id: u64) -> Option<CommitRecord> {
         if p.len() != PAGE_SIZE || kind_of(p) != KIND_COMMIT {
             return None;
@@ -360,7 +376,12 @@ impl CommitRecord {
         }
         let user_len = rd_u32(p, C_USER_LEN) as usize;
         let data_start = rd_u64(p, C_DATA_START);
-        if user_len > COMMIT_USER_BYTES_MAX || data_start > page_id {
+        let copy = rd_u64(p, C_COPY);
+        if user_len > COMMIT_USER_BYTES_MAX || copy >= COMMIT_COPIES || copy > page_id {
+            return None;
+        }
+        let page_id = page_id - copy;
+        if data_start > page_id {
             return None;
         }
         let mut roots = [NO_PAGE; MAX_TREES];
