@@ -50,6 +50,8 @@ pub(crate) struct FileState {
     pub live_bytes: u64,
     /// On-disk bytes made dead by changes since the last commit.
     pub freed_bytes: u64,
+    /// Key and value bytes written since the last commit.
+    pub put_bytes: u64,
 }
 
 /// The single writer of one database file.
@@ -66,6 +68,7 @@ pub struct Db {
 
 impl FileState {
     pub fn put(&mut self, t: usize, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_bytes += (key.len() + value.len()) as u64;
         let val = Val::new(key, value);
         let mut ctx = Ctx {
             file: &self.cur.file,
@@ -363,6 +366,12 @@ impl Db {
         }
     }
 
+    /// Roughly the memory held by changes since the last commit (pages copied into memory
+    /// plus bytes written): the layer above commits when this grows past its budget.
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.state.freed_bytes + self.state.put_bytes
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -422,6 +431,7 @@ pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
     st.next_page = commit_page + COMMIT_COPIES;
     st.live_bytes = rec.live_bytes;
     st.freed_bytes = 0;
+    st.put_bytes = 0;
     st.last = rec;
     Ok(())
 }
@@ -472,6 +482,7 @@ fn recover(file: Arc<FileShared>) -> Result<FileState> {
         next_page: end,
         live_bytes: last.live_bytes,
         freed_bytes: 0,
+        put_bytes: 0,
         last,
     })
 }

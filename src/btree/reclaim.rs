@@ -276,5 +276,6 @@ fn build(src: &Roots, tmp: PathBuf, cache_pages: usize, cancel: &AtomicBool) -> 
         last,
         live_bytes: next_page * PAGE_SIZE as u64,
         freed_bytes: 0,
+        put_bytes: 0,
     })
 }
