@@ -74,6 +74,9 @@ mod txn;
 mod types;
 mod write;
 
+#[cfg(test)]
+mod tests;
+
 pub use apply::{AcceptAllLeases, LeaseCheck};
 pub use error::MvccError;
 pub use read_view::ReadView;

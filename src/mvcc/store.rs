@@ -197,6 +197,23 @@ impl Store {
             self.compact_revision(),
         )
     }
+
+    #[cfg(test)]
+    pub(crate) fn into_db(self) -> Db {
+        self.db
+    }
+
+    #[cfg(test)]
+    pub(crate) fn db_mut(&mut self) -> &mut Db {
+        &mut self.db
+    }
+
+    /// Rebuilds the index from the tree and compares it with the live one.
+    #[cfg(test)]
+    pub(crate) fn index_matches_tree(&self) -> Result<bool, MvccError> {
+        let (rebuilt, _) = rebuild_index(&self.db, self.compact_revision())?;
+        Ok(rebuilt == *self.index.read())
+    }
 }
 
 /// One sequential scan of the primary tree; returns the index and the newest revision seen.
