@@ -1,1 +1,86 @@
-//! placeholder
+//! The etcd v3 data model on top of the B+tree: a global revision, per-key create revision,
+//! mod revision, version and lease; Range, Put, DeleteRange, Txn, Compact and HashKV with
+//! etcd 3.4's semantics and error messages.
+//!
+//! # Layout
+//!
+//! - `types`: requests and responses, one to one with etcd's protobuf messages (rkyv-archivable).
+//! - `error`: [`MvccError`], displaying etcd's messages.
+//! - `revision`: [`Revision`] and its 12-byte big-endian tree key.
+//! - `record`: the byte format of a stored revision and of the store metadata.
+//! - `key_index`: the compact in-memory index, user key -> revisions (etcd's `treeIndex`).
+//! - `write`: one write transaction (etcd's `storeTxnWrite`), with rollback.
+//! - `apply`: Put, DeleteRange, Range and Compaction inside a write transaction, the lease hook.
+//! - `txn`: request validation, compares, and Txn execution.
+//! - `range`: Range reads (index half, tree half, then filter/sort/limit).
+//! - `hash`: HashKV.
+//! - `store`: [`Store`], the writer: apply, checkpoint, open.
+//! - `read_view`: [`ReadView`], the read handle for other threads.
+//!
+//! # Storage
+//!
+//! Tree 0 (the primary tree) maps each revision (12-byte key: main u64 BE, sub u32 BE) to the
+//! record written at it: `{flags (tombstone), key, create_revision, version, lease, value}`
+//! (byte layout in `record.rs`). Keys are monotonic, so every batch appends at the right edge.
+//! Deletes write tombstone records; compaction removes superseded revisions. The current and
+//! compaction revisions travel in each tree commit's `user` bytes, with the applied Raft index
+//! and term in the commit itself: a reopened store knows exactly which log entries to replay.
+//! On open the key index is rebuilt by one sequential scan of tree 0.
+//!
+//! # Applying
+//!
+//! [`Store::apply`] takes the requests of one Raft entry. Each request is one write
+//! transaction: if it changes anything it gets the next revision (its changes numbered by sub
+//! revision), else (a delete that matched nothing, a read-only txn) the revision stays. An
+//! entry at or below the applied index is skipped, so replay is idempotent. A request error
+//! changes nothing (a txn that fails midway is rolled back); a storage error is fatal and the
+//! store refuses further work until reopened. [`Store::checkpoint`] commits the tree.
+//!
+//! # Reads from other threads, and why they are consistent
+//!
+//! [`Store::read_view`] publishes a [`ReadView`]: the tree's `View` (an immutable snapshot,
+//! O(1) to take), the current revision P, the compaction revision then, and the shared key
+//! index behind a `parking_lot::RwLock`. The writer keeps mutating the index after the view is
+//! published, yet a Range at any R <= P through the view returns exactly the state at R:
+//!
+//! 1. The writer only ever adds revisions above P, or removes revisions by compaction.
+//!    Additions are invisible to the view: an index lookup at R takes each key's newest
+//!    revision with main <= R, and R <= P.
+//! 2. Compaction at C removes, per key, only revisions older than the newest one <= C, so
+//!    lookups at R >= C are unchanged. The compaction revision lives inside the locked index,
+//!    so a reader sees the check (R >= current compaction, else "compacted") and the index it
+//!    reads in one consistent state. This is etcd's rule: reads are checked against the
+//!    current compaction, not the one when the read began.
+//! 3. A revision the index returns for R has main <= P, so its record was written before the
+//!    view was taken, and it has not been removed from the tree before that either (compaction
+//!    removes a record from the index and the tree in the same apply step, before any later
+//!    view). So the view holds it; later tree deletes cannot reach an immutable view.
+//! 4. Each index update (one put, one tombstone, one whole compaction) happens under the write
+//!    lock, so a reader never sees a half-updated entry; tree I/O happens outside the lock.
+//!
+//! A request that fails fatally midway may leave revisions above P in the index; readers
+//! ignore them by (1), and the store stops until reopened.
+
+mod apply;
+mod error;
+mod hash;
+mod key_index;
+mod range;
+mod read_view;
+mod record;
+mod revision;
+mod store;
+mod txn;
+mod types;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+pub use apply::{AcceptAllLeases, LeaseCheck};
+pub use error::MvccError;
+pub use read_view::ReadView;
+pub use revision::Revision;
+pub use store::{ApplyOutcome, RaftPosition, Store};
+pub use txn::{validate, MAX_TXN_OPS_DEFAULT};
+pub use types::*;

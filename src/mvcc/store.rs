@@ -1,0 +1,248 @@
+//! [`Store`]: the single writer of the MVCC state. Applies Raft-committed batches, checkpoints
+//! them into the tree, publishes [`ReadView`]s, and rebuilds its key index on open.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::btree::{BtreeError, CommitMeta, Db, DbOptions};
+
+use super::apply::{self, LeaseCheck};
+use super::error::MvccError;
+use super::hash;
+use super::key_index::{KeyIndex, KeyIndexBuilder};
+use super::range::{self, PRIMARY_TREE};
+use super::read_view::ReadView;
+use super::record::{Record, StoreMeta};
+use super::revision::Revision;
+use super::txn::{self, check_range};
+use super::types::{HashKvResponse, RangeRequest, RangeResponse, Request, Response};
+use super::write::WriteTxn;
+
+/// Where in the Raft log the store is: the last entry applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RaftPosition {
+    pub index: u64,
+    pub term: u64,
+}
+
+/// The result of [`Store::apply`].
+#[derive(Debug)]
+pub enum ApplyOutcome {
+    /// The entry was at or below the applied index: already applied, nothing done.
+    Skipped,
+    /// One result per request, in order. An error here is a request error that changed
+    /// nothing; the other requests of the batch still applied.
+    Applied(Vec<Result<Response, MvccError>>),
+}
+
+pub struct Store {
+    db: Db,
+    index: Arc<RwLock<KeyIndex>>,
+    current_revision: i64,
+    applied: RaftPosition,
+    /// Set by a fatal error: a write may be half done, so nothing more may be applied or made
+    /// durable. The remedy is to reopen, which rolls back to the last checkpoint.
+    poisoned: bool,
+}
+
+impl Store {
+    /// Opens the store in the tree file at `path`, at the tree's newest durable commit, and
+    /// rebuilds the key index. Replay the Raft log from [`Store::applied`] afterwards.
+    pub fn open(path: impl AsRef<Path>, options: DbOptions) -> Result<Store, MvccError> {
+        Store::from_db(Db::open(path, options)?)
+    }
+
+    /// Builds the store over an open tree, as [`Store::open`] does.
+    pub(crate) fn from_db(db: Db) -> Result<Store, MvccError> {
+        let commit = db.last_commit().clone();
+        let meta = StoreMeta::decode(&commit.user)?;
+        let (index, last) = rebuild_index(&db, meta.map_or(-1, |m| m.compact_revision))?;
+        let meta = match meta {
+            Some(meta) => meta,
+            None if last.is_none() => StoreMeta::FRESH,
+            None => return Err(MvccError::CorruptMeta("records but no store metadata")),
+        };
+        if last.is_some_and(|rev| rev.main > meta.current_revision) {
+            return Err(MvccError::CorruptMeta(
+                "records newer than the current revision",
+            ));
+        }
+        Ok(Store {
+            db,
+            index: Arc::new(RwLock::new(index)),
+            current_revision: meta.current_revision,
+            applied: RaftPosition {
+                index: commit.applied_index,
+                term: commit.applied_term,
+            },
+            poisoned: false,
+        })
+    }
+
+    /// The last Raft entry applied (durable only up to the last checkpoint).
+    pub fn applied(&self) -> RaftPosition {
+        self.applied
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
+    /// The revision of the last compaction, -1 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.index.read().compact_revision()
+    }
+
+    /// Applies the requests of the Raft entry at `at`, each as its own write transaction
+    /// (its own revision if it writes anything). Entries at or below the applied index are
+    /// skipped, so replaying the log after a restart is harmless. `Err` is fatal (storage or
+    /// corruption): the store refuses further work and must be reopened.
+    pub fn apply(
+        &mut self,
+        at: RaftPosition,
+        batch: &[Request],
+        leases: &dyn LeaseCheck,
+    ) -> Result<ApplyOutcome, MvccError> {
+        if self.poisoned {
+            return Err(MvccError::Poisoned);
+        }
+        if at.index <= self.applied.index {
+            return Ok(ApplyOutcome::Skipped);
+        }
+        let mut responses = Vec::with_capacity(batch.len());
+        for request in batch {
+            match self.apply_request(request, leases) {
+                Err(e) if e.is_fatal() => {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+                result => responses.push(result),
+            }
+        }
+        self.applied = at;
+        Ok(ApplyOutcome::Applied(responses))
+    }
+
+    fn apply_request(
+        &mut self,
+        request: &Request,
+        leases: &dyn LeaseCheck,
+    ) -> Result<Response, MvccError> {
+        // The operation limit is the proposer's business (see `validate`); the rest is
+        // deterministic and keeps malformed requests out of the tree.
+        txn::validate(request, usize::MAX)?;
+        let mut w = WriteTxn::new(&mut self.db, &self.index, self.current_revision);
+        let result = apply::request(&mut w, request, leases);
+        if let Err(e) = &result {
+            if !e.is_fatal() {
+                w.rollback()?;
+            }
+        }
+        if w.changed() {
+            self.current_revision += 1;
+        }
+        result
+    }
+
+    /// Makes everything applied so far durable in one tree commit that records the applied
+    /// Raft position and the store's revisions.
+    pub fn checkpoint(&mut self) -> Result<(), MvccError> {
+        if self.poisoned {
+            return Err(MvccError::Poisoned);
+        }
+        let meta = StoreMeta {
+            current_revision: self.current_revision,
+            compact_revision: self.compact_revision(),
+        };
+        let commit = CommitMeta {
+            applied_index: self.applied.index,
+            applied_term: self.applied.term,
+            user: meta.encode(),
+        };
+        // A failed commit (fsync) leaves the file's state unknown: stop, like a failed apply.
+        self.db
+            .commit(commit)
+            .inspect_err(|_| self.poisoned = true)?;
+        Ok(())
+    }
+
+    /// Publishes the current state for readers on any thread. O(1).
+    pub fn read_view(&self) -> ReadView {
+        ReadView::new(
+            self.db.view(),
+            self.current_revision,
+            self.compact_revision(),
+            self.index.clone(),
+        )
+    }
+
+    /// A serializable Range on the writer's thread, at the current revision.
+    pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        check_range(r)?;
+        range::range(r, |keys, ro| {
+            let selection = range::select(&self.index.read(), keys, self.current_revision, ro)?;
+            range::fetch(&self.db, selection)
+        })
+    }
+
+    /// HashKV at `rev` (0 for the current revision).
+    pub fn hash_kv(&self, rev: i64) -> Result<HashKvResponse, MvccError> {
+        hash::hash_kv(
+            &self.db,
+            rev,
+            self.current_revision,
+            self.compact_revision(),
+        )
+    }
+
+    #[cfg(test)]
+    pub(crate) fn into_db(self) -> Db {
+        self.db
+    }
+
+    #[cfg(test)]
+    pub(crate) fn db_mut(&mut self) -> &mut Db {
+        &mut self.db
+    }
+
+    /// Rebuilds the index from the tree and compares it with the live one.
+    #[cfg(test)]
+    pub(crate) fn index_matches_tree(&self) -> Result<bool, MvccError> {
+        let (rebuilt, _) = rebuild_index(&self.db, self.compact_revision())?;
+        Ok(rebuilt == *self.index.read())
+    }
+}
+
+/// One sequential scan of the primary tree; returns the index and the newest revision seen.
+fn rebuild_index(
+    db: &Db,
+    compact_revision: i64,
+) -> Result<(KeyIndex, Option<Revision>), MvccError> {
+    let entries = db.range(PRIMARY_TREE, Bound::Unbounded, Bound::Unbounded, false);
+    index_from_entries(entries, compact_revision)
+}
+
+/// Builds the index from primary-tree entries in revision order.
+pub(crate) fn index_from_entries(
+    entries: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), BtreeError>>,
+    compact_revision: i64,
+) -> Result<(KeyIndex, Option<Revision>), MvccError> {
+    let mut builder = KeyIndexBuilder::new();
+    for entry in entries {
+        let (key, value) = entry?;
+        let rev = Revision::from_key(&key)?;
+        let record = Record::decode(&value, rev)?;
+        builder.push(
+            record.key,
+            rev,
+            record.tombstone,
+            record.create_revision,
+            record.version,
+        )?;
+    }
+    let last = builder.last_revision();
+    Ok((builder.finish(compact_revision), last))
+}

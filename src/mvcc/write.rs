@@ -1,0 +1,150 @@
+//! One write transaction (etcd's `storeTxnWrite`): every change of one request, at revision
+//! `begin + 1`, with sub-revisions numbering the changes. Reads inside it see its own earlier
+//! writes. It keeps an undo log so a request that fails after writing can be rolled back.
+
+use parking_lot::RwLock;
+
+use crate::btree::Db;
+
+use super::error::MvccError;
+use super::key_index::{KeyIndex, KeyRange};
+use super::range::{self, RangeOptions, RangeResult, PRIMARY_TREE};
+use super::record::Record;
+use super::revision::Revision;
+use super::types::KeyValue;
+
+/// What undoes one change: its revision and the key's live generation before it.
+struct Undo {
+    rev: Revision,
+    before: Option<(i64, i64)>,
+}
+
+pub(crate) struct WriteTxn<'a> {
+    db: &'a mut Db,
+    /// Locked per operation, and for writing only around index updates, so readers on other
+    /// threads wait for an index update, never for tree I/O.
+    index: &'a RwLock<KeyIndex>,
+    begin: i64,
+    undo: Vec<Undo>,
+}
+
+impl<'a> WriteTxn<'a> {
+    /// Starts a transaction on a store whose current revision is `begin`.
+    pub fn new(db: &'a mut Db, index: &'a RwLock<KeyIndex>, begin: i64) -> WriteTxn<'a> {
+        WriteTxn {
+            db,
+            index,
+            begin,
+            undo: Vec::new(),
+        }
+    }
+
+    /// The store's revision when the transaction began.
+    pub fn begin_rev(&self) -> i64 {
+        self.begin
+    }
+
+    pub fn changed(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    /// The revision reads see: the transaction's own once it has written.
+    pub fn read_rev(&self) -> i64 {
+        self.begin + i64::from(self.changed())
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.index.read().compact_revision()
+    }
+
+    fn next_rev(&self) -> Revision {
+        let sub = u32::try_from(self.undo.len()).expect("fewer than 2^32 changes in one request");
+        Revision::new(self.begin + 1, sub)
+    }
+
+    /// etcd's `storeTxnWrite.Range`.
+    pub fn range(&self, range: KeyRange<'_>, ro: RangeOptions) -> Result<RangeResult, MvccError> {
+        let selection = range::select(&self.index.read(), range, self.read_rev(), ro)?;
+        range::fetch(&*self.db, selection)
+    }
+
+    /// The key as this transaction sees it now.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        Ok(self
+            .range(KeyRange::Single(key), RangeOptions::default())?
+            .kvs
+            .pop())
+    }
+
+    /// Writes a new revision of `key`; returns the transaction's revision.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, MvccError> {
+        let rev = self.next_rev();
+        let (before, (created, version)) = {
+            let index = self.index.read();
+            (index.live_generation(key), index.next_put(key, rev.main))
+        };
+        let record = Record::put(key, created, version, lease, value).encode();
+        // Tree first: if it fails, the index still describes the tree.
+        self.db.put(PRIMARY_TREE, &rev.to_key(), &record)?;
+        self.index.write().put(key, rev, created, version);
+        self.undo.push(Undo { rev, before });
+        Ok(rev.main)
+    }
+
+    /// Deletes every key in `range` visible to this transaction; returns (deleted, header
+    /// revision) as etcd's `storeTxnWrite.DeleteRange` does.
+    pub fn delete_range(&mut self, range: KeyRange<'_>) -> Result<(i64, i64), MvccError> {
+        let keys = self.index.read().live_keys(range, self.read_rev());
+        for key in &keys {
+            self.delete(key)?;
+        }
+        let deleted = keys.len() as i64;
+        let rev = if deleted != 0 || self.changed() {
+            self.begin + 1
+        } else {
+            self.begin
+        };
+        Ok((deleted, rev))
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), MvccError> {
+        let rev = self.next_rev();
+        let before = self.index.read().live_generation(key);
+        self.db.put(
+            PRIMARY_TREE,
+            &rev.to_key(),
+            &Record::tombstone(key).encode(),
+        )?;
+        self.index.write().tombstone(key, rev);
+        self.undo.push(Undo { rev, before });
+        Ok(())
+    }
+
+    /// Undoes every change, newest first, leaving tree and index as they were at `begin`.
+    pub fn rollback(&mut self) -> Result<(), MvccError> {
+        while let Some(Undo { rev, before }) = self.undo.pop() {
+            let bytes = self.db.get(PRIMARY_TREE, &rev.to_key())?;
+            let bytes = bytes.ok_or(MvccError::MissingRevision(rev))?;
+            let key = Record::decode(&bytes, rev)?.key.to_vec();
+            self.db.delete(PRIMARY_TREE, &rev.to_key())?;
+            self.index.write().undo(&key, rev, before);
+        }
+        Ok(())
+    }
+
+    /// etcd's `store.Compact`, done synchronously: drops what compaction at `rev` makes
+    /// unreachable from the index, then from the tree.
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        if rev <= self.compact_revision() {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.begin {
+            return Err(MvccError::FutureRev);
+        }
+        let dropped = self.index.write().compact(rev);
+        for dead in dropped {
+            self.db.delete(PRIMARY_TREE, &dead.to_key())?;
+        }
+        Ok(())
+    }
+}
