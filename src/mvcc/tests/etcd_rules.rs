@@ -1054,7 +1054,6 @@ fn reopen_after_checkpoint_restores_everything() {
 
 /// The same through the file, and a crash: writes after the checkpoint are lost and replayed.
 #[test]
-#[ignore = "needs on-disk btree"]
 fn reopen_from_disk_and_replay_after_crash() {
     let mut h = Harness::new();
     let entry = |i: u64| {
