@@ -39,8 +39,9 @@ pub enum WalError {
     /// A write or fdatasync failed earlier; the WAL acknowledges nothing after that.
     #[error("WAL failed and accepts no more appends: {reason}")]
     Failed { reason: String },
-    #[error("replay from LSN {requested} asked for, but the WAL starts at LSN {first}")]
-    Released { requested: Lsn, first: Lsn },
+    /// Another open WAL holds the directory's lock.
+    #[error("WAL directory {dir} is in use by another open WAL")]
+    Locked { dir: PathBuf },
     /// The replay callback returned an error.
     #[error("replay stopped at LSN {lsn}: {source}")]
     Replay {

@@ -18,6 +18,8 @@ pub type Lsn = u64;
 pub const BLOCK_BYTES: u64 = 4096;
 /// The segment header occupies the first block of every segment file.
 pub const SEGMENT_HEADER_BYTES: u64 = BLOCK_BYTES;
+/// Largest segment file accepted (in options and in headers read from disk).
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 40;
 /// Size of a batch header; records follow it directly.
 pub const BATCH_HEADER_BYTES: usize = 32;
 /// Size of a record header; the payload follows it directly (8-byte aligned).
@@ -173,12 +175,11 @@ impl SegmentHeader {
             first_lsn: u64_at(&used, 32),
             crc_seed: u32_at(&used, 40),
         };
-        if !header.segment_bytes.is_multiple_of(BLOCK_BYTES)
-            || header.segment_bytes < 2 * BLOCK_BYTES
+        let size = header.segment_bytes;
+        if !size.is_multiple_of(BLOCK_BYTES)
+            || !(2 * BLOCK_BYTES..=SEGMENT_BYTES_MAX).contains(&size)
         {
-            return HeaderDecode::Invalid(
-                "segment size in header is not a multiple of 4096 of at least two blocks",
-            );
+            return HeaderDecode::Invalid("segment size in header out of range");
         }
         HeaderDecode::Valid(header)
     }

@@ -1,7 +1,9 @@
 //! Every bound and tunable of the WAL, with its default.
 
 use super::error::{Result, WalError};
-use super::format::{batch_disk_bytes, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use super::format::{
+    batch_disk_bytes, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES,
+};
 
 /// How a new segment file is preallocated before its first use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +41,10 @@ impl Default for WalOptions {
 impl WalOptions {
     pub(crate) fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(WalError::InvalidOptions(m));
-        if !self.segment_bytes.is_multiple_of(BLOCK_BYTES) {
+        if !self.segment_bytes.is_multiple_of(BLOCK_BYTES) || self.segment_bytes > SEGMENT_BYTES_MAX
+        {
             return fail(format!(
-                "segment_bytes {} is not a multiple of 4096",
+                "segment_bytes {} is not a multiple of 4096 up to 1 TiB",
                 self.segment_bytes
             ));
         }

@@ -86,6 +86,11 @@ impl Window {
         })
     }
 
+    async fn close(self) -> Result<()> {
+        drop(self.data);
+        self.file.close().await.at(&self.path)
+    }
+
     /// Bytes `[off, off + len)`, shorter if the file ends first.
     async fn get(&mut self, off: u64, len: u64) -> Result<&[u8]> {
         let end = (off + len).min(self.file_len);
@@ -228,7 +233,9 @@ where
             continue;
         }
         let mut window = Window::new(segment::open_read(path).await?, path.clone()).await?;
-        match scan_batches(&mut window, header, &mut chain).await? {
+        let end = scan_batches(&mut window, header, &mut chain).await;
+        window.close().await?;
+        match end? {
             ScanEnd::Damaged { offset, kind, .. } => return Err(corrupt(path, offset, kind)),
             ScanEnd::Clean { offset } => {
                 if next.first_lsn != chain.next_lsn || next.crc_seed != chain.crc {
@@ -348,9 +355,12 @@ async fn discard_unused(
                         "discarding the unacknowledged first batch of a segment whose header stamp was torn"
                     );
                 }
+                window.close().await?;
             }
             damaged => {
-                let scan = scan_tail(&mut window, 0, *seq, 0).await?;
+                let scan = scan_tail(&mut window, 0, *seq, 0).await;
+                window.close().await?;
+                let scan = scan?;
                 if let Some(offset) = scan.later_batch {
                     return Err(match stamped_header(path, damaged) {
                         Err(
@@ -399,7 +409,8 @@ where
         if batch.segment_seq != header.seq {
             return Ok(damaged(off, "batch belongs to another segment"));
         }
-        if batch.first_lsn != chain.next_lsn || batch.record_count == 0 {
+        let lsn_end = batch.first_lsn.checked_add(u64::from(batch.record_count));
+        if batch.first_lsn != chain.next_lsn || batch.record_count == 0 || lsn_end.is_none() {
             return Ok(damaged(off, "batch does not continue the LSN sequence"));
         }
         let disk_bytes = batch_disk_bytes(batch.records_bytes as usize);

@@ -164,12 +164,11 @@ pub(crate) async fn create(
     })
 }
 
-/// Deletes the given files, then syncs the directory once.
+/// Deletes the given files in order, syncing the directory after each, so a crash leaves
+/// a suffix of the list (segments are deleted oldest first: never a hole in the sequence).
 pub(crate) async fn remove_all(dir: &Directory, dir_path: &Path, paths: &[PathBuf]) -> Result<()> {
     for path in paths {
         glommio::io::remove(path).await.at(path)?;
-    }
-    if !paths.is_empty() {
         dir.sync().await.at(dir_path)?;
     }
     Ok(())

@@ -804,3 +804,69 @@ fn torn_batch_is_zeroed_so_it_cannot_reappear() {
         .all(|&x| x == 0));
     assert_eq!(bytes.len() as u64 % BLOCK_BYTES, 0);
 }
+
+#[test]
+fn a_failed_write_fails_its_waiters_and_every_later_append() {
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let dir = tmp.path().join("wal");
+    run(move || async move {
+        let (wal, _) = open(&dir, small_options(), 1).await.expect("open");
+        for i in 0..5u8 {
+            wal.append(RecordType::ENTRY, &[i; 10])
+                .await
+                .expect("append");
+        }
+        wal.fail_next_write();
+        let wal = Rc::new(wal);
+        let tasks: Vec<_> = (0..10u8)
+            .map(|i| {
+                let wal = wal.clone();
+                glommio::spawn_local(async move { wal.append(RecordType::ENTRY, &[i; 10]).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(matches!(task.await, Err(WalError::Failed { .. })));
+        }
+        assert_eq!(wal.durable_lsn(), 5);
+        assert!(matches!(
+            wal.append(RecordType::ENTRY, b"late").await,
+            Err(WalError::Failed { .. })
+        ));
+        let wal = Rc::try_unwrap(wal).ok().expect("sole owner");
+        assert!(matches!(wal.close().await, Err(WalError::Failed { .. })));
+        let (seen, torn) = reopen(&dir).await.expect("reopen");
+        assert_eq!(seen.len(), 5);
+        assert!(torn.is_none());
+    });
+}
+
+#[test]
+fn a_directory_is_opened_by_one_wal_at_a_time() {
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let dir = tmp.path().join("wal");
+    run(move || async move {
+        let (wal, _) = open(&dir, small_options(), 1).await.expect("open");
+        assert!(matches!(
+            open(&dir, small_options(), 1).await,
+            Err(WalError::Locked { .. })
+        ));
+        wal.close().await.expect("close");
+        let (wal, _) = open(&dir, small_options(), 1)
+            .await
+            .expect("open after close");
+        wal.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_failed_open_releases_the_directory() {
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let dir = tmp.path().join("wal");
+    build_wal(&dir, 18, 2);
+    flip_byte(&segment_paths(&dir)[0], SEGMENT_HEADER_BYTES + 40);
+    run(move || async move {
+        for _ in 0..2 {
+            assert!(matches!(reopen(&dir).await, Err(WalError::Corrupt { .. })));
+        }
+    });
+}

@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -49,15 +50,19 @@ pub struct WalMetrics {
 /// Format and crash behaviour: `docs/wal.md`.
 pub struct Wal {
     shared: Rc<Shared>,
-    flusher: Option<Task<()>>,
+    flusher: Task<()>,
 }
 
 struct Shared {
     dir: PathBuf,
+    /// The open directory; holds the WAL's exclusive lock for as long as it lives.
     directory: Rc<Directory>,
     options: WalOptions,
     torn: Option<TornTail>,
     state: RefCell<State>,
+    /// Makes the next batch write fail, to test the failed state.
+    #[cfg(test)]
+    fail_next_write: std::cell::Cell<bool>,
 }
 
 struct State {
@@ -203,7 +208,20 @@ impl Wal {
         let dir = dir.as_ref().to_owned();
         create_dir(&dir).await?;
         let directory = Rc::new(Directory::open(&dir).await.at(&dir)?);
-        let recovered = reader::recover(&dir, &directory, replay_from, &mut on_record).await?;
+        let recovered = match lock(&directory, &dir) {
+            Ok(()) => reader::recover(&dir, &directory, replay_from, &mut on_record).await,
+            Err(error) => Err(error),
+        };
+        let recovered = match recovered {
+            Ok(recovered) => recovered,
+            Err(error) => {
+                // Close now so that the lock is free for the caller's next attempt.
+                if let Ok(directory) = Rc::try_unwrap(directory) {
+                    let _ = directory.close().await;
+                }
+                return Err(error);
+            }
+        };
         let next = spawn_create(&directory, &dir, recovered.next_seq, &options);
         let state = State {
             next_lsn: recovered.next_lsn,
@@ -233,6 +251,8 @@ impl Wal {
             options,
             torn: recovered.torn,
             state: RefCell::new(state),
+            #[cfg(test)]
+            fail_next_write: std::cell::Cell::new(false),
         });
         let active = recovered.tail.map(|tail| Active {
             segment: tail.segment,
@@ -240,10 +260,7 @@ impl Wal {
             stamped: true,
         });
         let flusher = glommio::spawn_local(run_flusher(shared.clone(), active, next));
-        Ok(Wal {
-            shared,
-            flusher: Some(flusher),
-        })
+        Ok(Wal { shared, flusher })
     }
 
     /// Appends one record and waits until it is durable; returns its LSN.
@@ -288,19 +305,23 @@ impl Wal {
 
     /// Waits for every record appended so far to become durable, stops the background
     /// tasks and closes the files.
-    pub async fn close(mut self) -> Result<()> {
+    pub async fn close(self) -> Result<()> {
+        let Wal { shared, flusher } = self;
         {
-            let mut st = self.shared.state.borrow_mut();
+            let mut st = shared.state.borrow_mut();
             st.closing = true;
             st.wake_flusher();
         }
-        if let Some(flusher) = self.flusher.take() {
-            flusher.await;
+        flusher.await;
+        let failed = shared.state.borrow().fail_reason();
+        // Close the directory now (a dropped descriptor is closed on a later reactor turn,
+        // or never if the executor stops first), releasing the lock.
+        if let Ok(Shared { dir, directory, .. }) = Rc::try_unwrap(shared) {
+            if let Ok(directory) = Rc::try_unwrap(directory) {
+                directory.close().await.at(&dir)?;
+            }
         }
-        match self.shared.state.borrow().fail_reason() {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// The LSN the next appended record will get.
@@ -333,6 +354,31 @@ impl Wal {
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
+
+    #[cfg(test)]
+    pub(crate) fn fail_next_write(&self) {
+        self.shared.fail_next_write.set(true);
+    }
+}
+
+/// Takes an exclusive `flock` on the directory: two open WALs on one directory would
+/// interleave segments. Released when the directory's descriptor closes.
+fn lock(directory: &Directory, dir: &Path) -> Result<()> {
+    // SAFETY: flock takes no pointers; the descriptor is open for the call's duration.
+    let rc = unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(WalError::Locked {
+            dir: dir.to_owned(),
+        });
+    }
+    Err(WalError::Io {
+        path: dir.to_owned(),
+        source: error,
+    })
 }
 
 async fn create_dir(dir: &Path) -> Result<()> {
@@ -524,14 +570,20 @@ async fn run_flusher(shared: Rc<Shared>, mut active: Option<Active>, next: Creat
         YieldNow(false).await;
     }
     if let Some(task) = next {
-        if let Err(error) = task.await {
-            tracing::warn!(%error, "preallocating the next WAL segment failed");
+        match task.await {
+            Ok(segment) => close_segment(segment).await,
+            Err(error) => tracing::warn!(%error, "preallocating the next WAL segment failed"),
         }
     }
     if let Some(active) = active {
-        if let Err(error) = active.segment.file.close().await {
-            tracing::warn!(%error, "closing a WAL segment failed");
-        }
+        close_segment(active.segment).await;
+    }
+}
+
+/// Closes a segment file whose writes are all synced (so a failure loses nothing).
+async fn close_segment(segment: SegmentFile) {
+    if let Err(error) = segment.file.close().await {
+        tracing::warn!(%error, path = %segment.path.display(), "closing a WAL segment failed");
     }
 }
 
@@ -597,6 +649,13 @@ async fn write_batch(
     body[BATCH_HEADER_BYTES..records_end].copy_from_slice(&batch.buf);
     body[records_end..].fill(0);
     let path = &seg.segment.path;
+    #[cfg(test)]
+    if shared.fail_next_write.take() {
+        return Err(WalError::Io {
+            path: path.clone(),
+            source: std::io::Error::other("injected"),
+        });
+    }
     let written = file.write_at(dma, pos).await.at(path)?;
     if written != len {
         return Err(segment::short_write(path, pos, written, len));
@@ -642,9 +701,7 @@ async fn switch_segment(
         &shared.options,
     ));
     if let Some(old) = old {
-        if let Err(error) = old.segment.file.close().await {
-            tracing::warn!(%error, path = %old.segment.path.display(), "closing a WAL segment failed");
-        }
+        close_segment(old.segment).await;
     }
     Ok(Active {
         segment,
