@@ -1,1 +1,42 @@
-//! placeholder
+//! The write-ahead log: fixed-size preallocated segments written with O_DIRECT through
+//! io_uring (glommio DMA files), records chained by a rolling CRC32C, and group commit
+//! (one write and one `fdatasync` per batch of concurrent appends).
+//!
+//! The byte layout, alignment rules and crash cases are documented in `docs/wal.md`.
+//!
+//! - `format`: encoding and decoding of segment headers, batches and records (pure).
+//! - `segment`: segment file naming, listing, preallocation and removal.
+//! - `reader`: open: verify, replay, repair a torn tail.
+//! - `writer`: [`Wal`], the group-commit writer and its background tasks.
+//!
+//! ```no_run
+//! use cairn::wal::{RecordType, Wal, WalOptions};
+//!
+//! glommio::LocalExecutor::default().run(async {
+//!     let wal = Wal::open("data/wal", WalOptions::default(), 1, |lsn, rtype, payload| {
+//!         println!("replay {lsn} {rtype:?} {} bytes", payload.len());
+//!         Ok(())
+//!     })
+//!     .await?;
+//!     let lsn = wal.append(RecordType::ENTRY, b"hello").await?;
+//!     wal.release_below(lsn).await?;
+//!     wal.close().await
+//! })
+//! .unwrap();
+//! ```
+
+mod error;
+mod format;
+mod options;
+mod reader;
+mod segment;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{Result, WalError};
+pub use format::{Lsn, RecordType};
+pub use options::{Prealloc, WalOptions};
+pub use reader::{ReplayError, TornTail};
+pub use writer::{Append, Wal, WalMetrics};

@@ -1,0 +1,68 @@
+//! The WAL's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::format::Lsn;
+
+/// Everything the WAL can fail with. Errors found while reading name the file and the byte
+/// offset of the damage.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// Damaged data that cannot be a torn write (it precedes acknowledged data).
+    #[error("corrupt WAL segment {path} at byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("WAL segment {seq:016x} is missing from {dir}")]
+    MissingSegment { dir: PathBuf, seq: u64 },
+    #[error("{path} is not a WAL segment (bad magic {found:#018x})")]
+    BadMagic { path: PathBuf, found: u64 },
+    #[error("{path} has unsupported WAL format version {version}")]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    /// A record header claims more bytes than its segment can hold.
+    #[error("record at byte {offset} of {path} claims {len} bytes, more than its segment holds")]
+    RecordTooLong {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+    /// An append larger than one batch (`batch_bytes_max`) can hold.
+    #[error("append of {bytes} encoded bytes exceeds the {limit}-byte batch limit")]
+    RecordTooLarge { bytes: usize, limit: usize },
+    #[error("invalid WAL options: {0}")]
+    InvalidOptions(String),
+    /// A write or fdatasync failed earlier; the WAL acknowledges nothing after that.
+    #[error("WAL failed and accepts no more appends: {reason}")]
+    Failed { reason: String },
+    /// Another open WAL holds the directory's lock.
+    #[error("WAL directory {dir} is in use by another open WAL")]
+    Locked { dir: PathBuf },
+    /// The replay callback returned an error.
+    #[error("replay stopped at LSN {lsn}: {source}")]
+    Replay {
+        lsn: Lsn,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Result with [`WalError`].
+pub type Result<T, E = WalError> = std::result::Result<T, E>;
+
+/// Attaches a path to the I/O errors of glommio and std.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T, E: Into<io::Error>> IoContext<T> for std::result::Result<T, E> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| WalError::Io {
+            path: path.into(),
+            source: e.into(),
+        })
+    }
+}
