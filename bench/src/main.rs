@@ -37,7 +37,9 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let _ = args.wal_only; // the WAL benchmark is the only one so far
+    if !args.wal_only {
+        eprintln!("storage-bench: the WAL benchmark is the only one so far");
+    }
     let temp;
     let dir = match &args.dir {
         Some(dir) => dir.clone(),

@@ -358,7 +358,7 @@ async fn discard_unused(
                 window.close().await?;
             }
             damaged => {
-                let scan = scan_tail(&mut window, 0, *seq, 0).await;
+                let scan = scan_tail(&mut window, 0, u64::MAX, *seq, 0).await;
                 window.close().await?;
                 let scan = scan?;
                 if let Some(offset) = scan.later_batch {
@@ -450,10 +450,17 @@ where
     Ok(ScanEnd::Clean { offset: off })
 }
 
-/// Looks at every block of `[from, end of segment)`: is there a valid batch header of this
-/// segment with an LSN at or above `lsn_min` after `from`, and where do nonzero bytes end?
-async fn scan_tail(window: &mut Window, from: u64, seq: u64, lsn_min: Lsn) -> Result<TailScan> {
-    let end = align_up(window.file_len, BLOCK_BYTES);
+/// Looks at every block of `[from, end)` (and not past the end of the file): is there a
+/// valid batch header of this segment with an LSN at or above `lsn_min` after `from`, and
+/// where do nonzero bytes end?
+async fn scan_tail(
+    window: &mut Window,
+    from: u64,
+    end: u64,
+    seq: u64,
+    lsn_min: Lsn,
+) -> Result<TailScan> {
+    let end = end.min(align_up(window.file_len, BLOCK_BYTES));
     let mut scan = TailScan {
         later_batch: None,
         dirty_end: from,
@@ -498,15 +505,20 @@ where
             ref kind,
         } => (batch_offset, format!("{kind} at byte {offset}")),
     };
-    let scan = scan_tail(&mut window, batch_offset, header.seq, chain.next_lsn).await?;
-    if scan.later_batch.is_some() {
+    let (seq, lsn_min) = (header.seq, chain.next_lsn);
+    let scan = scan_tail(
+        &mut window,
+        batch_offset,
+        header.segment_bytes,
+        seq,
+        lsn_min,
+    )
+    .await?;
+    if let Some(later) = scan.later_batch {
         if let ScanEnd::Damaged { offset, kind, .. } = end {
             return Err(corrupt(path, offset, kind));
         }
-        let reason = format!(
-            "zeroed batch before a valid batch at byte {:?}",
-            scan.later_batch
-        );
+        let reason = format!("zeroed batch before a valid batch at byte {later}");
         return Err(WalError::Corrupt {
             path: path.to_owned(),
             offset: batch_offset,

@@ -870,3 +870,22 @@ fn a_failed_open_releases_the_directory() {
         }
     });
 }
+
+#[test]
+fn a_relative_directory_works() {
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let cwd = std::env::current_dir().expect("cwd");
+    let relative = tmp
+        .path()
+        .strip_prefix(&cwd)
+        .expect("test root under cwd")
+        .join("a/wal");
+    run(move || async move {
+        let (wal, _) = open(&relative, small_options(), 1).await.expect("open");
+        assert!(wal.dir().is_absolute());
+        wal.append(RecordType::ENTRY, b"x").await.expect("append");
+        wal.close().await.expect("close");
+        let (seen, _) = reopen(&relative).await.expect("reopen");
+        assert_eq!(seen.len(), 1);
+    });
+}

@@ -205,7 +205,8 @@ impl Wal {
         F: FnMut(Lsn, RecordType, &[u8]) -> std::result::Result<(), ReplayError>,
     {
         options.validate()?;
-        let dir = dir.as_ref().to_owned();
+        // glommio opens directories relative to no descriptor: paths must be absolute.
+        let dir = std::path::absolute(dir.as_ref()).at(dir.as_ref())?;
         create_dir(&dir).await?;
         let directory = Rc::new(Directory::open(&dir).await.at(&dir)?);
         let recovered = match lock(&directory, &dir) {
