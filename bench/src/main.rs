@@ -1,76 +1,99 @@
-//! `storage-bench`: micro-benchmarks of cairn's storage layers. Prints one JSON line per
-//! benchmark on stdout, progress on stderr.
+//! `storage-bench`: benchmarks of cairn's storage layers. Prints progress on stderr and one
+//! JSON line of results on stdout.
+//!
+//! Default: the MVCC store (load, overwrite, compact, reclaim, reopen, point gets).
+//! `--wal-only`: the write-ahead log alone (durable records from concurrent appenders).
 
+mod store;
 mod wal;
 
 use std::path::PathBuf;
 
 use clap::Parser;
 
-/// Storage micro-benchmarks.
+/// Storage benchmarks.
 #[derive(Debug, Parser)]
 #[command(name = "storage-bench")]
 struct Args {
+    /// Keys to load into the store.
+    #[arg(long, default_value_t = 2_000_000)]
+    keys: u64,
+    /// Value bytes per key.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Random point gets to time after the reopen.
+    #[arg(long, default_value_t = 500_000)]
+    gets: u64,
     /// Run only the WAL benchmark.
     #[arg(long)]
     wal_only: bool,
-    /// Records to append.
+    /// WAL: records to append.
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
-    /// Payload bytes per record.
+    /// WAL: payload bytes per record.
     #[arg(long, default_value_t = 300)]
     record_bytes: usize,
-    /// Concurrent appender tasks.
+    /// WAL: concurrent appender tasks.
     #[arg(long, default_value_t = 256)]
     appenders: usize,
-    /// Directory for the WAL (default: a temporary directory under the current one,
+    /// Directory for the data (default: a temporary directory under the current one,
     /// deleted afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Segment preallocation: zero-fill or fallocate.
+    /// WAL: segment preallocation, zero-fill or fallocate.
     #[arg(long, default_value = "zero-fill", value_parser = wal::parse_prealloc)]
     prealloc: cairn::wal::Prealloc,
-    /// Segment size in MiB.
+    /// WAL: segment size in MiB.
     #[arg(long, default_value_t = 64)]
     segment_mib: u64,
 }
 
+fn fail(what: impl std::fmt::Display) -> ! {
+    eprintln!("storage-bench: {what}");
+    std::process::exit(1);
+}
+
 fn main() {
     let args = Args::parse();
-    if !args.wal_only {
-        eprintln!("storage-bench: the WAL benchmark is the only one so far");
-    }
     let temp;
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => {
-            temp = match tempfile::tempdir_in(".") {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("storage-bench: cannot create a temporary directory: {e}");
-                    std::process::exit(1);
-                }
-            };
-            temp.path().join("wal")
+            temp = tempfile::tempdir_in(".")
+                .unwrap_or_else(|e| fail(format!("cannot create a temporary directory: {e}")));
+            temp.path().to_path_buf()
         }
     };
-    let options = cairn::wal::WalOptions {
-        segment_bytes: args.segment_mib << 20,
-        prealloc: args.prealloc,
-        ..Default::default()
+    if args.wal_only {
+        let options = cairn::wal::WalOptions {
+            segment_bytes: args.segment_mib << 20,
+            prealloc: args.prealloc,
+            ..Default::default()
+        };
+        let config = wal::WalBenchConfig {
+            records: args.records,
+            record_bytes: args.record_bytes,
+            appenders: args.appenders,
+            dir: dir.join("wal"),
+            options,
+        };
+        match wal::run_wal_bench(config) {
+            Ok(result) => println!("{}", result.to_json()),
+            Err(e) => fail(e),
+        }
+        return;
+    }
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        fail(format!("cannot create {}: {e}", dir.display()));
+    }
+    let config = store::StoreBenchConfig {
+        keys: args.keys,
+        value_size: args.value_size,
+        gets: args.gets,
+        path: dir.join("db"),
     };
-    let config = wal::WalBenchConfig {
-        records: args.records,
-        record_bytes: args.record_bytes,
-        appenders: args.appenders,
-        dir,
-        options,
-    };
-    match wal::run_wal_bench(config) {
+    match store::run_store_bench(config) {
         Ok(result) => println!("{}", result.to_json()),
-        Err(e) => {
-            eprintln!("storage-bench: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => fail(e),
     }
 }

@@ -21,6 +21,10 @@ use super::txn::{self, check_range};
 use super::types::{HashKvResponse, RangeRequest, RangeResponse, Request, Response};
 use super::write::WriteTxn;
 
+/// Memory the writer may hold in changes not yet checkpointed before `maybe_checkpoint`
+/// commits them, in bytes.
+pub const CHECKPOINT_UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
+
 /// Where in the Raft log the store is: the last entry applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RaftPosition {
@@ -167,6 +171,31 @@ impl Store {
             .commit(commit)
             .inspect_err(|_| self.poisoned = true)?;
         Ok(())
+    }
+
+    /// Checkpoints once the changes held in memory since the last checkpoint exceed
+    /// [`CHECKPOINT_UNCOMMITTED_BYTES_MAX`]: the bound on the writer's memory.
+    pub fn maybe_checkpoint(&mut self) -> Result<(), MvccError> {
+        if self.db.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the tree file without its dead pages, online: checkpoints, copies the live
+    /// entries into a fresh file on a background thread, and switches at the next checkpoint.
+    /// Blocks the caller until the switch (applies may go on from another loop meanwhile in
+    /// the server; here the caller waits).
+    pub fn reclaim_space(&mut self) -> Result<(), MvccError> {
+        self.checkpoint()?;
+        self.db.start_reclaim()?;
+        self.db.wait_reclaim_built();
+        self.checkpoint()
+    }
+
+    /// File size and live bytes of the tree file.
+    pub fn stats(&self) -> crate::btree::Stats {
+        self.db.stats()
     }
 
     /// Publishes the current state for readers on any thread. O(1).
