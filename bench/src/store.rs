@@ -77,10 +77,18 @@ fn key(i: u64) -> Vec<u8> {
 
 /// Peak resident set size (VmHWM) of this process.
 pub fn rss_peak_bytes() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+fn rss_mib() -> u64 {
+    status_bytes("VmRSS:") >> 20
+}
+
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
@@ -108,41 +116,45 @@ impl Loader {
         self.store.maybe_checkpoint()
     }
 
+    /// Applies puts of `ids` in batches of 1000 and checkpoints; returns puts per second of
+    /// apply and checkpoint time (building the requests is the client's work, not timed).
     fn puts(
         &mut self,
         ids: impl Iterator<Item = u64>,
         value: &[u8],
         what: &str,
     ) -> Result<f64, MvccError> {
-        let start = Instant::now();
+        let mut busy = Duration::ZERO;
         let mut batch = Vec::with_capacity(BATCH as usize);
         let mut done = 0u64;
         let mut last_report = Instant::now();
-        for id in ids {
-            batch.push(Request::Put(PutRequest {
-                key: key(id),
-                value: value.to_vec(),
-                ..Default::default()
+        let mut ids = ids.peekable();
+        while ids.peek().is_some() {
+            batch.clear();
+            batch.extend(ids.by_ref().take(BATCH as usize).map(|id| {
+                Request::Put(PutRequest {
+                    key: key(id),
+                    value: value.to_vec(),
+                    ..Default::default()
+                })
             }));
-            if batch.len() as u64 == BATCH {
-                self.apply(&batch)?;
-                done += BATCH;
-                batch.clear();
-                if last_report.elapsed() > Duration::from_secs(1) {
-                    eprintln!(
-                        "{what}: {done} puts, {:.0}/s",
-                        done as f64 / start.elapsed().as_secs_f64()
-                    );
-                    last_report = Instant::now();
-                }
+            let t = Instant::now();
+            self.apply(&batch)?;
+            busy += t.elapsed();
+            done += batch.len() as u64;
+            if last_report.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "{what}: {done} puts, {:.0}/s, rss {} MiB",
+                    done as f64 / busy.as_secs_f64(),
+                    rss_mib()
+                );
+                last_report = Instant::now();
             }
         }
-        if !batch.is_empty() {
-            done += batch.len() as u64;
-            self.apply(&batch)?;
-        }
+        let t = Instant::now();
         self.store.checkpoint()?;
-        Ok(done as f64 / start.elapsed().as_secs_f64())
+        busy += t.elapsed();
+        Ok(done as f64 / busy.as_secs_f64())
     }
 }
 
@@ -156,7 +168,11 @@ pub fn run_store_bench(cfg: StoreBenchConfig) -> Result<StoreBenchResult, MvccEr
         cfg.keys, cfg.value_size
     );
     let puts_per_sec = l.puts(0..cfg.keys, &value, "load")?;
-    eprintln!("load: {puts_per_sec:.0} puts/s");
+    eprintln!(
+        "load: {puts_per_sec:.0} puts/s, rss {} MiB, peak {} MiB",
+        rss_mib(),
+        rss_peak_bytes() >> 20
+    );
 
     let mut rng = StdRng::seed_from_u64(42);
     let half: Vec<u64> = (0..cfg.keys / 2)
@@ -171,10 +187,15 @@ pub fn run_store_bench(cfg: StoreBenchConfig) -> Result<StoreBenchResult, MvccEr
         revision,
         physical: true,
     })])?;
+    l.store.finish_compaction()?;
     l.store.checkpoint()?;
     let compact_ms = t.elapsed().as_millis();
     let file_bytes_before_reclaim = l.store.stats().file_bytes;
-    eprintln!("compact to {revision}: {compact_ms} ms, file {file_bytes_before_reclaim} bytes");
+    eprintln!(
+        "compact to {revision}: {compact_ms} ms, file {file_bytes_before_reclaim} bytes, rss {} MiB, peak {} MiB",
+        rss_mib(),
+        rss_peak_bytes() >> 20
+    );
 
     let t = Instant::now();
     l.store.reclaim_space()?;

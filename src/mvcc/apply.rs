@@ -52,7 +52,8 @@ pub(crate) fn request(
         Request::DeleteRange(d) => Response::DeleteRange(delete_range(w, d)?),
         Request::Txn(t) => Response::Txn(txn::txn(w, t, leases)?),
         Request::Compaction(c) => {
-            w.compact(c.revision)?;
+            let dropped = w.compact(c.revision)?;
+            w.note_compacted(dropped);
             let header = ResponseHeader {
                 revision: w.begin_rev(),
             };

@@ -20,8 +20,8 @@ pub(crate) const PRIMARY_TREE: TreeId = 0;
 /// or a reader's `View`.
 pub(crate) trait PrimaryTree {
     fn record_bytes(&self, rev: Revision) -> Result<Option<Vec<u8>>, MvccError>;
-    /// Every entry with a tree key below `hi`, in revision order.
-    fn scan_below(&self, hi: &[u8]) -> RangeIter;
+    /// Every entry with a tree key below `hi`, in revision order (or reverse order).
+    fn scan_below(&self, hi: &[u8], reverse: bool) -> RangeIter;
 }
 
 impl PrimaryTree for Db {
@@ -29,8 +29,8 @@ impl PrimaryTree for Db {
         Ok(self.get(PRIMARY_TREE, &rev.to_key())?)
     }
 
-    fn scan_below(&self, hi: &[u8]) -> RangeIter {
-        self.range(PRIMARY_TREE, Bound::Unbounded, Bound::Excluded(hi), false)
+    fn scan_below(&self, hi: &[u8], reverse: bool) -> RangeIter {
+        self.range(PRIMARY_TREE, Bound::Unbounded, Bound::Excluded(hi), reverse)
     }
 }
 
@@ -39,8 +39,8 @@ impl PrimaryTree for View {
         Ok(self.get(PRIMARY_TREE, &rev.to_key())?)
     }
 
-    fn scan_below(&self, hi: &[u8]) -> RangeIter {
-        self.range(PRIMARY_TREE, Bound::Unbounded, Bound::Excluded(hi), false)
+    fn scan_below(&self, hi: &[u8], reverse: bool) -> RangeIter {
+        self.range(PRIMARY_TREE, Bound::Unbounded, Bound::Excluded(hi), reverse)
     }
 }
 

@@ -25,6 +25,9 @@ use super::write::WriteTxn;
 /// commits them, in bytes.
 pub const CHECKPOINT_UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
 
+/// Records left by compaction that one `maybe_checkpoint` deletes at most.
+pub const COMPACTION_STEP_RECORDS: usize = 10_000;
+
 /// Where in the Raft log the store is: the last entry applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RaftPosition {
@@ -47,6 +50,10 @@ pub struct Store {
     index: Arc<RwLock<KeyIndex>>,
     current_revision: i64,
     applied: RaftPosition,
+    /// Revisions compaction dropped from the index whose records are still in the tree,
+    /// ascending; deleted from the end in bounded steps. Not persisted: open recomputes it
+    /// by compacting the rebuilt index again.
+    compaction_backlog: Vec<Revision>,
     /// Set by a fatal error: a write may be half done, so nothing more may be applied or made
     /// durable. The remedy is to reopen, which rolls back to the last checkpoint.
     poisoned: bool,
@@ -63,7 +70,7 @@ impl Store {
     pub(crate) fn from_db(db: Db) -> Result<Store, MvccError> {
         let commit = db.last_commit().clone();
         let meta = StoreMeta::decode(&commit.user)?;
-        let (index, last) = rebuild_index(&db, meta.map_or(-1, |m| m.compact_revision))?;
+        let (mut index, last) = rebuild_index(&db, -1)?;
         let meta = match meta {
             Some(meta) => meta,
             None if last.is_none() => StoreMeta::FRESH,
@@ -74,8 +81,16 @@ impl Store {
                 "records newer than the current revision",
             ));
         }
+        // A compaction whose tree deletions were not all checkpointed left records that the
+        // compacted index no longer reaches: compacting again finds exactly those.
+        let compaction_backlog = if meta.compact_revision > -1 {
+            index.compact(meta.compact_revision)
+        } else {
+            Vec::new()
+        };
         Ok(Store {
             db,
+            compaction_backlog,
             index: Arc::new(RwLock::new(index)),
             current_revision: meta.current_revision,
             applied: RaftPosition {
@@ -148,6 +163,12 @@ impl Store {
         if w.changed() {
             self.current_revision += 1;
         }
+        let dropped = w.take_compacted();
+        if !dropped.is_empty() {
+            self.compaction_backlog.extend(dropped);
+            self.compaction_backlog.sort_unstable();
+            self.compaction_backlog.dedup();
+        }
         result
     }
 
@@ -175,7 +196,10 @@ impl Store {
 
     /// Checkpoints once the changes held in memory since the last checkpoint exceed
     /// [`CHECKPOINT_UNCOMMITTED_BYTES_MAX`]: the bound on the writer's memory.
+    /// Also deletes up to [`COMPACTION_STEP_RECORDS`] records left by compaction, so the
+    /// tree catches up with the index in bounded steps.
     pub fn maybe_checkpoint(&mut self) -> Result<(), MvccError> {
+        self.compact_step(COMPACTION_STEP_RECORDS)?;
         if self.db.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX {
             self.checkpoint()?;
         }
@@ -191,6 +215,36 @@ impl Store {
         self.db.start_reclaim()?;
         self.db.wait_reclaim_built();
         self.checkpoint()
+    }
+
+    /// Deletes up to `max` records that compaction made unreachable; returns how many are
+    /// left. Reads never reach these records, so when this runs does not change results.
+    pub fn compact_step(&mut self, max: usize) -> Result<usize, MvccError> {
+        if self.poisoned {
+            return Err(MvccError::Poisoned);
+        }
+        let keep = self.compaction_backlog.len().saturating_sub(max);
+        for rev in self.compaction_backlog.split_off(keep).into_iter().rev() {
+            if let Err(e) = self.db.delete(PRIMARY_TREE, &rev.to_key()) {
+                self.poisoned = true;
+                return Err(e.into());
+            }
+        }
+        Ok(self.compaction_backlog.len())
+    }
+
+    /// Finishes a compaction's tree deletions, checkpointing along the way so memory stays
+    /// within [`CHECKPOINT_UNCOMMITTED_BYTES_MAX`].
+    pub fn finish_compaction(&mut self) -> Result<(), MvccError> {
+        while self.compact_step(COMPACTION_STEP_RECORDS)? > 0 {
+            self.maybe_checkpoint()?;
+        }
+        self.maybe_checkpoint()
+    }
+
+    /// Records still to delete after a compaction.
+    pub fn compaction_backlog(&self) -> usize {
+        self.compaction_backlog.len()
     }
 
     /// File size and live bytes of the tree file.
@@ -240,7 +294,11 @@ impl Store {
     /// Rebuilds the index from the tree and compares it with the live one.
     #[cfg(test)]
     pub(crate) fn index_matches_tree(&self) -> Result<bool, MvccError> {
-        let (rebuilt, _) = rebuild_index(&self.db, self.compact_revision())?;
+        let (mut rebuilt, _) = rebuild_index(&self.db, -1)?;
+        let compacted = self.compact_revision();
+        if compacted > -1 {
+            rebuilt.compact(compacted);
+        }
         Ok(rebuilt == *self.index.read())
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct WriteTxn<'a> {
     index: &'a RwLock<KeyIndex>,
     begin: i64,
     undo: Vec<Undo>,
+    /// Revisions a compaction dropped from the index, for the store to delete from the tree.
+    compacted: Vec<Revision>,
 }
 
 impl<'a> WriteTxn<'a> {
@@ -36,12 +38,22 @@ impl<'a> WriteTxn<'a> {
             index,
             begin,
             undo: Vec::new(),
+            compacted: Vec::new(),
         }
     }
 
     /// The store's revision when the transaction began.
     pub fn begin_rev(&self) -> i64 {
         self.begin
+    }
+
+    /// Records revisions that a compaction made unreachable.
+    pub fn note_compacted(&mut self, dropped: Vec<Revision>) {
+        self.compacted = dropped;
+    }
+
+    pub fn take_compacted(&mut self) -> Vec<Revision> {
+        std::mem::take(&mut self.compacted)
     }
 
     pub fn changed(&self) -> bool {
@@ -132,19 +144,16 @@ impl<'a> WriteTxn<'a> {
         Ok(())
     }
 
-    /// etcd's `store.Compact`, done synchronously: drops what compaction at `rev` makes
-    /// unreachable from the index, then from the tree.
-    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+    /// etcd's `store.Compact`: drops what compaction at `rev` makes unreachable from the
+    /// index, and returns the revisions whose records the store then deletes from the tree
+    /// in bounded steps (see `Store::compact_step`).
+    pub fn compact(&mut self, rev: i64) -> Result<Vec<Revision>, MvccError> {
         if rev <= self.compact_revision() {
             return Err(MvccError::Compacted);
         }
         if rev > self.begin {
             return Err(MvccError::FutureRev);
         }
-        let dropped = self.index.write().compact(rev);
-        for dead in dropped {
-            self.db.delete(PRIMARY_TREE, &dead.to_key())?;
-        }
-        Ok(())
+        Ok(self.index.write().compact(rev))
     }
 }

@@ -56,7 +56,11 @@ impl Harness {
         };
         self.next_index += 1;
         match self.store.apply(at, batch, leases).unwrap() {
-            ApplyOutcome::Applied(results) => results,
+            ApplyOutcome::Applied(results) => {
+                // As the server's apply loop does: finish a compaction's tree deletions.
+                self.store.finish_compaction().unwrap();
+                results
+            }
             ApplyOutcome::Skipped => panic!("fresh index {} skipped", at.index),
         }
     }
