@@ -11,6 +11,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// The allocator the server uses too: glibc's malloc spends much of a write-heavy load in
+/// consolidation and gives freed memory back to the OS reluctantly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Storage benchmarks.
 #[derive(Debug, Parser)]
 #[command(name = "storage-bench")]
@@ -24,6 +29,13 @@ struct Args {
     /// Random point gets to time after the reopen.
     #[arg(long, default_value_t = 500_000)]
     gets: u64,
+    /// Only reopen the store at `--db` and time point gets (the second half of the store
+    /// benchmark, run as its own process so that a restart's memory is measured alone).
+    #[arg(long, requires = "db")]
+    reopen_only: bool,
+    /// The store file for `--reopen-only`.
+    #[arg(long)]
+    db: Option<PathBuf>,
     /// Run only the WAL benchmark.
     #[arg(long)]
     wal_only: bool,
@@ -55,6 +67,19 @@ fn fail(what: impl std::fmt::Display) -> ! {
 
 fn main() {
     let args = Args::parse();
+    if let (true, Some(db)) = (args.reopen_only, &args.db) {
+        let config = store::StoreBenchConfig {
+            keys: args.keys,
+            value_size: args.value_size,
+            gets: args.gets,
+            path: db.clone(),
+        };
+        match store::run_reopen(&config) {
+            Ok(result) => println!("{}", result.to_json()),
+            Err(e) => fail(e),
+        }
+        return;
+    }
     let temp;
     let dir = match &args.dir {
         Some(dir) => dir.clone(),

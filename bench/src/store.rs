@@ -12,6 +12,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Any failure of the benchmark, as text for its one error line.
+pub type BenchError = Box<dyn std::error::Error>;
+
 pub struct StoreBenchConfig {
     pub keys: u64,
     pub value_size: usize,
@@ -35,6 +38,8 @@ pub struct StoreBenchResult {
     pub live_bytes: u64,
     pub live_kv_bytes: u64,
     pub rss_peak_bytes: u64,
+    pub rss_peak_load_bytes: u64,
+    pub rss_peak_reopen_bytes: u64,
 }
 
 impl StoreBenchResult {
@@ -45,7 +50,8 @@ impl StoreBenchResult {
                 "\"overwrite_puts_per_sec\":{:.0},\"compact_ms\":{},\"reclaim_ms\":{},",
                 "\"reopen_ms\":{},\"get_p50_us\":{:.1},\"get_p99_us\":{:.1},\"get_max_us\":{:.1},",
                 "\"file_bytes_before_reclaim\":{},\"file_bytes\":{},\"live_bytes\":{},",
-                "\"live_kv_bytes\":{},\"file_to_kv_ratio\":{:.3},\"rss_peak_bytes\":{}}}"
+                "\"live_kv_bytes\":{},\"file_to_kv_ratio\":{:.3},\"rss_peak_bytes\":{},",
+                "\"rss_peak_load_bytes\":{},\"rss_peak_reopen_bytes\":{}}}"
             ),
             self.keys,
             self.value_size,
@@ -62,7 +68,9 @@ impl StoreBenchResult {
             self.live_bytes,
             self.live_kv_bytes,
             self.file_bytes as f64 / self.live_kv_bytes as f64,
-            self.rss_peak_bytes
+            self.rss_peak_bytes,
+            self.rss_peak_load_bytes,
+            self.rss_peak_reopen_bytes
         )
     }
 }
@@ -158,7 +166,7 @@ impl Loader {
     }
 }
 
-pub fn run_store_bench(cfg: StoreBenchConfig) -> Result<StoreBenchResult, MvccError> {
+pub fn run_store_bench(cfg: StoreBenchConfig) -> Result<StoreBenchResult, BenchError> {
     let value = vec![b'v'; cfg.value_size];
     let store = Store::open(&cfg.path, DbOptions::default())?;
     let mut l = Loader { store, index: 0 };
@@ -205,14 +213,106 @@ pub fn run_store_bench(cfg: StoreBenchConfig) -> Result<StoreBenchResult, MvccEr
         "reclaim: {reclaim_ms} ms, file {} bytes, live {} bytes",
         stats.file_bytes, stats.live_bytes
     );
+    let rss_peak_load = rss_peak_bytes();
+    eprintln!(
+        "after reclaim: rss {} MiB, peak {} MiB",
+        rss_mib(),
+        rss_peak_load >> 20
+    );
     drop(l);
 
+    // A restart is a new process: reopen and read in one, so its memory is its own.
+    let reopen = reopen_in_child(&cfg)?;
+    Ok(StoreBenchResult {
+        keys: cfg.keys,
+        value_size: cfg.value_size,
+        puts_per_sec,
+        overwrite_puts_per_sec,
+        compact_ms,
+        reclaim_ms,
+        reopen_ms: reopen.reopen_ms,
+        get_p50_us: reopen.get_p50_us,
+        get_p99_us: reopen.get_p99_us,
+        get_max_us: reopen.get_max_us,
+        file_bytes_before_reclaim,
+        file_bytes: stats.file_bytes,
+        live_bytes: stats.live_bytes,
+        live_kv_bytes: cfg.keys * (16 + cfg.value_size as u64),
+        rss_peak_bytes: rss_peak_load.max(reopen.rss_peak_bytes),
+        rss_peak_load_bytes: rss_peak_load,
+        rss_peak_reopen_bytes: reopen.rss_peak_bytes,
+    })
+}
+
+/// What the reopen process measures.
+pub struct ReopenResult {
+    pub reopen_ms: u128,
+    pub get_p50_us: f64,
+    pub get_p99_us: f64,
+    pub get_max_us: f64,
+    pub rss_peak_bytes: u64,
+}
+
+impl ReopenResult {
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"reopen_ms\":{},\"get_p50_us\":{:.1},\"get_p99_us\":{:.1},\"get_max_us\":{:.1},\"rss_peak_bytes\":{}}}",
+            self.reopen_ms, self.get_p50_us, self.get_p99_us, self.get_max_us, self.rss_peak_bytes
+        )
+    }
+
+    fn from_json(line: &str) -> Option<ReopenResult> {
+        let field = |name: &str| -> Option<f64> {
+            let at = line.find(&format!("\"{name}\":"))? + name.len() + 3;
+            let rest = &line[at..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        };
+        Some(ReopenResult {
+            reopen_ms: field("reopen_ms")? as u128,
+            get_p50_us: field("get_p50_us")?,
+            get_p99_us: field("get_p99_us")?,
+            get_max_us: field("get_max_us")?,
+            rss_peak_bytes: field("rss_peak_bytes")? as u64,
+        })
+    }
+}
+
+fn reopen_in_child(cfg: &StoreBenchConfig) -> Result<ReopenResult, BenchError> {
+    let fail = BenchError::from;
+    let exe =
+        std::env::current_exe().map_err(|e| fail(format!("cannot find this program: {e}")))?;
+    let out = std::process::Command::new(exe)
+        .arg("--reopen-only")
+        .arg("--keys")
+        .arg(cfg.keys.to_string())
+        .arg("--gets")
+        .arg(cfg.gets.to_string())
+        .arg("--db")
+        .arg(&cfg.path)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| fail(format!("cannot run the reopen process: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(fail(format!("the reopen process failed: {}", out.status)));
+    }
+    ReopenResult::from_json(stdout.trim())
+        .ok_or_else(|| fail(format!("unreadable reopen result: {stdout}")))
+}
+
+/// Reopens the store at `cfg.path` (rebuilding its index) and times random point gets.
+pub fn run_reopen(cfg: &StoreBenchConfig) -> Result<ReopenResult, MvccError> {
     let t = Instant::now();
     let store = Store::open(&cfg.path, DbOptions::default())?;
     let reopen_ms = t.elapsed().as_millis();
-    eprintln!("reopen: {reopen_ms} ms");
-
+    eprintln!(
+        "reopen: {reopen_ms} ms, rss {} MiB, peak {} MiB",
+        rss_mib(),
+        rss_peak_bytes() >> 20
+    );
     let view = store.read_view();
+    let mut rng = StdRng::seed_from_u64(7);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     for _ in 0..cfg.gets {
         let k = key(rng.gen_range(0..cfg.keys));
@@ -226,21 +326,11 @@ pub fn run_store_bench(cfg: StoreBenchConfig) -> Result<StoreBenchResult, MvccEr
         hist.saturating_record(ns.max(1));
     }
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    Ok(StoreBenchResult {
-        keys: cfg.keys,
-        value_size: cfg.value_size,
-        puts_per_sec,
-        overwrite_puts_per_sec,
-        compact_ms,
-        reclaim_ms,
+    Ok(ReopenResult {
         reopen_ms,
         get_p50_us: us(0.5),
         get_p99_us: us(0.99),
         get_max_us: hist.max() as f64 / 1000.0,
-        file_bytes_before_reclaim,
-        file_bytes: stats.file_bytes,
-        live_bytes: stats.live_bytes,
-        live_kv_bytes: cfg.keys * (16 + cfg.value_size as u64),
         rss_peak_bytes: rss_peak_bytes(),
     })
 }

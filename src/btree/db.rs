@@ -68,8 +68,11 @@ pub struct Db {
 
 impl FileState {
     pub fn put(&mut self, t: usize, key: &[u8], value: &[u8]) -> Result<()> {
-        self.put_bytes += (key.len() + value.len()) as u64;
-        let val = Val::new(key, value);
+        self.insert(t, key, Val::new(key, value))
+    }
+
+    pub fn insert(&mut self, t: usize, key: &[u8], val: Val) -> Result<()> {
+        self.put_bytes += (key.len() + val.len()) as u64;
         let mut ctx = Ctx {
             file: &self.cur.file,
             freed_bytes: &mut self.freed_bytes,
@@ -240,6 +243,20 @@ impl Db {
         }
         self.note_touched(tree, key);
         self.state.put(t, key, value)
+    }
+
+    /// As [`Db::put`], taking ownership of the value so that it is not copied again.
+    pub fn put_owned(&mut self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<()> {
+        self.check_writable()?;
+        let t = check_tree(tree)?;
+        if key.len() > KEY_BYTES_MAX {
+            return Err(BtreeError::KeyTooLarge(key.len()));
+        }
+        if value.len() > super::VALUE_BYTES_MAX {
+            return Err(BtreeError::ValueTooLarge(value.len()));
+        }
+        self.note_touched(tree, key);
+        self.state.insert(t, key, Val::from_vec(key, value))
     }
 
     /// Removes `key`; returns whether it existed.

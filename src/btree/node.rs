@@ -32,6 +32,24 @@ impl Val {
             Val::Large(value.into())
         }
     }
+    /// As [`Val::new`], reusing the vector's allocation.
+    pub fn from_vec(key: &[u8], value: Vec<u8>) -> Val {
+        if LEAF_ENTRY_OVERHEAD + key.len() + value.len() <= INLINE_ENTRY_MAX {
+            Val::Inline(value.into_boxed_slice())
+        } else {
+            Val::Large(value.into())
+        }
+    }
+
+    /// Length of the value in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Val::Inline(v) => v.len(),
+            Val::Large(v) => v.len(),
+            Val::Overflow { len, .. } => *len as usize,
+        }
+    }
+
     /// Bytes this value takes inside a leaf page (an overflow reference is 8 bytes).
     fn leaf_bytes(&self) -> usize {
         match self {

@@ -17,6 +17,7 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
@@ -313,21 +314,19 @@ impl KeyIndex {
     }
 
     /// (create_revision, version) that a put of `key` at revision `main` records.
+    #[cfg(test)]
     pub fn next_put(&self, key: &[u8], main: i64) -> (i64, i64) {
-        match self.live_generation(key) {
-            Some((created, version)) => (created, version + 1),
-            None => (main, 1),
-        }
+        next_generation(self.live_generation(key), main)
     }
 
     /// Records a put; `created` and `version` come from [`KeyIndex::next_put`].
     pub fn put(&mut self, key: &[u8], rev: Revision, created: i64, version: i64) {
         let rev = IndexRev::new(rev, false);
-        match self.keys.get_mut(key) {
-            Some(entry) => entry.push(rev, created, version),
-            None => {
-                self.keys
-                    .insert(CompactKey::new(key), KeyEntry::new(rev, created, version));
+        // One search of the map whether the key is new or not.
+        match self.keys.entry(CompactKey::new(key)) {
+            Entry::Occupied(mut e) => e.get_mut().push(rev, created, version),
+            Entry::Vacant(e) => {
+                e.insert(KeyEntry::new(rev, created, version));
             }
         }
     }
@@ -367,6 +366,15 @@ impl KeyIndex {
         self.compact_revision = at;
         dropped.sort_unstable();
         dropped
+    }
+}
+
+/// (create_revision, version) of a put at revision `main` of a key whose live generation,
+/// if any, is `live` (as [`KeyIndex::live_generation`] returns it).
+pub(crate) fn next_generation(live: Option<(i64, i64)>, main: i64) -> (i64, i64) {
+    match live {
+        Some((created, version)) => (created, version + 1),
+        None => (main, 1),
     }
 }
 

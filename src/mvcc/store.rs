@@ -23,7 +23,7 @@ use super::write::WriteTxn;
 
 /// Memory the writer may hold in changes not yet checkpointed before `maybe_checkpoint`
 /// commits them, in bytes.
-pub const CHECKPOINT_UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
+pub const CHECKPOINT_UNCOMMITTED_BYTES_MAX: u64 = 32 << 20;
 
 /// Records left by compaction that one `maybe_checkpoint` deletes at most.
 pub const COMPACTION_STEP_RECORDS: usize = 10_000;
@@ -164,7 +164,9 @@ impl Store {
             self.current_revision += 1;
         }
         let dropped = w.take_compacted();
-        if !dropped.is_empty() {
+        if self.compaction_backlog.is_empty() {
+            self.compaction_backlog = dropped;
+        } else if !dropped.is_empty() {
             self.compaction_backlog.extend(dropped);
             self.compaction_backlog.sort_unstable();
             self.compaction_backlog.dedup();

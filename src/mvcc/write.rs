@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 use crate::btree::Db;
 
 use super::error::MvccError;
-use super::key_index::{KeyIndex, KeyRange};
+use super::key_index::{next_generation, KeyIndex, KeyRange};
 use super::range::{self, RangeOptions, RangeResult, PRIMARY_TREE};
 use super::record::Record;
 use super::revision::Revision;
@@ -91,13 +91,11 @@ impl<'a> WriteTxn<'a> {
     /// Writes a new revision of `key`; returns the transaction's revision.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, MvccError> {
         let rev = self.next_rev();
-        let (before, (created, version)) = {
-            let index = self.index.read();
-            (index.live_generation(key), index.next_put(key, rev.main))
-        };
+        let before = self.index.read().live_generation(key);
+        let (created, version) = next_generation(before, rev.main);
         let record = Record::put(key, created, version, lease, value).encode();
         // Tree first: if it fails, the index still describes the tree.
-        self.db.put(PRIMARY_TREE, &rev.to_key(), &record)?;
+        self.db.put_owned(PRIMARY_TREE, &rev.to_key(), record)?;
         self.index.write().put(key, rev, created, version);
         self.undo.push(Undo { rev, before });
         Ok(rev.main)
