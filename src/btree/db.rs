@@ -232,17 +232,9 @@ impl Db {
         Ok(())
     }
 
+    /// Inserts or replaces `key` in `tree` (in memory until the next commit).
     pub fn put(&mut self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<()> {
-        self.check_writable()?;
-        let t = check_tree(tree)?;
-        if key.len() > KEY_BYTES_MAX {
-            return Err(BtreeError::KeyTooLarge(key.len()));
-        }
-        if value.len() > super::VALUE_BYTES_MAX {
-            return Err(BtreeError::ValueTooLarge(value.len()));
-        }
-        self.note_touched(tree, key);
-        self.state.put(t, key, value)
+        self.put_owned(tree, key, value.to_vec())
     }
 
     /// As [`Db::put`], taking ownership of the value so that it is not copied again.
