@@ -17,4 +17,5 @@
 
 pub mod btree;
 pub mod mvcc;
+pub mod protocol;
 pub mod wal;

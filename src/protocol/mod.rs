@@ -1,0 +1,178 @@
+//! The native protocol: length-prefixed frames on TCP, each carrying a request id, a kind
+//! and an rkyv-archived message that is validated (bytecheck) before use. Many requests may
+//! be in flight on one connection and are answered in any order. Format: `docs/protocol.md`.
+//!
+//! A request's payload bytes are what the server proposes to Raft for a write, unchanged:
+//! the apply loop reads them in place, so values are never re-encoded.
+
+mod frame;
+
+pub use frame::{split_frame, FrameHeader, FrameKind, HEADER_BYTES, MAGIC, VERSION};
+
+use crate::mvcc::{Request, Response};
+use rkyv::api::high::HighSerializer;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Default largest payload of one frame, in bytes (etcd's request limit, 1.5 MiB, plus
+/// room for the envelope).
+pub const PAYLOAD_BYTES_MAX_DEFAULT: u32 = (3 << 19) + 4096;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("not a cairn frame (first byte {0:#04x})")]
+    BadMagic(u8),
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("reserved header bits are set")]
+    ReservedBits,
+    #[error("frame payload of {bytes} bytes exceeds the {limit}-byte limit")]
+    TooLarge { bytes: u32, limit: u32 },
+    #[error("payload is not a valid archived message: {0}")]
+    InvalidPayload(String),
+    #[error("payload buffer is not aligned to {HEADER_BYTES} bytes")]
+    Misaligned,
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// What a client asks of a server.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// A key-value request: Range, Put, DeleteRange, Txn or Compaction.
+    Kv(Request),
+    /// The member's state (etcd's `StatusRequest`).
+    Status,
+}
+
+/// etcd's `StatusResponse`, as far as cairn has its fields.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusResponse {
+    pub member_id: u64,
+    pub leader: u64,
+    pub raft_term: u64,
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+    pub revision: i64,
+    pub db_size: u64,
+    pub db_size_in_use: u64,
+}
+
+/// A successful reply.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ClientResponse {
+    Kv(Response),
+    Status(StatusResponse),
+}
+
+/// Why a request (or, with request id 0, the connection) failed.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    /// For request errors, etcd's message (e.g. "etcdserver: key is not provided").
+    pub message: String,
+}
+
+/// Error classes a client can act on.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame could not be read; the server closes the connection after this reply.
+    Malformed,
+    /// The request is well formed but invalid (etcd's InvalidArgument and similar).
+    InvalidRequest,
+    /// Too many requests in flight on this connection; retry later.
+    Overloaded,
+    /// The server cannot serve now (no leader, shutting down); retry elsewhere or later.
+    Unavailable,
+    /// The request failed on the server; the message says how.
+    Internal,
+}
+
+fn frame(kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<AlignedVec, ProtocolError> {
+    let payload_bytes = u32::try_from(payload.len())
+        .map_err(|_| ProtocolError::Encode(format!("payload of {} bytes", payload.len())))?;
+    let mut out = AlignedVec::with_capacity(HEADER_BYTES + payload.len());
+    out.extend_from_slice(
+        &FrameHeader {
+            kind,
+            request_id,
+            payload_bytes,
+        }
+        .encode(),
+    );
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+fn archive<T>(value: &T) -> Result<AlignedVec, ProtocolError>
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    rkyv::to_bytes::<rancor::Error>(value).map_err(|e| ProtocolError::Encode(e.to_string()))
+}
+
+/// A whole request frame.
+pub fn encode_request(
+    request_id: u64,
+    request: &ClientRequest,
+) -> Result<AlignedVec, ProtocolError> {
+    frame(FrameKind::Request, request_id, &archive(request)?)
+}
+
+/// A whole response frame.
+pub fn encode_response(
+    request_id: u64,
+    response: &ClientResponse,
+) -> Result<AlignedVec, ProtocolError> {
+    frame(FrameKind::Response, request_id, &archive(response)?)
+}
+
+/// A whole error frame.
+pub fn encode_error(request_id: u64, error: &ErrorReply) -> Result<AlignedVec, ProtocolError> {
+    frame(FrameKind::Error, request_id, &archive(error)?)
+}
+
+fn check_aligned(payload: &[u8]) -> Result<(), ProtocolError> {
+    if !payload.is_empty() && !(payload.as_ptr() as usize).is_multiple_of(HEADER_BYTES) {
+        return Err(ProtocolError::Misaligned);
+    }
+    Ok(())
+}
+
+fn invalid(e: rancor::Error) -> ProtocolError {
+    ProtocolError::InvalidPayload(e.to_string())
+}
+
+/// Validates a request payload and gives access to it in place. The payload must start at
+/// a 16-byte-aligned address (read frames into an [`AlignedVec`]).
+pub fn access_request(payload: &[u8]) -> Result<&ArchivedClientRequest, ProtocolError> {
+    check_aligned(payload)?;
+    rkyv::access::<ArchivedClientRequest, rancor::Error>(payload).map_err(invalid)
+}
+
+/// Validates and copies out a response payload (client side).
+pub fn decode_response(payload: &[u8]) -> Result<ClientResponse, ProtocolError> {
+    check_aligned(payload)?;
+    let archived =
+        rkyv::access::<ArchivedClientResponse, rancor::Error>(payload).map_err(invalid)?;
+    rkyv::deserialize::<ClientResponse, rancor::Error>(archived).map_err(invalid)
+}
+
+/// Validates and copies out a request payload.
+pub fn decode_request(payload: &[u8]) -> Result<ClientRequest, ProtocolError> {
+    rkyv::deserialize::<ClientRequest, rancor::Error>(access_request(payload)?).map_err(invalid)
+}
+
+/// Validates and copies out an error payload (client side).
+pub fn decode_error(payload: &[u8]) -> Result<ErrorReply, ProtocolError> {
+    check_aligned(payload)?;
+    let archived = rkyv::access::<ArchivedErrorReply, rancor::Error>(payload).map_err(invalid)?;
+    rkyv::deserialize::<ErrorReply, rancor::Error>(archived).map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests;
