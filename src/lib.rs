@@ -11,6 +11,9 @@
 //!   as byte streams. Format: `docs/btree.md`.
 //! - [`mvcc`]: the etcd v3 data model on top of the tree: revisions, versions, Range, Put,
 //!   DeleteRange, Txn, Compact, HashKV, batched apply with a durable applied-index checkpoint.
+//! - [`raftlog`]: the Raft log as raft-rs's `Storage`, written to and rebuilt from the WAL.
+//! - [`protocol`]: the native wire protocol: frames with request ids carrying validated rkyv
+//!   messages. Format: `docs/protocol.md`.
 //!
 //! The storage layers are sans-IO where they can be: the MVCC apply path is a deterministic
 //! function of its input batch and the tree state, so a simulator can drive it.
@@ -18,4 +21,5 @@
 pub mod btree;
 pub mod mvcc;
 pub mod protocol;
+pub mod raftlog;
 pub mod wal;

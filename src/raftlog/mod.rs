@@ -1,0 +1,261 @@
+//! The Raft log as raft-rs sees it (`raft::Storage`), rebuilt from WAL records on start.
+//!
+//! Sans-IO: [`RaftLog`] holds the log in memory and says what to write; the raft loop writes
+//! the records with the WAL and feeds them back through [`RaftLog::replay`] after a restart.
+//! Records (payload layouts in `codec.rs`):
+//!
+//! - `ENTRY`: one entry, its data verbatim (a client's archived request).
+//! - `HARD_STATE`: term, vote, commit.
+//! - `SNAPSHOT`: a marker: the log starts after (index, term), with this configuration.
+//!
+//! A new leader may overwrite uncommitted entries: the WAL is append-only, so the new entry
+//! comes later in the WAL with the same index, and replay drops everything from that index
+//! on before taking it, exactly as [`RaftLog::append`] did.
+
+mod codec;
+
+pub use codec::{decode_entry, encode_entry, encode_hard_state, encode_marker};
+
+use crate::wal::RecordType;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RaftLogError {
+    #[error("raft log record is malformed: {0}")]
+    Decode(&'static str),
+    #[error("raft log has a gap: entry {got} follows entry {last}")]
+    Gap { last: u64, got: u64 },
+    #[error("entry {index} is at or before the log's start {start}")]
+    BeforeStart { index: u64, start: u64 },
+    #[error("cannot compact to {to}: the log holds {first}..={last}")]
+    BadCompaction { to: u64, first: u64, last: u64 },
+    #[error("unexpected WAL record type {0} in the raft log")]
+    UnknownRecord(u8),
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct LogCore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// The log starts after this entry (a snapshot or compaction point).
+    start_index: u64,
+    start_term: u64,
+    /// Entries `start_index + 1 ..= last_index`.
+    entries: VecDeque<Entry>,
+}
+
+impl LogCore {
+    fn last_index(&self) -> u64 {
+        self.start_index + self.entries.len() as u64
+    }
+
+    fn append(&mut self, ents: &[Entry]) -> Result<(), RaftLogError> {
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
+        if first.index <= self.start_index {
+            return Err(RaftLogError::BeforeStart {
+                index: first.index,
+                start: self.start_index,
+            });
+        }
+        if first.index > self.last_index() + 1 {
+            return Err(RaftLogError::Gap {
+                last: self.last_index(),
+                got: first.index,
+            });
+        }
+        for pair in ents.windows(2) {
+            if pair[1].index != pair[0].index + 1 {
+                return Err(RaftLogError::Gap {
+                    last: pair[0].index,
+                    got: pair[1].index,
+                });
+            }
+        }
+        // A conflicting suffix (from an older leader) goes first.
+        self.entries
+            .truncate((first.index - self.start_index - 1) as usize);
+        self.entries.extend(ents.iter().cloned());
+        Ok(())
+    }
+
+    /// Moves the log's start to (index, term): entries up to `index` go; if the log did not
+    /// reach `index` (a snapshot from ahead), nothing of it is left.
+    fn set_start(&mut self, index: u64, term: u64, cs: ConfState) {
+        if index >= self.last_index() {
+            self.entries.clear();
+        } else if index > self.start_index {
+            self.entries.drain(..(index - self.start_index) as usize);
+        }
+        self.start_index = index;
+        self.start_term = term;
+        self.conf_state = cs;
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.start_index {
+            return Ok(self.start_term);
+        }
+        if idx < self.start_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.entries.get((idx - self.start_index - 1) as usize) {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+}
+
+/// The Raft log of one member; cheap to clone (shared within one executor).
+#[derive(Clone, Default)]
+pub struct RaftLog {
+    core: Rc<RefCell<LogCore>>,
+}
+
+impl RaftLog {
+    /// An empty log whose configuration is `conf_state` (a new cluster's bootstrap).
+    pub fn new(conf_state: ConfState) -> RaftLog {
+        let log = RaftLog::default();
+        log.core.borrow_mut().conf_state = conf_state;
+        log
+    }
+
+    /// Applies one WAL record read back on start.
+    pub fn replay(&self, rtype: RecordType, payload: &[u8]) -> Result<(), RaftLogError> {
+        let mut core = self.core.borrow_mut();
+        match rtype {
+            RecordType::ENTRY => {
+                let e = codec::decode_entry(payload)?;
+                // Entries at or before the start were compacted after they were written.
+                if e.index > core.start_index {
+                    core.append(std::slice::from_ref(&e))?;
+                }
+            }
+            RecordType::HARD_STATE => core.hard_state = codec::decode_hard_state(payload)?,
+            RecordType::SNAPSHOT => {
+                let (index, term, cs) = codec::decode_marker(payload)?;
+                // Markers only move forward; an older one is superseded by what followed it.
+                if index >= core.start_index {
+                    core.set_start(index, term, cs);
+                }
+            }
+            other => return Err(RaftLogError::UnknownRecord(other.get())),
+        }
+        Ok(())
+    }
+
+    /// Appends entries from a Ready (replacing any conflicting suffix); write them to the
+    /// WAL with [`encode_entry`] as well.
+    pub fn append(&self, ents: &[Entry]) -> Result<(), RaftLogError> {
+        self.core.borrow_mut().append(ents)
+    }
+
+    pub fn set_hard_state(&self, hs: HardState) {
+        self.core.borrow_mut().hard_state = hs;
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.core.borrow().hard_state.clone()
+    }
+
+    pub fn set_conf_state(&self, cs: ConfState) {
+        self.core.borrow_mut().conf_state = cs;
+    }
+
+    /// Drops entries up to and including `to` (applied and checkpointed). Returns the
+    /// records to append to the WAL before releasing older segments: the new start marker
+    /// and the hard state, so that what replay needs never lives only in a released segment.
+    pub fn compact(&self, to: u64) -> Result<[(RecordType, Vec<u8>); 2], RaftLogError> {
+        let mut core = self.core.borrow_mut();
+        if to < core.start_index || to > core.last_index() {
+            return Err(RaftLogError::BadCompaction {
+                to,
+                first: core.start_index + 1,
+                last: core.last_index(),
+            });
+        }
+        let term = core
+            .term(to)
+            .map_err(|_| RaftLogError::Decode("term of a held entry"))?;
+        let cs = core.conf_state.clone();
+        core.set_start(to, term, cs);
+        Ok([
+            (
+                RecordType::SNAPSHOT,
+                codec::encode_marker(to, term, &core.conf_state),
+            ),
+            (
+                RecordType::HARD_STATE,
+                codec::encode_hard_state(&core.hard_state),
+            ),
+        ])
+    }
+
+    /// The start marker record for the current configuration (written once at bootstrap).
+    pub fn marker_record(&self) -> (RecordType, Vec<u8>) {
+        let core = self.core.borrow();
+        (
+            RecordType::SNAPSHOT,
+            codec::encode_marker(core.start_index, core.start_term, &core.conf_state),
+        )
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let core = self.core.borrow();
+        Ok(RaftState {
+            hard_state: core.hard_state.clone(),
+            conf_state: core.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let core = self.core.borrow();
+        if low <= core.start_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > core.last_index() + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let lo = (low - core.start_index - 1) as usize;
+        let hi = (high - core.start_index - 1) as usize;
+        let mut ents: Vec<Entry> = core.entries.range(lo..hi).cloned().collect();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.core.borrow().term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.core.borrow().start_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.core.borrow().last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Sending the B+tree file to a lagging follower comes with replication; until then a
+        // single member never needs a snapshot.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;
