@@ -38,9 +38,11 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
 }
 
 pub fn decode_entry(mut buf: &[u8]) -> Result<Entry, RaftLogError> {
-    let mut e = Entry::default();
-    e.index = u64_at(&mut buf, "entry index")?;
-    e.term = u64_at(&mut buf, "entry term")?;
+    let mut e = Entry {
+        index: u64_at(&mut buf, "entry index")?,
+        term: u64_at(&mut buf, "entry term")?,
+        ..Default::default()
+    };
     let kind = take(&mut buf, 1, "entry type")?[0];
     e.set_entry_type(match kind {
         0 => EntryType::EntryNormal,
@@ -64,10 +66,12 @@ pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
 }
 
 pub fn decode_hard_state(mut buf: &[u8]) -> Result<HardState, RaftLogError> {
-    let mut hs = HardState::default();
-    hs.term = u64_at(&mut buf, "hard state term")?;
-    hs.vote = u64_at(&mut buf, "hard state vote")?;
-    hs.commit = u64_at(&mut buf, "hard state commit")?;
+    let hs = HardState {
+        term: u64_at(&mut buf, "hard state term")?,
+        vote: u64_at(&mut buf, "hard state vote")?,
+        commit: u64_at(&mut buf, "hard state commit")?,
+        ..Default::default()
+    };
     if !buf.is_empty() {
         return Err(RaftLogError::Decode("trailing bytes after hard state"));
     }
@@ -98,8 +102,7 @@ pub fn encode_marker(index: u64, term: u64, cs: &ConfState) -> Vec<u8> {
 pub fn decode_marker(mut buf: &[u8]) -> Result<(u64, u64, ConfState), RaftLogError> {
     let index = u64_at(&mut buf, "marker index")?;
     let term = u64_at(&mut buf, "marker term")?;
-    let mut cs = ConfState::default();
-    cs.auto_leave = match take(&mut buf, 1, "marker auto_leave")?[0] {
+    let auto_leave = match take(&mut buf, 1, "marker auto_leave")?[0] {
         0 => false,
         1 => true,
         _ => return Err(RaftLogError::Decode("marker auto_leave is not a boolean")),
@@ -117,10 +120,14 @@ pub fn decode_marker(mut buf: &[u8]) -> Result<(u64, u64, ConfState), RaftLogErr
     if !buf.is_empty() {
         return Err(RaftLogError::Decode("trailing bytes after marker"));
     }
-    let [voters, learners, outgoing, next] = lists;
-    cs.voters = voters;
-    cs.learners = learners;
-    cs.voters_outgoing = outgoing;
-    cs.learners_next = next;
+    let [voters, learners, voters_outgoing, learners_next] = lists;
+    let cs = ConfState {
+        voters,
+        learners,
+        voters_outgoing,
+        learners_next,
+        auto_leave,
+        ..Default::default()
+    };
     Ok((index, term, cs))
 }

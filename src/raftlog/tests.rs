@@ -2,17 +2,19 @@ use super::*;
 use raft::{Config, RawNode, Storage};
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.to_vec().into();
-    e
+    Entry {
+        index,
+        term,
+        data: data.to_vec().into(),
+        ..Default::default()
+    }
 }
 
 fn voters(ids: &[u64]) -> ConfState {
-    let mut cs = ConfState::default();
-    cs.voters = ids.to_vec();
-    cs
+    ConfState {
+        voters: ids.to_vec(),
+        ..Default::default()
+    }
 }
 
 fn ctx() -> GetEntriesContext {
@@ -54,10 +56,12 @@ fn append_replaces_a_conflicting_suffix_and_replay_does_the_same() {
     );
     // A new leader at term 2 overwrites entries 2 and 3 with one entry.
     wal.entries(&log, &[entry(2, 2, b"B")]);
-    let mut hs = HardState::default();
-    hs.term = 2;
-    hs.vote = 1;
-    hs.commit = 2;
+    let hs = HardState {
+        term: 2,
+        vote: 1,
+        commit: 2,
+        ..Default::default()
+    };
     wal.hard_state(&log, hs.clone());
     assert_eq!(log.last_index().unwrap(), 2);
     assert_eq!(log.term(2).unwrap(), 2);
@@ -99,9 +103,11 @@ fn compaction_moves_the_start_and_survives_replay() {
     wal.0.push(log.marker_record());
     let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 5, &[i as u8])).collect();
     wal.entries(&log, &ents);
-    let mut hs = HardState::default();
-    hs.term = 3;
-    hs.commit = 10;
+    let hs = HardState {
+        term: 3,
+        commit: 10,
+        ..Default::default()
+    };
     wal.hard_state(&log, hs);
     assert!(log.compact(11).is_err());
     let records = log.compact(6).unwrap();
@@ -154,8 +160,10 @@ fn every_truncated_record_is_a_typed_error() {
     for cut in 0..21 + 3 {
         assert!(decode_entry(&rec[..cut]).is_err(), "entry cut at {cut}");
     }
-    let mut hs = HardState::default();
-    hs.term = 9;
+    let hs = HardState {
+        term: 9,
+        ..Default::default()
+    };
     let rec = encode_hard_state(&hs);
     for cut in 0..rec.len() {
         let log = RaftLog::default();
