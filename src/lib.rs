@@ -19,6 +19,7 @@
 //! function of its input batch and the tree state, so a simulator can drive it.
 
 pub mod btree;
+pub mod cli;
 pub mod mvcc;
 pub mod protocol;
 pub mod raftlog;

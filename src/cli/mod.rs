@@ -1,0 +1,18 @@
+//! Client command-line pieces in etcdctl's spirit: the arguments of `get`, `put` and `del`
+//! and the requests they make, and `txn`'s text format.
+
+pub mod ops;
+pub mod txn;
+
+pub use ops::{prefix_range_end, DelArgs, GetArgs, PutArgs};
+pub use txn::{argify, parse_compare, parse_op, parse_txn};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    /// Bad arguments or input (etcdctl's ExitBadArgs / ExitInvalidInput).
+    #[error("{0}")]
+    Usage(String),
+}
+
+#[cfg(test)]
+mod tests;

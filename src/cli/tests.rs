@@ -1,0 +1,168 @@
+use super::*;
+use crate::mvcc::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    SortOrder, SortTarget, TargetUnion,
+};
+
+#[test]
+fn prefix_range_end_matches_etcd() {
+    assert_eq!(prefix_range_end(b"abc"), b"abd");
+    assert_eq!(prefix_range_end(b"a\xff"), b"b");
+    assert_eq!(prefix_range_end(b"\xff\xff"), b"\0");
+    assert_eq!(prefix_range_end(b""), b"\0");
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let input = "mod(\"key1\") > \"0\"\n\nput key1 \"overwrote-key1\"\n\nput key1 \"created-key1\"\nput key2 \"some extra key\"\n";
+    let txn = parse_txn(input).unwrap();
+    assert_eq!(
+        txn.compare,
+        vec![Compare {
+            result: CompareResult::Greater,
+            target: CompareTarget::Mod,
+            key: b"key1".to_vec(),
+            target_union: Some(TargetUnion::ModRevision(0)),
+            range_end: vec![],
+        }]
+    );
+    let put = |k: &str, v: &str| {
+        RequestOp::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })
+    };
+    assert_eq!(txn.success, vec![put("key1", "overwrote-key1")]);
+    assert_eq!(
+        txn.failure,
+        vec![put("key1", "created-key1"), put("key2", "some extra key")]
+    );
+}
+
+#[test]
+fn every_compare_target_and_op() {
+    let c = |line: &str| parse_compare(line).unwrap();
+    assert_eq!(
+        c(r#"ver("k") = "3""#).target_union,
+        Some(TargetUnion::Version(3))
+    );
+    assert_eq!(c(r#"version("k") != "3""#).result, CompareResult::NotEqual);
+    assert_eq!(
+        c(r#"c("k") < "5""#).target_union,
+        Some(TargetUnion::CreateRevision(5))
+    );
+    assert_eq!(c(r#"create("k") < "5""#).result, CompareResult::Less);
+    assert_eq!(c(r#"m("k") = "7""#).target, CompareTarget::Mod);
+    assert_eq!(
+        c(r#"val("k") = "a \"quoted\" v""#).target_union,
+        Some(TargetUnion::Value(b"a \"quoted\" v".to_vec()))
+    );
+    assert_eq!(c(r#"value("k\n") = """#).key, b"k\n");
+    assert_eq!(
+        c(r#"lease("k") = "694d77aa9e38260f""#).target_union,
+        Some(TargetUnion::Lease(0x694d77aa9e38260f))
+    );
+    for bad in [
+        r#"mod(key1) > "0""#,
+        r#"mod("key1") >> "0""#,
+        r#"mod("key1") > "zero""#,
+        r#"size("key1") > "0""#,
+        r#"mod("key1") > "0" extra"#,
+        "mod",
+    ] {
+        assert!(parse_compare(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn request_lines_take_the_commands_flags() {
+    assert_eq!(
+        parse_op("get a --prefix --limit 2 --sort-by MODIFY --order DESCEND --keys-only").unwrap(),
+        RequestOp::Range(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"b".to_vec(),
+            limit: 2,
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Mod,
+            keys_only: true,
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        parse_op("get k --from-key --rev 4 --count-only").unwrap(),
+        RequestOp::Range(RangeRequest {
+            key: b"k".to_vec(),
+            range_end: vec![0],
+            revision: 4,
+            count_only: true,
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        parse_op("del a z --prev-kv").unwrap(),
+        RequestOp::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            prev_kv: true
+        })
+    );
+    assert_eq!(
+        parse_op("delete '' --prefix").unwrap(),
+        RequestOp::DeleteRange(DeleteRangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            prev_kv: false
+        })
+    );
+    assert_eq!(
+        parse_op("put k --ignore-value --lease 1f").unwrap(),
+        RequestOp::Put(PutRequest {
+            key: b"k".to_vec(),
+            lease: 0x1f,
+            ignore_value: true,
+            ..Default::default()
+        })
+    );
+    for bad in [
+        "put k",
+        "put k v --ignore-value",
+        "put k v --lease xyz",
+        "get a b --prefix",
+        "get a --order SIDEWAYS",
+        "get a --sort-by SIZE",
+        "watch a",
+        "get",
+        "put \"unterminated v",
+    ] {
+        assert!(parse_op(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn argify_handles_quotes() {
+    assert_eq!(
+        argify(r#"put "a b" 'c d' e\x"#).unwrap(),
+        vec!["put", "a b", "c d", "e\\x"]
+    );
+    assert_eq!(
+        argify(r#"put "tab\there" x"#).unwrap(),
+        vec!["put", "tab\there", "x"]
+    );
+    assert!(argify("put 'open").is_err());
+}
+
+#[test]
+fn sections_end_at_empty_lines_or_the_end_of_input() {
+    let txn = parse_txn("val(\"k\") = \"v\"\n\nget k\n").unwrap();
+    assert_eq!(
+        (txn.compare.len(), txn.success.len(), txn.failure.len()),
+        (1, 1, 0)
+    );
+    let txn = parse_txn("\n\n").unwrap();
+    assert_eq!(
+        (txn.compare.len(), txn.success.len(), txn.failure.len()),
+        (0, 0, 0)
+    );
+    assert!(parse_txn("bogus\n\n\n").is_err());
+}
