@@ -11,7 +11,10 @@
 //!   as byte streams. Format: `docs/btree.md`.
 //! - [`mvcc`]: the etcd v3 data model on top of the tree: revisions, versions, Range, Put,
 //!   DeleteRange, Txn, Compact, HashKV, batched apply with a durable applied-index checkpoint.
+//! - [`node`]: one member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the
+//!   Raft log, applying committed entries to the MVCC store.
 //! - [`raftlog`]: the Raft log as raft-rs's `Storage`, written to and rebuilt from the WAL.
+//! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del` and the `txn` text format.
 //! - [`protocol`]: the native wire protocol: frames with request ids carrying validated rkyv
 //!   messages. Format: `docs/protocol.md`.
 //!
@@ -21,6 +24,7 @@
 pub mod btree;
 pub mod cli;
 pub mod mvcc;
+pub mod node;
 pub mod protocol;
 pub mod raftlog;
 pub mod wal;

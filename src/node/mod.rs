@@ -1,0 +1,238 @@
+//! One member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the [`RaftLog`],
+//! applying committed entries to the MVCC [`Store`]. The shell feeds it ticks, proposals and
+//! messages, writes the WAL records it asks for, and calls back once they are durable; the
+//! same core runs under a simulator in tests.
+//!
+//! The loop, per round:
+//! 1. [`Node::next_ready`] returns [`Work`]: messages to send now, and WAL records.
+//! 2. The shell appends the records to the WAL and waits for their `fdatasync`.
+//! 3. [`Node::on_persisted`] applies what is committed and returns [`Done`]: messages to
+//!    send only now, and the results of this member's proposals by token.
+
+use crate::mvcc::{AcceptAllLeases, ApplyOutcome, MvccError, RaftPosition, Response, Store};
+use crate::protocol::{decode_request, ClientRequest};
+use crate::raftlog::{encode_entry, encode_hard_state, RaftLog};
+use crate::wal::RecordType;
+use raft::eraftpb::{Entry, Message};
+use raft::{Config, RawNode, Ready, Storage};
+use rkyv::util::AlignedVec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("this member is not the leader")]
+    NotLeader,
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Log(#[from] crate::raftlog::RaftLogError),
+    #[error("committed entry {index} does not hold a valid request: {reason}")]
+    BadEntry { index: u64, reason: String },
+}
+
+/// What one round asks of the shell before it can continue.
+pub struct Work {
+    /// Send now: a leader may send these before its own `fdatasync`.
+    pub messages: Vec<Message>,
+    /// Append to the WAL, then wait until they are durable.
+    pub records: Vec<(RecordType, Vec<u8>)>,
+    ready: Ready,
+}
+
+/// What a round produced once its records were durable.
+pub struct Done {
+    /// Send only now (votes and appends acknowledged after persisting).
+    pub messages: Vec<Message>,
+    /// Results of proposals made on this member, by the token given to [`Node::propose`].
+    pub results: Vec<(u64, Result<Response, NodeError>)>,
+}
+
+pub struct Node {
+    raw: RawNode<RaftLog>,
+    log: RaftLog,
+    store: Store,
+}
+
+impl Node {
+    /// Starts a member over a store (opened at its checkpoint) and a log replayed from the
+    /// WAL. Committed entries after the store's applied index are applied again.
+    pub fn open(
+        id: u64,
+        store: Store,
+        log: RaftLog,
+        logger: &slog::Logger,
+    ) -> Result<Node, NodeError> {
+        let applied = store.applied().index;
+        // The store only checkpoints what was committed, so its applied index is a lower
+        // bound of the commit index even if the newest hard state record said less.
+        let mut hs = log.hard_state();
+        if hs.commit < applied {
+            hs.commit = applied;
+            log.set_hard_state(hs);
+        }
+        let config = Config {
+            id,
+            applied,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            pre_vote: true,
+            check_quorum: true,
+            ..Default::default()
+        };
+        let raw = RawNode::new(&config, log.clone(), logger)?;
+        Ok(Node { raw, log, store })
+    }
+
+    pub fn tick(&mut self) -> bool {
+        self.raw.tick()
+    }
+
+    pub fn campaign(&mut self) -> Result<(), NodeError> {
+        Ok(self.raw.campaign()?)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == raft::StateRole::Leader
+    }
+
+    pub fn step(&mut self, m: Message) -> Result<(), NodeError> {
+        Ok(self.raw.step(m)?)
+    }
+
+    /// Proposes a validated request payload (an archived [`ClientRequest`]); its result comes
+    /// back in [`Done::results`] under `token` once applied.
+    pub fn propose(&mut self, token: u64, payload: Vec<u8>) -> Result<(), NodeError> {
+        if !self.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        match self.raw.propose(token.to_le_bytes().to_vec(), payload) {
+            Err(raft::Error::ProposalDropped) => Err(NodeError::NotLeader),
+            other => Ok(other?),
+        }
+    }
+
+    /// The next round of work, if raft has any.
+    pub fn next_ready(&mut self) -> Result<Option<Work>, NodeError> {
+        if !self.raw.has_ready() {
+            return Ok(None);
+        }
+        let mut ready = self.raw.ready();
+        let messages = ready.take_messages();
+        let mut records: Vec<(RecordType, Vec<u8>)> = ready
+            .entries()
+            .iter()
+            .map(|e| (RecordType::ENTRY, encode_entry(e)))
+            .collect();
+        self.log.append(ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            records.push((RecordType::HARD_STATE, encode_hard_state(hs)));
+            self.log.set_hard_state(hs.clone());
+        }
+        Ok(Some(Work {
+            messages,
+            records,
+            ready,
+        }))
+    }
+
+    /// Continues a round after its records are durable.
+    pub fn on_persisted(&mut self, work: Work) -> Result<Done, NodeError> {
+        let mut ready = work.ready;
+        let mut messages = ready.take_persisted_messages();
+        let mut results = Vec::new();
+        let committed = ready.take_committed_entries();
+        self.apply(committed, &mut results)?;
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.log.hard_state();
+            hs.commit = commit;
+            self.log.set_hard_state(hs);
+        }
+        messages.extend(light.take_messages());
+        self.apply(light.take_committed_entries(), &mut results)?;
+        self.raw.advance_apply();
+        Ok(Done { messages, results })
+    }
+
+    fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        results: &mut Vec<(u64, Result<Response, NodeError>)>,
+    ) -> Result<(), NodeError> {
+        for e in entries {
+            if e.data.is_empty() {
+                continue; // a new leader's empty entry
+            }
+            let token = <[u8; 8]>::try_from(&e.context[..])
+                .ok()
+                .map(u64::from_le_bytes);
+            let result = self.apply_entry(&e)?;
+            if let Some(token) = token {
+                results.push((token, result));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one entry. `Err` is fatal (storage); a bad payload or a request error is the
+    /// request's result, the same on every member.
+    fn apply_entry(&mut self, e: &Entry) -> Result<Result<Response, NodeError>, NodeError> {
+        let mut payload = AlignedVec::<16>::with_capacity(e.data.len());
+        payload.extend_from_slice(&e.data);
+        let request = match decode_request(&payload) {
+            Ok(ClientRequest::Kv(r)) => r,
+            Ok(ClientRequest::Status) => {
+                return Ok(Err(NodeError::BadEntry {
+                    index: e.index,
+                    reason: "status is not a log entry".into(),
+                }))
+            }
+            Err(err) => {
+                return Ok(Err(NodeError::BadEntry {
+                    index: e.index,
+                    reason: err.to_string(),
+                }))
+            }
+        };
+        let at = RaftPosition {
+            index: e.index,
+            term: e.term,
+        };
+        match self
+            .store
+            .apply(at, std::slice::from_ref(&request), &AcceptAllLeases)?
+        {
+            ApplyOutcome::Skipped => Ok(Err(NodeError::BadEntry {
+                index: e.index,
+                reason: "already applied".into(),
+            })),
+            ApplyOutcome::Applied(mut rs) => Ok(rs.pop().map_or_else(
+                || {
+                    Err(NodeError::BadEntry {
+                        index: e.index,
+                        reason: "no response".into(),
+                    })
+                },
+                |r| r.map_err(NodeError::from),
+            )),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Term and index of the last log entry.
+    pub fn last_log(&self) -> (u64, u64) {
+        let last = self.log.last_index().unwrap_or(0);
+        (self.raw.raft.term, last)
+    }
+}
+
+#[cfg(test)]
+mod tests;
