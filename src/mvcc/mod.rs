@@ -81,6 +81,8 @@ pub use apply::{AcceptAllLeases, LeaseCheck};
 pub use error::MvccError;
 pub use read_view::ReadView;
 pub use revision::Revision;
-pub use store::{ApplyOutcome, RaftPosition, Store};
+pub use store::{
+    ApplyOutcome, RaftPosition, Store, CHECKPOINT_UNCOMMITTED_BYTES_MAX, COMPACTION_STEP_RECORDS,
+};
 pub use txn::{validate, MAX_TXN_OPS_DEFAULT};
 pub use types::*;
