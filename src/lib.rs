@@ -27,4 +27,5 @@ pub mod mvcc;
 pub mod node;
 pub mod protocol;
 pub mod raftlog;
+pub mod server;
 pub mod wal;

@@ -22,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs a member. Flags keep etcd's names; each is also read from CAIRN_<FLAG>.
+    Serve(ServeArgs),
     /// Recovers a data directory as a start would (cutting a torn WAL tail or an unfinished
     /// tree commit), verifies every record and every revision page, and prints a summary as
     /// one JSON line. Exit code 0: intact; 1: damaged or unreadable (the error says where).
@@ -30,6 +32,35 @@ enum Command {
         #[arg(long, env = "CAIRN_DATA_DIR", default_value = "default.cairn")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Human-readable name for this member.
+    #[arg(long, env = "CAIRN_NAME", default_value = "default")]
+    name: String,
+    /// Path to the data directory.
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "default.cairn")]
+    data_dir: PathBuf,
+    /// Address for the native protocol.
+    #[arg(
+        long,
+        env = "CAIRN_LISTEN_NATIVE_ADDR",
+        default_value = "127.0.0.1:2378"
+    )]
+    listen_native_addr: String,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    max_request_bytes: u32,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
+    max_txn_ops: usize,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
+    log_level: tracing::Level,
 }
 
 /// Where the tree file lives inside a data directory.
@@ -95,6 +126,29 @@ fn check_wal(dir: &Path) -> Result<(u64, u64, u64), Box<dyn std::error::Error>> 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_max_level(args.log_level)
+                .with_writer(std::io::stderr)
+                .init();
+            let config = cairn::server::ServeConfig {
+                name: args.name,
+                data_dir: args.data_dir,
+                listen_native_addr: args.listen_native_addr,
+                max_request_bytes: args.max_request_bytes + 4096,
+                max_txn_ops: args.max_txn_ops,
+                heartbeat_interval_ms: args.heartbeat_interval,
+                max_inflight_per_conn: 1024,
+                max_pending_proposals: 10_000,
+            };
+            match cairn::server::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cairn serve: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { data_dir } => match check(&data_dir) {
             Ok(summary) => {
                 println!("{summary}");

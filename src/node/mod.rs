@@ -227,6 +227,11 @@ impl Node {
         &mut self.store
     }
 
+    /// Index of the last entry applied (empty entries included).
+    pub fn applied_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
     /// Term and index of the last log entry.
     pub fn last_log(&self) -> (u64, u64) {
         let last = self.log.last_index().unwrap_or(0);

@@ -1,0 +1,197 @@
+//! Native protocol connections: frames in, requests answered out of order, bounded in flight.
+
+use super::{Proposal, Shared};
+use crate::mvcc::{validate, Request};
+use crate::node::NodeError;
+use crate::protocol::{
+    self, encode_error, encode_response, ClientRequest, ClientResponse, ErrorCode, ErrorReply,
+    FrameKind, HEADER_BYTES,
+};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use rkyv::util::AlignedVec;
+use std::cell::Cell;
+use std::rc::Rc;
+
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Rc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(connection(stream, shared.clone())).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn error_frame(id: u64, code: ErrorCode, message: String) -> Option<AlignedVec> {
+    encode_error(id, &ErrorReply { code, message }).ok()
+}
+
+async fn connection(stream: TcpStream, shared: Rc<Shared>) {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let max = shared.config.max_inflight_per_conn;
+    let (out_tx, out_rx) = flume::bounded::<Option<AlignedVec>>(max + 1);
+    // One writer per connection: replies leave in the order they are ready.
+    let writer_task = glommio::spawn_local(async move {
+        while let Ok(Some(frame)) = out_rx.recv_async().await {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.flush().await;
+    });
+    let inflight = Rc::new(Cell::new(0usize));
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    'read: loop {
+        loop {
+            match protocol::split_frame(&buf, shared.config.max_request_bytes) {
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "malformed frame header; closing the connection");
+                    let _ = out_tx
+                        .send_async(error_frame(0, ErrorCode::Malformed, e.to_string()))
+                        .await;
+                    break 'read;
+                }
+                Ok(Some((header, total))) => {
+                    let mut payload = AlignedVec::<16>::with_capacity(total - HEADER_BYTES);
+                    payload.extend_from_slice(&buf[HEADER_BYTES..total]);
+                    buf.drain(..total);
+                    if header.kind != FrameKind::Request {
+                        let msg = "clients send request frames only".to_string();
+                        let _ = out_tx
+                            .send_async(error_frame(header.request_id, ErrorCode::Malformed, msg))
+                            .await;
+                        break 'read;
+                    }
+                    if !dispatch(header.request_id, payload, &shared, &out_tx, &inflight).await {
+                        break 'read;
+                    }
+                }
+            }
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "read failed; closing the connection");
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    // Let requests in flight finish, then stop the writer.
+    while inflight.get() > 0 {
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let _ = out_tx.send_async(None).await;
+    writer_task.await;
+}
+
+/// Handles one request frame; false when the connection must be closed.
+async fn dispatch(
+    id: u64,
+    payload: AlignedVec,
+    shared: &Rc<Shared>,
+    out: &flume::Sender<Option<AlignedVec>>,
+    inflight: &Rc<Cell<usize>>,
+) -> bool {
+    let request = match protocol::decode_request(&payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(id, error = %e, "malformed request; closing the connection");
+            let _ = out
+                .send_async(error_frame(id, ErrorCode::Malformed, e.to_string()))
+                .await;
+            return false;
+        }
+    };
+    if inflight.get() >= shared.config.max_inflight_per_conn {
+        let msg = "too many requests in flight on this connection".to_string();
+        let _ = out
+            .send_async(error_frame(id, ErrorCode::Overloaded, msg))
+            .await;
+        return true;
+    }
+    let reply = match request {
+        ClientRequest::Status => {
+            encode_response(id, &ClientResponse::Status(*shared.status.borrow())).ok()
+        }
+        ClientRequest::Kv(req) => {
+            if let Err(e) = validate(&req, shared.config.max_txn_ops) {
+                error_frame(id, ErrorCode::InvalidRequest, e.to_string())
+            } else if let Request::Range(r) = &req {
+                if r.serializable {
+                    let view = shared.view.borrow().clone();
+                    reply_frame(
+                        id,
+                        view.range(r)
+                            .map(crate::mvcc::Response::Range)
+                            .map_err(NodeError::from),
+                    )
+                } else {
+                    spawn_proposal(id, payload, shared, out, inflight);
+                    return true;
+                }
+            } else {
+                spawn_proposal(id, payload, shared, out, inflight);
+                return true;
+            }
+        }
+    };
+    let _ = out.send_async(reply).await;
+    true
+}
+
+fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Option<AlignedVec> {
+    match result {
+        Ok(r) => encode_response(id, &ClientResponse::Kv(r)).ok(),
+        Err(NodeError::NotLeader) => {
+            error_frame(id, ErrorCode::Unavailable, NodeError::NotLeader.to_string())
+        }
+        Err(NodeError::Mvcc(e)) if !e.is_fatal() => {
+            error_frame(id, ErrorCode::InvalidRequest, e.to_string())
+        }
+        Err(e) => error_frame(id, ErrorCode::Internal, e.to_string()),
+    }
+}
+
+/// Sends a write (or a linearizable read) through the log; its bytes are the entry as they
+/// came off the socket.
+fn spawn_proposal(
+    id: u64,
+    payload: AlignedVec,
+    shared: &Rc<Shared>,
+    out: &flume::Sender<Option<AlignedVec>>,
+    inflight: &Rc<Cell<usize>>,
+) {
+    inflight.set(inflight.get() + 1);
+    let (tx, rx) = flume::bounded(1);
+    let proposals = shared.proposals.clone();
+    let out = out.clone();
+    let inflight = inflight.clone();
+    glommio::spawn_local(async move {
+        let frame = match proposals.try_send(Proposal {
+            payload: payload.to_vec(),
+            reply: tx,
+        }) {
+            Err(_) => error_frame(
+                id,
+                ErrorCode::Overloaded,
+                "too many proposals pending".into(),
+            ),
+            Ok(()) => match rx.recv_async().await {
+                Ok(result) => reply_frame(id, result),
+                Err(_) => error_frame(id, ErrorCode::Unavailable, "the member is stopping".into()),
+            },
+        };
+        let _ = out.send_async(frame).await;
+        inflight.set(inflight.get() - 1);
+    })
+    .detach();
+}

@@ -1,0 +1,271 @@
+//! `cairn serve` as a real process: writes acknowledged over the native protocol survive
+//! SIGKILL, bad input gets an error reply while other clients are served, SIGTERM exits
+//! cleanly.
+
+use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
+use cairn::protocol::{
+    decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
+    ErrorCode, FrameKind, HEADER_BYTES,
+};
+use rand::{Rng, SeedableRng};
+use rkyv::util::AlignedVec;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(dir: &Path, addr: &str) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen-native-addr", addr, "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            child,
+            addr: addr.to_string(),
+        }
+    }
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+enum Reply {
+    Ok(ClientResponse),
+    Err(ErrorCode),
+}
+
+impl Client {
+    fn connect(addr: &str) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+    fn send(&mut self, id: u64, req: &ClientRequest) {
+        self.stream
+            .write_all(&encode_request(id, req).unwrap())
+            .unwrap();
+    }
+    /// The next reply frame, or None if the server closed the connection.
+    fn recv(&mut self) -> Option<(u64, Reply)> {
+        loop {
+            if let Some((h, total)) = split_frame(&self.buf, u32::MAX).unwrap() {
+                let mut p = AlignedVec::<16>::new();
+                p.extend_from_slice(&self.buf[HEADER_BYTES..total]);
+                self.buf.drain(..total);
+                let reply = match h.kind {
+                    FrameKind::Response => Reply::Ok(decode_response(&p).unwrap()),
+                    _ => Reply::Err(decode_error(&p).unwrap().code),
+                };
+                return Some((h.request_id, reply));
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    fn put(&mut self, id: u64, key: &str, value: &str) -> Option<i64> {
+        let req = Request::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        });
+        self.send(id, &ClientRequest::Kv(req));
+        match self.recv()? {
+            (rid, Reply::Ok(ClientResponse::Kv(Response::Put(p)))) if rid == id => {
+                Some(p.header.revision)
+            }
+            _ => None,
+        }
+    }
+    fn get(&mut self, key: &str) -> Option<(Vec<u8>, i64)> {
+        let req = Request::Range(RangeRequest {
+            key: key.into(),
+            serializable: true,
+            ..Default::default()
+        });
+        self.send(1, &ClientRequest::Kv(req));
+        match self.recv() {
+            Some((_, Reply::Ok(ClientResponse::Kv(Response::Range(r))))) => {
+                r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision))
+            }
+            _ => panic!("range failed"),
+        }
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: Vec<(String, String, i64)> = Vec::new();
+    // A fresh port per start: a killed process's listening socket can linger in the kernel
+    // (its io_uring is torn down after the process is reaped) and, sharing the port through
+    // SO_REUSEPORT, would take and reset some of the next connections.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for round in 0..20 {
+        let addr = free_addr();
+        let server = Server::start(dir.path(), &addr);
+        let mut c = Client::connect(&server.addr);
+        // Pipeline a burst, then kill while some are in flight.
+        let base = acked.len();
+        for i in 0..50 {
+            let key = format!("k{round}-{i}");
+            let req = Request::Put(PutRequest {
+                key: key.clone().into(),
+                value: key.clone().into(),
+                ..Default::default()
+            });
+            c.send(1000 + i, &ClientRequest::Kv(req));
+        }
+        // Kill at a random moment: after some replies, with the rest still in flight.
+        let wait_for = rng.gen_range(1..50);
+        for _ in 0..wait_for {
+            if let Some((id, Reply::Ok(ClientResponse::Kv(Response::Put(p))))) = c.recv() {
+                let key = format!("k{round}-{}", id - 1000);
+                acked.push((key.clone(), key, p.header.revision));
+            }
+        }
+        assert_eq!(
+            acked.len(),
+            base + wait_for,
+            "every reply before the kill is a success"
+        );
+        server.kill9();
+    }
+    let server = Server::start(dir.path(), &free_addr());
+    let mut c = Client::connect(&server.addr);
+    for (key, value, rev) in &acked {
+        assert_eq!(c.get(key), Some((value.as_bytes().to_vec(), *rev)), "{key}");
+    }
+    let mut revs: Vec<i64> = acked.iter().map(|a| a.2).collect();
+    revs.sort();
+    revs.dedup();
+    assert_eq!(revs.len(), acked.len(), "each write has its own revision");
+    // Every key was written once, so the stored revisions must be exactly 2..=current: no
+    // gaps (writes applied but not acknowledged before a kill count too).
+    let all = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        serializable: true,
+        ..Default::default()
+    };
+    c.send(2, &ClientRequest::Kv(Request::Range(all)));
+    let Some((_, Reply::Ok(ClientResponse::Kv(Response::Range(r))))) = c.recv() else {
+        panic!("range")
+    };
+    let mut stored: Vec<i64> = r.kvs.iter().map(|kv| kv.mod_revision).collect();
+    stored.sort();
+    assert_eq!(stored, (2..=r.header.revision).collect::<Vec<_>>());
+    let next = c.put(1, "after", "x").unwrap();
+    assert!(next > *revs.last().unwrap());
+}
+
+#[test]
+fn bad_input_gets_an_error_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let server = Server::start(dir.path(), &addr);
+    let mut good = Client::connect(&server.addr);
+    assert_eq!(good.put(1, "a", "1"), Some(2));
+    // Garbage bytes: an error frame, then the connection closes.
+    let mut bad = Client::connect(&server.addr);
+    bad.stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(matches!(
+        bad.recv(),
+        Some((0, Reply::Err(ErrorCode::Malformed)))
+    ));
+    assert!(bad.recv().is_none());
+    // Valid framing, invalid payload.
+    let mut bad = Client::connect(&server.addr);
+    let mut frame = encode_request(5, &ClientRequest::Status).unwrap().to_vec();
+    frame.extend_from_slice(&[0xAB; 3]);
+    let n = (frame.len() - HEADER_BYTES) as u32;
+    frame[4..8].copy_from_slice(&n.to_le_bytes());
+    bad.stream.write_all(&frame).unwrap();
+    assert!(matches!(
+        bad.recv(),
+        Some((5, Reply::Err(ErrorCode::Malformed)))
+    ));
+    // Over the size limit.
+    let mut bad = Client::connect(&server.addr);
+    let mut header = encode_request(6, &ClientRequest::Status).unwrap()[..HEADER_BYTES].to_vec();
+    header[4..8].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    bad.stream.write_all(&header).unwrap();
+    assert!(matches!(
+        bad.recv(),
+        Some((0, Reply::Err(ErrorCode::Malformed)))
+    ));
+    // Empty key: etcd's error, connection stays open.
+    let mut c = Client::connect(&server.addr);
+    c.send(7, &ClientRequest::Kv(Request::Put(PutRequest::default())));
+    assert!(matches!(
+        c.recv(),
+        Some((7, Reply::Err(ErrorCode::InvalidRequest)))
+    ));
+    assert_eq!(c.put(8, "b", "2"), Some(3));
+    // Truncated frame then close: the server just drops it.
+    let mut t = Client::connect(&server.addr);
+    t.stream
+        .write_all(&encode_request(9, &ClientRequest::Status).unwrap()[..10])
+        .unwrap();
+    drop(t);
+    assert_eq!(good.get("b"), Some((b"2".to_vec(), 3)));
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut server = Server::start(dir.path(), &addr);
+    let mut c = Client::connect(&server.addr);
+    assert_eq!(c.put(1, "k", "v"), Some(2));
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(server);
+    let server = Server::start(dir.path(), &free_addr());
+    assert_eq!(
+        Client::connect(&server.addr).get("k"),
+        Some((b"v".to_vec(), 2))
+    );
+}
