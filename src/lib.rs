@@ -23,6 +23,7 @@
 
 pub mod btree;
 pub mod cli;
+pub mod client;
 pub mod mvcc;
 pub mod node;
 pub mod protocol;

@@ -1,13 +1,20 @@
-//! The `cairn` command. This build carries the storage engine's maintenance command; the
-//! server (`cairn serve`) and the client commands are built on top of it.
+//! The `cairn` command: `serve` runs a member, `check` verifies a data directory, and the
+//! client commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint status`) talk to members
+//! in etcdctl's spirit.
+//!
+//! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed);
+//! 2 no endpoint could be reached; 3 invalid input (a malformed `txn`); 128 bad arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cairn::btree::DbOptions;
 use cairn::mvcc::Store;
+use cairn::mvcc::{Request, Response};
+use cairn::protocol::{ClientRequest, ClientResponse};
 use cairn::wal::{Wal, WalOptions};
 use clap::{Parser, Subcommand};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -16,14 +23,80 @@ use clap::{Parser, Subcommand};
     about = "A strongly consistent key-value store"
 )]
 struct Cli {
+    /// Native protocol endpoints, comma separated.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2378"
+    )]
+    endpoints: Vec<String>,
+    /// Output format: simple or json.
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        default_value = "simple"
+    )]
+    write_out: OutputFormat,
+    /// Timeout of each request, in seconds.
+    #[arg(long, global = true, default_value_t = 5)]
+    command_timeout: u64,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Simple,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct GetCmd {
+    #[command(flatten)]
+    args: cairn::cli::GetArgs,
+    /// Only write values.
+    #[arg(long)]
+    print_value_only: bool,
+    /// Linearizable (l) or serializable (s).
+    #[arg(long, default_value = "l")]
+    consistency: String,
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// The status of each endpoint.
+    Status,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Runs a member. Flags keep etcd's names; each is also read from CAIRN_<FLAG>.
     Serve(ServeArgs),
+    /// Puts the given key into the store.
+    Put(cairn::cli::PutArgs),
+    /// Gets the key or a range of keys.
+    Get(GetCmd),
+    /// Removes the specified key or range of keys [key, range_end).
+    #[command(alias = "delete")]
+    Del(cairn::cli::DelArgs),
+    /// Txn processes all the requests in one transaction, read from standard input: compares,
+    /// an empty line, success requests, an empty line, failure requests.
+    Txn,
+    /// Compacts the event history up to the given revision.
+    Compact {
+        revision: i64,
+        /// Wait for the compaction to be applied (always the case here).
+        #[arg(long)]
+        physical: bool,
+    },
+    /// Endpoint related commands.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCmd,
+    },
     /// Recovers a data directory as a start would (cutting a torn WAL tail or an unfinished
     /// tree commit), verifies every record and every revision page, and prints a summary as
     /// one JSON line. Exit code 0: intact; 1: damaged or unreadable (the error says where).
@@ -123,8 +196,141 @@ fn check_wal(dir: &Path) -> Result<(u64, u64, u64), Box<dyn std::error::Error>> 
     })
 }
 
+const EXIT_ERROR: u8 = 1;
+const EXIT_BAD_CONNECTION: u8 = 2;
+const EXIT_INVALID_INPUT: u8 = 3;
+const EXIT_BAD_ARGS: u8 = 128;
+
+/// A client command's failure and its exit code.
+struct Failure(u8, String);
+
+impl From<cairn::client::ClientError> for Failure {
+    fn from(e: cairn::client::ClientError) -> Failure {
+        use cairn::client::ClientError;
+        let code = match &e {
+            ClientError::Unreachable { .. } | ClientError::Io { .. } => EXIT_BAD_CONNECTION,
+            _ => EXIT_ERROR,
+        };
+        Failure(code, e.to_string())
+    }
+}
+
+impl From<cairn::cli::CliError> for Failure {
+    fn from(e: cairn::cli::CliError) -> Failure {
+        Failure(EXIT_BAD_ARGS, e.to_string())
+    }
+}
+
+fn kv(client: &mut cairn::client::Client, req: Request) -> Result<Response, Failure> {
+    match client.request(&ClientRequest::Kv(req))? {
+        ClientResponse::Kv(r) => Ok(r),
+        ClientResponse::Status(_) => Err(Failure(EXIT_ERROR, "unexpected status reply".into())),
+    }
+}
+
+/// Runs a client command; returns what to print.
+fn run_client(
+    endpoints: &[String],
+    format: OutputFormat,
+    timeout_s: u64,
+    command: Command,
+) -> Result<String, Failure> {
+    use cairn::cli::output;
+    let json = matches!(format, OutputFormat::Json);
+    let mut client = cairn::client::Client::new(endpoints.to_vec(), Duration::from_secs(timeout_s));
+    let unexpected = || Failure(EXIT_ERROR, "unexpected reply".into());
+    Ok(match command {
+        Command::Put(args) => match kv(&mut client, Request::Put(args.request()?))? {
+            Response::Put(r) if json => output::put_json(&r),
+            Response::Put(r) => output::put_simple(&r),
+            _ => return Err(unexpected()),
+        },
+        Command::Get(cmd) => {
+            if cmd.print_value_only && cmd.args.keys_only {
+                return Err(Failure(
+                    EXIT_BAD_ARGS,
+                    "--print-value-only and --keys-only cannot be set at the same time".into(),
+                ));
+            }
+            let mut req = cmd.args.request()?;
+            req.serializable = match cmd.consistency.as_str() {
+                "l" => false,
+                "s" => true,
+                other => {
+                    return Err(Failure(
+                        EXIT_BAD_ARGS,
+                        format!("unknown consistency flag {other:?}"),
+                    ))
+                }
+            };
+            match kv(&mut client, Request::Range(req))? {
+                Response::Range(r) if json => output::range_json(&r),
+                Response::Range(r) => {
+                    output::range_simple(&r, cmd.args.keys_only, cmd.print_value_only)
+                }
+                _ => return Err(unexpected()),
+            }
+        }
+        Command::Del(args) => match kv(&mut client, Request::DeleteRange(args.request()?))? {
+            Response::DeleteRange(r) if json => output::delete_json(&r),
+            Response::DeleteRange(r) => output::delete_simple(&r),
+            _ => return Err(unexpected()),
+        },
+        Command::Txn => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+                .map_err(|e| Failure(EXIT_INVALID_INPUT, e.to_string()))?;
+            let txn = cairn::cli::parse_txn(&input)
+                .map_err(|e| Failure(EXIT_INVALID_INPUT, e.to_string()))?;
+            match kv(&mut client, Request::Txn(txn))? {
+                Response::Txn(r) if json => output::txn_json(&r),
+                Response::Txn(r) => output::txn_simple(&r),
+                _ => return Err(unexpected()),
+            }
+        }
+        Command::Compact { revision, physical } => {
+            let req = Request::Compaction(cairn::mvcc::CompactionRequest { revision, physical });
+            match kv(&mut client, req)? {
+                Response::Compaction(r) if json => {
+                    format!("{{\"header\":{{\"revision\":{}}}}}\n", r.header.revision)
+                }
+                Response::Compaction(_) => format!("compacted revision {revision}\n"),
+                _ => return Err(unexpected()),
+            }
+        }
+        Command::Endpoint {
+            command: EndpointCmd::Status,
+        } => {
+            let status = match client.request(&ClientRequest::Status)? {
+                ClientResponse::Status(s) => s,
+                ClientResponse::Kv(_) => return Err(unexpected()),
+            };
+            let endpoint = client.endpoint().unwrap_or_default().to_string();
+            if json {
+                output::status_json(&endpoint, &status)
+            } else {
+                output::status_simple(&endpoint, &status)
+            }
+        }
+        Command::Serve(_) | Command::Check { .. } => {
+            return Err(Failure(EXIT_BAD_ARGS, "not a client command".into()))
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_BAD_ARGS),
+            };
+        }
+    };
     match cli.command {
         Command::Serve(args) => {
             tracing_subscriber::fmt()
@@ -146,6 +352,28 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("cairn serve: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        command @ (Command::Put(_)
+        | Command::Get(_)
+        | Command::Del(_)
+        | Command::Txn
+        | Command::Compact { .. }
+        | Command::Endpoint { .. }) => {
+            match run_client(&cli.endpoints, cli.write_out, cli.command_timeout, command) {
+                Ok(out) => {
+                    // Every format ends with a newline, as etcdctl's do.
+                    if out.is_empty() || out.ends_with('\n') {
+                        print!("{out}");
+                    } else {
+                        println!("{out}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(Failure(code, message)) => {
+                    eprintln!("Error: {message}");
+                    ExitCode::from(code)
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! and the requests they make, and `txn`'s text format.
 
 pub mod ops;
+pub mod output;
 pub mod txn;
 
 pub use ops::{prefix_range_end, DelArgs, GetArgs, PutArgs};

@@ -1,0 +1,244 @@
+//! etcdctl's output formats: `simple` (lines) and `json` (etcd's JSON, bytes in base64, zero
+//! fields left out).
+
+use crate::mvcc::{
+    DeleteRangeResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader, ResponseOp,
+    TxnResponse,
+};
+use crate::protocol::StatusResponse;
+use std::fmt::Write;
+
+/// Standard base64 with padding, as Go's `encoding/json` writes `[]byte`.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (k, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if k <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A JSON object that leaves out zero fields, as etcd's `omitempty` does.
+struct Obj(String);
+
+impl Obj {
+    fn new() -> Obj {
+        Obj(String::from("{"))
+    }
+    fn raw(mut self, name: &str, value: &str) -> Obj {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        let _ = write!(self.0, "\"{name}\":{value}");
+        self
+    }
+    fn int(self, name: &str, v: i64) -> Obj {
+        if v == 0 {
+            self
+        } else {
+            self.raw(name, &v.to_string())
+        }
+    }
+    fn uint(self, name: &str, v: u64) -> Obj {
+        if v == 0 {
+            self
+        } else {
+            self.raw(name, &v.to_string())
+        }
+    }
+    fn bytes(self, name: &str, v: &[u8]) -> Obj {
+        if v.is_empty() {
+            self
+        } else {
+            self.raw(name, &format!("\"{}\"", base64(v)))
+        }
+    }
+    fn flag(self, name: &str, v: bool) -> Obj {
+        if v {
+            self.raw(name, "true")
+        } else {
+            self
+        }
+    }
+    fn list(self, name: &str, items: Vec<String>) -> Obj {
+        if items.is_empty() {
+            self
+        } else {
+            self.raw(name, &format!("[{}]", items.join(",")))
+        }
+    }
+    fn done(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+fn header(h: &ResponseHeader) -> String {
+    Obj::new().int("revision", h.revision).done()
+}
+
+fn kv(kv: &KeyValue) -> String {
+    Obj::new()
+        .bytes("key", &kv.key)
+        .int("create_revision", kv.create_revision)
+        .int("mod_revision", kv.mod_revision)
+        .int("version", kv.version)
+        .bytes("value", &kv.value)
+        .int("lease", kv.lease)
+        .done()
+}
+
+pub fn range_json(r: &RangeResponse) -> String {
+    Obj::new()
+        .raw("header", &header(&r.header))
+        .list("kvs", r.kvs.iter().map(kv).collect())
+        .flag("more", r.more)
+        .int("count", r.count)
+        .done()
+}
+
+pub fn put_json(r: &PutResponse) -> String {
+    let o = Obj::new().raw("header", &header(&r.header));
+    match &r.prev_kv {
+        Some(p) => o.raw("prev_kv", &kv(p)).done(),
+        None => o.done(),
+    }
+}
+
+pub fn delete_json(r: &DeleteRangeResponse) -> String {
+    Obj::new()
+        .raw("header", &header(&r.header))
+        .int("deleted", r.deleted)
+        .list("prev_kvs", r.prev_kvs.iter().map(kv).collect())
+        .done()
+}
+
+pub fn txn_json(r: &TxnResponse) -> String {
+    let ops = r
+        .responses
+        .iter()
+        .map(|op| match op {
+            ResponseOp::Range(x) => {
+                format!("{{\"Response\":{{\"response_range\":{}}}}}", range_json(x))
+            }
+            ResponseOp::Put(x) => format!("{{\"Response\":{{\"response_put\":{}}}}}", put_json(x)),
+            ResponseOp::DeleteRange(x) => {
+                format!(
+                    "{{\"Response\":{{\"response_delete_range\":{}}}}}",
+                    delete_json(x)
+                )
+            }
+            ResponseOp::Txn(x) => format!("{{\"Response\":{{\"response_txn\":{}}}}}", txn_json(x)),
+        })
+        .collect();
+    Obj::new()
+        .raw("header", &header(&r.header))
+        .flag("succeeded", r.succeeded)
+        .list("responses", ops)
+        .done()
+}
+
+pub fn status_json(endpoint: &str, s: &StatusResponse) -> String {
+    let status = Obj::new()
+        .raw(
+            "header",
+            &Obj::new()
+                .uint("member_id", s.member_id)
+                .int("revision", s.revision)
+                .uint("raft_term", s.raft_term)
+                .done(),
+        )
+        .raw("version", &format!("\"{}\"", env!("CARGO_PKG_VERSION")))
+        .uint("dbSize", s.db_size)
+        .uint("leader", s.leader)
+        .uint("raftIndex", s.raft_index)
+        .uint("raftTerm", s.raft_term)
+        .uint("raftAppliedIndex", s.raft_applied_index)
+        .uint("dbSizeInUse", s.db_size_in_use)
+        .done();
+    format!(
+        "[{}]",
+        Obj::new()
+            .raw("Endpoint", &format!("\"{endpoint}\""))
+            .raw("Status", &status)
+            .done()
+    )
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `get` lines: key, then value (or only one of them).
+pub fn range_simple(r: &RangeResponse, keys_only: bool, value_only: bool) -> String {
+    let mut out = String::new();
+    for kv in &r.kvs {
+        if !value_only {
+            out.push_str(&lossy(&kv.key));
+            out.push('\n');
+        }
+        if !keys_only {
+            out.push_str(&lossy(&kv.value));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+pub fn put_simple(r: &PutResponse) -> String {
+    match &r.prev_kv {
+        Some(p) => format!("OK\n{}\n{}\n", lossy(&p.key), lossy(&p.value)),
+        None => "OK\n".into(),
+    }
+}
+
+pub fn delete_simple(r: &DeleteRangeResponse) -> String {
+    let mut out = format!("{}\n", r.deleted);
+    for p in &r.prev_kvs {
+        let _ = write!(out, "{}\n{}\n", lossy(&p.key), lossy(&p.value));
+    }
+    out
+}
+
+pub fn txn_simple(r: &TxnResponse) -> String {
+    let mut out = String::from(if r.succeeded {
+        "SUCCESS\n"
+    } else {
+        "FAILURE\n"
+    });
+    for op in &r.responses {
+        out.push('\n');
+        out.push_str(&match op {
+            ResponseOp::Range(x) => range_simple(x, false, false),
+            ResponseOp::Put(x) => put_simple(x),
+            ResponseOp::DeleteRange(x) => delete_simple(x),
+            ResponseOp::Txn(x) => txn_simple(x),
+        });
+    }
+    out
+}
+
+pub fn status_simple(endpoint: &str, s: &StatusResponse) -> String {
+    format!(
+        "{endpoint}, {:x}, {}, {} B, {}, false, {}, {}, {}, \n",
+        s.member_id,
+        env!("CARGO_PKG_VERSION"),
+        s.db_size,
+        s.leader == s.member_id && s.leader != 0,
+        s.raft_term,
+        s.raft_index,
+        s.raft_applied_index
+    )
+}

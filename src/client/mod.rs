@@ -1,0 +1,186 @@
+//! A blocking client of the native protocol, for the CLI and tests: timeouts on every
+//! operation and failover across endpoints. (An async client for glommio code comes with the
+//! load generator.)
+
+use crate::protocol::{
+    decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
+    ErrorCode, FrameKind, HEADER_BYTES,
+};
+use rkyv::util::AlignedVec;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach any endpoint of {endpoints:?}: {last}")]
+    Unreachable {
+        endpoints: Vec<String>,
+        last: String,
+    },
+    #[error("connection to {endpoint} failed: {source}")]
+    Io {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("{message}")]
+    Server { code: ErrorCode, message: String },
+    #[error("bad reply from {endpoint}: {reason}")]
+    Protocol { endpoint: String, reason: String },
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    timeout: Duration,
+    conn: Option<(usize, TcpStream)>,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+impl Client {
+    /// A client that connects lazily to the first endpoint that answers.
+    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Client {
+        Client {
+            endpoints,
+            timeout,
+            conn: None,
+            buf: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), ClientError> {
+        let mut last = String::from("no endpoints given");
+        let start = self.conn.as_ref().map_or(0, |(i, _)| i + 1);
+        for k in 0..self.endpoints.len() {
+            let i = (start + k) % self.endpoints.len();
+            let endpoint = &self.endpoints[i];
+            let addrs = match endpoint.to_socket_addrs() {
+                Ok(a) => a,
+                Err(e) => {
+                    last = format!("{endpoint}: {e}");
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match TcpStream::connect_timeout(&addr, self.timeout) {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        s.set_read_timeout(Some(self.timeout))
+                            .map_err(|e| self.io(i, e))?;
+                        s.set_write_timeout(Some(self.timeout))
+                            .map_err(|e| self.io(i, e))?;
+                        self.conn = Some((i, s));
+                        self.buf.clear();
+                        return Ok(());
+                    }
+                    Err(e) => last = format!("{endpoint}: {e}"),
+                }
+            }
+        }
+        Err(ClientError::Unreachable {
+            endpoints: self.endpoints.clone(),
+            last,
+        })
+    }
+
+    fn io(&self, i: usize, source: std::io::Error) -> ClientError {
+        ClientError::Io {
+            endpoint: self.endpoints[i].clone(),
+            source,
+        }
+    }
+
+    /// Sends one request and waits for its reply. A request that could not be sent is tried
+    /// on the next endpoint; one that was sent is not repeated (it may have been applied).
+    pub fn request(&mut self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = encode_request(id, request).map_err(|e| ClientError::Protocol {
+            endpoint: String::new(),
+            reason: e.to_string(),
+        })?;
+        let mut attempts = 0;
+        loop {
+            if self.conn.is_none() {
+                self.connect()?;
+            }
+            let Some((i, stream)) = self.conn.as_mut() else {
+                continue;
+            };
+            let i = *i;
+            match stream.write_all(&frame) {
+                Ok(()) => break,
+                Err(e) => {
+                    attempts += 1;
+                    self.conn = None;
+                    if attempts >= self.endpoints.len() {
+                        return Err(self.io(i, e));
+                    }
+                }
+            }
+        }
+        self.read_reply(id)
+    }
+
+    fn read_reply(&mut self, id: u64) -> Result<ClientResponse, ClientError> {
+        let Some((i, stream)) = self.conn.as_mut() else {
+            return Err(ClientError::Unreachable {
+                endpoints: self.endpoints.clone(),
+                last: "not connected".into(),
+            });
+        };
+        let endpoint = self.endpoints[*i].clone();
+        let bad = |reason: String| ClientError::Protocol {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        loop {
+            match split_frame(&self.buf, u32::MAX).map_err(|e| bad(e.to_string()))? {
+                Some((h, total)) => {
+                    let mut payload = AlignedVec::<16>::with_capacity(total - HEADER_BYTES);
+                    payload.extend_from_slice(&self.buf[HEADER_BYTES..total]);
+                    self.buf.drain(..total);
+                    if h.request_id != id && h.request_id != 0 {
+                        continue; // a late reply to an earlier, abandoned request
+                    }
+                    return match h.kind {
+                        FrameKind::Response => {
+                            decode_response(&payload).map_err(|e| bad(e.to_string()))
+                        }
+                        FrameKind::Error => {
+                            let e = decode_error(&payload).map_err(|e| bad(e.to_string()))?;
+                            Err(ClientError::Server {
+                                code: e.code,
+                                message: e.message,
+                            })
+                        }
+                        FrameKind::Request => Err(bad("the server sent a request frame".into())),
+                    };
+                }
+                None => {
+                    let mut chunk = [0u8; 16 << 10];
+                    match stream.read(&mut chunk) {
+                        Ok(0) => {
+                            self.conn = None;
+                            return Err(bad("connection closed before the reply".into()));
+                        }
+                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                        Err(e) => {
+                            self.conn = None;
+                            return Err(ClientError::Io {
+                                endpoint,
+                                source: e,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The endpoint currently connected to.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.conn.as_ref().map(|(i, _)| self.endpoints[*i].as_str())
+    }
+}

@@ -1,0 +1,141 @@
+//! The client commands against a running member: etcdctl's outputs and exit codes.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--listen-native-addr", &addr, "--data-dir"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server(child, addr)
+}
+
+fn cairn(s: &Server, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &format!("127.0.0.1:1,{}", s.1)])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(s: &Server, args: &[&str]) -> String {
+    let out = cairn(s, args, "");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn put_get_del_txn_compact_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    // The first endpoint refuses connections: the client fails over to the second.
+    assert_eq!(ok(&s, &["put", "foo", "bar"]), "OK\n");
+    assert_eq!(ok(&s, &["put", "foo2", "baz"]), "OK\n");
+    assert_eq!(
+        ok(&s, &["put", "foo", "bar2", "--prev-kv"]),
+        "OK\nfoo\nbar\n"
+    );
+    assert_eq!(
+        ok(&s, &["get", "foo", "--prefix"]),
+        "foo\nbar2\nfoo2\nbaz\n"
+    );
+    assert_eq!(ok(&s, &["get", "foo", "--print-value-only"]), "bar2\n");
+    assert_eq!(
+        ok(&s, &["get", "f", "--prefix", "--keys-only", "--limit", "1"]),
+        "foo\n"
+    );
+    assert_eq!(
+        ok(&s, &["get", "foo", "--rev", "2", "--consistency", "s"]),
+        "foo\nbar\n"
+    );
+    assert_eq!(
+        ok(&s, &["get", "foo2", "-w", "json"]),
+        "{\"header\":{\"revision\":4},\"kvs\":[{\"key\":\"Zm9vMg==\",\"create_revision\":3,\"mod_revision\":3,\"version\":1,\"value\":\"YmF6\"}],\"count\":1}\n"
+    );
+    let txn = "value(\"foo\") = \"bar2\"\n\nput foo x\nget foo\n\nput foo y\n";
+    let out = cairn(&s, &["txn"], txn);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "SUCCESS\n\nOK\n\nfoo\nx\n"
+    );
+    assert_eq!(ok(&s, &["del", "foo", "--prefix"]), "2\n");
+    assert_eq!(ok(&s, &["compact", "3"]), "compacted revision 3\n");
+    let status = ok(&s, &["endpoint", "status"]);
+    assert!(
+        status.starts_with(&format!("{}, 1, ", s.1)) && status.contains(", true, "),
+        "{status}"
+    );
+    assert!(ok(&s, &["endpoint", "status", "-w", "json"]).contains("\"revision\":6"));
+}
+
+#[test]
+fn exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    ok(&s, &["put", "k", "v"]);
+    ok(&s, &["compact", "2"]);
+    let compacted = cairn(&s, &["get", "k", "--rev", "1"], "");
+    assert_eq!(compacted.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&compacted.stderr).contains("required revision has been compacted")
+    );
+    let empty_key = cairn(&s, &["put", "", "v"], "");
+    assert_eq!(empty_key.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty_key.stderr).contains("key is not provided"));
+    assert_eq!(cairn(&s, &["get"], "").status.code(), Some(128));
+    assert_eq!(
+        cairn(&s, &["get", "a", "--order", "SIDEWAYS"], "")
+            .status
+            .code(),
+        Some(128)
+    );
+    assert_eq!(
+        cairn(&s, &["txn"], "bogus(\"k\") = \"1\"\n\n\n")
+            .status
+            .code(),
+        Some(3)
+    );
+    let down = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", "127.0.0.1:1", "get", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(2));
+}
