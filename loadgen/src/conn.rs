@@ -1,0 +1,217 @@
+//! One executor's connections: requests kept in flight, replies matched by id, latency
+//! recorded from each request's scheduled time.
+
+use crate::{Args, Progress, Workload};
+use cairn::mvcc::{
+    Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, Request, RequestOp,
+    TargetUnion, TxnRequest,
+};
+use cairn::protocol::{encode_request, split_frame, ClientRequest, FrameKind, HEADER_BYTES};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use hdrhistogram::Histogram;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Clients per connection are addressed by the low 16 bits of a request id.
+const SLOT_BITS: u32 = 16;
+
+pub async fn run_core(
+    args: Args,
+    conns: Vec<usize>,
+    deadline: Instant,
+    progress: Arc<Progress>,
+) -> Result<Histogram<u64>, String> {
+    let args = Rc::new(args);
+    let tasks: Vec<_> = conns
+        .iter()
+        .map(|&c| {
+            // Clients dealt out over connections as evenly as possible.
+            let clients = args.clients / args.conns + usize::from(c < args.clients % args.conns);
+            glommio::spawn_local(run_conn(
+                args.clone(),
+                c,
+                clients,
+                deadline,
+                progress.clone(),
+            ))
+        })
+        .collect();
+    let mut hist = new_hist()?;
+    for t in tasks {
+        let h = t.await?;
+        hist.add(h).map_err(|e| e.to_string())?;
+    }
+    Ok(hist)
+}
+
+fn new_hist() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).map_err(|e| e.to_string())
+}
+
+struct Gen {
+    rng: StdRng,
+    args: Rc<Args>,
+    value: Vec<u8>,
+}
+
+impl Gen {
+    fn key(&mut self) -> Vec<u8> {
+        let n = self.rng.gen_range(0..self.args.key_space.max(1));
+        let mut k = format!("{n:0width$}", width = self.args.key_size).into_bytes();
+        k.truncate(self.args.key_size.max(1));
+        k
+    }
+
+    fn request(&mut self) -> ClientRequest {
+        let key = self.key();
+        let put = || PutRequest {
+            key: key.clone(),
+            value: self.value.clone(),
+            ..Default::default()
+        };
+        let range = || RangeRequest {
+            key: key.clone(),
+            serializable: self.args.consistency == "s",
+            ..Default::default()
+        };
+        ClientRequest::Kv(match self.args.workload {
+            Workload::Put => Request::Put(put()),
+            Workload::Range => Request::Range(range()),
+            Workload::Mixed if self.rng.gen_range(0..10) == 0 => Request::Put(put()),
+            Workload::Mixed => Request::Range(range()),
+            Workload::Txn => Request::Txn(TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Greater,
+                    target: CompareTarget::Mod,
+                    key: key.clone(),
+                    target_union: Some(TargetUnion::ModRevision(0)),
+                    range_end: vec![],
+                }],
+                success: vec![RequestOp::Put(put())],
+                failure: vec![RequestOp::Put(put())],
+            }),
+        })
+    }
+}
+
+async fn run_conn(
+    args: Rc<Args>,
+    index: usize,
+    clients: usize,
+    deadline: Instant,
+    progress: Arc<Progress>,
+) -> Result<Histogram<u64>, String> {
+    let mut hist = new_hist()?;
+    if clients == 0 {
+        return Ok(hist);
+    }
+    if clients >= 1 << SLOT_BITS {
+        return Err(format!(
+            "at most {} clients per connection",
+            (1 << SLOT_BITS) - 1
+        ));
+    }
+    let endpoint = &args.endpoints[index % args.endpoints.len()];
+    let stream = glommio::net::TcpStream::connect(endpoint.as_str())
+        .await
+        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let mut gen = Gen {
+        rng: StdRng::seed_from_u64(index as u64),
+        args: args.clone(),
+        value: vec![b'v'; args.value_size],
+    };
+    // Open loop: each client sends every `interval`, staggered.
+    let interval =
+        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate));
+    let now = Instant::now();
+    let mut intended: Vec<Instant> = (0..clients)
+        .map(|c| now + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / clients as f64)))
+        .collect();
+    let mut waiting: Vec<bool> = vec![false; clients];
+    let mut seq = 0u64;
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut outstanding = 0usize;
+    loop {
+        let now = Instant::now();
+        let sending = now < deadline;
+        // Send every client whose time has come.
+        for c in 0..clients {
+            if sending && !waiting[c] && intended[c] <= now {
+                seq += 1;
+                let id = (seq << SLOT_BITS) | c as u64;
+                let frame = encode_request(id, &gen.request()).map_err(|e| e.to_string())?;
+                out.extend_from_slice(&frame);
+                waiting[c] = true;
+                outstanding += 1;
+            }
+        }
+        if !out.is_empty() {
+            wr.write_all(&out)
+                .await
+                .map_err(|e| format!("{endpoint}: {e}"))?;
+            out.clear();
+        }
+        if outstanding == 0 && !sending {
+            return Ok(hist);
+        }
+        // Wait for replies, or until the next scheduled send, or the end.
+        let next_send = (0..clients)
+            .filter(|&c| !waiting[c])
+            .map(|c| intended[c])
+            .min();
+        let until = match (sending, next_send) {
+            (true, Some(t)) => t.min(deadline),
+            (true, None) => deadline,
+            (false, _) => deadline + Duration::from_secs(5),
+        };
+        if !sending && Instant::now() >= until {
+            return Err(format!(
+                "{endpoint}: {outstanding} requests unanswered at the end"
+            ));
+        }
+        let wait = until.saturating_duration_since(Instant::now());
+        let read = futures_lite::future::or(async { Some(rd.read(&mut chunk).await) }, async {
+            glommio::timer::sleep(wait).await;
+            None
+        })
+        .await;
+        match read {
+            None => continue,
+            Some(Ok(0)) => return Err(format!("{endpoint} closed the connection")),
+            Some(Err(e)) => return Err(format!("{endpoint}: {e}")),
+            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+        let mut at = 0;
+        while let Some((h, total)) = split_frame(&buf[at..], u32::MAX).map_err(|e| e.to_string())? {
+            at += total;
+            let c = (h.request_id & ((1 << SLOT_BITS) - 1)) as usize;
+            if c >= clients || !waiting[c] {
+                return Err(format!(
+                    "{endpoint}: reply to an unknown request {}",
+                    h.request_id
+                ));
+            }
+            let done = Instant::now();
+            let _ = hist.record((done - intended[c]).as_nanos().max(1_000) as u64);
+            match h.kind {
+                FrameKind::Response => progress.ops.fetch_add(1, Ordering::Relaxed),
+                _ => progress.errors.fetch_add(1, Ordering::Relaxed),
+            };
+            waiting[c] = false;
+            outstanding -= 1;
+            intended[c] = match interval {
+                Some(i) => intended[c] + i,
+                None => done,
+            };
+            debug_assert!(total >= HEADER_BYTES);
+        }
+        buf.drain(..at);
+    }
+}

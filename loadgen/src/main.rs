@@ -1,0 +1,190 @@
+//! `cairn-loadgen`: a thread-per-core load generator for cairn's native protocol.
+//!
+//! One glommio executor per core; each runs its share of the connections, and each
+//! connection keeps its share of the clients' requests in flight (pipelined, answered out
+//! of order). Closed loop by default: a client sends its next request when the previous one
+//! is answered. With `--rate`, open loop: each client sends on a fixed schedule and latency is
+//! measured from the scheduled time, so a stall is charged to every request it delayed
+//! (no coordinated omission).
+
+mod conn;
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Workload {
+    /// Puts of random keys.
+    Put,
+    /// Point reads of random keys.
+    Range,
+    /// A txn per request: compare the key's version, then put it or read it.
+    Txn,
+    /// 90% point reads, 10% puts.
+    Mixed,
+}
+
+/// Load generator for cairn.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "cairn-loadgen")]
+pub struct Args {
+    /// Native protocol endpoints, comma separated (connections are spread over them).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2378")]
+    pub endpoints: Vec<String>,
+    /// The workload.
+    #[arg(long, value_enum, default_value = "put")]
+    pub workload: Workload,
+    /// Concurrent clients (requests in flight), spread over the connections.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// TCP connections, spread over the cores.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    pub key_space: u64,
+    /// Key bytes.
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    /// Value bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Total requests per second (open loop); 0 for closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Reads: linearizable (l, through the log) or serializable (s).
+    #[arg(long, default_value = "l")]
+    pub consistency: String,
+    /// Executors (cores) to use; default: all.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Print the final report as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Counters shared by every executor, read by the progress display.
+#[derive(Default)]
+pub struct Progress {
+    pub ops: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn report(args: &Args, hist: &Histogram<u64>, ops: u64, errors: u64, elapsed: f64) {
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e6;
+    let qps = ops as f64 / elapsed;
+    if args.json {
+        println!(
+            "{{\"workload\":\"{:?}\",\"clients\":{},\"conns\":{},\"ops\":{ops},\"errors\":{errors},\"qps\":{qps:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3}}}",
+            args.workload,
+            args.clients,
+            args.conns,
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            hist.max() as f64 / 1e6
+        );
+    } else {
+        println!("workload  clients  conns  ops       errors  qps       p50 ms  p99 ms  p99.9 ms  max ms");
+        println!(
+            "{:<9} {:<8} {:<6} {:<9} {:<7} {:<9.0} {:<7.3} {:<7.3} {:<9.3} {:.3}",
+            format!("{:?}", args.workload).to_lowercase(),
+            args.clients,
+            args.conns,
+            ops,
+            errors,
+            qps,
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            hist.max() as f64 / 1e6
+        );
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.clients < args.conns || args.conns == 0 {
+        eprintln!("cairn-loadgen: --clients must be at least --conns, and --conns at least 1");
+        std::process::exit(128);
+    }
+    if !matches!(args.consistency.as_str(), "l" | "s") {
+        eprintln!("cairn-loadgen: --consistency must be l or s");
+        std::process::exit(128);
+    }
+    let cores = args
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+        .min(args.conns);
+    let progress = Arc::new(Progress::default());
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.duration);
+    let mut threads = Vec::new();
+    for core in 0..cores {
+        let args = args.clone();
+        let progress = progress.clone();
+        // Connections and clients dealt out as evenly as possible.
+        let conns: Vec<usize> = (0..args.conns).filter(|c| c % cores == core).collect();
+        let builder =
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(core)).name("loadgen");
+        let handle = builder.spawn(move || conn::run_core(args, conns, deadline, progress));
+        match handle {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                eprintln!("cairn-loadgen: cannot start an executor: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let mut last = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(
+            Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
+        );
+        let ops = progress.ops.load(Ordering::Relaxed);
+        eprintln!(
+            "{:>5.1}s  {} ops/s  {} errors",
+            start.elapsed().as_secs_f64(),
+            ops - last,
+            progress.errors.load(Ordering::Relaxed)
+        );
+        last = ops;
+    }
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds");
+    let mut ok = true;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(h)) => {
+                let _ = hist.add(h);
+            }
+            Ok(Err(e)) => {
+                eprintln!("cairn-loadgen: {e}");
+                ok = false;
+            }
+            Err(e) => {
+                eprintln!("cairn-loadgen: an executor failed: {e:?}");
+                ok = false;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let ops = progress.ops.load(Ordering::Relaxed);
+    report(
+        &args,
+        &hist,
+        ops,
+        progress.errors.load(Ordering::Relaxed),
+        elapsed,
+    );
+    if !ok {
+        std::process::exit(1);
+    }
+}
