@@ -13,6 +13,9 @@ use rkyv::util::AlignedVec;
 use std::cell::Cell;
 use std::rc::Rc;
 
+/// Replies gathered into one socket write at most, in bytes.
+const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
+
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Rc<Shared>) {
     loop {
         match listener.accept().await {
@@ -36,12 +39,30 @@ async fn connection(stream: TcpStream, shared: Rc<Shared>) {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let max = shared.config.max_inflight_per_conn;
     let (out_tx, out_rx) = flume::bounded::<Option<AlignedVec>>(max + 1);
-    // One writer per connection: replies leave in the order they are ready.
+    // One writer per connection: replies leave in the order they are ready, every reply
+    // ready at that moment in one write (one syscall for many replies).
     let writer_task = glommio::spawn_local(async move {
-        while let Ok(Some(frame)) = out_rx.recv_async().await {
-            if writer.write_all(&frame).await.is_err() {
+        let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
+        let mut open = true;
+        while open {
+            match out_rx.recv_async().await {
+                Ok(Some(frame)) => batch.extend_from_slice(&frame),
+                _ => break,
+            }
+            while batch.len() < WRITE_BATCH_BYTES_MAX {
+                match out_rx.try_recv() {
+                    Ok(Some(frame)) => batch.extend_from_slice(&frame),
+                    Ok(None) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&batch).await.is_err() {
                 return;
             }
+            batch.clear();
         }
         let _ = writer.flush().await;
     });
