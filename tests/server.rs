@@ -2,7 +2,7 @@
 //! SIGKILL, bad input gets an error reply while other clients are served, SIGTERM exits
 //! cleanly.
 
-use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
+use cairn::mvcc::{PutRequest, RangeRequest, Request, RequestOp, Response, TxnRequest};
 use cairn::protocol::{
     decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
     ErrorCode, FrameKind, HEADER_BYTES,
@@ -243,6 +243,34 @@ fn bad_input_gets_an_error_and_others_are_served() {
         Some((7, Reply::Err(ErrorCode::InvalidRequest)))
     ));
     assert_eq!(c.put(8, "b", "2"), Some(3));
+    // A txn over --max-txn-ops (default 128): etcd's error, connection stays open.
+    let ops = (0..129).map(|i| {
+        RequestOp::Put(PutRequest {
+            key: format!("t{i}").into(),
+            ..Default::default()
+        })
+    });
+    let big = TxnRequest {
+        success: ops.collect(),
+        ..Default::default()
+    };
+    c.send(10, &ClientRequest::Kv(Request::Txn(big)));
+    assert!(matches!(
+        c.recv(),
+        Some((10, Reply::Err(ErrorCode::InvalidRequest)))
+    ));
+    // range_end before key: an empty result, as etcd gives.
+    let backwards = RangeRequest {
+        key: b"z".to_vec(),
+        range_end: b"a".to_vec(),
+        serializable: true,
+        ..Default::default()
+    };
+    c.send(11, &ClientRequest::Kv(Request::Range(backwards)));
+    let Some((11, Reply::Ok(ClientResponse::Kv(Response::Range(r))))) = c.recv() else {
+        panic!("range")
+    };
+    assert!(r.kvs.is_empty() && r.count == 0);
     // Truncated frame then close: the server just drops it.
     let mut t = Client::connect(&server.addr);
     t.stream
