@@ -297,3 +297,50 @@ fn sigterm_exits_cleanly_and_keeps_data() {
         Some((b"v".to_vec(), 2))
     );
 }
+
+#[test]
+fn linearizable_reads_see_every_acknowledged_write_without_writing_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &free_addr());
+    let mut writer = Client::connect(&server.addr);
+    let mut reader = Client::connect(&server.addr);
+    let status = |c: &mut Client| {
+        c.send(99, &ClientRequest::Status);
+        match c.recv() {
+            Some((99, Reply::Ok(ClientResponse::Status(s)))) => s,
+            _ => panic!("status"),
+        }
+    };
+    for i in 0..50 {
+        let rev = writer.put(i, "k", &i.to_string()).unwrap();
+        // A read on another connection, right after the acknowledgement, sees the write.
+        let req = Request::Range(RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        });
+        reader.send(1000 + i, &ClientRequest::Kv(req));
+        let Some((_, Reply::Ok(ClientResponse::Kv(Response::Range(r))))) = reader.recv() else {
+            panic!("read")
+        };
+        assert_eq!(
+            (r.kvs[0].value.clone(), r.kvs[0].mod_revision),
+            (i.to_string().into_bytes(), rev)
+        );
+    }
+    let before = status(&mut reader).raft_index;
+    for i in 0..20 {
+        reader.send(
+            2000 + i,
+            &ClientRequest::Kv(Request::Range(RangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        );
+        assert!(matches!(reader.recv(), Some((_, Reply::Ok(_)))));
+    }
+    assert_eq!(
+        status(&mut reader).raft_index,
+        before,
+        "reads append nothing to the log"
+    );
+}

@@ -37,6 +37,7 @@ pub struct Work {
     pub messages: Vec<Message>,
     /// Append to the WAL, then wait until they are durable.
     pub records: Vec<(RecordType, Vec<u8>)>,
+    reads: Vec<(u64, u64)>,
     ready: Ready,
 }
 
@@ -46,6 +47,9 @@ pub struct Done {
     pub messages: Vec<Message>,
     /// Results of proposals made on this member, by the token given to [`Node::propose`].
     pub results: Vec<(u64, Result<Response, NodeError>)>,
+    /// Confirmed read indexes: (token given to [`Node::read_index`], index). A read may be
+    /// served once [`Node::applied_index`] reaches the index.
+    pub reads: Vec<(u64, u64)>,
 }
 
 pub struct Node {
@@ -112,6 +116,17 @@ impl Node {
         }
     }
 
+    /// Asks for a read index (etcd's ReadIndex): once confirmed (a leader's lease on the
+    /// log, through a heartbeat round in a cluster) it comes back in [`Done::reads`]. One
+    /// call serves every linearizable read waiting at that moment.
+    pub fn read_index(&mut self, token: u64) -> Result<(), NodeError> {
+        if !self.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        self.raw.read_index(token.to_le_bytes().to_vec());
+        Ok(())
+    }
+
     /// The next round of work, if raft has any.
     pub fn next_ready(&mut self) -> Result<Option<Work>, NodeError> {
         if !self.raw.has_ready() {
@@ -119,6 +134,15 @@ impl Node {
         }
         let mut ready = self.raw.ready();
         let messages = ready.take_messages();
+        let reads = ready
+            .take_read_states()
+            .into_iter()
+            .filter_map(|r| {
+                <[u8; 8]>::try_from(&r.request_ctx[..])
+                    .ok()
+                    .map(|t| (u64::from_le_bytes(t), r.index))
+            })
+            .collect();
         let mut records: Vec<(RecordType, Vec<u8>)> = ready
             .entries()
             .iter()
@@ -132,6 +156,7 @@ impl Node {
         Ok(Some(Work {
             messages,
             records,
+            reads,
             ready,
         }))
     }
@@ -139,6 +164,7 @@ impl Node {
     /// Continues a round after its records are durable.
     pub fn on_persisted(&mut self, work: Work) -> Result<Done, NodeError> {
         let mut ready = work.ready;
+        let work_reads = work.reads;
         let mut messages = ready.take_persisted_messages();
         let mut results = Vec::new();
         let committed = ready.take_committed_entries();
@@ -152,7 +178,11 @@ impl Node {
         messages.extend(light.take_messages());
         self.apply(light.take_committed_entries(), &mut results)?;
         self.raw.advance_apply();
-        Ok(Done { messages, results })
+        Ok(Done {
+            messages,
+            results,
+            reads: work_reads,
+        })
     }
 
     fn apply(

@@ -1,6 +1,6 @@
 //! Native protocol connections: frames in, requests answered out of order, bounded in flight.
 
-use super::{Proposal, Shared};
+use super::{Input, Proposal, Shared};
 use crate::mvcc::{validate, Request};
 use crate::node::NodeError;
 use crate::protocol::{
@@ -146,17 +146,11 @@ async fn dispatch(
         ClientRequest::Kv(req) => {
             if let Err(e) = validate(&req, shared.config.max_txn_ops) {
                 error_frame(id, ErrorCode::InvalidRequest, e.to_string())
-            } else if let Request::Range(r) = &req {
+            } else if let Request::Range(r) = req {
                 if r.serializable {
-                    let view = shared.view.borrow().clone();
-                    reply_frame(
-                        id,
-                        view.range(r)
-                            .map(crate::mvcc::Response::Range)
-                            .map_err(NodeError::from),
-                    )
+                    serve_range(id, &r, shared)
                 } else {
-                    spawn_proposal(id, payload, shared, out, inflight);
+                    spawn_linearizable_read(id, r, shared, out, inflight);
                     return true;
                 }
             } else {
@@ -167,6 +161,54 @@ async fn dispatch(
     };
     let _ = out.send_async(reply).await;
     true
+}
+
+/// A range from the latest published view.
+fn serve_range(id: u64, r: &crate::mvcc::RangeRequest, shared: &Shared) -> Option<AlignedVec> {
+    let view = shared.view.borrow().clone();
+    reply_frame(
+        id,
+        view.range(r)
+            .map(crate::mvcc::Response::Range)
+            .map_err(NodeError::from),
+    )
+}
+
+/// A linearizable range: waits for a confirmed read index (batched with every read waiting
+/// at the same moment), then reads the view published once apply reached it. Nothing is
+/// written to the log.
+fn spawn_linearizable_read(
+    id: u64,
+    r: crate::mvcc::RangeRequest,
+    shared: &Rc<Shared>,
+    out: &flume::Sender<Option<AlignedVec>>,
+    inflight: &Rc<Cell<usize>>,
+) {
+    inflight.set(inflight.get() + 1);
+    let (tx, rx) = flume::bounded(1);
+    let shared = shared.clone();
+    let out = out.clone();
+    let inflight = inflight.clone();
+    glommio::spawn_local(async move {
+        let frame = match shared.proposals.try_send(Input::Read(tx)) {
+            Err(_) => error_frame(
+                id,
+                ErrorCode::Overloaded,
+                "too many requests pending".into(),
+            ),
+            Ok(()) => match rx.recv_async().await {
+                Ok(()) => serve_range(id, &r, &shared),
+                Err(_) => error_frame(
+                    id,
+                    ErrorCode::Unavailable,
+                    "no leader to confirm the read".into(),
+                ),
+            },
+        };
+        let _ = out.send_async(frame).await;
+        inflight.set(inflight.get() - 1);
+    })
+    .detach();
 }
 
 fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Option<AlignedVec> {
@@ -197,10 +239,11 @@ fn spawn_proposal(
     let out = out.clone();
     let inflight = inflight.clone();
     glommio::spawn_local(async move {
-        let frame = match proposals.try_send(Proposal {
+        let proposal = Proposal {
             payload: payload.to_vec(),
             reply: tx,
-        }) {
+        };
+        let frame = match proposals.try_send(Input::Propose(proposal)) {
             Err(_) => error_frame(
                 id,
                 ErrorCode::Overloaded,

@@ -81,11 +81,31 @@ pub(crate) struct Proposal {
     pub reply: flume::Sender<Result<Response, NodeError>>,
 }
 
+/// What connections hand to the raft loop.
+pub(crate) enum Input {
+    Propose(Proposal),
+    /// A linearizable read: signalled once the published view holds everything committed
+    /// before the read arrived (ReadIndex, one per batch of waiting reads).
+    Read(flume::Sender<()>),
+}
+
+type Replies = HashMap<u64, flume::Sender<Result<Response, NodeError>>>;
+
+/// Requests the raft loop owes an answer.
+#[derive(Default)]
+struct Pending {
+    writes: Replies,
+    /// Read batches waiting for their read index, by token.
+    reads: HashMap<u64, Vec<flume::Sender<()>>>,
+    /// Read batches with a confirmed index, waiting for apply to reach it.
+    confirmed: Vec<(u64, Vec<flume::Sender<()>>)>,
+}
+
 /// What connections share with the raft loop.
 pub(crate) struct Shared {
     pub config: ServeConfig,
     pub view: RefCell<ReadView>,
-    pub proposals: flume::Sender<Proposal>,
+    pub proposals: flume::Sender<Input>,
     pub status: RefCell<crate::protocol::StatusResponse>,
 }
 
@@ -172,12 +192,12 @@ async fn run(config: ServeConfig) -> Result<(), ServerError> {
 async fn raft_loop(
     node: &mut Node,
     wal: &Wal,
-    rx: &flume::Receiver<Proposal>,
+    rx: &flume::Receiver<Input>,
     shared: &Shared,
 ) -> Result<(), ServerError> {
     let tick = Duration::from_millis(shared.config.heartbeat_interval_ms.max(1));
     let mut next_tick = Instant::now() + tick;
-    let mut pending: HashMap<u64, flume::Sender<Result<Response, NodeError>>> = HashMap::new();
+    let mut pending = Pending::default();
     let mut token = 0u64;
     while !STOP.load(Ordering::Relaxed) {
         let wait = next_tick
@@ -188,18 +208,31 @@ async fn raft_loop(
             None
         })
         .await;
-        for p in first
+        let mut reads = Vec::new();
+        for input in first
             .into_iter()
             .chain(rx.try_iter().take(shared.config.max_pending_proposals))
         {
+            match input {
+                Input::Read(waiter) => reads.push(waiter),
+                Input::Propose(p) => {
+                    token += 1;
+                    match node.propose(token, p.payload) {
+                        Ok(()) => {
+                            pending.writes.insert(token, p.reply);
+                        }
+                        Err(e) => {
+                            let _ = p.reply.send(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+        if !reads.is_empty() {
             token += 1;
-            match node.propose(token, p.payload) {
-                Ok(()) => {
-                    pending.insert(token, p.reply);
-                }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
-                }
+            // Not the leader: the waiters are dropped and their reads answered Unavailable.
+            if node.read_index(token).is_ok() {
+                pending.reads.insert(token, reads);
             }
         }
         if Instant::now() >= next_tick {
@@ -209,6 +242,17 @@ async fn raft_loop(
         round(node, wal, &mut pending).await?;
         node.store_mut().maybe_checkpoint()?;
         publish(node, shared);
+        // Only now does the published view hold what the confirmed reads must see.
+        let applied = node.applied_index();
+        pending.confirmed.retain(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters {
+                let _ = w.send(());
+            }
+            false
+        });
     }
     Ok(())
 }
@@ -216,7 +260,7 @@ async fn raft_loop(
 /// Applies everything the log holds before the first client is served, so that no read
 /// (serializable ones included) sees less than was acknowledged before a restart.
 async fn catch_up(node: &mut Node, wal: &Wal) -> Result<(), ServerError> {
-    let mut none = HashMap::new();
+    let mut none = Pending::default();
     for _ in 0..1000 {
         round(node, wal, &mut none).await?;
         let (_, last) = node.last_log();
@@ -229,11 +273,7 @@ async fn catch_up(node: &mut Node, wal: &Wal) -> Result<(), ServerError> {
 }
 
 /// Runs ready rounds until raft is idle: WAL append (group commit), then apply and reply.
-async fn round(
-    node: &mut Node,
-    wal: &Wal,
-    pending: &mut HashMap<u64, flume::Sender<Result<Response, NodeError>>>,
-) -> Result<(), ServerError> {
+async fn round(node: &mut Node, wal: &Wal, pending: &mut Pending) -> Result<(), ServerError> {
     while let Some(work) = node.next_ready()? {
         let records: Vec<(RecordType, &[u8])> = work
             .records
@@ -245,8 +285,13 @@ async fn round(
         }
         let done = node.on_persisted(work)?;
         for (token, result) in done.results {
-            if let Some(reply) = pending.remove(&token) {
+            if let Some(reply) = pending.writes.remove(&token) {
                 let _ = reply.send(result);
+            }
+        }
+        for (token, index) in done.reads {
+            if let Some(waiters) = pending.reads.remove(&token) {
+                pending.confirmed.push((index, waiters));
             }
         }
     }
