@@ -344,3 +344,32 @@ fn linearizable_reads_see_every_acknowledged_write_without_writing_the_log() {
         "reads append nothing to the log"
     );
 }
+
+#[test]
+fn a_port_in_use_or_a_data_dir_in_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _first = Server::start(dir.path(), &addr);
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--listen-native-addr", &addr, "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains(&addr),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--listen-native-addr", &free_addr(), "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cairn serve:"),
+        "one clear line"
+    );
+}

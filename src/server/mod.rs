@@ -126,10 +126,6 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
 }
 
 async fn run(config: ServeConfig) -> Result<(), ServerError> {
-    let store = Store::open(
-        config.data_dir.join("db").join("cairn.db"),
-        DbOptions::default(),
-    )?;
     let log = RaftLog::new(ConfState {
         voters: vec![1],
         ..Default::default()
@@ -150,6 +146,19 @@ async fn run(config: ServeConfig) -> Result<(), ServerError> {
         let (t, p) = log.marker_record();
         wal.append(t, &p).await?;
     }
+    // Only after the WAL holds its directory lock: two members must never share a tree file.
+    let store = Store::open(
+        config.data_dir.join("db").join("cairn.db"),
+        DbOptions::default(),
+    )?;
+    // glommio's listeners set SO_REUSEPORT (for one listener per core), which would let a
+    // second member bind a port already in use; a plain bind first refuses that clearly.
+    std::net::TcpListener::bind(&config.listen_native_addr).map_err(|source| {
+        ServerError::Listen {
+            addr: config.listen_native_addr.clone(),
+            source,
+        }
+    })?;
     let listener = glommio::net::TcpListener::bind(&config.listen_native_addr).map_err(|e| {
         ServerError::Listen {
             addr: config.listen_native_addr.clone(),
