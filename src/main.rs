@@ -136,6 +136,9 @@ struct ServeArgs {
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value_t = 100)]
     heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "CAIRN_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
     log_level: tracing::Level,
@@ -349,6 +352,7 @@ fn main() -> ExitCode {
                 max_request_bytes: args.max_request_bytes + 4096,
                 max_txn_ops: args.max_txn_ops,
                 heartbeat_interval_ms: args.heartbeat_interval,
+                election_timeout_ms: args.election_timeout,
                 max_inflight_per_conn: 1024,
                 max_pending_proposals: 10_000,
             };

@@ -373,3 +373,26 @@ fn a_port_in_use_or_a_data_dir_in_use_is_a_clear_error() {
         "one clear line"
     );
 }
+
+#[test]
+fn an_election_timeout_under_five_heartbeats_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "serve",
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "300",
+        ])
+        .args(["--listen-native-addr", &free_addr(), "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("should be at least as 5 times as --heartbeat-interval"),
+        "{err}"
+    );
+}

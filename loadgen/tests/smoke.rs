@@ -27,6 +27,7 @@ fn every_workload_runs_against_a_member() {
         max_request_bytes: 1 << 20,
         max_txn_ops: 128,
         heartbeat_interval_ms: 100,
+        election_timeout_ms: 1000,
         max_inflight_per_conn: 1024,
         max_pending_proposals: 10_000,
     };

@@ -61,8 +61,11 @@ pub struct Node {
 impl Node {
     /// Starts a member over a store (opened at its checkpoint) and a log replayed from the
     /// WAL. Committed entries after the store's applied index are applied again.
+    ///
+    /// `election_tick` is the election timeout in ticks (heartbeats are one tick apart).
     pub fn open(
         id: u64,
+        election_tick: usize,
         store: Store,
         log: RaftLog,
         logger: &slog::Logger,
@@ -78,7 +81,7 @@ impl Node {
         let config = Config {
             id,
             applied,
-            election_tick: 10,
+            election_tick,
             heartbeat_tick: 1,
             pre_vote: true,
             check_quorum: true,

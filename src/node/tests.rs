@@ -42,7 +42,7 @@ fn open(dir: &Path, wal: &[(RecordType, Vec<u8>)]) -> Node {
     for (t, p) in wal {
         log.replay(*t, p).unwrap();
     }
-    Node::open(1, store, log, &raft::default_logger()).unwrap()
+    Node::open(1, 10, store, log, &raft::default_logger()).unwrap()
 }
 
 fn value(node: &Node, key: &str) -> Option<(Vec<u8>, i64)> {

@@ -27,6 +27,8 @@ pub struct ServeConfig {
     pub max_request_bytes: u32,
     pub max_txn_ops: usize,
     pub heartbeat_interval_ms: u64,
+    /// Must be at least 5 heartbeat intervals (etcd's rule).
+    pub election_timeout_ms: u64,
     /// Requests in flight on one connection beyond which it gets Overloaded replies.
     pub max_inflight_per_conn: usize,
     /// Proposals waiting for the raft loop, for the whole member.
@@ -35,6 +37,8 @@ pub struct ServeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -111,6 +115,14 @@ pub(crate) struct Shared {
 
 /// Runs a member until SIGTERM or SIGINT.
 pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
+    if config.heartbeat_interval_ms == 0
+        || config.election_timeout_ms < 5 * config.heartbeat_interval_ms
+    {
+        return Err(ServerError::Config(format!(
+            "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+            config.election_timeout_ms, config.heartbeat_interval_ms
+        )));
+    }
     install_signal_handlers();
     let dir_err = |path: &PathBuf| {
         let path = path.clone();
@@ -166,7 +178,8 @@ async fn run(config: ServeConfig) -> Result<(), ServerError> {
         }
     })?;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut node = Node::open(1, store, log, &logger)?;
+    let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms.max(1)) as usize;
+    let mut node = Node::open(1, election_tick, store, log, &logger)?;
     node.campaign()?;
     catch_up(&mut node, &wal).await?;
     let (tx, rx) = flume::bounded(config.max_pending_proposals);
