@@ -319,12 +319,11 @@ fn outcome<T>(result: Result<T, crate::mvcc::MvccError>) -> Outcome<T> {
 /// How the run closes and opens the store.
 #[derive(Clone, Copy, PartialEq)]
 enum Reopening {
-    /// Hand the checkpointed tree to a new store in-process: exercises the rebuild from a
-    /// tree that keeps its contents, even the in-memory stand-in. No crashes.
+    /// Hand the checkpointed tree to a new store in-process: exercises the rebuild of the
+    /// index from the tree. No crashes.
     InProcess,
     /// Really close and `Store::open` the file, with crashes (closing without a checkpoint).
-    /// The on-disk tree keeps what the last checkpoint committed and the log replays the
-    /// rest; the in-memory stand-in keeps nothing, so the whole log is replayed.
+    /// The tree keeps what the last checkpoint committed and the log replays the rest.
     OnDisk,
 }
 
