@@ -184,13 +184,10 @@ fn spawn_linearizable_read(
     out: &flume::Sender<Option<AlignedVec>>,
     inflight: &Rc<Cell<usize>>,
 ) {
-    inflight.set(inflight.get() + 1);
-    let (tx, rx) = flume::bounded(1);
     let shared = shared.clone();
-    let out = out.clone();
-    let inflight = inflight.clone();
-    glommio::spawn_local(async move {
-        let frame = match shared.proposals.try_send(Input::Read(tx)) {
+    spawn_reply(out, inflight, async move {
+        let (tx, rx) = flume::bounded(1);
+        match shared.proposals.try_send(Input::Read(tx)) {
             Err(_) => error_frame(
                 id,
                 ErrorCode::Overloaded,
@@ -204,11 +201,8 @@ fn spawn_linearizable_read(
                     "no leader to confirm the read".into(),
                 ),
             },
-        };
-        let _ = out.send_async(frame).await;
-        inflight.set(inflight.get() - 1);
-    })
-    .detach();
+        }
+    });
 }
 
 fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Option<AlignedVec> {
@@ -224,8 +218,7 @@ fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Opt
     }
 }
 
-/// Sends a write (or a linearizable read) through the log; its bytes are the entry as they
-/// came off the socket.
+/// Sends a write through the log; its bytes are the entry as they came off the socket.
 fn spawn_proposal(
     id: u64,
     payload: AlignedVec,
@@ -233,17 +226,14 @@ fn spawn_proposal(
     out: &flume::Sender<Option<AlignedVec>>,
     inflight: &Rc<Cell<usize>>,
 ) {
-    inflight.set(inflight.get() + 1);
-    let (tx, rx) = flume::bounded(1);
     let proposals = shared.proposals.clone();
-    let out = out.clone();
-    let inflight = inflight.clone();
-    glommio::spawn_local(async move {
+    spawn_reply(out, inflight, async move {
+        let (tx, rx) = flume::bounded(1);
         let proposal = Proposal {
             payload: payload.to_vec(),
             reply: tx,
         };
-        let frame = match proposals.try_send(Input::Propose(proposal)) {
+        match proposals.try_send(Input::Propose(proposal)) {
             Err(_) => error_frame(
                 id,
                 ErrorCode::Overloaded,
@@ -253,7 +243,21 @@ fn spawn_proposal(
                 Ok(result) => reply_frame(id, result),
                 Err(_) => error_frame(id, ErrorCode::Unavailable, "the member is stopping".into()),
             },
-        };
+        }
+    });
+}
+
+/// Answers a request from its own task, counted in the connection's requests in flight.
+fn spawn_reply(
+    out: &flume::Sender<Option<AlignedVec>>,
+    inflight: &Rc<Cell<usize>>,
+    reply: impl std::future::Future<Output = Option<AlignedVec>> + 'static,
+) {
+    inflight.set(inflight.get() + 1);
+    let out = out.clone();
+    let inflight = inflight.clone();
+    glommio::spawn_local(async move {
+        let frame = reply.await;
         let _ = out.send_async(frame).await;
         inflight.set(inflight.get() - 1);
     })
