@@ -12,6 +12,7 @@ use crate::wal::{RecordType, Wal, WalOptions};
 use raft::eraftpb::ConfState;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +45,7 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source} (is another process using the port? choose another with --listen-native-addr)")]
+    #[error("cannot listen on {addr}: {source}{}", listen_hint(source))]
     Listen {
         addr: String,
         source: std::io::Error,
@@ -61,6 +62,15 @@ pub enum ServerError {
     Node(#[from] NodeError),
     #[error("the log could not be applied at start (this member did not become leader)")]
     CatchUp,
+}
+
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process uses the port; choose another with --listen-native-addr)"
+        }
+        _ => " (--listen-native-addr takes host:port, such as 127.0.0.1:2378)",
+    }
 }
 
 /// Set by SIGTERM/SIGINT: the raft loop finishes its round, syncs and exits.
@@ -163,20 +173,18 @@ async fn run(config: ServeConfig) -> Result<(), ServerError> {
         config.data_dir.join("db").join("cairn.db"),
         DbOptions::default(),
     )?;
-    // glommio's listeners set SO_REUSEPORT (for one listener per core), which would let a
-    // second member bind a port already in use; a plain bind first refuses that clearly.
-    std::net::TcpListener::bind(&config.listen_native_addr).map_err(|source| {
-        ServerError::Listen {
-            addr: config.listen_native_addr.clone(),
-            source,
-        }
-    })?;
-    let listener = glommio::net::TcpListener::bind(&config.listen_native_addr).map_err(|e| {
-        ServerError::Listen {
-            addr: config.listen_native_addr.clone(),
-            source: std::io::Error::other(e.to_string()),
-        }
-    })?;
+    // One plain listener, handed to glommio. glommio's own `bind` sets SO_REUSEPORT (so a
+    // second member could bind a port already in use) and panics on an unresolvable address;
+    // a plain bind refuses both clearly, and holding it leaves no moment without a listener.
+    let std_listener =
+        std::net::TcpListener::bind(&config.listen_native_addr).map_err(|source| {
+            ServerError::Listen {
+                addr: config.listen_native_addr.clone(),
+                source,
+            }
+        })?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(std_listener.into_raw_fd()) };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms.max(1)) as usize;
     let mut node = Node::open(1, election_tick, store, log, &logger)?;
