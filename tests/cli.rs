@@ -1,7 +1,10 @@
 //! The client commands against a running member: etcdctl's outputs and exit codes.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use common::free_addr;
+use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,11 +18,7 @@ impl Drop for Server {
 }
 
 fn start(dir: &std::path::Path) -> Server {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["serve", "--listen-native-addr", &addr, "--data-dir"])
         .arg(dir)

@@ -7,10 +7,13 @@ use cairn::protocol::{
     decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
     ErrorCode, FrameKind, HEADER_BYTES,
 };
+mod common;
+
+use common::free_addr;
 use rand::{Rng, SeedableRng};
 use rkyv::util::AlignedVec;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,11 +54,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
 }
 
 struct Client {
