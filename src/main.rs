@@ -15,6 +15,9 @@ use cairn::protocol::{ClientRequest, ClientResponse};
 use cairn::wal::{Wal, WalOptions};
 use clap::{Parser, Subcommand};
 
+/// Exit code of a member stopped by a panic (a bug), as Rust's own.
+const EXIT_PANIC: i32 = 101;
+
 /// glibc's malloc spends a large share of a write-heavy load in consolidation; mimalloc does
 /// not (see tuning.md).
 #[global_allocator]
@@ -142,6 +145,23 @@ struct ServeArgs {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
     log_level: tracing::Level,
+    /// How the net, raft and apply roles map onto cores: spread (one pinned executor per
+    /// core, a net shard on each, raft on the first, apply on the last), one (every role on
+    /// one pinned executor) or unpinned (the spread layout, not pinned). See tuning.md.
+    #[arg(long, env = "CAIRN_PLACEMENT", default_value = "spread")]
+    placement: cairn::server::PlacementMode,
+    /// Number of committed entries to trigger a checkpoint of the tree file, after which the
+    /// log is compacted and old WAL segments deleted.
+    #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_count: u64,
+    /// Size in bytes of each WAL segment file (a multiple of 4096, at least 8 MiB).
+    #[arg(long, env = "CAIRN_WAL_SEGMENT_BYTES", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range((8 << 20)..))]
+    wal_segment_bytes: u64,
+    /// Number of executors for spread and unpinned; 0: one per core this process may use.
+    #[arg(long, env = "CAIRN_EXECUTORS", default_value_t = 0)]
+    executors: usize,
 }
 
 /// Where the tree file lives inside a data directory.
@@ -345,6 +365,13 @@ fn main() -> ExitCode {
                 .with_max_level(args.log_level)
                 .with_writer(std::io::stderr)
                 .init();
+            // A panic on any executor is a bug: stop the member rather than leave the
+            // other roles serving without it (recovery is a restart, from the WAL).
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                report(info);
+                std::process::exit(EXIT_PANIC);
+            }));
             let config = cairn::server::ServeConfig {
                 name: args.name,
                 data_dir: args.data_dir,
@@ -355,6 +382,12 @@ fn main() -> ExitCode {
                 election_timeout_ms: args.election_timeout,
                 max_inflight_per_conn: 1024,
                 max_pending_proposals: 10_000,
+                placement: cairn::server::Placement {
+                    mode: args.placement,
+                    executors: args.executors,
+                },
+                snapshot_count: args.snapshot_count,
+                wal_segment_bytes: args.wal_segment_bytes,
             };
             match cairn::server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -25,12 +25,25 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, addr: &str) -> Server {
+        Server::start_with(dir, addr, &[])
+    }
+    fn start_with(dir: &Path, addr: &str, flags: &[&str]) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--listen-native-addr", addr, "--log-level", "warn"])
+            .args(flags)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var("CAIRN_TEST_SERVER_LOG") {
+                Ok(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .unwrap(),
+                ),
+                Err(_) => Stdio::null(),
+            })
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -140,9 +153,13 @@ fn acknowledged_writes_survive_sigkill() {
     // (its io_uring is torn down after the process is reaped) and, sharing the port through
     // SO_REUSEPORT, would take and reset some of the next connections.
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    // Frequent checkpoints and small WAL segments, so that kills land around log
+    // compactions and restarts replay a WAL whose first segments were released.
+    let flags = ["--snapshot-count", "20", "--wal-segment-bytes", "8388608"];
+    let value_of = |key: &str| format!("{key}:{}", "v".repeat(16 << 10));
     for round in 0..20 {
         let addr = free_addr();
-        let server = Server::start(dir.path(), &addr);
+        let server = Server::start_with(dir.path(), &addr, &flags);
         let mut c = Client::connect(&server.addr);
         // Pipeline a burst, then kill while some are in flight.
         let base = acked.len();
@@ -150,7 +167,7 @@ fn acknowledged_writes_survive_sigkill() {
             let key = format!("k{round}-{i}");
             let req = Request::Put(PutRequest {
                 key: key.clone().into(),
-                value: key.clone().into(),
+                value: value_of(&key).into(),
                 ..Default::default()
             });
             c.send(1000 + i, &ClientRequest::Kv(req));
@@ -158,9 +175,14 @@ fn acknowledged_writes_survive_sigkill() {
         // Kill at a random moment: after some replies, with the rest still in flight.
         let wait_for = rng.gen_range(1..50);
         for _ in 0..wait_for {
-            if let Some((id, Reply::Ok(ClientResponse::Kv(Response::Put(p))))) = c.recv() {
-                let key = format!("k{round}-{}", id - 1000);
-                acked.push((key.clone(), key, p.header.revision));
+            match c.recv() {
+                Some((id, Reply::Ok(ClientResponse::Kv(Response::Put(p))))) => {
+                    let key = format!("k{round}-{}", id - 1000);
+                    acked.push((key.clone(), value_of(&key), p.header.revision));
+                }
+                Some((id, Reply::Err(code))) => panic!("round {round}: {id} failed: {code:?}"),
+                Some((id, Reply::Ok(_))) => panic!("round {round}: {id}: not a put response"),
+                None => panic!("round {round}: no reply"),
             }
         }
         assert_eq!(
@@ -170,7 +192,12 @@ fn acknowledged_writes_survive_sigkill() {
         );
         server.kill9();
     }
-    let server = Server::start(dir.path(), &free_addr());
+    // 16 KiB a write filled several 8 MiB segments; compaction released the first.
+    assert!(
+        !dir.path().join("wal/0000000000000000.wal").exists(),
+        "log compaction releases WAL segments"
+    );
+    let server = Server::start_with(dir.path(), &free_addr(), &flags);
     let mut c = Client::connect(&server.addr);
     for (key, value, rev) in &acked {
         assert_eq!(c.get(key), Some((value.as_bytes().to_vec(), *rev)), "{key}");

@@ -121,7 +121,7 @@ impl Loader {
             }
             ApplyOutcome::Skipped => unreachable!("indexes increase"),
         }
-        self.store.maybe_checkpoint()
+        self.store.maybe_checkpoint().map(|_| ())
     }
 
     /// Applies puts of `ids` in batches of 1000 and checkpoints; returns puts per second of

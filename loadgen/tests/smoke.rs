@@ -30,6 +30,12 @@ fn every_workload_runs_against_a_member() {
         election_timeout_ms: 1000,
         max_inflight_per_conn: 1024,
         max_pending_proposals: 10_000,
+        placement: cairn::server::Placement {
+            mode: cairn::server::PlacementMode::Unpinned,
+            executors: 2,
+        },
+        snapshot_count: 100_000,
+        wal_segment_bytes: 64 << 20,
     };
     let server =
         std::thread::spawn(move || cairn::server::serve(config).map_err(|e| e.to_string()));

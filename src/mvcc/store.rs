@@ -199,13 +199,14 @@ impl Store {
     /// Checkpoints once the changes held in memory since the last checkpoint exceed
     /// [`CHECKPOINT_UNCOMMITTED_BYTES_MAX`]: the bound on the writer's memory.
     /// Also deletes up to [`COMPACTION_STEP_RECORDS`] records left by compaction, so the
-    /// tree catches up with the index in bounded steps.
-    pub fn maybe_checkpoint(&mut self) -> Result<(), MvccError> {
+    /// tree catches up with the index in bounded steps. True if it checkpointed.
+    pub fn maybe_checkpoint(&mut self) -> Result<bool, MvccError> {
         self.compact_step(COMPACTION_STEP_RECORDS)?;
         if self.db.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX {
             self.checkpoint()?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Rewrites the tree file without its dead pages, online: checkpoints, copies the live
@@ -241,7 +242,7 @@ impl Store {
         while self.compact_step(COMPACTION_STEP_RECORDS)? > 0 {
             self.maybe_checkpoint()?;
         }
-        self.maybe_checkpoint()
+        self.maybe_checkpoint().map(|_| ())
     }
 
     /// Records still to delete after a compaction.

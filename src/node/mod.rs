@@ -1,21 +1,26 @@
-//! One member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the [`RaftLog`],
-//! applying committed entries to the MVCC [`Store`]. The shell feeds it ticks, proposals and
-//! messages, writes the WAL records it asks for, and calls back once they are durable; the
-//! same core runs under a simulator in tests.
+//! One member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the [`RaftLog`]
+//! ([`Node`]), and applying committed entries to the MVCC [`Store`] ([`apply_committed`]).
+//! The shell feeds the node ticks, proposals and messages, writes the WAL records it asks
+//! for, calls back once they are durable, and hands the committed entries to the apply
+//! loop (on another executor, or inline); the same core runs under a simulator in tests.
 //!
 //! The loop, per round:
 //! 1. [`Node::next_ready`] returns [`Work`]: messages to send now, and WAL records.
 //! 2. The shell appends the records to the WAL and waits for their `fdatasync`.
-//! 3. [`Node::on_persisted`] applies what is committed and returns [`Done`]: messages to
-//!    send only now, and the results of this member's proposals by token.
+//! 3. [`Node::on_persisted`] returns [`Done`]: messages to send only now, the entries now
+//!    committed, and confirmed read indexes.
+//! 4. [`apply_committed`] applies the entries in order and returns the results of this
+//!    member's proposals by token.
 
-use crate::mvcc::{AcceptAllLeases, ApplyOutcome, MvccError, RaftPosition, Response, Store};
-use crate::protocol::{decode_request, ClientRequest};
+mod apply;
+
+pub use apply::{apply_committed, Applied};
+
+use crate::mvcc::MvccError;
 use crate::raftlog::{encode_entry, encode_hard_state, RaftLog};
 use crate::wal::RecordType;
 use raft::eraftpb::{Entry, Message};
 use raft::{Config, RawNode, Ready, Storage};
-use rkyv::util::AlignedVec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -41,12 +46,20 @@ pub struct Work {
     ready: Ready,
 }
 
+impl Work {
+    /// First and last index of the entries this round appends, if any.
+    pub fn entries_span(&self) -> Option<(u64, u64)> {
+        let ents = self.ready.entries();
+        Some((ents.first()?.index, ents.last()?.index))
+    }
+}
+
 /// What a round produced once its records were durable.
 pub struct Done {
     /// Send only now (votes and appends acknowledged after persisting).
     pub messages: Vec<Message>,
-    /// Results of proposals made on this member, by the token given to [`Node::propose`].
-    pub results: Vec<(u64, Result<Response, NodeError>)>,
+    /// Committed entries, in log order, for [`apply_committed`].
+    pub committed: Vec<Entry>,
     /// Confirmed read indexes: (token given to [`Node::read_index`], index). A read may be
     /// served once [`Node::applied_index`] reaches the index.
     pub reads: Vec<(u64, u64)>,
@@ -55,22 +68,20 @@ pub struct Done {
 pub struct Node {
     raw: RawNode<RaftLog>,
     log: RaftLog,
-    store: Store,
 }
 
 impl Node {
-    /// Starts a member over a store (opened at its checkpoint) and a log replayed from the
-    /// WAL. Committed entries after the store's applied index are applied again.
+    /// Starts a member over a log replayed from the WAL, whose store holds everything up to
+    /// `applied` (its checkpoint). Committed entries after `applied` are handed out again.
     ///
     /// `election_tick` is the election timeout in ticks (heartbeats are one tick apart).
     pub fn open(
         id: u64,
         election_tick: usize,
-        store: Store,
+        applied: u64,
         log: RaftLog,
         logger: &slog::Logger,
     ) -> Result<Node, NodeError> {
-        let applied = store.applied().index;
         // The store only checkpoints what was committed, so its applied index is a lower
         // bound of the commit index even if the newest hard state record said less.
         let mut hs = log.hard_state();
@@ -88,7 +99,7 @@ impl Node {
             ..Default::default()
         };
         let raw = RawNode::new(&config, log.clone(), logger)?;
-        Ok(Node { raw, log, store })
+        Ok(Node { raw, log })
     }
 
     pub fn tick(&mut self) -> bool {
@@ -164,14 +175,13 @@ impl Node {
         }))
     }
 
-    /// Continues a round after its records are durable.
+    /// Continues a round after its records are durable. The committed entries count as
+    /// applied for raft from here on: the shell must apply them, in order, before anything
+    /// reads the store at their index.
     pub fn on_persisted(&mut self, work: Work) -> Result<Done, NodeError> {
         let mut ready = work.ready;
-        let work_reads = work.reads;
         let mut messages = ready.take_persisted_messages();
-        let mut results = Vec::new();
-        let committed = ready.take_committed_entries();
-        self.apply(committed, &mut results)?;
+        let mut committed = ready.take_committed_entries();
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             let mut hs = self.log.hard_state();
@@ -179,88 +189,21 @@ impl Node {
             self.log.set_hard_state(hs);
         }
         messages.extend(light.take_messages());
-        self.apply(light.take_committed_entries(), &mut results)?;
+        committed.extend(light.take_committed_entries());
         self.raw.advance_apply();
         Ok(Done {
             messages,
-            results,
-            reads: work_reads,
+            committed,
+            reads: work.reads,
         })
     }
 
-    fn apply(
-        &mut self,
-        entries: Vec<Entry>,
-        results: &mut Vec<(u64, Result<Response, NodeError>)>,
-    ) -> Result<(), NodeError> {
-        for e in entries {
-            if e.data.is_empty() {
-                continue; // a new leader's empty entry
-            }
-            let token = <[u8; 8]>::try_from(&e.context[..])
-                .ok()
-                .map(u64::from_le_bytes);
-            let result = self.apply_entry(&e)?;
-            if let Some(token) = token {
-                results.push((token, result));
-            }
-        }
-        Ok(())
+    /// The log, to compact once the store has checkpointed.
+    pub fn log(&self) -> &RaftLog {
+        &self.log
     }
 
-    /// Applies one entry. `Err` is fatal (storage); a bad payload or a request error is the
-    /// request's result, the same on every member.
-    fn apply_entry(&mut self, e: &Entry) -> Result<Result<Response, NodeError>, NodeError> {
-        let mut payload = AlignedVec::<16>::with_capacity(e.data.len());
-        payload.extend_from_slice(&e.data);
-        let request = match decode_request(&payload) {
-            Ok(ClientRequest::Kv(r)) => r,
-            Ok(ClientRequest::Status) => {
-                return Ok(Err(NodeError::BadEntry {
-                    index: e.index,
-                    reason: "status is not a log entry".into(),
-                }))
-            }
-            Err(err) => {
-                return Ok(Err(NodeError::BadEntry {
-                    index: e.index,
-                    reason: err.to_string(),
-                }))
-            }
-        };
-        let at = RaftPosition {
-            index: e.index,
-            term: e.term,
-        };
-        match self
-            .store
-            .apply(at, std::slice::from_ref(&request), &AcceptAllLeases)?
-        {
-            ApplyOutcome::Skipped => Ok(Err(NodeError::BadEntry {
-                index: e.index,
-                reason: "already applied".into(),
-            })),
-            ApplyOutcome::Applied(mut rs) => Ok(rs.pop().map_or_else(
-                || {
-                    Err(NodeError::BadEntry {
-                        index: e.index,
-                        reason: "no response".into(),
-                    })
-                },
-                |r| r.map_err(NodeError::from),
-            )),
-        }
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    pub fn store_mut(&mut self) -> &mut Store {
-        &mut self.store
-    }
-
-    /// Index of the last entry applied (empty entries included).
+    /// Index of the last entry handed out as committed (empty entries included).
     pub fn applied_index(&self) -> u64 {
         self.raw.raft.raft_log.applied
     }

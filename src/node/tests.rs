@@ -1,8 +1,7 @@
 use super::*;
 use crate::btree::DbOptions;
-use crate::mvcc::{PutRequest, RangeRequest, Request};
-use crate::protocol::encode_request;
-use crate::protocol::HEADER_BYTES;
+use crate::mvcc::{PutRequest, RangeRequest, Request, Response, Store};
+use crate::protocol::{encode_request, ClientRequest, HEADER_BYTES};
 use raft::eraftpb::ConfState;
 use std::path::Path;
 
@@ -15,25 +14,62 @@ fn payload(key: &str, value: &str) -> Vec<u8> {
     encode_request(0, &req).unwrap()[HEADER_BYTES..].to_vec()
 }
 
-/// Runs rounds until raft is idle, "persisting" records into `wal`.
+/// A member: the consensus core and the store it applies to.
+struct Member {
+    node: Node,
+    store: Store,
+}
+
+impl Member {
+    fn propose(&mut self, token: u64, payload: Vec<u8>) -> Result<(), NodeError> {
+        self.node.propose(token, payload)
+    }
+
+    fn campaign(&mut self) -> Result<(), NodeError> {
+        self.node.campaign()
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.is_leader()
+    }
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+}
+
+/// Runs rounds until raft is idle, "persisting" records into `wal` and applying what
+/// commits.
 fn run(
-    node: &mut Node,
+    m: &mut Member,
     wal: &mut Vec<(RecordType, Vec<u8>)>,
 ) -> Vec<(u64, Result<Response, NodeError>)> {
     let mut results = Vec::new();
     for _ in 0..100 {
-        let Some(work) = node.next_ready().unwrap() else {
+        let Some(work) = m.node.next_ready().unwrap() else {
             break;
         };
         assert!(work.messages.is_empty(), "a single member sends nothing");
         wal.extend(work.records.iter().cloned());
-        let done = node.on_persisted(work).unwrap();
-        results.extend(done.results);
+        let done = m.node.on_persisted(work).unwrap();
+        let applied = apply_committed(&mut m.store, &done.committed).unwrap();
+        if let Some(last) = applied.last_index {
+            assert_eq!(
+                last,
+                m.node.applied_index(),
+                "everything committed is applied"
+            );
+        }
+        results.extend(applied.results);
     }
     results
 }
 
-fn open(dir: &Path, wal: &[(RecordType, Vec<u8>)]) -> Node {
+fn open(dir: &Path, wal: &[(RecordType, Vec<u8>)]) -> Member {
     let store = Store::open(dir.join("db"), DbOptions::default()).unwrap();
     let log = RaftLog::new(ConfState {
         voters: vec![1],
@@ -42,10 +78,11 @@ fn open(dir: &Path, wal: &[(RecordType, Vec<u8>)]) -> Node {
     for (t, p) in wal {
         log.replay(*t, p).unwrap();
     }
-    Node::open(1, 10, store, log, &raft::default_logger()).unwrap()
+    let node = Node::open(1, 10, store.applied().index, log, &raft::default_logger()).unwrap();
+    Member { node, store }
 }
 
-fn value(node: &Node, key: &str) -> Option<(Vec<u8>, i64)> {
+fn value(node: &Member, key: &str) -> Option<(Vec<u8>, i64)> {
     let r = node
         .store()
         .range(&RangeRequest {

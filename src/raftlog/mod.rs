@@ -33,6 +33,8 @@ pub enum RaftLogError {
     BeforeStart { index: u64, start: u64 },
     #[error("cannot compact to {to}: the log holds {first}..={last}")]
     BadCompaction { to: u64, first: u64, last: u64 },
+    #[error("the WAL's first entry is {first}, but no compaction marker says the log starts there (segments are missing)")]
+    MissingStart { first: u64 },
     #[error("unexpected WAL record type {0} in the raft log")]
     UnknownRecord(u8),
 }
@@ -46,6 +48,9 @@ struct LogCore {
     start_term: u64,
     /// Entries `start_index + 1 ..= last_index`.
     entries: VecDeque<Entry>,
+    /// Replay began mid-log (the WAL's older segments were released after a compaction):
+    /// the start is provisional until the compaction's marker, later in the WAL, sets it.
+    provisional_start: bool,
 }
 
 impl LogCore {
@@ -95,6 +100,7 @@ impl LogCore {
         self.start_index = index;
         self.start_term = term;
         self.conf_state = cs;
+        self.provisional_start = false;
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -131,6 +137,14 @@ impl RaftLog {
         match rtype {
             RecordType::ENTRY => {
                 let e = codec::decode_entry(payload)?;
+                if core.entries.is_empty() && e.index > core.start_index + 1 {
+                    // The first segments were released after a compaction: the entries
+                    // kept begin mid-log, and the marker written after them says where
+                    // the log starts. `finish_replay` checks that it came.
+                    core.start_index = e.index - 1;
+                    core.start_term = 0;
+                    core.provisional_start = true;
+                }
                 // Entries at or before the start were compacted after they were written.
                 if e.index > core.start_index {
                     core.append(std::slice::from_ref(&e))?;
@@ -147,6 +161,28 @@ impl RaftLog {
             other => return Err(RaftLogError::UnknownRecord(other.get())),
         }
         Ok(())
+    }
+
+    /// Checks, once every record is replayed, that the log is whole: a replay that began
+    /// mid-log must have met the marker that moved the start there.
+    pub fn finish_replay(&self) -> Result<(), RaftLogError> {
+        let core = self.core.borrow();
+        if core.provisional_start {
+            return Err(RaftLogError::MissingStart {
+                first: core.start_index + 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// Index of the last entry held.
+    pub fn last_index_held(&self) -> u64 {
+        self.core.borrow().last_index()
+    }
+
+    /// Index of the entry the log starts after.
+    pub fn start_index(&self) -> u64 {
+        self.core.borrow().start_index
     }
 
     /// Appends entries from a Ready (replacing any conflicting suffix); write them to the

@@ -138,6 +138,52 @@ fn compaction_moves_the_start_and_survives_replay() {
 }
 
 #[test]
+fn replay_may_begin_mid_log_when_a_marker_follows() {
+    // The raft loop appends the compaction records, then releases the segments below the
+    // first entry after the compaction point: the WAL kept begins with entries the marker
+    // (written later) places before the log's new start.
+    let log = RaftLog::new(voters(&[1]));
+    let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1, &[i as u8])).collect();
+    log.append(&ents).unwrap();
+    log.set_hard_state(HardState {
+        term: 1,
+        commit: 10,
+        ..Default::default()
+    });
+    let records = log.compact(6).unwrap();
+    let mut kept = Wal(ents[3..]
+        .iter()
+        .map(|e| (RecordType::ENTRY, encode_entry(e)))
+        .collect());
+    kept.0.extend(records.iter().cloned());
+    let back = kept.replayed();
+    back.finish_replay().unwrap();
+    assert_eq!(*back.core.borrow(), *log.core.borrow());
+    assert_eq!(back.first_index().unwrap(), 7);
+    assert_eq!(back.last_index().unwrap(), 10);
+
+    // Entries 7 and 8 gone with a released segment: the marker cannot close the gap.
+    let mut broken = Wal(ents[8..]
+        .iter()
+        .map(|e| (RecordType::ENTRY, encode_entry(e)))
+        .collect());
+    broken.0.extend(records.iter().cloned());
+    assert_eq!(
+        broken.replayed().finish_replay(),
+        Err(RaftLogError::MissingStart { first: 9 })
+    );
+    // And without any marker after them, a mid-log start is refused too.
+    let alone = Wal(ents[5..]
+        .iter()
+        .map(|e| (RecordType::ENTRY, encode_entry(e)))
+        .collect());
+    assert_eq!(
+        alone.replayed().finish_replay(),
+        Err(RaftLogError::MissingStart { first: 6 })
+    );
+}
+
+#[test]
 fn entries_respect_the_size_limit_and_bounds() {
     let log = RaftLog::new(voters(&[1]));
     log.append(&(1..=5).map(|i| entry(i, 1, &[0; 100])).collect::<Vec<_>>())

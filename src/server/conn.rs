@@ -1,7 +1,9 @@
-//! Native protocol connections: frames in, requests answered out of order, bounded in flight.
+//! The net role: one shard per executor, each with its own SO_REUSEPORT listener. Native
+//! protocol connections: frames in, requests answered out of order, bounded in flight;
+//! serializable reads from the shard's copy of the latest published view.
 
-use super::{Input, Proposal, Shared};
-use crate::mvcc::{validate, Request};
+use super::{wait_until, Input, Phase, Proposal, Shared};
+use crate::mvcc::{validate, ReadView, Request};
 use crate::node::NodeError;
 use crate::protocol::{
     self, encode_error, encode_response, ClientRequest, ClientResponse, ErrorCode, ErrorReply,
@@ -10,18 +12,69 @@ use crate::protocol::{
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use rkyv::util::AlignedVec;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Replies gathered into one socket write at most, in bytes.
 const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
 
-pub(crate) async fn accept_loop(listener: TcpListener, shared: Rc<Shared>) {
+/// How long a stopping shard waits for the replies it owes to be written.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One net shard's state, on its executor.
+pub(crate) struct Shard {
+    shared: Arc<Shared>,
+    /// The published view last seen, by generation.
+    view: RefCell<(u64, Option<ReadView>)>,
+    /// Requests being answered plus replies not yet written, on every connection.
+    busy: Rc<Cell<usize>>,
+}
+
+impl Shard {
+    fn view(&self) -> Option<ReadView> {
+        let generation = self.shared.view_generation();
+        let mut cache = self.view.borrow_mut();
+        if cache.0 != generation || cache.1.is_none() {
+            *cache = (generation, self.shared.view());
+        }
+        cache.1.clone()
+    }
+
+    fn config(&self) -> &super::ServeConfig {
+        &self.shared.config
+    }
+}
+
+/// Runs a net shard: accepts once the member serves, stops accepting when it stops, and
+/// returns once the replies it owes are written.
+pub(crate) async fn shard(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let shard = Rc::new(Shard {
+        shared: shared.clone(),
+        view: RefCell::new((u64::MAX, None)),
+        busy: Rc::new(Cell::new(0)),
+    });
+    wait_until(|| shared.phase() != Phase::Starting).await;
+    if shared.phase() == Phase::Serving {
+        // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let accept = glommio::spawn_local(accept_loop(listener, shard.clone()));
+        wait_until(|| shared.phase() >= Phase::Stopping).await;
+        drop(accept);
+    }
+    wait_until(|| shared.phase() >= Phase::Stopped).await;
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    wait_until(|| shard.busy.get() == 0 || Instant::now() >= deadline).await;
+}
+
+async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(connection(stream, shared.clone())).detach();
+                glommio::spawn_local(connection(stream, shard.clone())).detach();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -35,23 +88,53 @@ fn error_frame(id: u64, code: ErrorCode, message: String) -> Option<AlignedVec> 
     encode_error(id, &ErrorReply { code, message }).ok()
 }
 
-async fn connection(stream: TcpStream, shared: Rc<Shared>) {
+/// Where a connection's replies go: its writer task, counting what is not yet written.
+#[derive(Clone)]
+struct Out {
+    tx: flume::Sender<Option<AlignedVec>>,
+    busy: Rc<Cell<usize>>,
+}
+
+impl Out {
+    /// Queues a reply frame (or the end of the connection) for the writer.
+    async fn send(&self, frame: Option<AlignedVec>) {
+        let counted = frame.is_some();
+        if counted {
+            self.busy.set(self.busy.get() + 1);
+        }
+        if self.tx.send_async(frame).await.is_err() && counted {
+            self.busy.set(self.busy.get() - 1); // the writer is gone: the client is
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, shard: Rc<Shard>) {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let max = shared.config.max_inflight_per_conn;
+    let max = shard.config().max_inflight_per_conn;
     let (out_tx, out_rx) = flume::bounded::<Option<AlignedVec>>(max + 1);
+    let busy = shard.busy.clone();
+    let out = Out {
+        tx: out_tx,
+        busy: busy.clone(),
+    };
     // One writer per connection: replies leave in the order they are ready, every reply
     // ready at that moment in one write (one syscall for many replies).
     let writer_task = glommio::spawn_local(async move {
         let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut open = true;
+        let mut frames = 0;
         while open {
             match out_rx.recv_async().await {
                 Ok(Some(frame)) => batch.extend_from_slice(&frame),
                 _ => break,
             }
+            frames += 1;
             while batch.len() < WRITE_BATCH_BYTES_MAX {
                 match out_rx.try_recv() {
-                    Ok(Some(frame)) => batch.extend_from_slice(&frame),
+                    Ok(Some(frame)) => {
+                        batch.extend_from_slice(&frame);
+                        frames += 1;
+                    }
                     Ok(None) => {
                         open = false;
                         break;
@@ -59,24 +142,30 @@ async fn connection(stream: TcpStream, shared: Rc<Shared>) {
                     Err(_) => break,
                 }
             }
-            if writer.write_all(&batch).await.is_err() {
+            let written = writer.write_all(&batch).await;
+            busy.set(busy.get() - frames);
+            frames = 0;
+            if written.is_err() {
+                // Replies still queued will never be written.
+                busy.set(busy.get() - out_rx.drain().filter(Option::is_some).count());
                 return;
             }
             batch.clear();
         }
         let _ = writer.flush().await;
     });
+    let out_tx = out;
     let inflight = Rc::new(Cell::new(0usize));
     let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut chunk = vec![0u8; 64 << 10];
     'read: loop {
         loop {
-            match protocol::split_frame(&buf, shared.config.max_request_bytes) {
+            match protocol::split_frame(&buf, shard.config().max_request_bytes) {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "malformed frame header; closing the connection");
-                    let _ = out_tx
-                        .send_async(error_frame(0, ErrorCode::Malformed, e.to_string()))
+                    out_tx
+                        .send(error_frame(0, ErrorCode::Malformed, e.to_string()))
                         .await;
                     break 'read;
                 }
@@ -86,12 +175,12 @@ async fn connection(stream: TcpStream, shared: Rc<Shared>) {
                     buf.drain(..total);
                     if header.kind != FrameKind::Request {
                         let msg = "clients send request frames only".to_string();
-                        let _ = out_tx
-                            .send_async(error_frame(header.request_id, ErrorCode::Malformed, msg))
+                        out_tx
+                            .send(error_frame(header.request_id, ErrorCode::Malformed, msg))
                             .await;
                         break 'read;
                     }
-                    if !dispatch(header.request_id, payload, &shared, &out_tx, &inflight).await {
+                    if !dispatch(header.request_id, payload, &shard, &out_tx, &inflight).await {
                         break 'read;
                     }
                 }
@@ -110,7 +199,7 @@ async fn connection(stream: TcpStream, shared: Rc<Shared>) {
     while inflight.get() > 0 {
         glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
     }
-    let _ = out_tx.send_async(None).await;
+    out_tx.send(None).await;
     writer_task.await;
 }
 
@@ -118,54 +207,65 @@ async fn connection(stream: TcpStream, shared: Rc<Shared>) {
 async fn dispatch(
     id: u64,
     payload: AlignedVec,
-    shared: &Rc<Shared>,
-    out: &flume::Sender<Option<AlignedVec>>,
+    shard: &Rc<Shard>,
+    out: &Out,
     inflight: &Rc<Cell<usize>>,
 ) -> bool {
+    let config = shard.config();
     let request = match protocol::decode_request(&payload) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(id, error = %e, "malformed request; closing the connection");
-            let _ = out
-                .send_async(error_frame(id, ErrorCode::Malformed, e.to_string()))
+            out.send(error_frame(id, ErrorCode::Malformed, e.to_string()))
                 .await;
             return false;
         }
     };
-    if inflight.get() >= shared.config.max_inflight_per_conn {
+    if inflight.get() >= config.max_inflight_per_conn {
         let msg = "too many requests in flight on this connection".to_string();
-        let _ = out
-            .send_async(error_frame(id, ErrorCode::Overloaded, msg))
-            .await;
+        out.send(error_frame(id, ErrorCode::Overloaded, msg)).await;
         return true;
     }
+    let stopping = shard.shared.phase() >= Phase::Stopping;
     let reply = match request {
         ClientRequest::Status => {
-            encode_response(id, &ClientResponse::Status(*shared.status.borrow())).ok()
+            let status = *shard.shared.status.lock();
+            encode_response(id, &ClientResponse::Status(status)).ok()
         }
         ClientRequest::Kv(req) => {
-            if let Err(e) = validate(&req, shared.config.max_txn_ops) {
+            if let Err(e) = validate(&req, config.max_txn_ops) {
                 error_frame(id, ErrorCode::InvalidRequest, e.to_string())
+            } else if matches!(&req, Request::Range(r) if r.serializable) {
+                let Request::Range(r) = &req else {
+                    unreachable!("matched above")
+                };
+                serve_range(id, r, shard)
+            } else if stopping {
+                error_frame(id, ErrorCode::Unavailable, STOPPING.into())
             } else if let Request::Range(r) = req {
-                if r.serializable {
-                    serve_range(id, &r, shared)
-                } else {
-                    spawn_linearizable_read(id, r, shared, out, inflight);
-                    return true;
-                }
+                spawn_linearizable_read(id, r, shard, out, inflight);
+                return true;
             } else {
-                spawn_proposal(id, payload, shared, out, inflight);
+                spawn_proposal(id, payload, shard, out, inflight);
                 return true;
             }
         }
     };
-    let _ = out.send_async(reply).await;
+    out.send(reply).await;
     true
 }
 
+const STOPPING: &str = "the member is stopping";
+
 /// A range from the latest published view.
-fn serve_range(id: u64, r: &crate::mvcc::RangeRequest, shared: &Shared) -> Option<AlignedVec> {
-    let view = shared.view.borrow().clone();
+fn serve_range(id: u64, r: &crate::mvcc::RangeRequest, shard: &Shard) -> Option<AlignedVec> {
+    let Some(view) = shard.view() else {
+        return error_frame(
+            id,
+            ErrorCode::Unavailable,
+            "the store is not open yet".into(),
+        );
+    };
     reply_frame(
         id,
         view.range(r)
@@ -180,21 +280,21 @@ fn serve_range(id: u64, r: &crate::mvcc::RangeRequest, shared: &Shared) -> Optio
 fn spawn_linearizable_read(
     id: u64,
     r: crate::mvcc::RangeRequest,
-    shared: &Rc<Shared>,
-    out: &flume::Sender<Option<AlignedVec>>,
+    shard: &Rc<Shard>,
+    out: &Out,
     inflight: &Rc<Cell<usize>>,
 ) {
-    let shared = shared.clone();
+    let shard = shard.clone();
     spawn_reply(out, inflight, async move {
         let (tx, rx) = flume::bounded(1);
-        match shared.proposals.try_send(Input::Read(tx)) {
+        match shard.shared.inputs.try_send(Input::Read(tx)) {
             Err(_) => error_frame(
                 id,
                 ErrorCode::Overloaded,
                 "too many requests pending".into(),
             ),
             Ok(()) => match rx.recv_async().await {
-                Ok(()) => serve_range(id, &r, &shared),
+                Ok(()) => serve_range(id, &r, &shard),
                 Err(_) => error_frame(
                     id,
                     ErrorCode::Unavailable,
@@ -222,11 +322,11 @@ fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Opt
 fn spawn_proposal(
     id: u64,
     payload: AlignedVec,
-    shared: &Rc<Shared>,
-    out: &flume::Sender<Option<AlignedVec>>,
+    shard: &Rc<Shard>,
+    out: &Out,
     inflight: &Rc<Cell<usize>>,
 ) {
-    let proposals = shared.proposals.clone();
+    let proposals = shard.shared.inputs.clone();
     spawn_reply(out, inflight, async move {
         let (tx, rx) = flume::bounded(1);
         let proposal = Proposal {
@@ -241,7 +341,7 @@ fn spawn_proposal(
             ),
             Ok(()) => match rx.recv_async().await {
                 Ok(result) => reply_frame(id, result),
-                Err(_) => error_frame(id, ErrorCode::Unavailable, "the member is stopping".into()),
+                Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
             },
         }
     });
@@ -249,17 +349,19 @@ fn spawn_proposal(
 
 /// Answers a request from its own task, counted in the connection's requests in flight.
 fn spawn_reply(
-    out: &flume::Sender<Option<AlignedVec>>,
+    out: &Out,
     inflight: &Rc<Cell<usize>>,
     reply: impl std::future::Future<Output = Option<AlignedVec>> + 'static,
 ) {
     inflight.set(inflight.get() + 1);
+    out.busy.set(out.busy.get() + 1);
     let out = out.clone();
     let inflight = inflight.clone();
     glommio::spawn_local(async move {
         let frame = reply.await;
-        let _ = out.send_async(frame).await;
+        out.send(frame).await;
         inflight.set(inflight.get() - 1);
+        out.busy.set(out.busy.get() - 1);
     })
     .detach();
 }

@@ -1,22 +1,34 @@
-//! `cairn serve`: one member on a glommio executor. The shell around [`Node`]: the WAL (group
-//! commit), the raft loop (ticks, proposals, ready rounds), the native protocol listener,
-//! serializable reads from the latest published [`ReadView`], and clean shutdown.
+//! `cairn serve`: one member as thread-per-core glommio executors. The shell around the
+//! sans-IO [`Node`](crate::node::Node) and [`apply_committed`](crate::node::apply_committed):
+//!
+//! - `net` shards (`conn.rs`): a SO_REUSEPORT listener each, frames in and out, serializable
+//!   reads from the latest published [`ReadView`], proposals and linearizable reads sent to
+//!   the raft role;
+//! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
+//! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints.
+//!
+//! Roles talk through bounded flume channels; `placement.rs` maps them onto executors.
+//! Start: the raft role opens the WAL (its lock guards the data directory), then the apply
+//! role opens the store, then the log is applied up to its end, and only then do the net
+//! shards accept. Stop (SIGTERM, SIGINT): the net shards refuse new work, the raft role
+//! finishes what it accepted, the apply role checkpoints, the WAL closes, then replies
+//! still in flight are written and the executors exit.
 
+mod apply;
 mod conn;
+mod placement;
+mod raft;
 
-use crate::btree::DbOptions;
-use crate::mvcc::{ReadView, Response, Store};
-use crate::node::{Node, NodeError};
-use crate::raftlog::RaftLog;
-use crate::wal::{RecordType, Wal, WalOptions};
-use raft::eraftpb::ConfState;
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::os::unix::io::{FromRawFd, IntoRawFd};
+pub use placement::{usable_cpus, ExecutorPlan, Placement, PlacementMode};
+
+use crate::mvcc::{ReadView, Response};
+use crate::node::NodeError;
+use crate::protocol::StatusResponse;
+use parking_lot::Mutex;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 
 /// Everything `cairn serve` is configured with.
 #[derive(Debug, Clone)]
@@ -34,6 +46,12 @@ pub struct ServeConfig {
     pub max_inflight_per_conn: usize,
     /// Proposals waiting for the raft loop, for the whole member.
     pub max_pending_proposals: usize,
+    pub placement: Placement,
+    /// Applied entries after which the tree is checkpointed (and the log compacted), as
+    /// etcd's `--snapshot-count`; the tree's memory budget may checkpoint sooner.
+    pub snapshot_count: u64,
+    /// Size of each new WAL segment file.
+    pub wal_segment_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +80,10 @@ pub enum ServerError {
     Node(#[from] NodeError),
     #[error("the log could not be applied at start (this member did not become leader)")]
     CatchUp,
+    #[error("the apply role failed: {0}")]
+    Apply(String),
+    #[error("the {0} role stopped unexpectedly")]
+    RoleLost(&'static str),
 }
 
 fn listen_hint(e: &std::io::Error) -> &'static str {
@@ -73,7 +95,7 @@ fn listen_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Set by SIGTERM/SIGINT: the raft loop finishes its round, syncs and exits.
+/// Set by SIGTERM/SIGINT (or a failed role): the member drains, syncs and exits.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -89,38 +111,90 @@ fn install_signal_handlers() {
     }
 }
 
-/// A write waiting for the raft loop.
+/// A write waiting for the raft role, answered by the apply role.
 pub(crate) struct Proposal {
     pub payload: Vec<u8>,
-    pub reply: flume::Sender<Result<Response, NodeError>>,
+    pub reply: Reply,
 }
 
-/// What connections hand to the raft loop.
+pub(crate) type Reply = flume::Sender<Result<Response, NodeError>>;
+
+/// What the net shards and the apply role hand to the raft role.
 pub(crate) enum Input {
     Propose(Proposal),
     /// A linearizable read: signalled once the published view holds everything committed
     /// before the read arrived (ReadIndex, one per batch of waiting reads).
     Read(flume::Sender<()>),
+    /// The store is durable up to this index: the log and the WAL before it may go.
+    Checkpointed(u64),
 }
 
-type Replies = HashMap<u64, flume::Sender<Result<Response, NodeError>>>;
-
-/// Requests the raft loop owes an answer.
-#[derive(Default)]
-struct Pending {
-    writes: Replies,
-    /// Read batches waiting for their read index, by token.
-    reads: HashMap<u64, Vec<flume::Sender<()>>>,
-    /// Read batches with a confirmed index, waiting for apply to reach it.
-    confirmed: Vec<(u64, Vec<flume::Sender<()>>)>,
+/// What the raft role hands to the apply role, in log order.
+pub(crate) enum ToApply {
+    /// Committed entries, and the replies owed for the proposals among them (by token).
+    Entries(Vec<::raft::eraftpb::Entry>, Vec<(u64, Reply)>),
+    /// Reads to release once the published view has applied this index.
+    Reads(u64, Vec<flume::Sender<()>>),
+    /// Checkpoint and stop.
+    Stop,
 }
 
-/// What connections share with the raft loop.
+/// Where the member is in its life; net shards accept only while serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    Starting = 0,
+    Serving = 1,
+    /// No new work is accepted; what was accepted is being finished.
+    Stopping = 2,
+    /// The WAL is closed and the store checkpointed: write the last replies and exit.
+    Stopped = 3,
+}
+
+/// What every executor of the member shares.
 pub(crate) struct Shared {
     pub config: ServeConfig,
-    pub view: RefCell<ReadView>,
-    pub proposals: flume::Sender<Input>,
-    pub status: RefCell<crate::protocol::StatusResponse>,
+    pub inputs: flume::Sender<Input>,
+    phase: AtomicU8,
+    /// The latest published view, and its generation (net shards cache it per shard).
+    view: Mutex<Option<ReadView>>,
+    view_generation: AtomicU64,
+    pub status: Mutex<StatusResponse>,
+}
+
+impl Shared {
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            2 => Phase::Stopping,
+            _ => Phase::Stopped,
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+    }
+
+    pub fn publish_view(&self, view: ReadView) {
+        *self.view.lock() = Some(view);
+        self.view_generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn view_generation(&self) -> u64 {
+        self.view_generation.load(Ordering::Acquire)
+    }
+
+    pub fn view(&self) -> Option<ReadView> {
+        self.view.lock().clone()
+    }
+}
+
+/// Waits, polling, until `done` holds.
+pub(crate) async fn wait_until(mut done: impl FnMut() -> bool) {
+    while !done() {
+        glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+    }
 }
 
 /// Runs a member until SIGTERM or SIGINT.
@@ -133,6 +207,10 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
             config.election_timeout_ms, config.heartbeat_interval_ms
         )));
     }
+    let plan = config
+        .placement
+        .layout(&usable_cpus())
+        .map_err(ServerError::Config)?;
     install_signal_handlers();
     let dir_err = |path: &PathBuf| {
         let path = path.clone();
@@ -140,207 +218,126 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
     };
     let db_dir = config.data_dir.join("db");
     std::fs::create_dir_all(&db_dir).map_err(dir_err(&db_dir))?;
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("cairn")
-        .make()
-        .map_err(|e| ServerError::Executor(e.to_string()))?;
-    executor.run(run(config))
-}
+    let mut listeners = bind_listeners(&config.listen_native_addr, plan.len())?.into_iter();
 
-async fn run(config: ServeConfig) -> Result<(), ServerError> {
-    let log = RaftLog::new(ConfState {
-        voters: vec![1],
-        ..Default::default()
-    });
-    let mut replayed = 0u64;
-    let replay_log = log.clone();
-    let wal = Wal::open(
-        config.data_dir.join("wal"),
-        WalOptions::default(),
-        0,
-        |_, t, p| {
-            replayed += 1;
-            replay_log.replay(t, p).map_err(Into::into)
-        },
-    )
-    .await?;
-    if replayed == 0 {
-        let (t, p) = log.marker_record();
-        wal.append(t, &p).await?;
-    }
-    // Only after the WAL holds its directory lock: two members must never share a tree file.
-    let store = Store::open(
-        config.data_dir.join("db").join("cairn.db"),
-        DbOptions::default(),
-    )?;
-    // One plain listener, handed to glommio. glommio's own `bind` sets SO_REUSEPORT (so a
-    // second member could bind a port already in use) and panics on an unresolvable address;
-    // a plain bind refuses both clearly, and holding it leaves no moment without a listener.
-    let std_listener =
-        std::net::TcpListener::bind(&config.listen_native_addr).map_err(|source| {
-            ServerError::Listen {
-                addr: config.listen_native_addr.clone(),
-                source,
-            }
-        })?;
-    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(std_listener.into_raw_fd()) };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms.max(1)) as usize;
-    let mut node = Node::open(1, election_tick, store, log, &logger)?;
-    node.campaign()?;
-    catch_up(&mut node, &wal).await?;
-    let (tx, rx) = flume::bounded(config.max_pending_proposals);
-    let shared = Rc::new(Shared {
-        view: RefCell::new(node.store().read_view()),
-        proposals: tx,
-        status: RefCell::new(Default::default()),
+    let (inputs_tx, inputs_rx) = flume::bounded(config.max_pending_proposals);
+    let (apply_tx, apply_rx) = flume::bounded(APPLY_QUEUE_MAX);
+    let shared = Arc::new(Shared {
         config: config.clone(),
+        inputs: inputs_tx,
+        phase: AtomicU8::new(Phase::Starting as u8),
+        view: Mutex::new(None),
+        view_generation: AtomicU64::new(0),
+        status: Mutex::new(StatusResponse::default()),
     });
-    tracing::info!(
-        name = %config.name,
-        addr = %config.listen_native_addr,
-        revision = node.store().current_revision(),
-        wal_records = replayed,
-        "serving"
-    );
-    let accept = glommio::spawn_local(conn::accept_loop(listener, shared.clone()));
-    let result = raft_loop(&mut node, &wal, &rx, &shared).await;
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "stopping: the raft loop failed");
-    }
-    drop(accept);
-    // Finish what was accepted into the log, then make it all durable in the tree too.
-    let checkpoint = node.store_mut().checkpoint();
-    wal.close().await?;
-    result?;
-    checkpoint?;
-    tracing::info!("stopped cleanly");
-    Ok(())
-}
-
-async fn raft_loop(
-    node: &mut Node,
-    wal: &Wal,
-    rx: &flume::Receiver<Input>,
-    shared: &Shared,
-) -> Result<(), ServerError> {
-    let tick = Duration::from_millis(shared.config.heartbeat_interval_ms.max(1));
-    let mut next_tick = Instant::now() + tick;
-    let mut pending = Pending::default();
-    let mut token = 0u64;
-    while !STOP.load(Ordering::Relaxed) {
-        let wait = next_tick
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(50));
-        let first = futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
-            glommio::timer::sleep(wait).await;
-            None
-        })
-        .await;
-        let mut reads = Vec::new();
-        for input in first
-            .into_iter()
-            .chain(rx.try_iter().take(shared.config.max_pending_proposals))
-        {
-            match input {
-                Input::Read(waiter) => reads.push(waiter),
-                Input::Propose(p) => {
-                    token += 1;
-                    match node.propose(token, p.payload) {
-                        Ok(()) => {
-                            pending.writes.insert(token, p.reply);
-                        }
-                        Err(e) => {
-                            let _ = p.reply.send(Err(e));
-                        }
-                    }
+    let (store_tx, store_rx) = flume::bounded(1);
+    let (wal_open_tx, wal_open_rx) = flume::bounded(1);
+    let mut raft_role = Some(raft::RaftRole {
+        inputs: inputs_rx,
+        to_apply: apply_tx,
+        wal_opened: wal_open_tx,
+        store_opened: store_rx,
+    });
+    let mut apply_role = Some(apply::ApplyRole {
+        from_raft: apply_rx,
+        wal_opened: wal_open_rx,
+        store_opened: store_tx,
+    });
+    let mut handles = Vec::new();
+    for (i, p) in plan.iter().enumerate() {
+        let placement = match p.cpu {
+            Some(cpu) => glommio::Placement::Fixed(cpu),
+            None => glommio::Placement::Unbound,
+        };
+        let listener = if p.net { listeners.next() } else { None };
+        let raft = if p.raft { raft_role.take() } else { None };
+        let apply = if p.apply { apply_role.take() } else { None };
+        let on_executor = shared.clone();
+        let handle = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("cairn-{i}"))
+            .spawn(move || executor(on_executor, listener, raft, apply))
+            .map_err(|e| {
+                STOP.store(true, Ordering::Relaxed);
+                ServerError::Executor(e.to_string())
+            });
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // Roles not started: the others see their channels close and stop.
+                drop(raft_role.take());
+                drop(apply_role.take());
+                shared.set_phase(Phase::Stopped);
+                for h in handles {
+                    let _ = h.join();
                 }
-            }
-        }
-        if !reads.is_empty() {
-            token += 1;
-            // Not the leader: the waiters are dropped and their reads answered Unavailable.
-            if node.read_index(token).is_ok() {
-                pending.reads.insert(token, reads);
-            }
-        }
-        if Instant::now() >= next_tick {
-            node.tick();
-            next_tick = Instant::now() + tick;
-        }
-        round(node, wal, &mut pending).await?;
-        node.store_mut().maybe_checkpoint()?;
-        publish(node, shared);
-        // Only now does the published view hold what the confirmed reads must see.
-        let applied = node.applied_index();
-        pending.confirmed.retain(|(index, waiters)| {
-            if *index > applied {
-                return true;
-            }
-            for w in waiters {
-                let _ = w.send(());
-            }
-            false
-        });
-    }
-    Ok(())
-}
-
-/// Applies everything the log holds before the first client is served, so that no read
-/// (serializable ones included) sees less than was acknowledged before a restart.
-async fn catch_up(node: &mut Node, wal: &Wal) -> Result<(), ServerError> {
-    let mut none = Pending::default();
-    for _ in 0..1000 {
-        round(node, wal, &mut none).await?;
-        let (_, last) = node.last_log();
-        if node.applied_index() >= last {
-            return Ok(());
-        }
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
-    Err(ServerError::CatchUp)
-}
-
-/// Runs ready rounds until raft is idle: WAL append (group commit), then apply and reply.
-async fn round(node: &mut Node, wal: &Wal, pending: &mut Pending) -> Result<(), ServerError> {
-    while let Some(work) = node.next_ready()? {
-        let records: Vec<(RecordType, &[u8])> = work
-            .records
-            .iter()
-            .map(|(t, p)| (*t, p.as_slice()))
-            .collect();
-        if !records.is_empty() {
-            wal.append_many(&records).await?;
-        }
-        let done = node.on_persisted(work)?;
-        for (token, result) in done.results {
-            if let Some(reply) = pending.writes.remove(&token) {
-                let _ = reply.send(result);
-            }
-        }
-        for (token, index) in done.reads {
-            if let Some(waiters) = pending.reads.remove(&token) {
-                pending.confirmed.push((index, waiters));
+                return Err(e);
             }
         }
     }
-    Ok(())
+    drop(shared);
+    let mut result = Ok(());
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|e| ServerError::Executor(e.to_string()))
+            .and_then(|r| r);
+        if let (Ok(()), Err(e)) = (&result, r) {
+            result = Err(e);
+        }
+    }
+    result
 }
 
-fn publish(node: &Node, shared: &Shared) {
-    let store = node.store();
-    shared.view.replace(store.read_view());
-    let (term, index) = node.last_log();
-    let stats = store.stats();
-    *shared.status.borrow_mut() = crate::protocol::StatusResponse {
-        member_id: 1,
-        leader: if node.is_leader() { 1 } else { 0 },
-        raft_term: term,
-        raft_index: index,
-        raft_applied_index: store.applied().index,
-        revision: store.current_revision(),
-        db_size: stats.file_bytes,
-        db_size_in_use: stats.live_bytes,
+/// Committed batches waiting for the apply role.
+const APPLY_QUEUE_MAX: usize = 1024;
+
+/// One executor: its roles, until the member stops.
+async fn executor(
+    shared: Arc<Shared>,
+    listener: Option<TcpListener>,
+    raft: Option<raft::RaftRole>,
+    apply: Option<apply::ApplyRole>,
+) -> Result<(), ServerError> {
+    let raft = raft.map(|r| glommio::spawn_local(raft::run(r, shared.clone())));
+    let apply = apply.map(|a| glommio::spawn_local(apply::run(a, shared.clone())));
+    if let Some(l) = listener {
+        conn::shard(l, shared.clone()).await;
+    }
+    let mut result = Ok(());
+    if let Some(a) = apply {
+        result = a.await;
+    }
+    if let Some(r) = raft {
+        let r = r.await;
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
+/// Binds one SO_REUSEPORT listener per net shard. A plain bind first: SO_REUSEPORT alone
+/// would let this member share a port with another process (or with the listener a killed
+/// member left behind), which would then take a share of the connections.
+fn bind_listeners(addr: &str, shards: usize) -> Result<Vec<TcpListener>, ServerError> {
+    let listen_err = |source| ServerError::Listen {
+        addr: addr.to_string(),
+        source,
     };
+    let probe = TcpListener::bind(addr).map_err(listen_err)?;
+    let local = probe.local_addr().map_err(listen_err)?;
+    drop(probe);
+    (0..shards)
+        .map(|_| reuseport_listener(local).map_err(listen_err))
+        .collect()
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }

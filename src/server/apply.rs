@@ -1,0 +1,130 @@
+//! The apply role: owns the MVCC store, applies committed entries in log order, answers the
+//! proposals among them, publishes the view serializable reads use, releases linearizable
+//! reads, and checkpoints the tree (telling the raft role, which then compacts the log).
+
+use super::{Input, Reply, ServerError, Shared, ToApply, STOP};
+use crate::btree::DbOptions;
+use crate::mvcc::Store;
+use crate::node::apply_committed;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Messages from the raft role taken in one go (then the view is published once).
+const APPLY_BATCH_MAX: usize = 256;
+
+pub(crate) struct ApplyRole {
+    pub from_raft: flume::Receiver<ToApply>,
+    pub wal_opened: flume::Receiver<()>,
+    /// The store's applied index once open (or why not), then the final checkpoint's result.
+    pub store_opened: flume::Sender<Result<u64, ServerError>>,
+}
+
+pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), ServerError> {
+    // The WAL's lock guards the data directory: never open the tree file without it.
+    if role.wal_opened.recv_async().await.is_err() {
+        return Ok(()); // the raft role failed to start and reports why
+    }
+    let path = shared.config.data_dir.join("db").join("cairn.db");
+    let mut store = match Store::open(path, DbOptions::default()) {
+        Ok(store) => store,
+        Err(e) => {
+            let _ = role.store_opened.send(Err(e.into()));
+            return Ok(());
+        }
+    };
+    let _ = role.store_opened.send(Ok(store.applied().index));
+    let result = apply_loop(&mut store, &role, &shared).await;
+    if result.is_err() {
+        STOP.store(true, Ordering::Relaxed);
+    }
+    // Everything applied becomes durable in the tree too, even after a failure elsewhere.
+    let result = result.and_then(|()| Ok(store.checkpoint()?));
+    let _ = role.store_opened.send(
+        result
+            .as_ref()
+            .map(|_| 0)
+            .map_err(|e| ServerError::Apply(e.to_string())),
+    );
+    result
+}
+
+async fn apply_loop(
+    store: &mut Store,
+    role: &ApplyRole,
+    shared: &Shared,
+) -> Result<(), ServerError> {
+    let mut applied = store.applied().index;
+    let mut checkpointed = applied;
+    let mut reads: Vec<(u64, Vec<flume::Sender<()>>)> = Vec::new();
+    let mut stop = false;
+    publish(store, applied, shared);
+    while !stop {
+        let Ok(first) = role.from_raft.recv_async().await else {
+            break; // the raft role is gone
+        };
+        for msg in std::iter::once(first).chain(role.from_raft.try_iter().take(APPLY_BATCH_MAX)) {
+            match msg {
+                ToApply::Entries(entries, replies) => {
+                    let out = apply_committed(store, &entries)?;
+                    if let Some(last) = out.last_index {
+                        applied = last;
+                    }
+                    answer(out.results, replies);
+                }
+                ToApply::Reads(index, waiters) => reads.push((index, waiters)),
+                ToApply::Stop => stop = true,
+            }
+        }
+        publish(store, applied, shared);
+        // Only now does the published view hold what the confirmed reads must see.
+        reads.retain(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters {
+                let _ = w.send(());
+            }
+            false
+        });
+        if stop {
+            break;
+        }
+        let due = applied.saturating_sub(checkpointed) >= shared.config.snapshot_count;
+        if due {
+            store.checkpoint()?;
+        }
+        if store.maybe_checkpoint()? || due {
+            checkpointed = applied;
+            // What the tree holds: the last entry with a request (a trailing empty entry
+            // of a new leader is not recorded, so the log must keep it). Best effort: a
+            // full queue means the next checkpoint says it again.
+            let durable = store.applied().index;
+            let _ = shared.inputs.try_send(Input::Checkpointed(durable));
+        }
+    }
+    Ok(())
+}
+
+/// Sends each proposal's result to whoever waits for it. Both lists are in log order, and
+/// the replies are for a subset of the results' tokens.
+fn answer(
+    results: Vec<(u64, Result<crate::mvcc::Response, crate::node::NodeError>)>,
+    replies: Vec<(u64, Reply)>,
+) {
+    let mut replies = replies.into_iter().peekable();
+    for (token, result) in results {
+        if let Some((_, reply)) = replies.next_if(|(t, _)| *t == token) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn publish(store: &Store, applied: u64, shared: &Shared) {
+    shared.publish_view(store.read_view());
+    let stats = store.stats();
+    let mut status = shared.status.lock();
+    status.raft_applied_index = applied;
+    status.revision = store.current_revision();
+    status.db_size = stats.file_bytes;
+    status.db_size_in_use = stats.live_bytes;
+}
