@@ -39,12 +39,16 @@ pub async fn run_core(
             ))
         })
         .collect();
-    let mut hist = new_hist()?;
+    let mut hist = new_hist();
     for t in tasks {
-        let h = t.await?;
-        hist.add(h).map_err(|e| e.to_string())?;
+        match (t.await, &mut hist) {
+            (Ok(h), Ok(hist)) => hist.add(h).map_err(|e| e.to_string())?,
+            (Err(e), _) => hist = Err(e),
+            (_, Err(_)) => {}
+        }
     }
-    Ok(hist)
+    progress.finished.fetch_add(1, Ordering::Relaxed);
+    hist
 }
 
 fn new_hist() -> Result<Histogram<u64>, String> {
@@ -55,18 +59,29 @@ struct Gen {
     rng: StdRng,
     args: Rc<Args>,
     value: Vec<u8>,
+    progress: Arc<Progress>,
 }
 
 impl Gen {
-    fn key(&mut self) -> Vec<u8> {
-        let n = self.rng.gen_range(0..self.args.key_space.max(1));
+    fn key(&self, n: u64) -> Vec<u8> {
         let mut k = format!("{n:0width$}", width = self.args.key_size).into_bytes();
         k.truncate(self.args.key_size.max(1));
         k
     }
 
-    fn request(&mut self) -> ClientRequest {
-        let key = self.key();
+    /// The next request, or None once `fill` has put every key.
+    fn request(&mut self) -> Option<ClientRequest> {
+        let space = self.args.key_space.max(1);
+        let n = if self.args.workload == Workload::Fill {
+            let n = self.progress.next_key.fetch_add(1, Ordering::Relaxed);
+            if n >= space {
+                return None;
+            }
+            n
+        } else {
+            self.rng.gen_range(0..space)
+        };
+        let key = self.key(n);
         let put = || PutRequest {
             key: key.clone(),
             value: self.value.clone(),
@@ -77,8 +92,8 @@ impl Gen {
             serializable: self.args.consistency == "s",
             ..Default::default()
         };
-        ClientRequest::Kv(match self.args.workload {
-            Workload::Put => Request::Put(put()),
+        Some(ClientRequest::Kv(match self.args.workload {
+            Workload::Put | Workload::Fill => Request::Put(put()),
             Workload::Range => Request::Range(range()),
             Workload::Mixed if self.rng.gen_range(0..10) == 0 => Request::Put(put()),
             Workload::Mixed => Request::Range(range()),
@@ -93,7 +108,7 @@ impl Gen {
                 success: vec![RequestOp::Put(put())],
                 failure: vec![RequestOp::Put(put())],
             }),
-        })
+        }))
     }
 }
 
@@ -124,7 +139,9 @@ async fn run_conn(
         rng: StdRng::seed_from_u64(index as u64),
         args: args.clone(),
         value: vec![b'v'; args.value_size],
+        progress: progress.clone(),
     };
+    let mut exhausted = false;
     // Open loop: each client sends every `interval`, staggered.
     let interval =
         (args.rate > 0.0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate));
@@ -140,13 +157,17 @@ async fn run_conn(
     let mut outstanding = 0usize;
     loop {
         let now = Instant::now();
-        let sending = now < deadline;
+        let sending = now < deadline && !exhausted;
         // Send every client whose time has come.
         for c in 0..clients {
             if sending && !waiting[c] && intended[c] <= now {
+                let Some(request) = gen.request() else {
+                    exhausted = true;
+                    break;
+                };
                 seq += 1;
                 let id = (seq << SLOT_BITS) | c as u64;
-                let frame = encode_request(id, &gen.request()).map_err(|e| e.to_string())?;
+                let frame = encode_request(id, &request).map_err(|e| e.to_string())?;
                 out.extend_from_slice(&frame);
                 waiting[c] = true;
                 outstanding += 1;
@@ -158,6 +179,7 @@ async fn run_conn(
                 .map_err(|e| format!("{endpoint}: {e}"))?;
             out.clear();
         }
+        let sending = sending && !exhausted;
         if outstanding == 0 && !sending {
             return Ok(hist);
         }

@@ -30,6 +30,9 @@ pub enum Workload {
     Txn,
     /// 90% point reads, 10% puts.
     Mixed,
+    /// Puts every key of the key space once, in order, then stops (or stops at --duration):
+    /// loads a data set for the other workloads or a restart measurement.
+    Fill,
 }
 
 /// Load generator for cairn.
@@ -79,6 +82,10 @@ pub struct Args {
 pub struct Progress {
     pub ops: AtomicU64,
     pub errors: AtomicU64,
+    /// The next key `fill` puts.
+    pub next_key: AtomicU64,
+    /// Executors whose connections are all done.
+    pub finished: AtomicU64,
 }
 
 fn report(args: &Args, hist: &Histogram<u64>, ops: u64, errors: u64, elapsed: f64) {
@@ -149,7 +156,7 @@ fn main() {
         }
     }
     let mut last = 0;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && progress.finished.load(Ordering::Relaxed) < cores as u64 {
         std::thread::sleep(
             Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
         );

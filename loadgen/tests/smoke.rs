@@ -93,6 +93,40 @@ fn every_workload_runs_against_a_member() {
             );
         }
     }
+    // fill puts each key once and stops on its own, long before --duration.
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-loadgen"))
+        .args([
+            "--endpoints",
+            &addr,
+            "--workload",
+            "fill",
+            "--key-space",
+            "500",
+        ])
+        .args([
+            "--clients",
+            "8",
+            "--conns",
+            "2",
+            "--duration",
+            "60",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(field(&line, "ops"), 500.0, "{line}");
+    assert_eq!(field(&line, "errors"), 0.0, "{line}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "fill stopped on its own"
+    );
     cairn::server::STOP.store(true, Ordering::Relaxed);
     assert_eq!(server.join().unwrap(), Ok(()));
 }
