@@ -15,6 +15,9 @@ use cairn::protocol::{ClientRequest, ClientResponse};
 use cairn::wal::{Wal, WalOptions};
 use clap::{Parser, Subcommand};
 
+/// The database quota when `--quota-backend-bytes` is 0 (etcd's rule: 0 means default).
+const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 8 << 30;
+
 /// Exit code of a member stopped by a panic (a bug), as Rust's own.
 const EXIT_PANIC: i32 = 101;
 
@@ -150,6 +153,44 @@ struct ServeArgs {
     /// one pinned executor) or unpinned (the spread layout, not pinned). See tuning.md.
     #[arg(long, env = "CAIRN_PLACEMENT", default_value = "spread")]
     placement: cairn::server::PlacementMode,
+    /// Initial cluster configuration for bootstrapping: name=peer-url,... (only this member,
+    /// until replication). Ignored once the data directory holds a member.
+    #[arg(
+        long,
+        env = "CAIRN_INITIAL_CLUSTER",
+        default_value = "default=http://localhost:2380"
+    )]
+    initial_cluster: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
+        value_delimiter = ',',
+        default_value = "http://localhost:2380"
+    )]
+    initial_advertise_peer_urls: Vec<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(
+        long,
+        env = "CAIRN_LISTEN_PEER_URLS",
+        value_delimiter = ',',
+        default_value = "http://localhost:2380"
+    )]
+    listen_peer_urls: Vec<String>,
+    /// Initial cluster state: new or existing.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER_STATE", default_value = "new")]
+    initial_cluster_state: cairn::server::ClusterState,
+    /// Initial cluster token, which the member and cluster IDs are derived from.
+    #[arg(
+        long,
+        env = "CAIRN_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    initial_cluster_token: String,
+    /// Raise an alarm when the database's live bytes exceed this, and refuse writes that
+    /// add data (deletes, compaction and reads go on). 0 means the default, 8 GiB.
+    #[arg(long, env = "CAIRN_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    quota_backend_bytes: u64,
     /// Number of committed entries to trigger a checkpoint of the tree file, after which the
     /// log is compacted and old WAL segments deleted.
     #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 100_000,
@@ -388,6 +429,18 @@ fn main() -> ExitCode {
                 },
                 snapshot_count: args.snapshot_count,
                 wal_segment_bytes: args.wal_segment_bytes,
+                quota_backend_bytes: if args.quota_backend_bytes == 0 {
+                    DEFAULT_QUOTA_BACKEND_BYTES
+                } else {
+                    args.quota_backend_bytes
+                },
+                cluster: cairn::server::ClusterConfig {
+                    initial_cluster: args.initial_cluster,
+                    initial_advertise_peer_urls: args.initial_advertise_peer_urls,
+                    listen_peer_urls: args.listen_peer_urls,
+                    state: args.initial_cluster_state,
+                    token: args.initial_cluster_token,
+                },
             };
             match cairn::server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -19,9 +19,7 @@ impl Drop for Server {
 
 fn start(dir: &std::path::Path) -> Server {
     let addr = free_addr();
-    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen-native-addr", &addr, "--data-dir"])
-        .arg(dir)
+    let child = common::serve_command(dir, &addr)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -99,7 +97,7 @@ fn put_get_del_txn_compact_and_status() {
     assert_eq!(ok(&s, &["compact", "3"]), "compacted revision 3\n");
     let status = ok(&s, &["endpoint", "status"]);
     assert!(
-        status.starts_with(&format!("{}, 1, ", s.1)) && status.contains(", true, "),
+        status.starts_with(&format!("{}, 8e9e05c52164694d, ", s.1)) && status.contains(", true, "),
         "{status}"
     );
     assert!(ok(&s, &["endpoint", "status", "-w", "json"]).contains("\"revision\":6"));

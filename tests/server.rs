@@ -9,7 +9,7 @@ use cairn::protocol::{
 };
 mod common;
 
-use common::free_addr;
+use common::{free_addr, serve_command};
 use rand::{Rng, SeedableRng};
 use rkyv::util::AlignedVec;
 use std::io::{Read, Write};
@@ -28,10 +28,8 @@ impl Server {
         Server::start_with(dir, addr, &[])
     }
     fn start_with(dir: &Path, addr: &str, flags: &[&str]) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--listen-native-addr", addr, "--log-level", "warn"])
+        let child = serve_command(dir, addr)
+            .args(["--log-level", "warn"])
             .args(flags)
             .stdout(Stdio::null())
             .stderr(match std::env::var("CAIRN_TEST_SERVER_LOG") {
@@ -376,27 +374,155 @@ fn a_port_in_use_or_a_data_dir_in_use_is_a_clear_error() {
     let addr = free_addr();
     let _first = Server::start(dir.path(), &addr);
     let other = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen-native-addr", &addr, "--data-dir"])
-        .arg(other.path())
-        .output()
-        .unwrap();
+    let out = serve_command(other.path(), &addr).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cannot listen on") && err.contains(&addr),
         "{err}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen-native-addr", &free_addr(), "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = serve_command(dir.path(), &free_addr()).output().unwrap();
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cairn serve:"),
-        "one clear line"
+        err.starts_with("cairn serve:") && err.contains("is in use by another open WAL"),
+        "one clear line: {err}"
     );
+}
+
+#[test]
+fn cluster_flags_are_checked_and_the_member_gets_etcds_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |flags: &[&str]| {
+        let out = serve_command(dir.path(), &free_addr())
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flags:?}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.starts_with("cairn serve:"), "one clear line: {err}");
+        err
+    };
+    assert!(run(&["--name", "a"]).contains("couldn't find local name \"a\""));
+    let three = "default=http://localhost:2380,b=http://b:2380,c=http://c:2380";
+    assert!(run(&["--initial-cluster", three]).contains("lists 3 members"));
+    assert!(run(&["--initial-cluster-state", "existing"]).contains("joining a running cluster"));
+    assert!(
+        run(&["--initial-advertise-peer-urls", "http://10.0.0.1:2380"])
+            .contains("--initial-advertise-peer-urls")
+    );
+    // A peer port in use is refused like the native one.
+    let taken = free_addr();
+    let _hold = std::net::TcpListener::bind(&taken).unwrap();
+    let err = run(&["--listen-peer-urls", &format!("http://{taken}")]);
+    assert!(
+        err.contains("cannot listen on") && err.contains(&taken),
+        "{err}"
+    );
+
+    // A valid single-member cluster: etcd's IDs for the same flags, kept across restarts
+    // even if the --initial-* flags change (as in etcd, they only matter the first time).
+    let name_flags = [
+        "--name",
+        "m1",
+        "--initial-cluster",
+        "m1=http://127.0.0.1:12380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:12380",
+        "--initial-cluster-token",
+        "tok",
+    ];
+    let server = Server::start_with(dir.path(), &free_addr(), &name_flags);
+    let status = |addr: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["--endpoints", addr, "endpoint", "status", "-w", "json"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let expected_member = cairn::server::member_id(&["http://127.0.0.1:12380".into()], "tok");
+    let expected_cluster = cairn::server::cluster_id(&[expected_member]);
+    let json = status(&server.addr);
+    assert!(
+        json.contains(&format!("\"member_id\":{expected_member}"))
+            && json.contains(&format!("\"cluster_id\":{expected_cluster}"))
+            && json.contains(&format!("\"leader\":{expected_member}")),
+        "{json}"
+    );
+    server.kill9();
+    // A fresh port: a killed member's listener can linger for a moment.
+    let server = Server::start_with(dir.path(), &free_addr(), &["--name", "renamed"]);
+    let json = status(&server.addr);
+    assert!(
+        json.contains(&format!("\"member_id\":{expected_member}")),
+        "{json}"
+    );
+    drop(server);
+}
+
+#[test]
+fn over_the_quota_puts_are_refused_and_reads_deletes_and_compaction_free_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &free_addr(),
+        &["--quota-backend-bytes", "1048576"],
+    );
+    let mut c = Client::connect(&server.addr);
+    let value = "v".repeat(16 << 10);
+    let put = |c: &mut Client, id: u64, key: &str| {
+        let req = Request::Put(PutRequest {
+            key: key.into(),
+            value: value.clone().into(),
+            ..Default::default()
+        });
+        c.send(id, &ClientRequest::Kv(req));
+        match c.recv() {
+            Some((_, Reply::Ok(_))) => Ok(()),
+            Some((_, Reply::Err(code))) => Err(code),
+            None => panic!("no reply"),
+        }
+    };
+    let mut written = 0;
+    let refused = loop {
+        assert!(written < 200, "1 MiB of quota never ran out");
+        match put(&mut c, 1, &format!("k{written}")) {
+            Ok(()) => written += 1,
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(refused, ErrorCode::NoSpace);
+    assert!(
+        written >= 40,
+        "refused only near the quota, after {written} puts"
+    );
+    // Reads and deletes go on; so does a txn that only reads.
+    assert_eq!(c.get("k0").map(|(v, _)| v.len()), Some(value.len()));
+    let delete = Request::DeleteRange(cairn::mvcc::DeleteRangeRequest {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+        ..Default::default()
+    });
+    c.send(2, &ClientRequest::Kv(delete));
+    let Some((_, Reply::Ok(ClientResponse::Kv(Response::DeleteRange(d))))) = c.recv() else {
+        panic!("delete refused")
+    };
+    assert_eq!(d.deleted, written as i64);
+    // Compacting past the delete frees the space, and writes are taken again.
+    let compact = Request::Compaction(cairn::mvcc::CompactionRequest {
+        revision: d.header.revision,
+        ..Default::default()
+    });
+    c.send(3, &ClientRequest::Kv(compact));
+    assert!(matches!(c.recv(), Some((3, Reply::Ok(_)))));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while put(&mut c, 4, "again").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "space freed by compaction never counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

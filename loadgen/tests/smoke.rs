@@ -15,11 +15,14 @@ fn field(line: &str, name: &str) -> f64 {
 #[test]
 fn every_workload_runs_against_a_member() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let addr = free();
     let config = cairn::server::ServeConfig {
         name: "smoke".into(),
         data_dir: dir.path().to_path_buf(),
@@ -36,6 +39,12 @@ fn every_workload_runs_against_a_member() {
         },
         snapshot_count: 100_000,
         wal_segment_bytes: 64 << 20,
+        quota_backend_bytes: 8 << 30,
+        cluster: cairn::server::ClusterConfig {
+            initial_cluster: "smoke=http://localhost:2380".into(),
+            listen_peer_urls: vec![format!("http://{}", free())],
+            ..Default::default()
+        },
     };
     let server =
         std::thread::spawn(move || cairn::server::serve(config).map_err(|e| e.to_string()));

@@ -155,6 +155,7 @@ pub fn status_json(endpoint: &str, s: &StatusResponse) -> String {
         .raw(
             "header",
             &Obj::new()
+                .uint("cluster_id", s.cluster_id)
                 .uint("member_id", s.member_id)
                 .int("revision", s.revision)
                 .uint("raft_term", s.raft_term)

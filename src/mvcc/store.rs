@@ -250,6 +250,11 @@ impl Store {
         self.compaction_backlog.len()
     }
 
+    /// Bytes of changes held in memory since the last checkpoint.
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.db.uncommitted_bytes()
+    }
+
     /// File size and live bytes of the tree file.
     pub fn stats(&self) -> crate::btree::Stats {
         self.db.stats()

@@ -52,6 +52,7 @@ pub enum ClientRequest {
 /// etcd's `StatusResponse`, as far as cairn has its fields.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatusResponse {
+    pub cluster_id: u64,
     pub member_id: u64,
     pub leader: u64,
     pub raft_term: u64,
@@ -90,6 +91,9 @@ pub enum ErrorCode {
     Unavailable,
     /// The request failed on the server; the message says how.
     Internal,
+    /// The database is over its quota (`--quota-backend-bytes`): writes that add data are
+    /// refused until space is freed (deletes, compaction); reads go on.
+    NoSpace,
 }
 
 fn frame(kind: FrameKind, request_id: u64, payload: &[u8]) -> Result<AlignedVec, ProtocolError> {

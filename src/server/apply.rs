@@ -4,7 +4,7 @@
 
 use super::{Input, Reply, ServerError, Shared, ToApply, STOP};
 use crate::btree::DbOptions;
-use crate::mvcc::Store;
+use crate::mvcc::{Store, COMPACTION_STEP_RECORDS};
 use crate::node::apply_committed;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -59,23 +59,45 @@ async fn apply_loop(
     let mut stop = false;
     publish(store, applied, shared);
     while !stop {
-        let Ok(first) = role.from_raft.recv_async().await else {
-            break; // the raft role is gone
+        // With compaction deletions left, work on them between messages instead of waiting.
+        let first = if store.compaction_backlog() > 0 {
+            match role.from_raft.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(flume::TryRecvError::Empty) => {
+                    futures_lite::future::yield_now().await;
+                    None
+                }
+                Err(flume::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match role.from_raft.recv_async().await {
+                Ok(msg) => Some(msg),
+                Err(_) => break, // the raft role is gone
+            }
         };
-        for msg in std::iter::once(first).chain(role.from_raft.try_iter().take(APPLY_BATCH_MAX)) {
+        let more = first
+            .is_some()
+            .then(|| role.from_raft.try_iter().take(APPLY_BATCH_MAX));
+        let mut answers = Vec::new();
+        for msg in first.into_iter().chain(more.into_iter().flatten()) {
             match msg {
                 ToApply::Entries(entries, replies) => {
                     let out = apply_committed(store, &entries)?;
                     if let Some(last) = out.last_index {
                         applied = last;
                     }
-                    answer(out.results, replies);
+                    answers.push((out.results, replies));
                 }
                 ToApply::Reads(index, waiters) => reads.push((index, waiters)),
                 ToApply::Stop => stop = true,
             }
         }
         publish(store, applied, shared);
+        // Replies only once the view holds the writes: a client that reads what it wrote,
+        // even serializably from any shard, sees it.
+        for (results, replies) in answers {
+            answer(results, replies);
+        }
         // Only now does the published view hold what the confirmed reads must see.
         reads.retain(|(index, waiters)| {
             if *index > applied {
@@ -89,15 +111,20 @@ async fn apply_loop(
         if stop {
             break;
         }
-        let due = applied.saturating_sub(checkpointed) >= shared.config.snapshot_count;
+        // A compaction that just finished deleting checkpoints at once, so that the space
+        // it freed counts (against the quota too) without waiting for more writes.
+        let compacting = store.compaction_backlog() > 0;
+        let due = applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
+            || (compacting && store.compact_step(COMPACTION_STEP_RECORDS)? == 0);
         if due {
             store.checkpoint()?;
         }
         if store.maybe_checkpoint()? || due {
             checkpointed = applied;
-            // What the tree holds: the last entry with a request (a trailing empty entry
-            // of a new leader is not recorded, so the log must keep it). Best effort: a
-            // full queue means the next checkpoint says it again.
+            publish(store, applied, shared); // new sizes
+                                             // What the tree holds: the last entry with a request (a trailing empty entry
+                                             // of a new leader is not recorded, so the log must keep it). Best effort: a
+                                             // full queue means the next checkpoint says it again.
             let durable = store.applied().index;
             let _ = shared.inputs.try_send(Input::Checkpointed(durable));
         }
@@ -122,6 +149,8 @@ fn answer(
 fn publish(store: &Store, applied: u64, shared: &Shared) {
     shared.publish_view(store.read_view());
     let stats = store.stats();
+    let used = stats.live_bytes.saturating_add(store.uncommitted_bytes());
+    shared.quota_used.store(used, Ordering::Relaxed);
     let mut status = shared.status.lock();
     status.raft_applied_index = applied;
     status.revision = store.current_revision();

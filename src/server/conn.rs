@@ -242,6 +242,8 @@ async fn dispatch(
                 serve_range(id, r, shard)
             } else if stopping {
                 error_frame(id, ErrorCode::Unavailable, STOPPING.into())
+            } else if adds_data(&req) && over_quota(&shard.shared, payload.len()) {
+                error_frame(id, ErrorCode::NoSpace, NO_SPACE.into())
             } else if let Request::Range(r) = req {
                 spawn_linearizable_read(id, r, shard, out, inflight);
                 return true;
@@ -256,6 +258,30 @@ async fn dispatch(
 }
 
 const STOPPING: &str = "the member is stopping";
+const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
+/// Whether a request may grow the database (etcd's quota applies to puts, also in txns).
+fn adds_data(req: &Request) -> bool {
+    fn txn_puts(t: &crate::mvcc::TxnRequest) -> bool {
+        t.success.iter().chain(&t.failure).any(|op| match op {
+            crate::mvcc::RequestOp::Put(_) => true,
+            crate::mvcc::RequestOp::Txn(t) => txn_puts(t),
+            _ => false,
+        })
+    }
+    match req {
+        Request::Put(_) => true,
+        Request::Txn(t) => txn_puts(t),
+        _ => false,
+    }
+}
+
+/// Whether `cost` more bytes would take the tree's live bytes past the quota.
+fn over_quota(shared: &Shared, cost: usize) -> bool {
+    let quota = shared.config.quota_backend_bytes;
+    let used = shared.quota_used.load(std::sync::atomic::Ordering::Relaxed);
+    quota > 0 && used.saturating_add(cost as u64) > quota
+}
 
 /// A range from the latest published view.
 fn serve_range(id: u64, r: &crate::mvcc::RangeRequest, shard: &Shard) -> Option<AlignedVec> {

@@ -15,10 +15,12 @@
 //! still in flight are written and the executors exit.
 
 mod apply;
+mod cluster;
 mod conn;
 mod placement;
 mod raft;
 
+pub use cluster::{cluster_id, member_id, ClusterConfig, ClusterState, Identity};
 pub use placement::{usable_cpus, ExecutorPlan, Placement, PlacementMode};
 
 use crate::mvcc::{ReadView, Response};
@@ -52,6 +54,10 @@ pub struct ServeConfig {
     pub snapshot_count: u64,
     /// Size of each new WAL segment file.
     pub wal_segment_bytes: u64,
+    /// Writes that add data are refused once the tree's live bytes exceed this (0: no
+    /// quota), as etcd's `--quota-backend-bytes`.
+    pub quota_backend_bytes: u64,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +95,9 @@ pub enum ServerError {
 fn listen_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::AddrInUse => {
-            " (another process uses the port; choose another with --listen-native-addr)"
+            " (another process uses the port; choose another with --listen-native-addr or --listen-peer-urls)"
         }
-        _ => " (--listen-native-addr takes host:port, such as 127.0.0.1:2378)",
+        _ => " (--listen-native-addr takes host:port, such as 127.0.0.1:2378; --listen-peer-urls a URL, such as http://127.0.0.1:2380)",
     }
 }
 
@@ -160,6 +166,9 @@ pub(crate) struct Shared {
     view: Mutex<Option<ReadView>>,
     view_generation: AtomicU64,
     pub status: Mutex<StatusResponse>,
+    /// What counts against `--quota-backend-bytes`: the tree's live bytes plus the changes
+    /// not yet checkpointed.
+    pub quota_used: AtomicU64,
 }
 
 impl Shared {
@@ -211,6 +220,16 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
         .placement
         .layout(&usable_cpus())
         .map_err(ServerError::Config)?;
+    // A new data directory takes its identity from the cluster flags: check them before
+    // anything starts (the raft role writes the identity once it holds the WAL's lock).
+    let wal_dir = config.data_dir.join("wal");
+    let is_new = std::fs::read_dir(&wal_dir).map_or(true, |mut d| d.next().is_none());
+    if is_new {
+        config
+            .cluster
+            .bootstrap(&config.name)
+            .map_err(ServerError::Config)?;
+    }
     install_signal_handlers();
     let dir_err = |path: &PathBuf| {
         let path = path.clone();
@@ -219,6 +238,18 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
     let db_dir = config.data_dir.join("db");
     std::fs::create_dir_all(&db_dir).map_err(dir_err(&db_dir))?;
     let mut listeners = bind_listeners(&config.listen_native_addr, plan.len())?.into_iter();
+    let peer_listeners = config
+        .cluster
+        .listen_peer_urls
+        .iter()
+        .map(|url| {
+            let addr = cluster::listen_addr(url);
+            TcpListener::bind(&addr).map_err(|source| ServerError::Listen {
+                addr: format!("{url} (--listen-peer-urls)"),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     let (inputs_tx, inputs_rx) = flume::bounded(config.max_pending_proposals);
     let (apply_tx, apply_rx) = flume::bounded(APPLY_QUEUE_MAX);
@@ -229,13 +260,15 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
         view: Mutex::new(None),
         view_generation: AtomicU64::new(0),
         status: Mutex::new(StatusResponse::default()),
+        quota_used: AtomicU64::new(0),
     });
     let (store_tx, store_rx) = flume::bounded(1);
     let (wal_open_tx, wal_open_rx) = flume::bounded(1);
     let mut raft_role = Some(raft::RaftRole {
+        peer_listeners,
         inputs: inputs_rx,
         to_apply: apply_tx,
-        wal_opened: wal_open_tx,
+        wal_opened: Some(wal_open_tx),
         store_opened: store_rx,
     });
     let mut apply_role = Some(apply::ApplyRole {

@@ -1,24 +1,27 @@
 //! The raft role: the WAL, RawNode's ready rounds (group commit), ticks, batched ReadIndex,
 //! and compacting the log (and releasing WAL segments) behind the store's checkpoints.
 
+use super::cluster::Identity;
 use super::{wait_until, Input, Phase, Reply, ServerError, Shared, ToApply, STOP};
 use crate::node::{Node, NodeError};
 use crate::raftlog::RaftLog;
 use crate::wal::{Lsn, RecordType, Wal, WalOptions};
 use raft::eraftpb::ConfState;
 use std::collections::{HashMap, VecDeque};
+use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// This member's raft id until membership comes.
-const MEMBER_ID: u64 = 1;
-
 pub(crate) struct RaftRole {
+    /// Bound `--listen-peer-urls`: no peer talks to a single member yet, so connections
+    /// are closed at once (the peer transport comes with replication).
+    pub peer_listeners: Vec<std::net::TcpListener>,
     pub inputs: flume::Receiver<Input>,
     pub to_apply: flume::Sender<ToApply>,
     /// Tells the apply role the WAL (and its directory lock) is held: it may open the store.
-    pub wal_opened: flume::Sender<()>,
+    /// Dropped unsent if the start fails before.
+    pub wal_opened: Option<flume::Sender<()>>,
     /// The store's applied index once open, or why it could not open.
     pub store_opened: flume::Receiver<Result<u64, ServerError>>,
 }
@@ -27,12 +30,10 @@ pub(crate) struct RaftRole {
 /// waits for its checkpoint and closes the WAL.
 pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), ServerError> {
     let mut replayed = 0u64;
-    let log = RaftLog::new(ConfState {
-        voters: vec![MEMBER_ID],
-        ..Default::default()
-    });
+    let log = RaftLog::default();
     let replay_log = log.clone();
     let mut batches = VecDeque::new();
+    let mut identity: Option<Result<Identity, String>> = None;
     let opened = Wal::open(
         shared.config.data_dir.join("wal"),
         WalOptions {
@@ -42,6 +43,10 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         0,
         |lsn, t, p| {
             replayed += 1;
+            if t == RecordType::METADATA {
+                identity = Some(Identity::decode(p));
+                return Ok(());
+            }
             replay_log.replay(t, p)?;
             if t == RecordType::ENTRY {
                 let index = replay_log.last_index_held();
@@ -60,6 +65,10 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     };
     let mut raft = Raft {
         wal,
+        identity: Identity {
+            member_id: 0,
+            cluster_id: 0,
+        },
         pending: HashMap::new(),
         pending_reads: HashMap::new(),
         token: 0,
@@ -67,7 +76,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         compacted: 0,
         role,
     };
-    let result = raft.start(&log, replayed, &shared).await;
+    let result = raft.start(&log, replayed, identity, &shared).await;
     let result = match result {
         Ok(mut node) => raft.serve(&mut node, &shared).await,
         Err(e) => Err(e),
@@ -77,6 +86,8 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     }
     STOP.store(true, Ordering::Relaxed);
     shared.set_phase(Phase::Stopping);
+    // If the start failed before the store was opened, the apply role stops now.
+    drop(raft.role.wal_opened.take());
     // Everything proposed so far has been handed to apply; let it finish and checkpoint.
     let _ = raft.role.to_apply.send_async(ToApply::Stop).await;
     let checkpointed = raft.wait_for_apply().await;
@@ -91,6 +102,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
 
 struct Raft {
     wal: Wal,
+    identity: Identity,
     role: RaftRole,
     /// Replies owed for proposals in the log, by token.
     pending: HashMap<u64, Reply>,
@@ -110,12 +122,38 @@ impl Raft {
         &mut self,
         log: &RaftLog,
         replayed: u64,
+        identity: Option<Result<Identity, String>>,
         shared: &Shared,
     ) -> Result<Node, ServerError> {
         log.finish_replay().map_err(NodeError::from)?;
-        if replayed == 0 {
-            let (t, p) = log.marker_record();
-            self.wal.append(t, &p).await?;
+        let config = &shared.config;
+        self.identity =
+            match identity {
+                Some(id) => id.map_err(ServerError::Config)?,
+                None if replayed == 0 => {
+                    // A new data directory: the member's identity comes from the flags, once.
+                    let id = config
+                        .cluster
+                        .bootstrap(&config.name)
+                        .map_err(ServerError::Config)?;
+                    log.set_conf_state(ConfState {
+                        voters: vec![id.member_id],
+                        ..Default::default()
+                    });
+                    let (t, p) = log.marker_record();
+                    let meta = id.encode();
+                    self.wal
+                        .append_many(&[(RecordType::METADATA, &meta), (t, &p)])
+                        .await?;
+                    id
+                }
+                None => return Err(ServerError::Config(
+                    "the WAL holds no member metadata record (was it written by another program?)"
+                        .into(),
+                )),
+            };
+        for l in self.role.peer_listeners.drain(..) {
+            glommio::spawn_local(refuse_peers(l)).detach();
         }
         self.compacted = log.start_index();
         let compacted = self.compacted;
@@ -127,15 +165,17 @@ impl Raft {
             self.batches.pop_front();
         }
         // Only now, with the WAL's directory lock held, may the tree file be opened.
-        let _ = self.role.wal_opened.send_async(()).await;
+        if let Some(opened) = self.role.wal_opened.take() {
+            let _ = opened.send_async(()).await;
+        }
         let applied = match self.role.store_opened.recv_async().await {
             Ok(r) => r?,
             Err(_) => return Err(ServerError::RoleLost("apply")),
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let config = &shared.config;
         let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms) as usize;
-        let mut node = Node::open(MEMBER_ID, election_tick, applied, log.clone(), &logger)?;
+        let member = self.identity.member_id;
+        let mut node = Node::open(member, election_tick, applied, log.clone(), &logger)?;
         node.campaign()?;
         for _ in 0..1000 {
             self.rounds(&mut node).await?;
@@ -160,6 +200,8 @@ impl Raft {
         }
         tracing::info!(
             name = %config.name,
+            member_id = %format!("{member:x}"),
+            cluster_id = %format!("{:x}", self.identity.cluster_id),
             addr = %config.listen_native_addr,
             applied = last,
             wal_records = replayed,
@@ -278,8 +320,10 @@ impl Raft {
             return Ok(());
         }
         let records = node.log().compact(to).map_err(NodeError::from)?;
-        let refs: Vec<(RecordType, &[u8])> =
-            records.iter().map(|(t, p)| (*t, p.as_slice())).collect();
+        // The identity again, so that it never lives only in a released segment.
+        let meta = self.identity.encode();
+        let mut refs: Vec<(RecordType, &[u8])> = vec![(RecordType::METADATA, &meta)];
+        refs.extend(records.iter().map(|(t, p)| (*t, p.as_slice())));
         let marker = self.wal.append_many(&refs).await?.start;
         self.compacted = to;
         while self.batches.front().is_some_and(|&(_, last, _)| last <= to) {
@@ -310,9 +354,30 @@ impl Raft {
     fn publish(&self, node: &Node, shared: &Shared) {
         let (term, index) = node.last_log();
         let mut status = shared.status.lock();
-        status.member_id = MEMBER_ID;
-        status.leader = if node.is_leader() { MEMBER_ID } else { 0 };
+        let member = self.identity.member_id;
+        status.cluster_id = self.identity.cluster_id;
+        status.member_id = member;
+        status.leader = if node.is_leader() { member } else { 0 };
         status.raft_term = term;
         status.raft_index = index;
+    }
+}
+
+/// Accepts peer connections on a `--listen-peer-urls` listener and closes them: a single
+/// member has no peers yet.
+async fn refuse_peers(listener: std::net::TcpListener) {
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    while !STOP.load(Ordering::Relaxed) {
+        match listener.accept().await {
+            Ok(stream) => {
+                tracing::debug!(
+                    peer = ?stream.peer_addr().ok(),
+                    "peer connection closed: this member runs alone"
+                );
+                drop(stream);
+            }
+            Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        }
     }
 }

@@ -16,3 +16,15 @@ pub fn free_addr() -> String {
         }
     }
 }
+
+/// `cairn serve` on `dir`, with the native protocol on `addr` and peers on a port of its
+/// own (so that members of parallel tests never meet on etcd's default peer port).
+#[allow(dead_code)]
+pub fn serve_command(dir: &std::path::Path, addr: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args(["serve", "--listen-native-addr", addr, "--data-dir"])
+        .arg(dir)
+        .arg("--listen-peer-urls")
+        .arg(format!("http://{}", free_addr()));
+    cmd
+}
