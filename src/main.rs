@@ -43,7 +43,7 @@ struct Cli {
         default_value = "127.0.0.1:2378"
     )]
     endpoints: Vec<String>,
-    /// Output format: simple or json.
+    /// Output format: simple, json or table.
     #[arg(
         short = 'w',
         long = "write-out",
@@ -62,6 +62,8 @@ struct Cli {
 enum OutputFormat {
     Simple,
     Json,
+    /// Tables where etcdctl draws them (endpoint status); simple output elsewhere.
+    Table,
 }
 
 #[derive(clap::Args)]
@@ -370,16 +372,38 @@ fn run_client(
         Command::Endpoint {
             command: EndpointCmd::Status,
         } => {
-            let status = match client.request(&ClientRequest::Status)? {
-                ClientResponse::Status(s) => s,
-                ClientResponse::Kv(_) => return Err(unexpected()),
-            };
-            let endpoint = client.endpoint().unwrap_or_default().to_string();
-            if json {
-                output::status_json(&endpoint, &status)
-            } else {
-                output::status_simple(&endpoint, &status)
+            // Each endpoint on its own, as etcdctl: rows for those that answer, a line on
+            // stderr for each that does not, and exit code 1 if any did not.
+            let mut rows = Vec::new();
+            let mut failed = 0;
+            for endpoint in endpoints {
+                let mut one = cairn::client::Client::new(
+                    vec![endpoint.clone()],
+                    Duration::from_secs(timeout_s),
+                );
+                match one.request(&ClientRequest::Status) {
+                    Ok(ClientResponse::Status(s)) => rows.push((endpoint.clone(), s)),
+                    Ok(ClientResponse::Kv(_)) => return Err(unexpected()),
+                    Err(e) => {
+                        eprintln!("Failed to get the status of endpoint {endpoint} ({e})");
+                        failed += 1;
+                    }
+                }
             }
+            let out = match format {
+                OutputFormat::Json => output::status_json(&rows) + "\n",
+                OutputFormat::Table => output::status_table(&rows),
+                OutputFormat::Simple => output::status_simple(&rows),
+            };
+            if failed > 0 {
+                print!("{}", if rows.is_empty() { "" } else { &out });
+                let total = endpoints.len();
+                return Err(Failure(
+                    EXIT_ERROR,
+                    format!("{failed} of {total} endpoints did not answer"),
+                ));
+            }
+            out
         }
         Command::Serve(_) | Command::Check { .. } => {
             return Err(Failure(EXIT_BAD_ARGS, "not a client command".into()))

@@ -31,9 +31,14 @@ fn start(dir: &std::path::Path) -> Server {
     Server(child, addr)
 }
 
+/// Runs a client command against a dead endpoint and then the member (failover).
 fn cairn(s: &Server, args: &[&str], stdin: &str) -> Output {
+    cairn_at(&format!("127.0.0.1:1,{}", s.1), args, stdin)
+}
+
+fn cairn_at(endpoints: &str, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--endpoints", &format!("127.0.0.1:1,{}", s.1)])
+        .args(["--endpoints", endpoints])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -95,12 +100,32 @@ fn put_get_del_txn_compact_and_status() {
     );
     assert_eq!(ok(&s, &["del", "foo", "--prefix"]), "2\n");
     assert_eq!(ok(&s, &["compact", "3"]), "compacted revision 3\n");
-    let status = ok(&s, &["endpoint", "status"]);
+    // endpoint status asks every endpoint: a row for each that answers, a line on stderr
+    // and exit code 1 for each that does not.
+    let out = cairn(&s, &["endpoint", "status"], "");
+    assert_eq!(out.status.code(), Some(1));
+    let status = String::from_utf8(out.stdout).unwrap();
     assert!(
         status.starts_with(&format!("{}, 8e9e05c52164694d, ", s.1)) && status.contains(", true, "),
         "{status}"
     );
-    assert!(ok(&s, &["endpoint", "status", "-w", "json"]).contains("\"revision\":6"));
+    assert_eq!(status.lines().count(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("Failed to get the status of endpoint 127.0.0.1:1"));
+    let json = cairn_at(&s.1, &["endpoint", "status", "-w", "json"], "");
+    assert!(json.status.success());
+    assert!(String::from_utf8_lossy(&json.stdout).contains("\"revision\":6"));
+    let table = cairn_at(&s.1, &["endpoint", "status", "-w", "table"], "");
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("| RAFT APPLIED INDEX |") && table.contains("| 8e9e05c52164694d |"),
+        "{table}"
+    );
+    // Elsewhere -w table prints what simple does, as etcdctl's.
+    assert_eq!(
+        ok(&s, &["get", "foo2", "-w", "table"]),
+        ok(&s, &["get", "foo2"])
+    );
 }
 
 #[test]

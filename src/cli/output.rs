@@ -150,32 +150,132 @@ pub fn txn_json(r: &TxnResponse) -> String {
         .done()
 }
 
-pub fn status_json(endpoint: &str, s: &StatusResponse) -> String {
-    let status = Obj::new()
-        .raw(
-            "header",
-            &Obj::new()
-                .uint("cluster_id", s.cluster_id)
-                .uint("member_id", s.member_id)
-                .int("revision", s.revision)
-                .uint("raft_term", s.raft_term)
-                .done(),
-        )
-        .raw("version", &format!("\"{}\"", env!("CARGO_PKG_VERSION")))
-        .uint("dbSize", s.db_size)
-        .uint("leader", s.leader)
-        .uint("raftIndex", s.raft_index)
-        .uint("raftTerm", s.raft_term)
-        .uint("raftAppliedIndex", s.raft_applied_index)
-        .uint("dbSizeInUse", s.db_size_in_use)
-        .done();
-    format!(
-        "[{}]",
-        Obj::new()
-            .raw("Endpoint", &format!("\"{endpoint}\""))
-            .raw("Status", &status)
-            .done()
-    )
+/// `endpoint status -w json`: one object per endpoint, in an array.
+pub fn status_json(rows: &[(String, StatusResponse)]) -> String {
+    let objects: Vec<String> = rows
+        .iter()
+        .map(|(endpoint, s)| {
+            let status = Obj::new()
+                .raw(
+                    "header",
+                    &Obj::new()
+                        .uint("cluster_id", s.cluster_id)
+                        .uint("member_id", s.member_id)
+                        .int("revision", s.revision)
+                        .uint("raft_term", s.raft_term)
+                        .done(),
+                )
+                .raw("version", &format!("\"{}\"", env!("CARGO_PKG_VERSION")))
+                .uint("dbSize", s.db_size)
+                .uint("leader", s.leader)
+                .uint("raftIndex", s.raft_index)
+                .uint("raftTerm", s.raft_term)
+                .uint("raftAppliedIndex", s.raft_applied_index)
+                .uint("dbSizeInUse", s.db_size_in_use)
+                .done();
+            Obj::new()
+                .raw("Endpoint", &format!("\"{endpoint}\""))
+                .raw("Status", &status)
+                .done()
+        })
+        .collect();
+    format!("[{}]", objects.join(","))
+}
+
+/// Bytes as etcdctl prints them (go-humanize's SI units: "4.1 kB", "20 MB").
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    if n < 10 {
+        return format!("{n} B");
+    }
+    let e = ((n as f64).ln() / 1000f64.ln()).floor() as usize;
+    let e = e.min(UNITS.len() - 1);
+    let val = ((n as f64) / 1000f64.powi(e as i32) * 10.0 + 0.5).floor() / 10.0;
+    if val < 10.0 {
+        format!("{val:.1} {}", UNITS[e])
+    } else {
+        format!("{val:.0} {}", UNITS[e])
+    }
+}
+
+fn status_fields(endpoint: &str, s: &StatusResponse) -> [String; 10] {
+    [
+        endpoint.to_string(),
+        format!("{:x}", s.member_id),
+        env!("CARGO_PKG_VERSION").to_string(),
+        human_bytes(s.db_size),
+        (s.leader == s.member_id && s.leader != 0).to_string(),
+        "false".to_string(),
+        s.raft_term.to_string(),
+        s.raft_index.to_string(),
+        s.raft_applied_index.to_string(),
+        String::new(),
+    ]
+}
+
+/// `endpoint status` lines, as etcdctl's simple output.
+pub fn status_simple(rows: &[(String, StatusResponse)]) -> String {
+    rows.iter()
+        .map(|(endpoint, s)| format!("{}\n", status_fields(endpoint, s).join(", ")))
+        .collect()
+}
+
+/// `endpoint status -w table`, as etcdctl draws it.
+pub fn status_table(rows: &[(String, StatusResponse)]) -> String {
+    let header = [
+        "ENDPOINT",
+        "ID",
+        "VERSION",
+        "DB SIZE",
+        "IS LEADER",
+        "IS LEARNER",
+        "RAFT TERM",
+        "RAFT INDEX",
+        "RAFT APPLIED INDEX",
+        "ERRORS",
+    ];
+    let cells: Vec<[String; 10]> = rows.iter().map(|(e, s)| status_fields(e, s)).collect();
+    table(&header, &cells)
+}
+
+/// A table with etcdctl's borders: header centered, cells right-aligned.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain(std::iter::once(header[i].len()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+\n";
+    let mut out = rule.clone();
+    for (h, w) in header.iter().zip(&widths) {
+        let pad = w - h.len();
+        let left = pad / 2;
+        let _ = write!(
+            out,
+            "| {}{}{} ",
+            " ".repeat(left),
+            h,
+            " ".repeat(pad - left)
+        );
+    }
+    out.push_str("|\n");
+    out.push_str(&rule);
+    for row in rows {
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(out, "| {cell:>w$} ");
+        }
+        out.push_str("|\n");
+    }
+    out.push_str(&rule);
+    out
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -229,17 +329,4 @@ pub fn txn_simple(r: &TxnResponse) -> String {
         });
     }
     out
-}
-
-pub fn status_simple(endpoint: &str, s: &StatusResponse) -> String {
-    format!(
-        "{endpoint}, {:x}, {}, {} B, {}, false, {}, {}, {}, \n",
-        s.member_id,
-        env!("CARGO_PKG_VERSION"),
-        s.db_size,
-        s.leader == s.member_id && s.leader != 0,
-        s.raft_term,
-        s.raft_index,
-        s.raft_applied_index
-    )
 }

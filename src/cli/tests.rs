@@ -166,3 +166,41 @@ fn sections_end_at_empty_lines_or_the_end_of_input() {
     );
     assert!(parse_txn("bogus\n\n\n").is_err());
 }
+
+#[test]
+fn sizes_and_status_tables_look_like_etcdctls() {
+    use crate::cli::output::{human_bytes, status_simple, status_table};
+    assert_eq!(human_bytes(0), "0 B");
+    assert_eq!(human_bytes(4096), "4.1 kB");
+    assert_eq!(human_bytes(25_000), "25 kB");
+    assert_eq!(human_bytes(653_373_440), "653 MB");
+    let s = crate::protocol::StatusResponse {
+        cluster_id: 1,
+        member_id: 0x8e9e05c52164694d,
+        leader: 0x8e9e05c52164694d,
+        raft_term: 2,
+        raft_index: 10,
+        raft_applied_index: 10,
+        revision: 5,
+        db_size: 20_480,
+        db_size_in_use: 20_480,
+    };
+    let rows = vec![("127.0.0.1:2378".to_string(), s)];
+    assert_eq!(
+        status_simple(&rows),
+        "127.0.0.1:2378, 8e9e05c52164694d, 0.1.0, 20 kB, true, false, 2, 10, 10, \n"
+    );
+    let table = status_table(&rows);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[0].starts_with("+----------------+------------------+"));
+    assert!(
+        lines[1].starts_with("|    ENDPOINT    |        ID        | VERSION |"),
+        "{table}"
+    );
+    assert!(
+        lines[3].starts_with("| 127.0.0.1:2378 | 8e9e05c52164694d |   0.1.0 |   20 kB |"),
+        "{table}"
+    );
+    assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+}
