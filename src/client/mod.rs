@@ -1,6 +1,10 @@
-//! A blocking client of the native protocol, for the CLI and tests: timeouts on every
-//! operation and failover across endpoints. (An async client for glommio code comes with the
-//! load generator.)
+//! Clients of the native protocol, with timeouts on every operation and failover across
+//! endpoints: [`Client`] blocks (the CLI, tests, plain threads); [`AsyncClient`] runs on a
+//! glommio executor with many requests in flight on one connection.
+
+mod local;
+
+pub use local::{AsyncClient, DEFAULT_MAX_INFLIGHT};
 
 use crate::protocol::{
     decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
@@ -27,6 +31,8 @@ pub enum ClientError {
     Server { code: ErrorCode, message: String },
     #[error("bad reply from {endpoint}: {reason}")]
     Protocol { endpoint: String, reason: String },
+    #[error("no reply from {endpoint} within {after:?}")]
+    Timeout { endpoint: String, after: Duration },
 }
 
 pub struct Client {
