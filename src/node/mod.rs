@@ -26,6 +26,8 @@ use raft::{Config, RawNode, Ready, Storage};
 pub enum NodeError {
     #[error("this member is not the leader")]
     NotLeader,
+    #[error("the member is stopping")]
+    Stopping,
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     #[error(transparent)]

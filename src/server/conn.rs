@@ -334,8 +334,8 @@ fn spawn_linearizable_read(
 fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Option<AlignedVec> {
     match result {
         Ok(r) => encode_response(id, &ClientResponse::Kv(r)).ok(),
-        Err(NodeError::NotLeader) => {
-            error_frame(id, ErrorCode::Unavailable, NodeError::NotLeader.to_string())
+        Err(e @ (NodeError::NotLeader | NodeError::Stopping)) => {
+            error_frame(id, ErrorCode::Unavailable, e.to_string())
         }
         Err(NodeError::Mvcc(e)) if !e.is_fatal() => {
             error_frame(id, ErrorCode::InvalidRequest, e.to_string())

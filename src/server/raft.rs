@@ -86,6 +86,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     }
     STOP.store(true, Ordering::Relaxed);
     shared.set_phase(Phase::Stopping);
+    refuse_queued(&raft.role.inputs);
     // If the start failed before the store was opened, the apply role stops now.
     drop(raft.role.wal_opened.take());
     // Everything proposed so far has been handed to apply; let it finish and checkpoint.
@@ -93,6 +94,8 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     let checkpointed = raft.wait_for_apply().await;
     let closed = raft.wal.close().await;
     shared.set_phase(Phase::Stopped);
+    // Net shards that saw the member serving just before it stopped may have queued more.
+    refuse_queued(&raft.role.inputs);
     result?;
     checkpointed?;
     closed?;
@@ -378,6 +381,19 @@ async fn refuse_peers(listener: std::net::TcpListener) {
                 drop(stream);
             }
             Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Answers what waits in the input queue and was never proposed: "stopping".
+fn refuse_queued(inputs: &flume::Receiver<Input>) {
+    for input in inputs.drain() {
+        match input {
+            Input::Propose(p) => {
+                let _ = p.reply.send(Err(NodeError::Stopping));
+            }
+            Input::Read(waiter) => drop(waiter), // answered Unavailable
+            Input::Checkpointed(_) => {}
         }
     }
 }
