@@ -2,7 +2,7 @@
 //! protocol connections: frames in, requests answered out of order, bounded in flight;
 //! serializable reads from the shard's copy of the latest published view.
 
-use super::{wait_until, Input, Phase, Proposal, Shared};
+use super::{wait_until, Input, Phase, Proposal, Shared, POLL_BRIEF, POLL_IDLE};
 use crate::mvcc::{validate, ReadView, Request};
 use crate::node::NodeError;
 use crate::protocol::{
@@ -56,17 +56,20 @@ pub(crate) async fn shard(listener: std::net::TcpListener, shared: Arc<Shared>) 
         view: RefCell::new((u64::MAX, None)),
         busy: Rc::new(Cell::new(0)),
     });
-    wait_until(|| shared.phase() != Phase::Starting).await;
+    wait_until(POLL_BRIEF, || shared.phase() != Phase::Starting).await;
     if shared.phase() == Phase::Serving {
         // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
         let accept = glommio::spawn_local(accept_loop(listener, shard.clone()));
-        wait_until(|| shared.phase() >= Phase::Stopping).await;
+        wait_until(POLL_IDLE, || shared.phase() >= Phase::Stopping).await;
         drop(accept);
     }
-    wait_until(|| shared.phase() >= Phase::Stopped).await;
+    wait_until(POLL_BRIEF, || shared.phase() >= Phase::Stopped).await;
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    wait_until(|| shard.busy.get() == 0 || Instant::now() >= deadline).await;
+    wait_until(POLL_BRIEF, || {
+        shard.busy.get() == 0 || Instant::now() >= deadline
+    })
+    .await;
 }
 
 async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {

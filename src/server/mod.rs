@@ -199,12 +199,17 @@ impl Shared {
     }
 }
 
-/// Waits, polling, until `done` holds.
-pub(crate) async fn wait_until(mut done: impl FnMut() -> bool) {
+/// Waits, polling every `every`, until `done` holds.
+pub(crate) async fn wait_until(every: std::time::Duration, mut done: impl FnMut() -> bool) {
     while !done() {
-        glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+        glommio::timer::sleep(every).await;
     }
 }
+
+/// Polling while starting or draining: short, these waits are brief.
+pub(crate) const POLL_BRIEF: std::time::Duration = std::time::Duration::from_millis(1);
+/// Polling for the member to stop: an idle member must not spin.
+pub(crate) const POLL_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Runs a member until SIGTERM or SIGINT.
 pub fn serve(config: ServeConfig) -> Result<(), ServerError> {

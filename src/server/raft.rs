@@ -2,7 +2,7 @@
 //! and compacting the log (and releasing WAL segments) behind the store's checkpoints.
 
 use super::cluster::Identity;
-use super::{wait_until, Input, Phase, Reply, ServerError, Shared, ToApply, STOP};
+use super::{wait_until, Input, Phase, Reply, ServerError, Shared, ToApply, POLL_BRIEF, STOP};
 use crate::node::{Node, NodeError};
 use crate::raftlog::RaftLog;
 use crate::wal::{Lsn, RecordType, Wal, WalOptions};
@@ -193,7 +193,7 @@ impl Raft {
         }
         // Serve only once the store has applied the whole log, so that no read (a
         // serializable one included) sees less than was acknowledged before a restart.
-        wait_until(|| {
+        wait_until(POLL_BRIEF, || {
             shared.status.lock().raft_applied_index >= last || STOP.load(Ordering::Relaxed)
         })
         .await;
