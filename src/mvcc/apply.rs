@@ -6,8 +6,8 @@ use super::key_index::KeyRange;
 use super::range::{self, RangeOptions};
 use super::txn;
 use super::types::{
-    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, Request, Response, ResponseHeader,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRef, PutResponse, RangeRequest,
+    RangeResponse, Request, Response, ResponseHeader,
 };
 use super::write::WriteTxn;
 
@@ -44,11 +44,7 @@ pub(crate) fn request(
 ) -> Result<Response, MvccError> {
     Ok(match request {
         Request::Range(r) => Response::Range(range(w, r)?),
-        Request::Put(p) => {
-            // Outside a txn etcd checks the lease before anything else.
-            check_lease(p.lease, leases)?;
-            Response::Put(put(w, p)?)
-        }
+        Request::Put(p) => put_checked(w, p.as_ref(), leases)?,
         Request::DeleteRange(d) => Response::DeleteRange(delete_range(w, d)?),
         Request::Txn(t) => Response::Txn(txn::txn(w, t, leases)?),
         Request::Compaction(c) => {
@@ -67,11 +63,21 @@ pub(crate) fn range(w: &WriteTxn<'_>, r: &RangeRequest) -> Result<RangeResponse,
     range::range(r, |keys, ro| w.range(keys, ro))
 }
 
+/// A put outside a txn: etcd checks the lease before anything else.
+pub(crate) fn put_checked(
+    w: &mut WriteTxn<'_>,
+    p: PutRef<'_>,
+    leases: &dyn LeaseCheck,
+) -> Result<Response, MvccError> {
+    check_lease(p.lease, leases)?;
+    Ok(Response::Put(put(w, p)?))
+}
+
 /// etcd's `applierV3backend.Put` (the lease was checked by the caller).
-pub(crate) fn put(w: &mut WriteTxn<'_>, p: &PutRequest) -> Result<PutResponse, MvccError> {
+pub(crate) fn put(w: &mut WriteTxn<'_>, p: PutRef<'_>) -> Result<PutResponse, MvccError> {
     let ignore = p.ignore_value || p.ignore_lease;
     let prev = if ignore || p.prev_kv {
-        w.get(&p.key)?
+        w.get(p.key)?
     } else {
         None
     };
@@ -81,15 +87,15 @@ pub(crate) fn put(w: &mut WriteTxn<'_>, p: &PutRequest) -> Result<PutResponse, M
     let (value, lease) = match &prev {
         Some(prev) => (
             if p.ignore_value {
-                &prev.value
+                prev.value.as_slice()
             } else {
-                &p.value
+                p.value
             },
             if p.ignore_lease { prev.lease } else { p.lease },
         ),
-        None => (&p.value, p.lease),
+        None => (p.value, p.lease),
     };
-    let revision = w.put(&p.key, value, lease)?;
+    let revision = w.put(p.key, value, lease)?;
     let prev_kv = if p.prev_kv { prev } else { None };
     Ok(PutResponse {
         header: ResponseHeader { revision },

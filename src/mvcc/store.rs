@@ -18,7 +18,7 @@ use super::read_view::ReadView;
 use super::record::{Record, StoreMeta};
 use super::revision::Revision;
 use super::txn::{self, check_range};
-use super::types::{HashKvResponse, RangeRequest, RangeResponse, Request, Response};
+use super::types::{HashKvResponse, PutRef, RangeRequest, RangeResponse, Request, Response};
 use super::write::WriteTxn;
 
 /// Memory the writer may hold in changes not yet checkpointed before `maybe_checkpoint`
@@ -133,7 +133,11 @@ impl Store {
         }
         let mut responses = Vec::with_capacity(batch.len());
         for request in batch {
-            match self.apply_request(request, leases) {
+            // The operation limit is the proposer's business (see `validate`); the rest is
+            // deterministic and keeps malformed requests out of the tree.
+            let result = txn::validate(request, usize::MAX)
+                .and_then(|()| self.write(|w| apply::request(w, request, leases)));
+            match result {
                 Err(e) if e.is_fatal() => {
                     self.poisoned = true;
                     return Err(e);
@@ -145,16 +149,42 @@ impl Store {
         Ok(ApplyOutcome::Applied(responses))
     }
 
-    fn apply_request(
+    /// Applies the Raft entry at `at` holding one put, borrowed (read in place from the
+    /// entry's archived request). Same rules as [`Store::apply`].
+    pub fn apply_put(
         &mut self,
-        request: &Request,
+        at: RaftPosition,
+        put: PutRef<'_>,
         leases: &dyn LeaseCheck,
+    ) -> Result<ApplyOutcome, MvccError> {
+        if self.poisoned {
+            return Err(MvccError::Poisoned);
+        }
+        if at.index <= self.applied.index {
+            return Ok(ApplyOutcome::Skipped);
+        }
+        let result =
+            txn::check_put(put).and_then(|()| self.write(|w| apply::put_checked(w, put, leases)));
+        match result {
+            Err(e) if e.is_fatal() => {
+                self.poisoned = true;
+                Err(e)
+            }
+            result => {
+                self.applied = at;
+                Ok(ApplyOutcome::Applied(vec![result]))
+            }
+        }
+    }
+
+    /// Runs one write transaction: its own revision if it changes anything; rolled back if
+    /// it fails.
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<Response, MvccError>,
     ) -> Result<Response, MvccError> {
-        // The operation limit is the proposer's business (see `validate`); the rest is
-        // deterministic and keeps malformed requests out of the tree.
-        txn::validate(request, usize::MAX)?;
         let mut w = WriteTxn::new(&mut self.db, &self.index, self.current_revision);
-        let result = apply::request(&mut w, request, leases);
+        let result = f(&mut w);
         if let Err(e) = &result {
             if !e.is_fatal() {
                 w.rollback()?;

@@ -13,7 +13,7 @@ use super::error::MvccError;
 use super::key_index::KeyRange;
 use super::range::RangeOptions;
 use super::types::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRef, RangeRequest,
     Request, RequestOp, ResponseHeader, ResponseOp, TargetUnion, TxnRequest, TxnResponse,
 };
 use super::write::WriteTxn;
@@ -29,7 +29,7 @@ pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 pub fn validate(request: &Request, max_txn_ops: usize) -> Result<(), MvccError> {
     match request {
         Request::Range(r) => check_range(r),
-        Request::Put(r) => check_put(r),
+        Request::Put(r) => check_put(r.as_ref()),
         Request::DeleteRange(r) => check_delete(r),
         Request::Txn(t) => {
             check_txn(t, max_txn_ops)?;
@@ -49,7 +49,7 @@ pub(crate) fn check_range(r: &RangeRequest) -> Result<(), MvccError> {
     Ok(())
 }
 
-fn check_put(r: &PutRequest) -> Result<(), MvccError> {
+pub(crate) fn check_put(r: PutRef<'_>) -> Result<(), MvccError> {
     if r.key.is_empty() {
         return Err(MvccError::EmptyKey);
     }
@@ -80,7 +80,7 @@ fn check_txn(t: &TxnRequest, max_txn_ops: usize) -> Result<(), MvccError> {
     for op in t.success.iter().chain(&t.failure) {
         match op {
             RequestOp::Range(r) => check_range(r)?,
-            RequestOp::Put(r) => check_put(r)?,
+            RequestOp::Put(r) => check_put(r.as_ref())?,
             RequestOp::DeleteRange(r) => check_delete(r)?,
             RequestOp::Txn(nested) => check_txn(nested, max_txn_ops - ops)?,
         }
@@ -321,7 +321,7 @@ fn run(w: &mut WriteTxn<'_>, t: &TxnRequest, path: &TxnPath) -> Result<TxnRespon
     for op in path.ops(t) {
         responses.push(match op {
             RequestOp::Range(r) => ResponseOp::Range(apply::range(w, r)?),
-            RequestOp::Put(p) => ResponseOp::Put(apply::put(w, p)?),
+            RequestOp::Put(p) => ResponseOp::Put(apply::put(w, p.as_ref())?),
             RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(apply::delete_range(w, d)?),
             RequestOp::Txn(inner) => ResponseOp::Txn(run(w, inner, next_path(&mut nested))?),
         });

@@ -96,6 +96,45 @@ pub struct PutRequest {
     pub ignore_lease: bool,
 }
 
+/// A put whose key and value are borrowed: from an owned [`PutRequest`], or read in place
+/// from an archived request (the apply loop applies a Raft entry's bytes without copying).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutRef<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub lease: i64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+impl PutRequest {
+    pub fn as_ref(&self) -> PutRef<'_> {
+        PutRef {
+            key: &self.key,
+            value: &self.value,
+            lease: self.lease,
+            prev_kv: self.prev_kv,
+            ignore_value: self.ignore_value,
+            ignore_lease: self.ignore_lease,
+        }
+    }
+}
+
+impl<'a> PutRef<'a> {
+    /// The put as it lies in an archived request.
+    pub fn archived(p: &'a ArchivedPutRequest) -> PutRef<'a> {
+        PutRef {
+            key: p.key.as_slice(),
+            value: p.value.as_slice(),
+            lease: p.lease.to_native(),
+            prev_kv: p.prev_kv,
+            ignore_value: p.ignore_value,
+            ignore_lease: p.ignore_lease,
+        }
+    }
+}
+
 /// `etcdserverpb.PutResponse`.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct PutResponse {

@@ -164,3 +164,67 @@ fn a_payload_that_is_not_a_request_fails_alone() {
     assert!(matches!(r[0], (1, Err(NodeError::BadEntry { .. }))));
     assert!(matches!(r[1], (2, Ok(Response::Put(_)))));
 }
+
+#[test]
+fn entries_apply_the_same_read_in_place_or_from_an_aligned_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("db"), DbOptions::default()).unwrap();
+    let entry = |index: u64, data: bytes::Bytes| Entry {
+        index,
+        term: 1,
+        data,
+        context: index.to_le_bytes().to_vec().into(),
+        ..Default::default()
+    };
+    let aligned = bytes::Bytes::from(payload("a", "1"));
+    // The same bytes one past an aligned start: rkyv cannot read them in place.
+    let mut shifted = vec![0u8];
+    shifted.extend_from_slice(&payload("b", "2"));
+    let misaligned = bytes::Bytes::from(shifted).slice(1..);
+    assert_ne!(
+        aligned.as_ptr() as usize % 16,
+        misaligned.as_ptr() as usize % 16
+    );
+    let txn = ClientRequest::Kv(Request::Txn(crate::mvcc::TxnRequest {
+        success: vec![crate::mvcc::RequestOp::Put(PutRequest {
+            key: b"c".to_vec(),
+            value: b"3".to_vec(),
+            ..Default::default()
+        })],
+        ..Default::default()
+    }));
+    let txn = bytes::Bytes::from(encode_request(0, &txn).unwrap()[HEADER_BYTES..].to_vec());
+    let empty_key = bytes::Bytes::from(payload("", "x"));
+    let out = apply_committed(
+        &mut store,
+        &[
+            entry(1, aligned),
+            entry(2, misaligned),
+            entry(3, txn),
+            entry(4, empty_key),
+        ],
+    )
+    .unwrap();
+    let revs: Vec<_> = out
+        .results
+        .iter()
+        .map(|(t, r)| match r {
+            Ok(Response::Put(p)) => (*t, p.header.revision),
+            Ok(Response::Txn(t2)) => (*t, t2.header.revision),
+            Ok(_) => panic!("unexpected response"),
+            Err(_) => (*t, -1),
+        })
+        .collect();
+    assert_eq!(revs, vec![(1, 2), (2, 3), (3, 4), (4, -1)]);
+    assert_eq!(out.last_index, Some(4));
+    for (key, value, rev) in [("a", "1", 2), ("b", "2", 3), ("c", "3", 4)] {
+        let r = store
+            .range(&RangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.kvs[0].value, value.as_bytes());
+        assert_eq!(r.kvs[0].mod_revision, rev);
+    }
+}

@@ -362,12 +362,33 @@ fn bind_listeners(addr: &str, shards: usize) -> Result<Vec<TcpListener>, ServerE
         addr: addr.to_string(),
         source,
     };
-    let probe = TcpListener::bind(addr).map_err(listen_err)?;
-    let local = probe.local_addr().map_err(listen_err)?;
+    let probe = probe_bind(addr).map_err(listen_err)?;
+    let local = probe
+        .local_addr()
+        .map_err(listen_err)?
+        .as_socket()
+        .ok_or_else(|| listen_err(std::io::ErrorKind::InvalidInput.into()))?;
     drop(probe);
     (0..shards)
         .map(|_| reuseport_listener(local).map_err(listen_err))
         .collect()
+}
+
+/// Binds `addr` without SO_REUSEPORT and without listening: fails if anything holds the
+/// port, and no client can connect to it in the moment before the real listeners exist.
+fn probe_bind(addr: &str) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    for a in addr.to_socket_addrs()? {
+        let socket = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        match socket.bind(&a.into()) {
+            Ok(()) => return Ok(socket),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
