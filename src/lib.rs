@@ -14,9 +14,13 @@
 //! - [`node`]: one member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the
 //!   Raft log, applying committed entries to the MVCC store.
 //! - [`raftlog`]: the Raft log as raft-rs's `Storage`, written to and rebuilt from the WAL.
-//! - [`server`]: `cairn serve`: the glommio shell around [`node`]: WAL group commit, the raft
-//!   loop, native protocol connections, reads from published views, clean shutdown.
-//! - [`client`]: a blocking native-protocol client with timeouts and endpoint failover.
+//! - [`server`]: `cairn serve`: the glommio shell around [`node`], thread-per-core: `net`
+//!   shards (SO_REUSEPORT listeners, native protocol, serializable reads from published
+//!   views), the `raft` role (WAL group commit, ReadIndex, log compaction) and the `apply`
+//!   role (the store), mapped onto cores by a placement; cluster flags and member identity;
+//!   clean shutdown.
+//! - [`client`]: native-protocol clients with timeouts and endpoint failover: blocking, and
+//!   async for glommio code (pipelined).
 //! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del` and the `txn` text format.
 //! - [`protocol`]: the native wire protocol: frames with request ids carrying validated rkyv
 //!   messages. Format: `docs/protocol.md`.

@@ -557,6 +557,35 @@ fn over_the_quota_puts_are_refused_and_reads_deletes_and_compaction_free_it() {
 }
 
 #[test]
+fn too_little_locked_memory_is_one_clear_line() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = serve_command(dir.path(), &free_addr());
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &none) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("cairn serve:")
+            && err.contains("raise `ulimit -l`")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
 fn an_election_timeout_under_five_heartbeats_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
