@@ -116,10 +116,16 @@ async fn apply_loop(
         let compacting = store.compaction_backlog() > 0;
         let due = applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
             || (compacting && store.compact_step(COMPACTION_STEP_RECORDS)? == 0);
+        let started = std::time::Instant::now();
         if due {
             store.checkpoint()?;
         }
         if store.maybe_checkpoint()? || due {
+            tracing::debug!(
+                applied,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "tree checkpoint"
+            );
             checkpointed = applied;
             publish(store, applied, shared); // new sizes
                                              // What the tree holds: the last entry with a request (a trailing empty entry
