@@ -41,12 +41,18 @@ fn build(dir: &Path) -> History {
                 state[t].insert(k, v);
             }
         }
-        db.commit(CommitMeta {
+        let meta = CommitMeta {
             applied_index: c,
             applied_term: 1,
             user: vec![c as u8; 3],
-        })
-        .unwrap();
+        };
+        // Every other commit is synced in the background (the next commit waits for it):
+        // the bytes on disk are the same, so every cut below covers both ways.
+        if c % 2 == 0 {
+            db.commit_background(meta).unwrap();
+        } else {
+            db.commit(meta).unwrap();
+        }
         commits.push((db.stats().file_bytes, c, state.clone()));
     }
     drop(db);
@@ -173,4 +179,48 @@ fn damaged_bytes_yield_the_last_commit_or_a_typed_error() {
         exact > 0 && errors > 0,
         "both outcomes occur: {exact} exact, {errors} errors"
     );
+}
+
+#[test]
+fn a_background_commit_is_durable_once_reported_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bg.db");
+    let mut db = Db::open(&path, DbOptions::default()).unwrap();
+    let meta = |i: u64| CommitMeta {
+        applied_index: i,
+        applied_term: 1,
+        user: vec![],
+    };
+    for i in 0..20_000u32 {
+        db.put(0, format!("a{i:06}").as_bytes(), &[7u8; 100])
+            .unwrap();
+    }
+    db.commit_background(meta(1)).unwrap();
+    // The writer goes on while the commit syncs: new writes, and reads of both.
+    for i in 0..1_000u32 {
+        db.put(0, format!("b{i:06}").as_bytes(), b"later").unwrap();
+    }
+    assert_eq!(db.get(0, b"a000123").unwrap(), Some(vec![7u8; 100]));
+    assert_eq!(db.get(0, b"b000999").unwrap(), Some(b"later".to_vec()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let durable = loop {
+        if let Some(m) = db.poll_commit().unwrap() {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "never durable");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    assert_eq!(durable.applied_index, 1);
+    assert_eq!(db.last_commit().applied_index, 1);
+    assert!(!db.commit_pending());
+    assert_eq!(db.poll_commit().unwrap(), None, "reported once");
+    // A second one, then the writer is dropped at once (as on exit): it is still durable,
+    // and what came after it is not there.
+    db.commit_background(meta(2)).unwrap();
+    db.put(0, b"c", b"never committed").unwrap();
+    drop(db);
+    let db = Db::open(&path, DbOptions::default()).unwrap();
+    assert_eq!(db.last_commit().applied_index, 2);
+    assert_eq!(db.get(0, b"b000999").unwrap(), Some(b"later".to_vec()));
+    assert_eq!(db.get(0, b"c").unwrap(), None);
 }

@@ -64,6 +64,53 @@ pub struct Db {
     /// Set when a write or sync failed: the file's durable state is unknown, so nothing more
     /// is written (a failed fsync cannot be retried safely).
     poisoned: bool,
+    /// A commit whose pages are written and whose syncs and commit record are being done on
+    /// a background thread ([`Db::commit_background`]).
+    pending: Option<PendingCommit>,
+    /// Pages of the file up to the end of the last durable commit record.
+    durable_pages: u64,
+}
+
+impl Drop for Db {
+    /// A background commit finishes before the file can be opened again.
+    fn drop(&mut self) {
+        let _ = self.wait_commit();
+    }
+}
+
+struct PendingCommit {
+    finish: std::thread::JoinHandle<Result<()>>,
+    meta: CommitMeta,
+    end_pages: u64,
+}
+
+/// What makes a written commit durable: sync its pages, write its record, sync again.
+pub(crate) struct FinishCommit {
+    file: Arc<FileShared>,
+    data_pages: u64,
+    record: Vec<u8>,
+    record_page: u64,
+}
+
+impl FinishCommit {
+    pub(crate) fn run(self) -> Result<()> {
+        let file = &self.file;
+        if self.data_pages > 0 {
+            file.file.sync_data().map_err(|e| io_err(&file.path, e))?;
+        }
+        file.file
+            .write_all_at(&self.record, self.record_page * PAGE_SIZE as u64)
+            .map_err(|e| io_err(&file.path, e))?;
+        file.file.sync_data().map_err(|e| io_err(&file.path, e))
+    }
+}
+
+fn end_pages(last: &CommitRecord) -> u64 {
+    if last.page_id == NO_PAGE {
+        1
+    } else {
+        last.page_id + COMMIT_COPIES
+    }
 }
 
 impl FileState {
@@ -187,6 +234,7 @@ impl Db {
             applied_term: state.last.applied_term,
             user: state.last.user.clone(),
         };
+        let durable_pages = end_pages(&state.last);
         Ok(Db {
             path,
             opts,
@@ -194,6 +242,8 @@ impl Db {
             meta,
             reclaim: None,
             poisoned: false,
+            pending: None,
+            durable_pages,
         })
     }
 
@@ -275,6 +325,7 @@ impl Db {
     /// space reclamation has finished building, this commit also switches to the new file.
     pub fn commit(&mut self, meta: CommitMeta) -> Result<()> {
         self.check_writable()?;
+        self.wait_commit()?;
         if meta.user.len() > COMMIT_USER_BYTES_MAX {
             return Err(BtreeError::MetaTooLarge(meta.user.len()));
         }
@@ -291,7 +342,87 @@ impl Db {
             return result;
         }
         self.meta = meta;
+        self.durable_pages = end_pages(&self.state.last);
         Ok(())
+    }
+
+    /// As [`Db::commit`], but only the pages are written before it returns: syncing them,
+    /// writing the commit record and syncing again happen on a background thread while the
+    /// writer goes on. [`Db::poll_commit`] says when the commit is durable; the next commit
+    /// (or [`Db::wait_commit`]) waits for it. Until then a crash recovers the commit before.
+    pub fn commit_background(&mut self, meta: CommitMeta) -> Result<()> {
+        self.check_writable()?;
+        self.wait_commit()?;
+        if self.reclaim.as_ref().is_some_and(Reclaim::is_finished) {
+            return self.commit(meta); // switching files is done in the foreground
+        }
+        if meta.user.len() > COMMIT_USER_BYTES_MAX {
+            return Err(BtreeError::MetaTooLarge(meta.user.len()));
+        }
+        let finish = match prepare_commit(&mut self.state, &meta) {
+            Ok(f) => f,
+            Err(e) => {
+                if matches!(e, BtreeError::Io { .. }) {
+                    self.poisoned = true;
+                }
+                return Err(e);
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("cairn-commit".into())
+            .spawn(move || finish.run());
+        match spawned {
+            Ok(handle) => {
+                self.pending = Some(PendingCommit {
+                    finish: handle,
+                    meta,
+                    end_pages: end_pages(&self.state.last),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(io_err(&self.path, e))
+            }
+        }
+    }
+
+    /// The metadata of the background commit if it has become durable since the last call.
+    pub fn poll_commit(&mut self) -> Result<Option<CommitMeta>> {
+        match &self.pending {
+            Some(p) if p.finish.is_finished() => self.wait_commit(),
+            _ => Ok(None),
+        }
+    }
+
+    /// Waits for the background commit, if any; its metadata once durable.
+    pub fn wait_commit(&mut self) -> Result<Option<CommitMeta>> {
+        let Some(p) = self.pending.take() else {
+            return Ok(None);
+        };
+        let result = match p.finish.join() {
+            Ok(r) => r,
+            Err(_) => Err(io_err(
+                &self.path,
+                std::io::Error::other("the commit thread panicked"),
+            )),
+        };
+        match result {
+            Ok(()) => {
+                self.meta = p.meta.clone();
+                self.durable_pages = p.end_pages;
+                Ok(Some(p.meta))
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a background commit is not yet known to be durable.
+    pub fn commit_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     fn commit_state(&mut self, meta: &CommitMeta) -> Result<()> {
@@ -356,14 +487,9 @@ impl Db {
     /// A consistent snapshot of the last durable commit, readable as a byte stream (the file
     /// up to and including that commit record) while writes go on.
     pub fn snapshot(&self) -> Snapshot {
-        let pages = if self.state.last.page_id == NO_PAGE {
-            1
-        } else {
-            self.state.last.page_id + COMMIT_COPIES
-        };
         Snapshot::new(
             self.state.cur.file.clone(),
-            pages * PAGE_SIZE as u64,
+            self.durable_pages * PAGE_SIZE as u64,
             self.meta.clone(),
         )
     }
@@ -395,6 +521,13 @@ fn reopen_shared(path: &Path, old: &Arc<FileShared>, cache: usize) -> Result<Arc
 /// The commit protocol: append every memory node, fdatasync, append the commit record,
 /// fdatasync. A commit record therefore only ever reaches the disk after its pages did.
 pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
+    prepare_commit(st, meta)?.run()
+}
+
+/// Writes a commit's pages and moves the writer's state onto them; the returned
+/// [`FinishCommit`] makes the commit durable. The writer may go on before it runs (reads of
+/// the new pages come from the OS cache); no other commit may be written until it has.
+pub(crate) fn prepare_commit(st: &mut FileState, meta: &CommitMeta) -> Result<FinishCommit> {
     let file = st.cur.file.clone();
     let seq = st.last.seq + 1;
     let start = st.next_page;
@@ -407,9 +540,6 @@ pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
     }
     app.flush(&file)?;
     let data_pages = app.next_page - start;
-    if data_pages > 0 {
-        file.file.sync_data().map_err(|e| io_err(&file.path, e))?;
-    }
     let commit_page = app.reserve(COMMIT_COPIES);
     let record_bytes = COMMIT_COPIES * PAGE_SIZE as u64;
     let old_commit = if st.last.page_id == NO_PAGE {
@@ -430,10 +560,7 @@ pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
         roots,
         user: meta.user.clone(),
     };
-    file.file
-        .write_all_at(&rec.encode(), commit_page * PAGE_SIZE as u64)
-        .map_err(|e| io_err(&file.path, e))?;
-    file.file.sync_data().map_err(|e| io_err(&file.path, e))?;
+    let record = rec.encode();
     for (t, r) in st.cur.roots.iter_mut().enumerate() {
         *r = (roots[t] != NO_PAGE).then_some(NodeRef::Disk(roots[t]));
     }
@@ -442,7 +569,12 @@ pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
     st.freed_bytes = 0;
     st.put_bytes = 0;
     st.last = rec;
-    Ok(())
+    Ok(FinishCommit {
+        file,
+        data_pages,
+        record,
+        record_page: commit_page,
+    })
 }
 
 /// Finds the newest valid commit record, checks the pages it wrote, and cuts off anything

@@ -57,6 +57,8 @@ pub struct Store {
     /// Set by a fatal error: a write may be half done, so nothing more may be applied or made
     /// durable. The remedy is to reopen, which rolls back to the last checkpoint.
     poisoned: bool,
+    /// Whether [`Store::maybe_checkpoint`] commits in the background.
+    background_checkpoints: bool,
 }
 
 impl Store {
@@ -98,6 +100,7 @@ impl Store {
                 term: commit.applied_term,
             },
             poisoned: false,
+            background_checkpoints: false,
         })
     }
 
@@ -207,6 +210,40 @@ impl Store {
     /// Makes everything applied so far durable in one tree commit that records the applied
     /// Raft position and the store's revisions.
     pub fn checkpoint(&mut self) -> Result<(), MvccError> {
+        self.commit(false)
+    }
+
+    /// As [`Store::checkpoint`], but only the tree pages are written before it returns; the
+    /// syncs and the commit record follow on a background thread while applies go on.
+    /// [`Store::poll_checkpoint`] says when it is durable; until then a crash recovers the
+    /// checkpoint before (the WAL still holds everything after it).
+    pub fn checkpoint_background(&mut self) -> Result<(), MvccError> {
+        self.commit(true)
+    }
+
+    /// The position a background checkpoint made durable, once, when it has.
+    pub fn poll_checkpoint(&mut self) -> Result<Option<RaftPosition>, MvccError> {
+        let done = self
+            .db
+            .poll_commit()
+            .inspect_err(|_| self.poisoned = true)?;
+        Ok(done.map(|m| RaftPosition {
+            index: m.applied_index,
+            term: m.applied_term,
+        }))
+    }
+
+    /// Whether a background checkpoint is not yet known to be durable.
+    pub fn checkpoint_pending(&self) -> bool {
+        self.db.commit_pending()
+    }
+
+    /// Checkpoints made by [`Store::maybe_checkpoint`] run in the background from now on.
+    pub fn set_background_checkpoints(&mut self, on: bool) {
+        self.background_checkpoints = on;
+    }
+
+    fn commit(&mut self, background: bool) -> Result<(), MvccError> {
         if self.poisoned {
             return Err(MvccError::Poisoned);
         }
@@ -220,9 +257,12 @@ impl Store {
             user: meta.encode(),
         };
         // A failed commit (fsync) leaves the file's state unknown: stop, like a failed apply.
-        self.db
-            .commit(commit)
-            .inspect_err(|_| self.poisoned = true)?;
+        let result = if background {
+            self.db.commit_background(commit)
+        } else {
+            self.db.commit(commit)
+        };
+        result.inspect_err(|_| self.poisoned = true)?;
         Ok(())
     }
 
@@ -233,7 +273,7 @@ impl Store {
     pub fn maybe_checkpoint(&mut self) -> Result<bool, MvccError> {
         self.compact_step(COMPACTION_STEP_RECORDS)?;
         if self.db.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX {
-            self.checkpoint()?;
+            self.commit(self.background_checkpoints)?;
             return Ok(true);
         }
         Ok(false)

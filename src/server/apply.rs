@@ -58,6 +58,8 @@ async fn apply_loop(
     let mut reads: Vec<(u64, Vec<flume::Sender<()>>)> = Vec::new();
     let mut stop = false;
     publish(store, applied, shared);
+    // Checkpoints write their pages here and sync them on another thread.
+    store.set_background_checkpoints(true);
     while !stop {
         // With compaction deletions left, work on them between messages instead of waiting.
         let first = if store.compaction_backlog() > 0 {
@@ -68,6 +70,23 @@ async fn apply_loop(
                     None
                 }
                 Err(flume::TryRecvError::Disconnected) => break,
+            }
+        } else if store.checkpoint_pending() {
+            // Wake up to report the checkpoint once durable, even with nothing to apply.
+            let recv = role.from_raft.recv_async();
+            let tick = glommio::timer::sleep(CHECKPOINT_POLL);
+            match futures_lite::future::or(async { Some(recv.await) }, async {
+                tick.await;
+                None
+            })
+            .await
+            {
+                Some(Ok(msg)) => Some(msg),
+                Some(Err(_)) => break, // the raft role is gone
+                None => {
+                    report_durable(store, shared)?;
+                    continue;
+                }
             }
         } else {
             match role.from_raft.recv_async().await {
@@ -118,22 +137,33 @@ async fn apply_loop(
             || (compacting && store.compact_step(COMPACTION_STEP_RECORDS)? == 0);
         let started = std::time::Instant::now();
         if due {
-            store.checkpoint()?;
+            store.checkpoint_background()?;
         }
         if store.maybe_checkpoint()? || due {
             tracing::debug!(
                 applied,
                 ms = started.elapsed().as_secs_f64() * 1e3,
-                "tree checkpoint"
+                "tree checkpoint written; syncing in the background"
             );
             checkpointed = applied;
-            publish(store, applied, shared); // new sizes
-                                             // What the tree holds: the last entry with a request (a trailing empty entry
-                                             // of a new leader is not recorded, so the log must keep it). Best effort: a
-                                             // full queue means the next checkpoint says it again.
-            let durable = store.applied().index;
-            let _ = shared.inputs.try_send(Input::Checkpointed(durable));
+            publish(store, applied, shared); // the new sizes
         }
+        report_durable(store, shared)?;
+    }
+    Ok(())
+}
+
+/// How often an idle apply role checks whether a background checkpoint is durable.
+const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Tells the raft role once a background checkpoint is durable: the log and the WAL up to
+/// it may go. The position is what the tree holds: the last entry with a request (a new
+/// leader's trailing empty entry is not recorded, so the log keeps it). Best effort: with a
+/// full queue, the next checkpoint says it again.
+fn report_durable(store: &mut Store, shared: &Shared) -> Result<(), ServerError> {
+    if let Some(durable) = store.poll_checkpoint()? {
+        tracing::debug!(applied = durable.index, "tree checkpoint durable");
+        let _ = shared.inputs.try_send(Input::Checkpointed(durable.index));
     }
     Ok(())
 }
