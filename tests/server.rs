@@ -586,6 +586,55 @@ fn too_little_locked_memory_is_one_clear_line() {
 }
 
 #[test]
+fn a_data_directory_missing_its_tree_or_its_wal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--snapshot-count", "5"];
+    let mut server = Server::start_with(dir.path(), &free_addr(), &flags);
+    let mut c = Client::connect(&server.addr);
+    for i in 0..30 {
+        assert!(c.put(i, &format!("k{i}"), "v").is_some());
+    }
+    // Let a checkpoint compact the log, then stop cleanly.
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    assert!(server.child.wait().unwrap().success());
+    drop(server);
+    let refused = |dir: &Path| {
+        let out = serve_command(dir, &free_addr())
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Without the tree file, the compacted log cannot rebuild what was acknowledged.
+    let copy = tempfile::tempdir().unwrap();
+    let cp = |from: &Path, to: &Path| {
+        assert!(Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success())
+    };
+    cp(&dir.path().join("wal"), copy.path());
+    let err = refused(copy.path());
+    assert!(err.contains("the data directory is damaged"), "{err}");
+    // Without the WAL, the tree holds entries no log leads to.
+    let copy = tempfile::tempdir().unwrap();
+    cp(&dir.path().join("db"), copy.path());
+    let err = refused(copy.path());
+    assert!(err.contains("the data directory is damaged"), "{err}");
+    // Whole, it starts and has everything.
+    let server = Server::start_with(dir.path(), &free_addr(), &flags);
+    assert_eq!(
+        Client::connect(&server.addr).get("k29").map(|(v, _)| v),
+        Some(b"v".to_vec())
+    );
+}
+
+#[test]
 fn an_election_timeout_under_five_heartbeats_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))

@@ -33,7 +33,11 @@ use std::time::Duration;
 /// Requests in flight on one client by default; more wait for a slot.
 pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
 
-/// Replies gathered into one socket write at most, in bytes.
+/// Largest reply frame accepted (a member sends at most 64 MiB); a bigger one is a broken
+/// or hostile peer, and the connection is dropped rather than buffered.
+pub const REPLY_FRAME_BYTES_MAX: u32 = (64 << 20) + 4096;
+
+/// Requests gathered into one socket write at most, in bytes.
 const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
 
 type Waiter = flume::Sender<Result<ClientResponse, ClientError>>;
@@ -48,6 +52,7 @@ struct Inner {
     endpoints: Vec<String>,
     timeout: Duration,
     slots: Semaphore,
+    max_inflight: usize,
     conn: RefCell<Option<Rc<Conn>>>,
     /// The endpoint to try first on the next connect.
     next_endpoint: Cell<usize>,
@@ -102,6 +107,7 @@ impl AsyncClient {
                 endpoints,
                 timeout,
                 slots: Semaphore::new(max_inflight.max(1) as u64),
+                max_inflight: max_inflight.max(1),
                 conn: RefCell::new(None),
                 next_endpoint: Cell::new(0),
                 next_id: Cell::new(1),
@@ -142,10 +148,12 @@ impl AsyncClient {
         let conn = loop {
             let conn = self.connection().await?;
             conn.pending.borrow_mut().insert(id, tx.clone());
-            if conn.out.try_send(frame.clone()).is_ok() {
+            // Room is certain (one slot per request in flight): this fails only when the
+            // writer is gone.
+            if conn.out.send_async(frame.clone()).await.is_ok() {
                 break conn;
             }
-            // The writer is gone (or hopelessly behind): not sent, so try elsewhere.
+            // The writer is gone: not sent, so try elsewhere.
             conn.pending.borrow_mut().remove(&id);
             conn.fail("the connection failed");
             attempts += 1;
@@ -220,7 +228,7 @@ impl AsyncClient {
             );
             match connect.await {
                 Some(Ok(stream)) => {
-                    let conn = start_conn(stream, endpoint.clone(), i);
+                    let conn = start_conn(stream, endpoint.clone(), i, inner.max_inflight);
                     inner.next_endpoint.set(i);
                     *inner.conn.borrow_mut() = Some(conn.clone());
                     return Ok(conn);
@@ -238,10 +246,10 @@ impl AsyncClient {
 
 /// Starts the connection's writer (batching frames into few writes) and reader (matching
 /// replies to requests by id).
-fn start_conn(stream: TcpStream, endpoint: String, index: usize) -> Rc<Conn> {
+fn start_conn(stream: TcpStream, endpoint: String, index: usize, slots: usize) -> Rc<Conn> {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (out, frames) = flume::bounded::<AlignedVec>(DEFAULT_MAX_INFLIGHT);
+    let (out, frames) = flume::bounded::<AlignedVec>(slots);
     let conn = Rc::new(Conn {
         endpoint,
         index,
@@ -284,7 +292,7 @@ fn start_conn(stream: TcpStream, endpoint: String, index: usize) -> Rc<Conn> {
             let Some(conn) = weak.upgrade() else { return };
             let mut at = 0;
             loop {
-                match split_frame(&buf[at..], u32::MAX) {
+                match split_frame(&buf[at..], REPLY_FRAME_BYTES_MAX) {
                     Ok(None) => break,
                     Err(e) => {
                         conn.fail(&e.to_string());

@@ -4,7 +4,7 @@
 
 mod local;
 
-pub use local::{AsyncClient, DEFAULT_MAX_INFLIGHT};
+pub use local::{AsyncClient, DEFAULT_MAX_INFLIGHT, REPLY_FRAME_BYTES_MAX};
 
 use crate::protocol::{
     decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
@@ -142,7 +142,7 @@ impl Client {
             reason,
         };
         loop {
-            match split_frame(&self.buf, u32::MAX).map_err(|e| bad(e.to_string()))? {
+            match split_frame(&self.buf, REPLY_FRAME_BYTES_MAX).map_err(|e| bad(e.to_string()))? {
                 Some((h, total)) => {
                     let mut payload = AlignedVec::<16>::with_capacity(total - HEADER_BYTES);
                     payload.extend_from_slice(&self.buf[HEADER_BYTES..total]);

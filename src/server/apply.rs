@@ -55,6 +55,8 @@ async fn apply_loop(
 ) -> Result<(), ServerError> {
     let mut applied = store.applied().index;
     let mut checkpointed = applied;
+    // Entry bytes since the last checkpoint: the raft log holds them in memory until then.
+    let mut log_bytes = 0u64;
     let mut reads: Vec<(u64, Vec<flume::Sender<()>>)> = Vec::new();
     let mut stop = false;
     publish(store, applied, shared);
@@ -98,9 +100,11 @@ async fn apply_loop(
             .is_some()
             .then(|| role.from_raft.try_iter().take(APPLY_BATCH_MAX));
         let mut answers = Vec::new();
+        let processed = first.is_some();
         for msg in first.into_iter().chain(more.into_iter().flatten()) {
             match msg {
                 ToApply::Entries(entries, replies) => {
+                    log_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
                     let out = apply_committed(store, &entries)?;
                     if let Some(last) = out.last_index {
                         applied = last;
@@ -111,7 +115,9 @@ async fn apply_loop(
                 ToApply::Stop => stop = true,
             }
         }
-        publish(store, applied, shared);
+        if processed {
+            publish(store, applied, shared);
+        }
         // Replies only once the view holds the writes: a client that reads what it wrote,
         // even serializably from any shard, sees it.
         for (results, replies) in answers {
@@ -134,6 +140,7 @@ async fn apply_loop(
         // it freed counts (against the quota too) without waiting for more writes.
         let compacting = store.compaction_backlog() > 0;
         let due = applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
+            || log_bytes >= LOG_BYTES_PER_CHECKPOINT_MAX
             || (compacting && store.compact_step(COMPACTION_STEP_RECORDS)? == 0);
         let started = std::time::Instant::now();
         if due {
@@ -146,12 +153,17 @@ async fn apply_loop(
                 "tree checkpoint written; syncing in the background"
             );
             checkpointed = applied;
+            log_bytes = 0;
             publish(store, applied, shared); // the new sizes
         }
         report_durable(store, shared)?;
     }
     Ok(())
 }
+
+/// Entry bytes applied after which the tree is checkpointed (and so the log compacted),
+/// whatever `--snapshot-count` says: the bound on the raft log's memory.
+const LOG_BYTES_PER_CHECKPOINT_MAX: u64 = 64 << 20;
 
 /// How often an idle apply role checks whether a background checkpoint is durable.
 const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(5);

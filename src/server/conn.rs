@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 /// Replies gathered into one socket write at most, in bytes.
 const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
 
+/// Connections one net shard serves at once; more are closed as they arrive.
+const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
+
 /// How long a stopping shard waits for the replies it owes to be written.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,17 +70,33 @@ pub(crate) async fn shard(listener: std::net::TcpListener, shared: Arc<Shared>) 
     wait_until(POLL_BRIEF, || shared.phase() >= Phase::Stopped).await;
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     wait_until(POLL_BRIEF, || {
+        // Work queued after the raft role's last look is refused here ("stopping").
+        super::refuse_queued(&shared.queued);
         shard.busy.get() == 0 || Instant::now() >= deadline
     })
     .await;
 }
 
 async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {
+    let open = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
+            Ok(stream) if open.get() >= CONNECTIONS_PER_SHARD_MAX => {
+                tracing::warn!(
+                    limit = CONNECTIONS_PER_SHARD_MAX,
+                    "connection refused: too many connections on this shard"
+                );
+                drop(stream);
+            }
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(connection(stream, shard.clone())).detach();
+                open.set(open.get() + 1);
+                let (shard, open) = (shard.clone(), open.clone());
+                glommio::spawn_local(async move {
+                    connection(stream, shard).await;
+                    open.set(open.get() - 1);
+                })
+                .detach();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -87,27 +106,52 @@ async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {
     }
 }
 
-fn error_frame(id: u64, code: ErrorCode, message: String) -> Option<AlignedVec> {
-    encode_error(id, &ErrorReply { code, message }).ok()
+/// Largest reply frame; a bigger range gets an error asking for `limit` (etcd clients hit
+/// their own 2 GiB gRPC bound far later; this keeps a member's memory in check).
+pub(crate) const REPLY_BYTES_MAX: usize = 64 << 20;
+
+fn error_frame(id: u64, code: ErrorCode, message: String) -> AlignedVec {
+    // Encoding a short error cannot fail in practice; if it did, nothing is written and the
+    // client's request times out.
+    encode_error(id, &ErrorReply { code, message }).unwrap_or_default()
+}
+
+/// An encoded reply, or an Internal error if it could not be encoded or is too large.
+fn or_internal(id: u64, frame: Result<AlignedVec, protocol::ProtocolError>) -> AlignedVec {
+    match frame {
+        Ok(f) if f.len() <= REPLY_BYTES_MAX + HEADER_BYTES => f,
+        Ok(f) => error_frame(
+            id,
+            ErrorCode::InvalidRequest,
+            format!(
+                "the response of {} bytes exceeds the {REPLY_BYTES_MAX}-byte limit; ask for less with limit",
+                f.len()
+            ),
+        ),
+        Err(e) => error_frame(id, ErrorCode::Internal, format!("the reply could not be encoded: {e}")),
+    }
 }
 
 /// Where a connection's replies go: its writer task, counting what is not yet written.
 #[derive(Clone)]
 struct Out {
+    /// Frames for the writer; `None` ends the connection.
     tx: flume::Sender<Option<AlignedVec>>,
     busy: Rc<Cell<usize>>,
 }
 
 impl Out {
     /// Queues a reply frame (or the end of the connection) for the writer.
-    async fn send(&self, frame: Option<AlignedVec>) {
-        let counted = frame.is_some();
-        if counted {
-            self.busy.set(self.busy.get() + 1);
-        }
-        if self.tx.send_async(frame).await.is_err() && counted {
+    async fn send(&self, frame: AlignedVec) {
+        self.busy.set(self.busy.get() + 1);
+        if self.tx.send_async(Some(frame)).await.is_err() {
             self.busy.set(self.busy.get() - 1); // the writer is gone: the client is
         }
+    }
+
+    /// Ends the connection once the frames queued before are written.
+    async fn close(&self) {
+        let _ = self.tx.send_async(None).await;
     }
 }
 
@@ -202,7 +246,7 @@ async fn connection(stream: TcpStream, shard: Rc<Shard>) {
     while inflight.get() > 0 {
         glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
     }
-    out_tx.send(None).await;
+    out_tx.close().await;
     writer_task.await;
 }
 
@@ -233,7 +277,7 @@ async fn dispatch(
     let reply = match request {
         ClientRequest::Status => {
             let status = *shard.shared.status.lock();
-            encode_response(id, &ClientResponse::Status(status)).ok()
+            or_internal(id, encode_response(id, &ClientResponse::Status(status)))
         }
         ClientRequest::Kv(req) => {
             if let Err(e) = validate(&req, config.max_txn_ops) {
@@ -261,6 +305,8 @@ async fn dispatch(
 }
 
 const STOPPING: &str = "the member is stopping";
+const OUTCOME_UNKNOWN: &str =
+    "the member failed before this write's outcome was known: it may or may not have been applied";
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
 /// Whether a request may grow the database (etcd's quota applies to puts, also in txns).
@@ -287,7 +333,7 @@ fn over_quota(shared: &Shared, cost: usize) -> bool {
 }
 
 /// A range from the latest published view.
-fn serve_range(id: u64, r: &crate::mvcc::RangeRequest, shard: &Shard) -> Option<AlignedVec> {
+fn serve_range(id: u64, r: &crate::mvcc::RangeRequest, shard: &Shard) -> AlignedVec {
     let Some(view) = shard.view() else {
         return error_frame(
             id,
@@ -317,11 +363,14 @@ fn spawn_linearizable_read(
     spawn_reply(out, inflight, async move {
         let (tx, rx) = flume::bounded(1);
         match shard.shared.inputs.try_send(Input::Read(tx)) {
-            Err(_) => error_frame(
+            Err(flume::TrySendError::Full(_)) => error_frame(
                 id,
                 ErrorCode::Overloaded,
                 "too many requests pending".into(),
             ),
+            Err(flume::TrySendError::Disconnected(_)) => {
+                error_frame(id, ErrorCode::Unavailable, STOPPING.into())
+            }
             Ok(()) => match rx.recv_async().await {
                 Ok(()) => serve_range(id, &r, &shard),
                 Err(_) => error_frame(
@@ -334,9 +383,9 @@ fn spawn_linearizable_read(
     });
 }
 
-fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Option<AlignedVec> {
+fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> AlignedVec {
     match result {
-        Ok(r) => encode_response(id, &ClientResponse::Kv(r)).ok(),
+        Ok(r) => or_internal(id, encode_response(id, &ClientResponse::Kv(r))),
         Err(e @ (NodeError::NotLeader | NodeError::Stopping)) => {
             error_frame(id, ErrorCode::Unavailable, e.to_string())
         }
@@ -363,14 +412,19 @@ fn spawn_proposal(
             reply: tx,
         };
         match proposals.try_send(Input::Propose(proposal)) {
-            Err(_) => error_frame(
+            Err(flume::TrySendError::Full(_)) => error_frame(
                 id,
                 ErrorCode::Overloaded,
                 "too many proposals pending".into(),
             ),
+            Err(flume::TrySendError::Disconnected(_)) => {
+                error_frame(id, ErrorCode::Unavailable, STOPPING.into())
+            }
             Ok(()) => match rx.recv_async().await {
                 Ok(result) => reply_frame(id, result),
-                Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
+                // Proposed, but its answer was lost with a failing role: it may have been
+                // applied, so this is not "try again" (a retried txn could apply twice).
+                Err(_) => error_frame(id, ErrorCode::Internal, OUTCOME_UNKNOWN.into()),
             },
         }
     });
@@ -380,7 +434,7 @@ fn spawn_proposal(
 fn spawn_reply(
     out: &Out,
     inflight: &Rc<Cell<usize>>,
-    reply: impl std::future::Future<Output = Option<AlignedVec>> + 'static,
+    reply: impl std::future::Future<Output = AlignedVec> + 'static,
 ) {
     inflight.set(inflight.get() + 1);
     out.busy.set(out.busy.get() + 1);

@@ -161,6 +161,8 @@ pub(crate) enum Phase {
 pub(crate) struct Shared {
     pub config: ServeConfig,
     pub inputs: flume::Sender<Input>,
+    /// The same queue's other end, for refusing what is left in it once the member stops.
+    pub queued: flume::Receiver<Input>,
     phase: AtomicU8,
     /// The latest published view, and its generation (net shards cache it per shard).
     view: Mutex<Option<ReadView>>,
@@ -196,6 +198,19 @@ impl Shared {
 
     pub fn view(&self) -> Option<ReadView> {
         self.view.lock().clone()
+    }
+}
+
+/// Answers what waits in the input queue and was never proposed: "stopping".
+pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
+    for input in inputs.drain() {
+        match input {
+            Input::Propose(p) => {
+                let _ = p.reply.send(Err(NodeError::Stopping));
+            }
+            Input::Read(waiter) => drop(waiter), // answered Unavailable
+            Input::Checkpointed(_) => {}
+        }
     }
 }
 
@@ -235,6 +250,8 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
             .bootstrap(&config.name)
             .map_err(ServerError::Config)?;
     }
+    // A member started again in the same process starts afresh.
+    STOP.store(false, Ordering::Relaxed);
     install_signal_handlers();
     let dir_err = |path: &PathBuf| {
         let path = path.clone();
@@ -261,6 +278,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         config: config.clone(),
         inputs: inputs_tx,
+        queued: inputs_rx.clone(),
         phase: AtomicU8::new(Phase::Starting as u8),
         view: Mutex::new(None),
         view_generation: AtomicU64::new(0),
@@ -336,6 +354,7 @@ async fn executor(
     raft: Option<raft::RaftRole>,
     apply: Option<apply::ApplyRole>,
 ) -> Result<(), ServerError> {
+    let _guard = PanicGuard(shared.clone());
     let raft = raft.map(|r| glommio::spawn_local(raft::run(r, shared.clone())));
     let apply = apply.map(|a| glommio::spawn_local(apply::run(a, shared.clone())));
     if let Some(l) = listener {
@@ -352,6 +371,19 @@ async fn executor(
         }
     }
     result
+}
+
+/// Stops the whole member if an executor panics (a bug): the other executors' roles wait for
+/// phases that the panicked one would never set.
+struct PanicGuard(Arc<Shared>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            STOP.store(true, Ordering::Relaxed);
+            self.0.set_phase(Phase::Stopped);
+        }
+    }
 }
 
 /// Binds one SO_REUSEPORT listener per net shard. A plain bind first: SO_REUSEPORT alone

@@ -86,7 +86,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     }
     STOP.store(true, Ordering::Relaxed);
     shared.set_phase(Phase::Stopping);
-    refuse_queued(&raft.role.inputs);
+    super::refuse_queued(&raft.role.inputs);
     // If the start failed before the store was opened, the apply role stops now.
     drop(raft.role.wal_opened.take());
     // Everything proposed so far has been handed to apply; let it finish and checkpoint.
@@ -95,7 +95,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     let closed = raft.wal.close().await;
     shared.set_phase(Phase::Stopped);
     // Net shards that saw the member serving just before it stopped may have queued more.
-    refuse_queued(&raft.role.inputs);
+    super::refuse_queued(&raft.role.inputs);
     result?;
     checkpointed?;
     closed?;
@@ -175,6 +175,17 @@ impl Raft {
             Ok(r) => r?,
             Err(_) => return Err(ServerError::RoleLost("apply")),
         };
+        // The tree and the log must meet: the tree holds everything up to `applied`, the
+        // log everything after its start. Anything else is a damaged data directory (a tree
+        // file or WAL segments lost), and starting would serve less than was acknowledged.
+        let (start, last) = (log.start_index(), log.last_index_held());
+        if applied < start || applied > last {
+            return Err(ServerError::Config(format!(
+                "the data directory is damaged: the tree file holds entries up to {applied} but \
+                 the WAL holds {}..={last} (was db/ or wal/ removed or replaced?)",
+                start + 1
+            )));
+        }
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms) as usize;
         let member = self.identity.member_id;
@@ -381,19 +392,6 @@ async fn refuse_peers(listener: std::net::TcpListener) {
                 drop(stream);
             }
             Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
-        }
-    }
-}
-
-/// Answers what waits in the input queue and was never proposed: "stopping".
-fn refuse_queued(inputs: &flume::Receiver<Input>) {
-    for input in inputs.drain() {
-        match input {
-            Input::Propose(p) => {
-                let _ = p.reply.send(Err(NodeError::Stopping));
-            }
-            Input::Read(waiter) => drop(waiter), // answered Unavailable
-            Input::Checkpointed(_) => {}
         }
     }
 }
