@@ -635,6 +635,36 @@ fn a_data_directory_missing_its_tree_or_its_wal_is_refused() {
 }
 
 #[test]
+fn a_reply_over_64_mib_is_an_error_asking_for_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &free_addr());
+    let mut c = Client::connect(&server.addr);
+    let value = "x".repeat(1 << 20);
+    for i in 0..66 {
+        assert!(c.put(i, &format!("big{i:02}"), &value).is_some());
+    }
+    let all = |limit: i64| {
+        ClientRequest::Kv(Request::Range(RangeRequest {
+            key: b"big".to_vec(),
+            range_end: b"bih".to_vec(),
+            limit,
+            serializable: true,
+            ..Default::default()
+        }))
+    };
+    c.send(100, &all(0));
+    let Some((100, Reply::Err(ErrorCode::InvalidRequest))) = c.recv() else {
+        panic!("a 66 MiB reply was not refused")
+    };
+    // The connection goes on, and with a limit the same range is served.
+    c.send(101, &all(10));
+    let Some((101, Reply::Ok(ClientResponse::Kv(Response::Range(r))))) = c.recv() else {
+        panic!("limited range")
+    };
+    assert_eq!((r.kvs.len(), r.count, r.more), (10, 66, true));
+}
+
+#[test]
 fn an_election_timeout_under_five_heartbeats_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
