@@ -118,10 +118,17 @@ impl AsyncClient {
 
     /// The endpoint currently connected to.
     pub fn endpoint(&self) -> Option<String> {
-        let conn = self.inner.conn.borrow();
-        conn.as_ref()
+        self.live().map(|c| c.endpoint.clone())
+    }
+
+    /// The connection, unless there is none or it failed.
+    fn live(&self) -> Option<Rc<Conn>> {
+        self.inner
+            .conn
+            .borrow()
+            .as_ref()
             .filter(|c| !c.dead.get())
-            .map(|c| c.endpoint.clone())
+            .cloned()
     }
 
     /// Sends one request and waits for its reply (or the timeout). A request that could not
@@ -129,20 +136,10 @@ impl AsyncClient {
     /// repeated (it may have been applied).
     pub async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
         let inner = &self.inner;
-        let _slot = inner
-            .slots
-            .acquire_permit(1)
-            .await
-            .map_err(|e| ClientError::Protocol {
-                endpoint: String::new(),
-                reason: e.to_string(),
-            })?;
+        let _slot = inner.slots.acquire_permit(1).await.map_err(local_err)?;
         let id = inner.next_id.get();
         inner.next_id.set(id + 1);
-        let frame = encode_request(id, request).map_err(|e| ClientError::Protocol {
-            endpoint: String::new(),
-            reason: e.to_string(),
-        })?;
+        let frame = encode_request(id, request).map_err(local_err)?;
         let (tx, rx) = flume::bounded(1);
         let mut attempts = 0;
         let conn = loop {
@@ -193,20 +190,17 @@ impl AsyncClient {
     /// The live connection, connecting (to the next endpoint after a failed one) if needed.
     async fn connection(&self) -> Result<Rc<Conn>, ClientError> {
         let inner = &self.inner;
-        if let Some(c) = inner.conn.borrow().as_ref().filter(|c| !c.dead.get()) {
-            return Ok(c.clone());
+        if let Some(c) = self.live() {
+            return Ok(c);
         }
         let _one = inner
             .connecting
             .acquire_permit(1)
             .await
-            .map_err(|e| ClientError::Protocol {
-                endpoint: String::new(),
-                reason: e.to_string(),
-            })?;
+            .map_err(local_err)?;
         // Another request may have connected while this one waited.
-        if let Some(c) = inner.conn.borrow().as_ref().filter(|c| !c.dead.get()) {
-            return Ok(c.clone());
+        if let Some(c) = self.live() {
+            return Ok(c);
         }
         if let Some(dead) = inner.conn.borrow_mut().take() {
             inner
@@ -327,6 +321,14 @@ fn start_conn(stream: TcpStream, endpoint: String, index: usize, slots: usize) -
     .detach();
     conn.tasks.borrow_mut().extend([writer_task, reader_task]);
     conn
+}
+
+/// A failure before anything reached an endpoint.
+fn local_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol {
+        endpoint: String::new(),
+        reason: e.to_string(),
+    }
 }
 
 fn decode_reply(

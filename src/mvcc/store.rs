@@ -128,28 +128,12 @@ impl Store {
         batch: &[Request],
         leases: &dyn LeaseCheck,
     ) -> Result<ApplyOutcome, MvccError> {
-        if self.poisoned {
-            return Err(MvccError::Poisoned);
-        }
-        if at.index <= self.applied.index {
-            return Ok(ApplyOutcome::Skipped);
-        }
-        let mut responses = Vec::with_capacity(batch.len());
-        for request in batch {
+        self.apply_each(at, batch.len(), |store, i| {
             // The operation limit is the proposer's business (see `validate`); the rest is
             // deterministic and keeps malformed requests out of the tree.
-            let result = txn::validate(request, usize::MAX)
-                .and_then(|()| self.write(|w| apply::request(w, request, leases)));
-            match result {
-                Err(e) if e.is_fatal() => {
-                    self.poisoned = true;
-                    return Err(e);
-                }
-                result => responses.push(result),
-            }
-        }
-        self.applied = at;
-        Ok(ApplyOutcome::Applied(responses))
+            txn::validate(&batch[i], usize::MAX)
+                .and_then(|()| store.write(|w| apply::request(w, &batch[i], leases)))
+        })
     }
 
     /// Applies the Raft entry at `at` holding one put, borrowed (read in place from the
@@ -160,24 +144,37 @@ impl Store {
         put: PutRef<'_>,
         leases: &dyn LeaseCheck,
     ) -> Result<ApplyOutcome, MvccError> {
+        self.apply_each(at, 1, |store, _| {
+            txn::check_put(put).and_then(|()| store.write(|w| apply::put_checked(w, put, leases)))
+        })
+    }
+
+    /// The rules of applying one entry of `count` requests, each run by `one`: nothing after
+    /// a fatal error, entries already applied skipped, the applied position moved last.
+    fn apply_each(
+        &mut self,
+        at: RaftPosition,
+        count: usize,
+        mut one: impl FnMut(&mut Store, usize) -> Result<Response, MvccError>,
+    ) -> Result<ApplyOutcome, MvccError> {
         if self.poisoned {
             return Err(MvccError::Poisoned);
         }
         if at.index <= self.applied.index {
             return Ok(ApplyOutcome::Skipped);
         }
-        let result =
-            txn::check_put(put).and_then(|()| self.write(|w| apply::put_checked(w, put, leases)));
-        match result {
-            Err(e) if e.is_fatal() => {
-                self.poisoned = true;
-                Err(e)
-            }
-            result => {
-                self.applied = at;
-                Ok(ApplyOutcome::Applied(vec![result]))
+        let mut responses = Vec::with_capacity(count);
+        for i in 0..count {
+            match one(self, i) {
+                Err(e) if e.is_fatal() => {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+                result => responses.push(result),
             }
         }
+        self.applied = at;
+        Ok(ApplyOutcome::Applied(responses))
     }
 
     /// Runs one write transaction: its own revision if it changes anything; rolled back if

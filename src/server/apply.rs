@@ -4,7 +4,7 @@
 
 use super::{Input, Reply, ServerError, Shared, ToApply, STOP};
 use crate::btree::DbOptions;
-use crate::mvcc::{Store, COMPACTION_STEP_RECORDS};
+use crate::mvcc::Store;
 use crate::node::apply_committed;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -136,17 +136,20 @@ async fn apply_loop(
         if stop {
             break;
         }
+        let compacting = store.compaction_backlog() > 0;
+        let started = std::time::Instant::now();
+        // One step of compaction deletions, and a checkpoint if the memory budget says so.
+        let mut written = store.maybe_checkpoint()?;
         // A compaction that just finished deleting checkpoints at once, so that the space
         // it freed counts (against the quota too) without waiting for more writes.
-        let compacting = store.compaction_backlog() > 0;
         let due = applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
             || log_bytes >= LOG_BYTES_PER_CHECKPOINT_MAX
-            || (compacting && store.compact_step(COMPACTION_STEP_RECORDS)? == 0);
-        let started = std::time::Instant::now();
-        if due {
+            || (compacting && store.compaction_backlog() == 0);
+        if due && !written {
             store.checkpoint_background()?;
+            written = true;
         }
-        if store.maybe_checkpoint()? || due {
+        if written {
             tracing::debug!(
                 applied,
                 ms = started.elapsed().as_secs_f64() * 1e3,

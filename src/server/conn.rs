@@ -362,15 +362,8 @@ fn spawn_linearizable_read(
     let shard = shard.clone();
     spawn_reply(out, inflight, async move {
         let (tx, rx) = flume::bounded(1);
-        match shard.shared.inputs.try_send(Input::Read(tx)) {
-            Err(flume::TrySendError::Full(_)) => error_frame(
-                id,
-                ErrorCode::Overloaded,
-                "too many requests pending".into(),
-            ),
-            Err(flume::TrySendError::Disconnected(_)) => {
-                error_frame(id, ErrorCode::Unavailable, STOPPING.into())
-            }
+        match enqueue(&shard.shared.inputs, Input::Read(tx), id) {
+            Err(refused) => refused,
             Ok(()) => match rx.recv_async().await {
                 Ok(()) => serve_range(id, &r, &shard),
                 Err(_) => error_frame(
@@ -381,6 +374,24 @@ fn spawn_linearizable_read(
             },
         }
     });
+}
+
+/// Hands a request to the raft role, or the error frame saying why it cannot be.
+fn enqueue(inputs: &flume::Sender<Input>, input: Input, id: u64) -> Result<(), AlignedVec> {
+    let what = match &input {
+        Input::Propose(_) => "proposals",
+        _ => "requests",
+    };
+    inputs.try_send(input).map_err(|e| match e {
+        flume::TrySendError::Full(_) => error_frame(
+            id,
+            ErrorCode::Overloaded,
+            format!("too many {what} pending"),
+        ),
+        flume::TrySendError::Disconnected(_) => {
+            error_frame(id, ErrorCode::Unavailable, STOPPING.into())
+        }
+    })
 }
 
 fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> AlignedVec {
@@ -411,15 +422,8 @@ fn spawn_proposal(
             payload: payload.to_vec(),
             reply: tx,
         };
-        match proposals.try_send(Input::Propose(proposal)) {
-            Err(flume::TrySendError::Full(_)) => error_frame(
-                id,
-                ErrorCode::Overloaded,
-                "too many proposals pending".into(),
-            ),
-            Err(flume::TrySendError::Disconnected(_)) => {
-                error_frame(id, ErrorCode::Unavailable, STOPPING.into())
-            }
+        match enqueue(&proposals, Input::Propose(proposal), id) {
+            Err(refused) => refused,
             Ok(()) => match rx.recv_async().await {
                 Ok(result) => reply_frame(id, result),
                 // Proposed, but its answer was lost with a failing role: it may have been
