@@ -214,13 +214,20 @@ fn a_background_commit_is_durable_once_reported_and_the_writer_goes_on() {
     assert_eq!(db.last_commit().applied_index, 1);
     assert!(!db.commit_pending());
     assert_eq!(db.poll_commit().unwrap(), None, "reported once");
-    // A second one, then the writer is dropped at once (as on exit): it is still durable,
-    // and what came after it is not there.
+    // Two in a row: the second waits for the first, and the first is still reported.
+    db.put(0, b"b", b"2").unwrap();
     db.commit_background(meta(2)).unwrap();
+    db.put(0, b"b", b"3").unwrap();
+    db.commit_background(meta(3)).unwrap();
+    assert_eq!(db.poll_commit().unwrap().map(|m| m.applied_index), Some(2));
+    // A last one, then the writer is dropped at once (as on exit): it is still durable,
+    // and what came after it is not there.
+    db.commit_background(meta(4)).unwrap();
     db.put(0, b"c", b"never committed").unwrap();
     drop(db);
     let db = Db::open(&path, DbOptions::default()).unwrap();
-    assert_eq!(db.last_commit().applied_index, 2);
+    assert_eq!(db.last_commit().applied_index, 4);
+    assert_eq!(db.get(0, b"b").unwrap(), Some(b"3".to_vec()));
     assert_eq!(db.get(0, b"b000999").unwrap(), Some(b"later".to_vec()));
     assert_eq!(db.get(0, b"c").unwrap(), None);
 }

@@ -69,6 +69,8 @@ pub struct Db {
     pending: Option<PendingCommit>,
     /// Pages of the file up to the end of the last durable commit record.
     durable_pages: u64,
+    /// A background commit known durable and not yet reported by [`Db::poll_commit`].
+    unreported: Option<CommitMeta>,
 }
 
 impl Drop for Db {
@@ -244,6 +246,7 @@ impl Db {
             poisoned: false,
             pending: None,
             durable_pages,
+            unreported: None,
         })
     }
 
@@ -387,18 +390,24 @@ impl Db {
         }
     }
 
-    /// The metadata of the background commit if it has become durable since the last call.
+    /// The newest commit made by [`Db::commit_background`] that became durable since the
+    /// last call, if any: whether it was found finished here or waited for by a later commit
+    /// (a durable commit is never missed by the caller).
     pub fn poll_commit(&mut self) -> Result<Option<CommitMeta>> {
-        match &self.pending {
-            Some(p) if p.finish.is_finished() => self.wait_commit(),
-            _ => Ok(None),
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.finish.is_finished())
+        {
+            self.wait_commit()?;
         }
+        Ok(self.unreported.take())
     }
 
-    /// Waits for the background commit, if any; its metadata once durable.
-    pub fn wait_commit(&mut self) -> Result<Option<CommitMeta>> {
+    /// Waits for the background commit, if any, to be durable.
+    pub fn wait_commit(&mut self) -> Result<()> {
         let Some(p) = self.pending.take() else {
-            return Ok(None);
+            return Ok(());
         };
         let result = match p.finish.join() {
             Ok(r) => r,
@@ -411,7 +420,8 @@ impl Db {
             Ok(()) => {
                 self.meta = p.meta.clone();
                 self.durable_pages = p.end_pages;
-                Ok(Some(p.meta))
+                self.unreported = Some(p.meta);
+                Ok(())
             }
             Err(e) => {
                 self.poisoned = true;
