@@ -5,12 +5,16 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 /// A port for one member of this test process. Ports the kernel hands out for port 0 can
 /// repeat between tests running in parallel (two members would then race for one port), so
-/// each call takes the next port of a range of this process's own.
+/// each call takes the next port of a range of this process's own. The ports stay below
+/// Linux's ephemeral range (32768 and up): a client connecting to a port in that range
+/// while nothing listens there can be handed the same port as its own and connect to
+/// itself, which looks like a member that is up.
 pub fn free_addr() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 2_000) as u16 * 16;
+    let base = (std::process::id() % 1_000) as u16 * 20;
     loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+        let port = 10_000 + (base + step) % 22_000;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return format!("127.0.0.1:{port}");
         }
