@@ -1,6 +1,6 @@
 //! The write-ahead log: fixed-size preallocated segments written with O_DIRECT through
 //! io_uring (glommio DMA files), records chained by a rolling CRC32C, and group commit
-//! (one write and one `fdatasync` per batch of concurrent appends).
+//! (one O_DSYNC write per batch of concurrent appends).
 //!
 //! The byte layout, alignment rules and crash cases are documented in `docs/wal.md`.
 //!
@@ -39,4 +39,4 @@ pub use error::{Result, WalError};
 pub use format::{Lsn, RecordType};
 pub use options::{Prealloc, WalOptions};
 pub use reader::{ReplayError, TornTail};
-pub use writer::{Append, Wal, WalMetrics};
+pub use writer::{Append, WaitDurable, Wal, WalMetrics};

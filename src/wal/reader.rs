@@ -552,6 +552,8 @@ where
     if torn.is_some() || file_len < header.segment_bytes {
         file.fdatasync().await.at(path)?;
     }
+    file.close().await.at(path)?;
+    let file = segment::open_durable(path).await?;
     let segment = SegmentFile {
         file,
         seq: header.seq,

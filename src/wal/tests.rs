@@ -841,6 +841,56 @@ fn a_failed_write_fails_its_waiters_and_every_later_append() {
 }
 
 #[test]
+fn enqueued_records_are_written_in_order_and_waited_for_by_lsn() {
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let dir = tmp.path().join("wal");
+    run(move || async move {
+        let (wal, _) = open(&dir, small_options(), 1).await.expect("open");
+        // A pipelined writer: queue many small groups without waiting, as one task.
+        let mut last = 0;
+        let mut firsts = Vec::new();
+        for i in 0..200u32 {
+            let payload = i.to_le_bytes();
+            let lsns = wal
+                .enqueue(&[(RecordType::ENTRY, &payload[..])])
+                .await
+                .expect("enqueue");
+            assert_eq!(lsns.start, last + 1, "LSNs are handed out in order");
+            last = lsns.end - 1;
+            firsts.push(lsns.start);
+        }
+        assert!(
+            wal.durable_lsn() < last,
+            "queueing does not wait for the disk"
+        );
+        // Waiting for an early LSN does not need the later ones.
+        wal.wait_durable(firsts[0]).await.expect("durable");
+        assert!(wal.durable_lsn() >= firsts[0]);
+        wal.wait_durable(last).await.expect("durable");
+        assert!(wal.durable_lsn() >= last);
+        assert!(wal.metrics().batches < 200, "queued groups share batches");
+        // A wait for what is durable already completes at once.
+        wal.wait_durable(1).await.expect("durable");
+        wal.fail_next_write();
+        let lsns = wal
+            .enqueue(&[(RecordType::ENTRY, b"lost")])
+            .await
+            .expect("queued before the write fails");
+        assert!(matches!(
+            wal.wait_durable(lsns.start).await,
+            Err(WalError::Failed { .. })
+        ));
+        assert!(wal.close().await.is_err());
+        let (seen, _) = reopen(&dir).await.expect("reopen");
+        let values: Vec<u32> = seen
+            .iter()
+            .map(|(_, _, p)| u32::from_le_bytes(p[..4].try_into().expect("4 bytes")))
+            .collect();
+        assert_eq!(values, (0..200).collect::<Vec<u32>>());
+    });
+}
+
+#[test]
 fn a_directory_is_opened_by_one_wal_at_a_time() {
     let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
     let dir = tmp.path().join("wal");

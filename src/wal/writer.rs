@@ -2,7 +2,7 @@
 //!
 //! Appenders encode their records straight into the pending batch (assigning LSNs and
 //! extending the CRC chain) and wait. One flusher task takes the whole pending batch, writes
-//! it with one O_DIRECT write and one `fdatasync`, then wakes exactly the appenders of that
+//! it with one O_DIRECT + O_DSYNC write (durable when it completes), then wakes exactly the appenders of that
 //! batch; while it is in flight, new appends accumulate in the next batch. A preallocation
 //! task prepares segment N+1 as soon as segment N is first written to.
 //!
@@ -34,7 +34,8 @@ use super::segment::{self, SegmentFile};
 /// Counters of what the WAL has written since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WalMetrics {
-    /// `fdatasync` calls that made batches durable (segment preallocation not counted).
+    /// Durable writes (O_DSYNC, each one device cache flush) that made batches durable
+    /// (segment preallocation not counted).
     pub fsyncs: u64,
     /// Batches written (one write each).
     pub batches: u64,
@@ -276,6 +277,22 @@ impl Wal {
     ///
     /// Dropping the future before it completes does not withdraw records already queued.
     pub fn append_many<'a>(&'a self, records: &'a [(RecordType, &'a [u8])]) -> Append<'a> {
+        self.append_with(records, true)
+    }
+
+    /// Like [`Wal::append_many`], but completes as soon as the records are queued in a
+    /// batch (after waiting for room in it), not once they are durable: a pipelined caller
+    /// goes on preparing the next batch while this one is written, and learns of its
+    /// durability from [`Wal::wait_durable`] or [`Wal::durable_lsn`].
+    pub fn enqueue<'a>(&'a self, records: &'a [(RecordType, &'a [u8])]) -> Append<'a> {
+        self.append_with(records, false)
+    }
+
+    fn append_with<'a>(
+        &'a self,
+        records: &'a [(RecordType, &'a [u8])],
+        durable: bool,
+    ) -> Append<'a> {
         let bytes = records.iter().fold(0usize, |sum, (_, payload)| {
             sum.saturating_add(record_bytes(payload.len()))
         });
@@ -283,7 +300,18 @@ impl Wal {
             shared: &self.shared,
             records,
             bytes,
+            durable,
             stage: Stage::Admit { ticket: None },
+        }
+    }
+
+    /// Waits until every record up to `lsn` (which must have been appended or queued) is
+    /// durable, or the WAL has failed.
+    pub fn wait_durable(&self, lsn: Lsn) -> WaitDurable<'_> {
+        WaitDurable {
+            shared: &self.shared,
+            lsn,
+            slot: None,
         }
     }
 
@@ -404,6 +432,8 @@ pub struct Append<'a> {
     shared: &'a Shared,
     records: &'a [(RecordType, &'a [u8])],
     bytes: usize,
+    /// Complete once durable (else once queued).
+    durable: bool,
     stage: Stage,
 }
 
@@ -459,6 +489,11 @@ impl Future for Append<'_> {
                     st.wake_admission_front();
                 }
                 let lsns = st.push(this.records);
+                if !this.durable {
+                    st.wake_flusher();
+                    this.stage = Stage::Done;
+                    return Poll::Ready(Ok(lsns));
+                }
                 let slot = st.pending.waiters.len();
                 st.pending.waiters.push(cx.waker().clone());
                 st.wake_flusher();
@@ -491,6 +526,51 @@ impl Future for Append<'_> {
             }
             Stage::Done => Poll::Pending,
         }
+    }
+}
+
+/// The future of [`Wal::wait_durable`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct WaitDurable<'a> {
+    shared: &'a Shared,
+    lsn: Lsn,
+    /// (batch id, waiter slot) once registered.
+    slot: Option<(u64, usize)>,
+}
+
+impl Future for WaitDurable<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut st = this.shared.state.borrow_mut();
+        if st.durable_lsn >= this.lsn {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(error) = st.fail_reason() {
+            return Poll::Ready(Err(error));
+        }
+        // Registered with the batch that holds the LSN (which may since have moved from
+        // pending to in flight), or registering now.
+        // Records after the durable ones and before the pending batch are in flight; an
+        // LSN not appended yet waits with the pending batch.
+        let in_flight =
+            this.lsn < st.next_lsn && (st.pending.records == 0 || this.lsn < st.pending.first_lsn);
+        let (id, waiters) = if in_flight {
+            (st.inflight_id, &mut st.inflight_waiters)
+        } else {
+            (st.pending.id, &mut st.pending.waiters)
+        };
+        match this.slot {
+            Some((batch, slot)) if batch == id && slot < waiters.len() => {
+                waiters[slot].clone_from(cx.waker());
+            }
+            _ => {
+                this.slot = Some((id, waiters.len()));
+                waiters.push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -559,8 +639,10 @@ async fn run_flusher(shared: Rc<Shared>, mut active: Option<Active>, next: Creat
             match written {
                 Ok(()) => st.complete(&batch),
                 Err(error) => {
+                    // Nothing more is written; the next segment's creation is still waited
+                    // for below, so that no file operation outlives the WAL.
                     st.fail(&error);
-                    return;
+                    break;
                 }
             }
         }
@@ -606,8 +688,8 @@ async fn next_batch(shared: &Shared, spare: Vec<u8>) -> Option<Batch> {
     .await
 }
 
-/// Writes one batch with one write and one `fdatasync`, switching segments first if it
-/// does not fit in the current one.
+/// Writes one batch with one O_DSYNC write (durable once it completes), switching segments
+/// first if it does not fit in the current one.
 async fn write_batch(
     shared: &Shared,
     active: &mut Option<Active>,
@@ -661,7 +743,6 @@ async fn write_batch(
     if written != len {
         return Err(segment::short_write(path, pos, written, len));
     }
-    file.fdatasync().await.at(path)?;
     let mut st = shared.state.borrow_mut();
     st.metrics.fsyncs += 1;
     st.metrics.batches += 1;
