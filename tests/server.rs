@@ -44,8 +44,11 @@ impl Server {
             })
             .spawn()
             .unwrap();
+        // Serving, not only listening: the port is bound before the data directory is
+        // locked, and a test that starts another member on the same directory next must
+        // find it taken.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
+        while !serving(addr) {
             assert!(Instant::now() < deadline, "server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -65,6 +68,26 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether a member answers a status request on `addr`.
+fn serving(addr: &str) -> bool {
+    let Ok(stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut client = Client {
+        stream,
+        buf: Vec::new(),
+    };
+    let request = encode_request(0, &ClientRequest::Status).unwrap();
+    if client.stream.write_all(&request).is_err() {
+        return false;
+    }
+    matches!(
+        client.recv(),
+        Some((0, Reply::Ok(ClientResponse::Status(_))))
+    )
 }
 
 struct Client {
