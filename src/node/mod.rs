@@ -4,13 +4,17 @@
 //! for, calls back once they are durable, and hands the committed entries to the apply
 //! loop (on another executor, or inline); the same core runs under a simulator in tests.
 //!
-//! The loop, per round:
-//! 1. [`Node::next_ready`] returns [`Work`]: messages to send now, and WAL records.
-//! 2. The shell appends the records to the WAL and waits for their `fdatasync`.
-//! 3. [`Node::on_persisted`] returns [`Done`]: messages to send only now, the entries now
-//!    committed, and confirmed read indexes.
-//! 4. [`apply_committed`] applies the entries in order and returns the results of this
+//! The loop, per round (rounds are pipelined: the next one may start before the records of
+//! the previous ones are durable):
+//! 1. [`Node::next_ready`] returns [`Work`]: messages to send now, WAL records to append,
+//!    messages to send once those are durable, entries now committed (durable and agreed)
+//!    and confirmed read indexes.
+//! 2. The shell queues the records for the WAL and hands the committed entries to the apply
+//!    loop, where [`apply_committed`] applies them in order and returns the results of this
 //!    member's proposals by token.
+//! 3. Once a round's records, and those of every earlier round, are durable, the shell
+//!    calls [`Node::on_persisted`] with its number, which lets raft count them (for a
+//!    single member: commit them, so that they come out of a later round).
 
 mod apply;
 
@@ -20,7 +24,7 @@ use crate::mvcc::MvccError;
 use crate::raftlog::{encode_entry, encode_hard_state, RaftLog};
 use crate::wal::RecordType;
 use raft::eraftpb::{Entry, Message};
-use raft::{Config, RawNode, Ready, Storage};
+use raft::{Config, RawNode, Storage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -38,33 +42,30 @@ pub enum NodeError {
     BadEntry { index: u64, reason: String },
 }
 
-/// What one round asks of the shell before it can continue.
+/// What one round asks of the shell.
 pub struct Work {
+    /// Give to [`Node::on_persisted`] once `records` (and every earlier round's) are durable.
+    pub number: u64,
     /// Send now: a leader may send these before its own `fdatasync`.
     pub messages: Vec<Message>,
-    /// Append to the WAL, then wait until they are durable.
+    /// Append to the WAL.
     pub records: Vec<(RecordType, Vec<u8>)>,
-    reads: Vec<(u64, u64)>,
-    ready: Ready,
+    /// Send only once `records` are durable (votes and appends acknowledged after
+    /// persisting).
+    pub persisted_messages: Vec<Message>,
+    /// Committed entries, in log order, for [`apply_committed`]: they are durable already.
+    pub committed: Vec<Entry>,
+    /// Confirmed read indexes: (token given to [`Node::read_index`], index). A read may be
+    /// served once the store has applied the index.
+    pub reads: Vec<(u64, u64)>,
+    span: Option<(u64, u64)>,
 }
 
 impl Work {
     /// First and last index of the entries this round appends, if any.
     pub fn entries_span(&self) -> Option<(u64, u64)> {
-        let ents = self.ready.entries();
-        Some((ents.first()?.index, ents.last()?.index))
+        self.span
     }
-}
-
-/// What a round produced once its records were durable.
-pub struct Done {
-    /// Send only now (votes and appends acknowledged after persisting).
-    pub messages: Vec<Message>,
-    /// Committed entries, in log order, for [`apply_committed`].
-    pub committed: Vec<Entry>,
-    /// Confirmed read indexes: (token given to [`Node::read_index`], index). A read may be
-    /// served once [`Node::applied_index`] reaches the index.
-    pub reads: Vec<(u64, u64)>,
 }
 
 pub struct Node {
@@ -121,7 +122,7 @@ impl Node {
     }
 
     /// Proposes a validated request payload (an archived [`ClientRequest`]); its result comes
-    /// back in [`Done::results`] under `token` once applied.
+    /// back from [`apply_committed`] under `token` once applied.
     pub fn propose(&mut self, token: u64, payload: Vec<u8>) -> Result<(), NodeError> {
         if !self.is_leader() {
             return Err(NodeError::NotLeader);
@@ -133,7 +134,7 @@ impl Node {
     }
 
     /// Asks for a read index (etcd's ReadIndex): once confirmed (a leader's lease on the
-    /// log, through a heartbeat round in a cluster) it comes back in [`Done::reads`]. One
+    /// log, through a heartbeat round in a cluster) it comes back in [`Work::reads`]. One
     /// call serves every linearizable read waiting at that moment.
     pub fn read_index(&mut self, token: u64) -> Result<(), NodeError> {
         if !self.is_leader() {
@@ -143,7 +144,9 @@ impl Node {
         Ok(())
     }
 
-    /// The next round of work, if raft has any.
+    /// The next round of work, if raft has any. The committed entries it hands out count
+    /// as applied for raft from here on: the shell must apply them, in order, before
+    /// anything reads the store at their index.
     pub fn next_ready(&mut self) -> Result<Option<Work>, NodeError> {
         if !self.raw.has_ready() {
             return Ok(None);
@@ -159,45 +162,49 @@ impl Node {
                     .map(|t| (u64::from_le_bytes(t), r.index))
             })
             .collect();
-        let mut records: Vec<(RecordType, Vec<u8>)> = ready
-            .entries()
+        let committed = ready.take_committed_entries();
+        let ents = ready.entries();
+        let span = ents
+            .first()
+            .zip(ents.last())
+            .map(|(f, l)| (f.index, l.index));
+        let mut records: Vec<(RecordType, Vec<u8>)> = ents
             .iter()
             .map(|e| (RecordType::ENTRY, encode_entry(e)))
             .collect();
-        self.log.append(ready.entries())?;
+        self.log.append(ents)?;
         if let Some(hs) = ready.hs() {
-            records.push((RecordType::HARD_STATE, encode_hard_state(hs)));
+            // Term and vote must be durable before anything is sent, and go to the WAL at
+            // once. A new commit index alone need not be (raft finds it again after a
+            // restart: a leader commits its log anew, a follower learns it from the
+            // leader), so it rides along with the next entries instead of costing a write
+            // of its own.
+            let old = self.log.hard_state();
+            if !records.is_empty() || hs.term != old.term || hs.vote != old.vote {
+                records.push((RecordType::HARD_STATE, encode_hard_state(hs)));
+            }
             self.log.set_hard_state(hs.clone());
         }
+        let persisted_messages = ready.take_persisted_messages();
+        let number = ready.number();
+        self.raw.advance_append_async(ready);
+        if let Some(last) = committed.last() {
+            self.raw.advance_apply_to(last.index);
+        }
         Ok(Some(Work {
+            number,
             messages,
             records,
+            persisted_messages,
+            committed,
             reads,
-            ready,
+            span,
         }))
     }
 
-    /// Continues a round after its records are durable. The committed entries count as
-    /// applied for raft from here on: the shell must apply them, in order, before anything
-    /// reads the store at their index.
-    pub fn on_persisted(&mut self, work: Work) -> Result<Done, NodeError> {
-        let mut ready = work.ready;
-        let mut messages = ready.take_persisted_messages();
-        let mut committed = ready.take_committed_entries();
-        let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            let mut hs = self.log.hard_state();
-            hs.commit = commit;
-            self.log.set_hard_state(hs);
-        }
-        messages.extend(light.take_messages());
-        committed.extend(light.take_committed_entries());
-        self.raw.advance_apply();
-        Ok(Done {
-            messages,
-            committed,
-            reads: work.reads,
-        })
+    /// The records of every round up to `number` are durable.
+    pub fn on_persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
     }
 
     /// The log, to compact once the store has checkpointed.

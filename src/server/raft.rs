@@ -74,6 +74,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         token: 0,
         batches,
         compacted: 0,
+        inflight: VecDeque::new(),
         role,
     };
     let result = raft.start(&log, replayed, identity, &shared).await;
@@ -116,6 +117,9 @@ struct Raft {
     /// holding entries after the last compaction: what releasing segments must keep.
     batches: VecDeque<(u64, u64, Lsn)>,
     compacted: u64,
+    /// Rounds handed out but not yet reported persisted, oldest first: (number, the LSN
+    /// up to which the WAL must be durable for it).
+    inflight: VecDeque<(u64, Lsn)>,
 }
 
 impl Raft {
@@ -192,7 +196,7 @@ impl Raft {
         let mut node = Node::open(member, election_tick, applied, log.clone(), &logger)?;
         node.campaign()?;
         for _ in 0..1000 {
-            self.rounds(&mut node).await?;
+            self.settle(&mut node).await?;
             if node.applied_index() >= node.last_log().1 {
                 break;
             }
@@ -234,11 +238,28 @@ impl Raft {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
             let inputs = &self.role.inputs;
-            let first = futures_lite::future::or(async { inputs.recv_async().await.ok() }, async {
-                glommio::timer::sleep(wait).await;
-                None
-            })
-            .await;
+            // Wake for an input, the tick, or the oldest round in flight becoming durable.
+            let woken =
+                futures_lite::future::or(async { Ok(inputs.recv_async().await.ok()) }, async {
+                    match self.inflight.front() {
+                        Some(&(_, lsn)) => {
+                            futures_lite::future::or(
+                                async { self.wal.wait_durable(lsn).await.map(|()| None) },
+                                async {
+                                    glommio::timer::sleep(wait).await;
+                                    Ok(None)
+                                },
+                            )
+                            .await
+                        }
+                        None => {
+                            glommio::timer::sleep(wait).await;
+                            Ok(None)
+                        }
+                    }
+                })
+                .await;
+            let first = woken?;
             let mut reads = Vec::new();
             let mut checkpointed = None;
             for input in first
@@ -279,43 +300,80 @@ impl Raft {
                 self.compact(node, index).await?;
             }
         }
-        Ok(())
+        // Everything proposed gets committed and handed to apply before the member stops.
+        self.settle(node).await
     }
 
-    /// Runs ready rounds until raft is idle: WAL append (group commit), then committed
-    /// entries (with the replies owed for them) and confirmed reads to the apply role.
+    /// Runs ready rounds until raft is idle, without waiting for the WAL: each round's
+    /// records are queued (group commit: the batch being written and the next one fill at
+    /// once), its committed entries (with the replies owed for them) and confirmed reads go
+    /// to the apply role, and rounds whose records are durable are reported to raft, which
+    /// may make more rounds.
     async fn rounds(&mut self, node: &mut Node) -> Result<(), ServerError> {
-        while let Some(work) = node.next_ready()? {
-            if !work.records.is_empty() {
-                let records: Vec<(RecordType, &[u8])> = work
-                    .records
-                    .iter()
-                    .map(|(t, p)| (*t, p.as_slice()))
-                    .collect();
-                let lsns = self.wal.append_many(&records).await?;
-                if let Some((first, last)) = work.entries_span() {
-                    self.batches.push_back((first, last, lsns.start));
+        loop {
+            while let Some(mut work) = node.next_ready()? {
+                if !work.committed.is_empty() {
+                    let replies: Vec<(u64, Reply)> = work
+                        .committed
+                        .iter()
+                        .filter_map(|e| {
+                            let token =
+                                u64::from_le_bytes(<[u8; 8]>::try_from(&e.context[..]).ok()?);
+                            Some((token, self.pending.remove(&token)?))
+                        })
+                        .collect();
+                    let committed = std::mem::take(&mut work.committed);
+                    self.send(ToApply::Entries(committed, replies)).await?;
                 }
-            }
-            let done = node.on_persisted(work)?;
-            if !done.committed.is_empty() {
-                let replies: Vec<(u64, Reply)> = done
-                    .committed
-                    .iter()
-                    .filter_map(|e| {
-                        let token = u64::from_le_bytes(<[u8; 8]>::try_from(&e.context[..]).ok()?);
-                        Some((token, self.pending.remove(&token)?))
-                    })
-                    .collect();
-                self.send(ToApply::Entries(done.committed, replies)).await?;
-            }
-            for (token, index) in done.reads {
-                if let Some(waiters) = self.pending_reads.remove(&token) {
-                    self.send(ToApply::Reads(index, waiters)).await?;
+                for &(token, index) in &work.reads {
+                    if let Some(waiters) = self.pending_reads.remove(&token) {
+                        self.send(ToApply::Reads(index, waiters)).await?;
+                    }
                 }
+                // Durable once the WAL holds everything queued so far (this round's
+                // records, if it has any, are the last of them).
+                let mut durable_at = self.wal.next_lsn().saturating_sub(1);
+                if !work.records.is_empty() {
+                    let records: Vec<(RecordType, &[u8])> = work
+                        .records
+                        .iter()
+                        .map(|(t, p)| (*t, p.as_slice()))
+                        .collect();
+                    let lsns = self.wal.enqueue(&records).await?;
+                    if let Some((first, last)) = work.entries_span() {
+                        self.batches.push_back((first, last, lsns.start));
+                    }
+                    durable_at = lsns.end - 1;
+                }
+                self.inflight.push_back((work.number, durable_at));
+            }
+            // Rounds durable now, oldest first.
+            let durable = self.wal.durable_lsn();
+            let mut persisted = None;
+            while let Some(&(number, lsn)) = self.inflight.front() {
+                if lsn > durable {
+                    break;
+                }
+                persisted = Some(number);
+                self.inflight.pop_front();
+            }
+            match persisted {
+                Some(number) => node.on_persisted(number),
+                None => return Ok(()),
             }
         }
-        Ok(())
+    }
+
+    /// Runs rounds until none is in flight: everything proposed so far is durable and
+    /// handed to the apply role.
+    async fn settle(&mut self, node: &mut Node) -> Result<(), ServerError> {
+        loop {
+            self.rounds(node).await?;
+            match self.inflight.front() {
+                Some(&(_, lsn)) => self.wal.wait_durable(lsn).await?,
+                None => return Ok(()),
+            }
+        }
     }
 
     async fn send(&self, msg: ToApply) -> Result<(), ServerError> {
