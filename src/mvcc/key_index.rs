@@ -17,7 +17,6 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
@@ -319,16 +318,44 @@ impl KeyIndex {
         next_generation(self.live_generation(key), main)
     }
 
-    /// Records a put; `created` and `version` come from [`KeyIndex::next_put`].
+    /// Records a put through [`KeyIndex::put_with`]; `created` and `version` must be what
+    /// [`KeyIndex::next_put`] says.
+    #[cfg(test)]
     pub fn put(&mut self, key: &[u8], rev: Revision, created: i64, version: i64) {
-        let rev = IndexRev::new(rev, false);
-        // One search of the map whether the key is new or not.
-        match self.keys.entry(CompactKey::new(key)) {
-            Entry::Occupied(mut e) => e.get_mut().push(rev, created, version),
-            Entry::Vacant(e) => {
-                e.insert(KeyEntry::new(rev, created, version));
-            }
+        let result = self.put_with(key, rev, |c, v| {
+            assert_eq!(
+                (c, v),
+                (created, version),
+                "the generation put_with computes"
+            );
+            Ok::<(), ()>(())
+        });
+        assert!(result.is_ok());
+    }
+
+    /// A put of `key` at `rev` with one search of the map for a key it holds: `write` gets
+    /// the (create_revision, version) the put records and stores the record; only if it
+    /// succeeds does the index take the revision. Returns the key's live generation before
+    /// the put, for [`KeyIndex::undo`].
+    pub fn put_with<E>(
+        &mut self,
+        key: &[u8],
+        rev: Revision,
+        write: impl FnOnce(i64, i64) -> Result<(), E>,
+    ) -> Result<Option<(i64, i64)>, E> {
+        let irev = IndexRev::new(rev, false);
+        if let Some(entry) = self.keys.get_mut(key) {
+            let before = (!entry.latest.tombstone).then_some((entry.created, entry.version));
+            let (created, version) = next_generation(before, rev.main);
+            write(created, version)?;
+            entry.push(irev, created, version);
+            return Ok(before);
         }
+        let (created, version) = next_generation(None, rev.main);
+        write(created, version)?;
+        self.keys
+            .insert(CompactKey::new(key), KeyEntry::new(irev, created, version));
+        Ok(None)
     }
 
     /// Records a delete of a key that is live.

@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 use crate::btree::Db;
 
 use super::error::MvccError;
-use super::key_index::{next_generation, KeyIndex, KeyRange};
+use super::key_index::{KeyIndex, KeyRange};
 use super::range::{self, RangeOptions, RangeResult, PRIMARY_TREE};
 use super::record::Record;
 use super::revision::Revision;
@@ -21,8 +21,9 @@ struct Undo {
 
 pub(crate) struct WriteTxn<'a> {
     db: &'a mut Db,
-    /// Locked per operation, and for writing only around index updates, so readers on other
-    /// threads wait for an index update, never for tree I/O.
+    /// Locked per operation, and for writing only around index updates (a put's includes
+    /// its insert into the tree's right edge, in memory but for a page read at most), so
+    /// readers on other threads never wait for a tree commit.
     index: &'a RwLock<KeyIndex>,
     begin: i64,
     undo: Vec<Undo>,
@@ -91,12 +92,13 @@ impl<'a> WriteTxn<'a> {
     /// Writes a new revision of `key`; returns the transaction's revision.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, MvccError> {
         let rev = self.next_rev();
-        let before = self.index.read().live_generation(key);
-        let (created, version) = next_generation(before, rev.main);
-        let record = Record::put(key, created, version, lease, value).encode();
-        // Tree first: if it fails, the index still describes the tree.
-        self.db.put_owned(PRIMARY_TREE, &rev.to_key(), record)?;
-        self.index.write().put(key, rev, created, version);
+        let db = &mut *self.db;
+        // One search of the index; the tree is written first, so that if it fails the index
+        // still describes the tree.
+        let before = self.index.write().put_with(key, rev, |created, version| {
+            let record = Record::put(key, created, version, lease, value).encode();
+            db.put_owned(PRIMARY_TREE, &rev.to_key(), record)
+        })?;
         self.undo.push(Undo { rev, before });
         Ok(rev.main)
     }
