@@ -5,7 +5,7 @@
 //!
 //! - [`wal`]: the write-ahead log. Fixed-size preallocated segments written with O_DIRECT
 //!   through io_uring (glommio DMA files), records chained by a rolling CRC32C, group commit
-//!   (one write and one `fdatasync` per batch). Format: `docs/wal.md`.
+//!   (one O_DSYNC write per batch). Format: `docs/wal.md`.
 //! - [`btree`]: the append-only copy-on-write B+tree file. Checksummed fixed-size pages,
 //!   commit records, readers on any thread, online space reclamation, consistent snapshots
 //!   as byte streams. Format: `docs/btree.md`.

@@ -1,5 +1,6 @@
 //! One member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the [`RaftLog`]
-//! ([`Node`]), and applying committed entries to the MVCC [`Store`] ([`apply_committed`]).
+//! ([`Node`]), and applying committed entries to the MVCC [`Store`](crate::mvcc::Store)
+//! ([`apply_committed`]).
 //! The shell feeds the node ticks, proposals and messages, writes the WAL records it asks
 //! for, calls back once they are durable, and hands the committed entries to the apply
 //! loop (on another executor, or inline); the same core runs under a simulator in tests.
@@ -121,8 +122,9 @@ impl Node {
         Ok(self.raw.step(m)?)
     }
 
-    /// Proposes a validated request payload (an archived [`ClientRequest`]); its result comes
-    /// back from [`apply_committed`] under `token` once applied.
+    /// Proposes a validated request payload (an archived
+    /// [`ClientRequest`](crate::protocol::ClientRequest)); its result comes back from
+    /// [`apply_committed`] under `token` once applied.
     pub fn propose(&mut self, token: u64, payload: Vec<u8>) -> Result<(), NodeError> {
         if !self.is_leader() {
             return Err(NodeError::NotLeader);

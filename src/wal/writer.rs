@@ -2,9 +2,10 @@
 //!
 //! Appenders encode their records straight into the pending batch (assigning LSNs and
 //! extending the CRC chain) and wait. One flusher task takes the whole pending batch, writes
-//! it with one O_DIRECT + O_DSYNC write (durable when it completes), then wakes exactly the appenders of that
-//! batch; while it is in flight, new appends accumulate in the next batch. A preallocation
-//! task prepares segment N+1 as soon as segment N is first written to.
+//! it with one O_DIRECT + O_DSYNC write (durable once it completes), then wakes exactly the
+//! appenders of that batch; while it is in flight, new appends accumulate in the next batch.
+//! Pipelined writers queue records with [`Wal::enqueue`] and wait with [`Wal::wait_durable`].
+//! A preallocation task prepares segment N+1 as soon as segment N is first written to.
 //!
 //! Everything lives on one glommio executor: shared state is an `Rc<RefCell<_>>`, never
 //! borrowed across an `await`.
