@@ -173,6 +173,43 @@ impl State {
         }
     }
 
+    /// Ready once every record up to `lsn` is durable (or the WAL has failed); otherwise
+    /// leaves `waker` with the batch that holds `lsn`, as (batch id, waiter number) `slot`,
+    /// and reuses that place on later polls.
+    fn poll_durable(
+        &mut self,
+        lsn: Lsn,
+        slot: &mut Option<(u64, usize)>,
+        waker: &Waker,
+    ) -> Poll<Result<()>> {
+        if self.durable_lsn >= lsn {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(error) = self.fail_reason() {
+            return Poll::Ready(Err(error));
+        }
+        // Records after the durable ones and before the pending batch are in flight (the
+        // pending batch becomes the one in flight with its waiters and id); an LSN not
+        // appended yet waits with the pending batch.
+        let in_flight =
+            lsn < self.next_lsn && (self.pending.records == 0 || lsn < self.pending.first_lsn);
+        let (id, waiters) = if in_flight {
+            (self.inflight_id, &mut self.inflight_waiters)
+        } else {
+            (self.pending.id, &mut self.pending.waiters)
+        };
+        match *slot {
+            Some((batch, at)) if batch == id && at < waiters.len() => {
+                waiters[at].clone_from(waker);
+            }
+            _ => {
+                *slot = Some((id, waiters.len()));
+                waiters.push(waker.clone());
+            }
+        }
+        Poll::Pending
+    }
+
     /// Enters the failed state: every waiter is woken and sees the error.
     fn fail(&mut self, error: &WalError) {
         tracing::error!(%error, "WAL write failed; no further appends are accepted");
@@ -456,11 +493,10 @@ enum Stage {
     Admit {
         ticket: Option<u64>,
     },
-    /// Queued in batch `batch` as waiter number `slot`.
+    /// Queued; waiting as (batch id, waiter number) `slot` for the records to be durable.
     Durable {
         lsns: Range<Lsn>,
-        batch: u64,
-        slot: usize,
+        slot: Option<(u64, usize)>,
     },
     Done,
 }
@@ -508,35 +544,22 @@ impl Future for Append<'_> {
                     this.stage = Stage::Done;
                     return Poll::Ready(Ok(lsns));
                 }
-                let slot = st.pending.waiters.len();
-                st.pending.waiters.push(cx.waker().clone());
                 st.wake_flusher();
-                this.stage = Stage::Durable {
-                    lsns,
-                    batch: st.pending.id,
-                    slot,
-                };
+                let mut slot = None;
+                // Not durable yet: this registers the waker with the pending batch.
+                let _ = st.poll_durable(lsns.end - 1, &mut slot, cx.waker());
+                this.stage = Stage::Durable { lsns, slot };
                 Poll::Pending
             }
-            Stage::Durable { lsns, batch, slot } => {
-                if st.durable_lsn >= lsns.end - 1 {
-                    let lsns = lsns.clone();
-                    this.stage = Stage::Done;
-                    return Poll::Ready(Ok(lsns));
+            Stage::Durable { lsns, slot } => {
+                match st.poll_durable(lsns.end - 1, slot, cx.waker()) {
+                    Poll::Ready(result) => {
+                        let lsns = lsns.clone();
+                        this.stage = Stage::Done;
+                        Poll::Ready(result.map(|()| lsns))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                if let Some(error) = st.fail_reason() {
-                    this.stage = Stage::Done;
-                    return Poll::Ready(Err(error));
-                }
-                let waiters = if *batch == st.pending.id {
-                    &mut st.pending.waiters
-                } else {
-                    &mut st.inflight_waiters
-                };
-                if let Some(waker) = waiters.get_mut(*slot) {
-                    waker.clone_from(cx.waker());
-                }
-                Poll::Pending
             }
             Stage::Done => Poll::Pending,
         }
@@ -558,33 +581,7 @@ impl Future for WaitDurable<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let mut st = this.shared.state.borrow_mut();
-        if st.durable_lsn >= this.lsn {
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(error) = st.fail_reason() {
-            return Poll::Ready(Err(error));
-        }
-        // Registered with the batch that holds the LSN (which may since have moved from
-        // pending to in flight), or registering now.
-        // Records after the durable ones and before the pending batch are in flight; an
-        // LSN not appended yet waits with the pending batch.
-        let in_flight =
-            this.lsn < st.next_lsn && (st.pending.records == 0 || this.lsn < st.pending.first_lsn);
-        let (id, waiters) = if in_flight {
-            (st.inflight_id, &mut st.inflight_waiters)
-        } else {
-            (st.pending.id, &mut st.pending.waiters)
-        };
-        match this.slot {
-            Some((batch, slot)) if batch == id && slot < waiters.len() => {
-                waiters[slot].clone_from(cx.waker());
-            }
-            _ => {
-                this.slot = Some((id, waiters.len()));
-                waiters.push(cx.waker().clone());
-            }
-        }
-        Poll::Pending
+        st.poll_durable(this.lsn, &mut this.slot, cx.waker())
     }
 }
 
