@@ -50,6 +50,8 @@ fn build(dir: &Path) -> History {
         // the bytes on disk are the same, so every cut below covers both ways.
         if c % 2 == 0 {
             db.commit_background(meta).unwrap();
+            // The file's length after this commit is known once it is written.
+            db.wait_commit().unwrap();
         } else {
             db.commit(meta).unwrap();
         }

@@ -155,12 +155,18 @@ fn run(seed: u64, steps: usize, space: u32) {
             }
             970..=984 => {
                 index += 1;
-                db.commit(CommitMeta {
+                let meta = CommitMeta {
                     applied_index: index,
                     applied_term: 1,
                     user: index.to_le_bytes().to_vec(),
-                })
-                .unwrap();
+                };
+                // Half in the background: the operations after it run while it is written,
+                // and a reopen (the drop) waits for it.
+                if rng.gen_bool(0.5) {
+                    db.commit_background(meta).unwrap();
+                } else {
+                    db.commit(meta).unwrap();
+                }
                 durable = model.clone();
             }
             985..=989 => views.push((db.view(), model.clone())),

@@ -81,9 +81,18 @@ impl Drop for Db {
 }
 
 struct PendingCommit {
-    finish: std::thread::JoinHandle<Result<()>>,
+    finish: std::thread::JoinHandle<Result<WrittenCommit>>,
     meta: CommitMeta,
-    end_pages: u64,
+}
+
+/// A background commit, durable: what the writer needs to move onto it.
+struct WrittenCommit {
+    record: CommitRecord,
+    data_pages: u64,
+    written: write::Written,
+    /// The state the commit wrote, held until the writer has looked its nodes up by address
+    /// (so that no address is reused before).
+    _state: Roots,
 }
 
 /// What makes a written commit durable: sync its pages, write its record, sync again.
@@ -349,10 +358,12 @@ impl Db {
         Ok(())
     }
 
-    /// As [`Db::commit`], but only the pages are written before it returns: syncing them,
-    /// writing the commit record and syncing again happen on a background thread while the
-    /// writer goes on. [`Db::poll_commit`] says when the commit is durable; the next commit
-    /// (or [`Db::wait_commit`]) waits for it. Until then a crash recovers the commit before.
+    /// As [`Db::commit`], but returns at once: the commit's pages are encoded and written,
+    /// synced, and its record written and synced, on a background thread, from the state as
+    /// it is now, while the writer goes on. [`Db::poll_commit`] says when the commit is
+    /// durable; the next commit (or [`Db::wait_commit`]) waits for it, and then the memory
+    /// nodes it wrote that the writer has not changed since are replaced by their pages.
+    /// Until then a crash recovers the commit before.
     pub fn commit_background(&mut self, meta: CommitMeta) -> Result<()> {
         self.check_writable()?;
         self.wait_commit()?;
@@ -362,24 +373,40 @@ impl Db {
         if meta.user.len() > COMMIT_USER_BYTES_MAX {
             return Err(BtreeError::MetaTooLarge(meta.user.len()));
         }
-        let finish = match prepare_commit(&mut self.state, &meta) {
-            Ok(f) => f,
-            Err(e) => {
-                if matches!(e, BtreeError::Io { .. }) {
-                    self.poisoned = true;
-                }
-                return Err(e);
-            }
-        };
+        let st = &mut self.state;
+        let state = st.cur.clone();
+        let (start, last) = (st.next_page, st.last.clone());
+        let live_before = st.live_bytes - st.freed_bytes.min(st.live_bytes);
+        let commit_meta = meta.clone();
         let spawned = std::thread::Builder::new()
             .name("cairn-commit".into())
-            .spawn(move || finish.run());
+            .spawn(move || {
+                let mut written = write::Written::new();
+                let built = write_commit(
+                    &state,
+                    start,
+                    &last,
+                    live_before,
+                    &commit_meta,
+                    Some(&mut written),
+                )?;
+                let data_pages = built.finish.data_pages;
+                built.finish.run()?;
+                Ok(WrittenCommit {
+                    record: built.record,
+                    data_pages,
+                    written,
+                    _state: state,
+                })
+            });
         match spawned {
             Ok(handle) => {
+                // Changes from now on count toward the next commit.
+                st.freed_bytes = 0;
+                st.put_bytes = 0;
                 self.pending = Some(PendingCommit {
                     finish: handle,
                     meta,
-                    end_pages: end_pages(&self.state.last),
                 });
                 Ok(())
             }
@@ -417,9 +444,10 @@ impl Db {
             )),
         };
         match result {
-            Ok(()) => {
+            Ok(done) => {
+                self.adopt(done);
                 self.meta = p.meta.clone();
-                self.durable_pages = p.end_pages;
+                self.durable_pages = end_pages(&self.state.last);
                 self.unreported = Some(p.meta);
                 Ok(())
             }
@@ -428,6 +456,24 @@ impl Db {
                 Err(e)
             }
         }
+    }
+
+    /// Moves the writer onto a durable background commit: the nodes it wrote that are still
+    /// in the trees unchanged become page references, and the pages of those changed since
+    /// are dead from the next commit on.
+    fn adopt(&mut self, done: WrittenCommit) {
+        let st = &mut self.state;
+        let reachable: u64 = st
+            .cur
+            .roots
+            .iter_mut()
+            .flatten()
+            .map(|r| write::adopt_written(r, &done.written))
+            .sum();
+        st.freed_bytes += done.data_pages.saturating_sub(reachable) * PAGE_SIZE as u64;
+        st.next_page = done.record.page_id + COMMIT_COPIES;
+        st.live_bytes = done.record.live_bytes;
+        st.last = done.record;
     }
 
     /// Whether a background commit is not yet known to be durable.
@@ -538,52 +584,78 @@ pub(crate) fn commit_into(st: &mut FileState, meta: &CommitMeta) -> Result<()> {
 /// [`FinishCommit`] makes the commit durable. The writer may go on before it runs (reads of
 /// the new pages come from the OS cache); no other commit may be written until it has.
 pub(crate) fn prepare_commit(st: &mut FileState, meta: &CommitMeta) -> Result<FinishCommit> {
-    let file = st.cur.file.clone();
-    let seq = st.last.seq + 1;
-    let start = st.next_page;
+    let live_before = st.live_bytes - st.freed_bytes.min(st.live_bytes);
+    let built = write_commit(&st.cur, st.next_page, &st.last, live_before, meta, None)?;
+    for (t, r) in st.cur.roots.iter_mut().enumerate() {
+        *r = (built.roots[t] != NO_PAGE).then_some(NodeRef::Disk(built.roots[t]));
+    }
+    st.next_page = built.record.page_id + COMMIT_COPIES;
+    st.live_bytes = built.record.live_bytes;
+    st.freed_bytes = 0;
+    st.put_bytes = 0;
+    st.last = built.record;
+    Ok(built.finish)
+}
+
+/// A commit's pages, written; `finish` makes it durable.
+pub(crate) struct BuiltCommit {
+    roots: [u64; MAX_TREES],
+    record: CommitRecord,
+    finish: FinishCommit,
+}
+
+/// Writes the pages of every memory node of `state` from page `start` on, after the commit
+/// `last`; `live_before` is what stays live of what `last` holds. With `written`, records
+/// each node written (see [`write::adopt_written`]).
+fn write_commit(
+    state: &Roots,
+    start: u64,
+    last: &CommitRecord,
+    live_before: u64,
+    meta: &CommitMeta,
+    mut written: Option<&mut write::Written>,
+) -> Result<BuiltCommit> {
+    let file = state.file.clone();
+    let seq = last.seq + 1;
     let mut app = Appender::new(start);
     let mut roots = [NO_PAGE; MAX_TREES];
-    for (t, r) in st.cur.roots.iter().enumerate() {
+    for (t, r) in state.roots.iter().enumerate() {
         if let Some(r) = r {
-            roots[t] = write::flush(&file, &mut app, r, seq)?;
+            roots[t] = write::flush(&file, &mut app, r, seq, written.as_deref_mut())?.0;
         }
     }
     app.flush(&file)?;
     let data_pages = app.next_page - start;
     let commit_page = app.reserve(COMMIT_COPIES);
     let record_bytes = COMMIT_COPIES * PAGE_SIZE as u64;
-    let old_commit = if st.last.page_id == NO_PAGE {
+    let old_commit = if last.page_id == NO_PAGE {
         0
     } else {
         record_bytes
     };
-    let live = st.live_bytes - st.freed_bytes.min(st.live_bytes) + data_pages * PAGE_SIZE as u64;
-    let rec = CommitRecord {
+    let live = live_before + data_pages * PAGE_SIZE as u64;
+    let record = CommitRecord {
         seq,
         page_id: commit_page,
         applied_index: meta.applied_index,
         applied_term: meta.applied_term,
         data_start: start,
         data_crc: app.crc,
-        prev_commit: st.last.page_id,
+        prev_commit: last.page_id,
         live_bytes: live - old_commit + record_bytes,
         roots,
         user: meta.user.clone(),
     };
-    let record = rec.encode();
-    for (t, r) in st.cur.roots.iter_mut().enumerate() {
-        *r = (roots[t] != NO_PAGE).then_some(NodeRef::Disk(roots[t]));
-    }
-    st.next_page = commit_page + COMMIT_COPIES;
-    st.live_bytes = rec.live_bytes;
-    st.freed_bytes = 0;
-    st.put_bytes = 0;
-    st.last = rec;
-    Ok(FinishCommit {
+    let finish = FinishCommit {
         file,
         data_pages,
-        record,
+        record: record.encode(),
         record_page: commit_page,
+    };
+    Ok(BuiltCommit {
+        roots,
+        record,
+        finish,
     })
 }
 
@@ -677,4 +749,141 @@ fn verify_commit_data(file: &FileShared, c: &CommitRecord) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btree::page::DiskVal;
+    use crate::btree::view::Handle;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use std::collections::BTreeMap;
+
+    /// Pages reachable from the last commit, counted by walking it on disk.
+    fn reachable_pages(db: &Db) -> u64 {
+        fn walk(file: &FileShared, id: u64) -> u64 {
+            let h = Handle::load(file, &NodeRef::Disk(id)).unwrap();
+            let Handle::Disk(p) = &h else { unreachable!() };
+            let mut pages = 1;
+            for i in 0..h.len() {
+                if p.is_leaf() {
+                    if let DiskVal::Overflow { len, .. } = p.value(i) {
+                        pages += page::overflow_pages(len as usize);
+                    }
+                } else {
+                    pages += walk(file, p.child(i));
+                }
+            }
+            pages
+        }
+        let st = &db.state;
+        st.last
+            .roots
+            .iter()
+            .filter(|&&r| r != NO_PAGE)
+            .map(|&r| walk(&st.cur.file, r))
+            .sum()
+    }
+
+    /// After a commit is durable and adopted, the live bytes it records are exactly the file
+    /// header, its record, and the pages reachable from it.
+    fn check_live_bytes(db: &Db) {
+        assert!(!db.commit_pending());
+        let want = (1 + COMMIT_COPIES + reachable_pages(db)) * PAGE_SIZE as u64;
+        assert_eq!(db.stats().live_bytes, want, "live bytes drifted");
+    }
+
+    fn all(db: &Db, t: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        db.range(t, Bound::Unbounded, Bound::Unbounded, false)
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn background_commits_with_writes_meanwhile_keep_data_and_live_bytes_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut db = Db::open(&path, DbOptions::default()).unwrap();
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut model: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = vec![BTreeMap::new(); 2];
+        let mut index = 0;
+        let mut views = Vec::new();
+        for round in 0..40 {
+            for _ in 0..rng.gen_range(50..400) {
+                let t = rng.gen_range(0..2u8);
+                let k = format!("k{:05}", rng.gen_range(0..3000)).into_bytes();
+                if rng.gen_bool(0.25) {
+                    let existed = db.delete(t, &k).unwrap();
+                    assert_eq!(existed, model[t as usize].remove(&k).is_some());
+                } else {
+                    // Some values take overflow pages.
+                    let len = if rng.gen_bool(0.05) {
+                        6000
+                    } else {
+                        rng.gen_range(0..300)
+                    };
+                    let v: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                    db.put(t, &k, &v).unwrap();
+                    model[t as usize].insert(k, v);
+                }
+            }
+            if rng.gen_bool(0.3) {
+                views.push((db.view(), model.clone())); // readers share memory nodes
+            }
+            index += 1;
+            let meta = CommitMeta {
+                applied_index: index,
+                applied_term: 1,
+                user: vec![],
+            };
+            if round % 5 == 4 {
+                db.commit(meta).unwrap();
+                check_live_bytes(&db);
+            } else {
+                db.commit_background(meta).unwrap();
+                if rng.gen_bool(0.3) {
+                    db.wait_commit().unwrap();
+                    check_live_bytes(&db);
+                }
+            }
+            for t in 0..2u8 {
+                let want: Vec<_> = model[t as usize].clone().into_iter().collect();
+                assert_eq!(all(&db, t), want, "tree {t} after round {round}");
+            }
+        }
+        for (v, m) in &views {
+            for t in 0..2u8 {
+                let got: Vec<_> = v
+                    .range(t, Bound::Unbounded, Bound::Unbounded, false)
+                    .map(|r| r.unwrap())
+                    .collect();
+                let want: Vec<_> = m[t as usize].clone().into_iter().collect();
+                assert_eq!(got, want);
+            }
+        }
+        // Nothing written since the last background commit: once it is durable, the trees
+        // are all on disk and the memory is given back.
+        db.commit_background(CommitMeta {
+            applied_index: index + 1,
+            ..CommitMeta::default()
+        })
+        .unwrap();
+        db.wait_commit().unwrap();
+        check_live_bytes(&db);
+        assert!(db
+            .state
+            .cur
+            .roots
+            .iter()
+            .all(|r| !matches!(r, Some(NodeRef::Mem(_)))));
+        assert_eq!(db.uncommitted_bytes(), 0);
+        drop(db);
+        let db = Db::open(&path, DbOptions::default()).unwrap();
+        assert_eq!(db.last_commit().applied_index, index + 1);
+        for t in 0..2u8 {
+            let want: Vec<_> = model[t as usize].clone().into_iter().collect();
+            assert_eq!(all(&db, t), want, "tree {t} after reopen");
+        }
+        check_live_bytes(&db);
+    }
 }

@@ -197,12 +197,24 @@ pub fn shrink_root(ctx: &mut Ctx, root: &mut Option<NodeRef>) -> Result<()> {
     }
 }
 
-/// Writes every memory node under `r` (children first) and returns the page id of `r`.
-pub fn flush(file: &FileShared, app: &mut Appender, r: &NodeRef, seq: u64) -> Result<u64> {
+/// Pages a commit wrote for its memory nodes, by node address: (page id, pages written for
+/// the node and every memory node under it, overflow runs included).
+pub type Written = std::collections::HashMap<usize, (u64, u64)>;
+
+/// Writes every memory node under `r` (children first) and returns the page id of `r` and
+/// how many pages that took; with `written`, records each node written there.
+pub fn flush(
+    file: &FileShared,
+    app: &mut Appender,
+    r: &NodeRef,
+    seq: u64,
+    mut written: Option<&mut Written>,
+) -> Result<(u64, u64)> {
     let node = match r {
-        NodeRef::Disk(id) => return Ok(*id),
+        NodeRef::Disk(id) => return Ok((*id, 0)),
         NodeRef::Mem(n) => n,
     };
+    let before = app.next_page;
     let page = match &**node {
         Node::Leaf(es) => {
             let mut b = PageBuilder::new(es.len());
@@ -222,7 +234,7 @@ pub fn flush(file: &FileShared, app: &mut Appender, r: &NodeRef, seq: u64) -> Re
         Node::Branch(es) => {
             let mut ids = Vec::with_capacity(es.len());
             for e in es {
-                ids.push(flush(file, app, &e.child, seq)?);
+                ids.push(flush(file, app, &e.child, seq, written.as_deref_mut())?.0);
             }
             let mut b = PageBuilder::new(es.len());
             for (e, id) in es.iter().zip(ids) {
@@ -233,5 +245,30 @@ pub fn flush(file: &FileShared, app: &mut Appender, r: &NodeRef, seq: u64) -> Re
     };
     let id = app.reserve(1);
     app.push(file, &page.0.finish(page.1, id, seq))?;
-    Ok(id)
+    let pages = app.next_page - before;
+    if let Some(w) = written {
+        w.insert(Arc::as_ptr(node) as usize, (id, pages));
+    }
+    Ok((id, pages))
+}
+
+/// After a background commit of an earlier state of this tree: every memory node under `r`
+/// that the commit wrote, and that is still here unchanged, becomes a reference to its page
+/// (memory is given back). Returns the pages of the commit still reachable from `r`.
+pub fn adopt_written(r: &mut NodeRef, written: &Written) -> u64 {
+    let NodeRef::Mem(n) = r else { return 0 };
+    if let Some(&(id, pages)) = written.get(&(Arc::as_ptr(n) as usize)) {
+        *r = NodeRef::Disk(id);
+        return pages;
+    }
+    if matches!(**n, Node::Leaf(_)) {
+        return 0; // changed since: stays in memory, written by the next commit
+    }
+    // A branch changed since the commit: its children may still be the commit's nodes.
+    let Node::Branch(es) = Arc::make_mut(n) else {
+        unreachable!("checked above")
+    };
+    es.iter_mut()
+        .map(|e| adopt_written(&mut e.child, written))
+        .sum()
 }
