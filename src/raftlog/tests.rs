@@ -110,8 +110,15 @@ fn compaction_moves_the_start_and_survives_replay() {
     };
     wal.hard_state(&log, hs);
     assert!(log.compact(11).is_err());
-    let records = log.compact(6).unwrap();
+    let (records, gone) = log.compact_detached(6).unwrap();
+    // The entries compacted away are handed back, in order, for the caller to free.
+    assert_eq!(
+        gone.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
     assert_eq!(log.first_index().unwrap(), 7);
+    assert_eq!(log.last_index().unwrap(), 10);
+    assert_eq!(log.entries(7, 11, None, ctx()).unwrap(), ents[6..].to_vec());
     assert_eq!(log.term(6).unwrap(), 2);
     assert!(matches!(
         log.term(5),

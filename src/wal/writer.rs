@@ -354,8 +354,11 @@ impl Wal {
     }
 
     /// Deletes every segment whose records all have LSN < `lsn`, never the one being
-    /// written. Returns how many segments were deleted.
-    pub async fn release_below(&self, lsn: Lsn) -> Result<usize> {
+    /// written. Returns how many segments were deleted. Which segments go is decided at the
+    /// call; the returned future, which borrows nothing, deletes them (a deletion can take
+    /// tens of milliseconds: the caller may run it as its own task, and must let it finish
+    /// before [`Wal::close`] for the directory to be closed there).
+    pub fn release_below(&self, lsn: Lsn) -> impl Future<Output = Result<usize>> + 'static {
         let doomed: Vec<PathBuf> = {
             let mut st = self.shared.state.borrow_mut();
             let mut doomed = Vec::new();
@@ -366,8 +369,11 @@ impl Wal {
             }
             doomed
         };
-        segment::remove_all(&self.shared.directory, &self.shared.dir, &doomed).await?;
-        Ok(doomed.len())
+        let (directory, dir) = (self.shared.directory.clone(), self.shared.dir.clone());
+        async move {
+            segment::remove_all(&directory, &dir, &doomed).await?;
+            Ok(doomed.len())
+        }
     }
 
     /// Waits for every record appended so far to become durable, stops the background
