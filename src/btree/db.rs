@@ -617,7 +617,13 @@ fn write_commit(
 ) -> Result<BuiltCommit> {
     let file = state.file.clone();
     let seq = last.seq + 1;
-    let mut app = Appender::new(start);
+    // A background commit is written while the writer (and, in the server, the WAL) goes
+    // on: its pages reach the device a chunk at a time. A foreground commit is waited for.
+    let mut app = if written.is_some() {
+        Appender::paced(start)
+    } else {
+        Appender::new(start)
+    };
     let mut roots = [NO_PAGE; MAX_TREES];
     for (t, r) in state.roots.iter().enumerate() {
         if let Some(r) = r {
