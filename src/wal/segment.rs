@@ -4,6 +4,7 @@
 //! renamed to `<seq>.wal` and the directory synced, so a crash never leaves a half-made
 //! segment under a real name. Leftover `.tmp` files are deleted on open.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -133,16 +134,33 @@ pub(crate) fn short_write(path: &Path, at: u64, written: usize, len: usize) -> s
 }
 
 /// Creates segment `seq`: a `.tmp` file preallocated to `segment_bytes` with a blank
-/// header, synced, then renamed into place with the directory synced.
+/// header, synced, then renamed into place with the directory synced. With `spare` (a
+/// released segment set aside by [`release`], only ever with [`Prealloc::ZeroFill`]), that
+/// file is reused: renamed to the `.tmp` name and written over, every byte of it, instead of
+/// allocating a new file (and freeing the old one, which this disk discards slowly).
 pub(crate) async fn create(
     dir: Rc<Directory>,
     dir_path: PathBuf,
     seq: u64,
     segment_bytes: u64,
     prealloc: Prealloc,
+    spare: Option<PathBuf>,
 ) -> Result<SegmentFile> {
     let path = dir_path.join(segment_name(seq));
     let tmp = dir_path.join(format!("{}.tmp", segment_name(seq)));
+    let reuse = match spare {
+        Some(spare) if prealloc == Prealloc::ZeroFill => {
+            match glommio::io::rename(&spare, &tmp).await {
+                Ok(()) => true,
+                Err(error) => {
+                    // A fresh file will do.
+                    tracing::warn!(%error, path = %spare.display(), "reusing a released WAL segment failed");
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
     // The blank header goes through the page cache before the first DMA open: glommio
     // probes io_uring polling support with a read of the first block of the first DMA file
     // an executor opens, and a read of an empty file "succeeds" and wrongly enables polling
@@ -152,7 +170,7 @@ pub(crate) async fn create(
     let buffered = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(!reuse)
         .buffered_open(&tmp)
         .await
         .at(&tmp)?;
@@ -186,6 +204,40 @@ pub(crate) async fn remove_all(dir: &Directory, dir_path: &Path, paths: &[PathBu
     for path in paths {
         glommio::io::remove(path).await.at(path)?;
         dir.sync().await.at(dir_path)?;
+    }
+    Ok(())
+}
+
+/// Deletes the given segments in order, syncing the directory after each, so a crash
+/// leaves a suffix of the list (segments are deleted oldest first: never a hole in the
+/// sequence). If `spare` is empty and `recycle` is set, the first one is not deleted but
+/// renamed to its `.tmp` name and kept there for the next segment to be created over
+/// (see [`create`]); a `.tmp` file is never read, and is deleted on open if still there.
+pub(crate) async fn release(
+    dir: &Directory,
+    dir_path: &Path,
+    paths: &[PathBuf],
+    spare: &RefCell<Option<PathBuf>>,
+    recycle: bool,
+    segment_bytes: u64,
+) -> Result<()> {
+    for path in paths {
+        // Only a file of exactly the size new segments get (the size may have been another
+        // when it was created) is written over whole by `create`.
+        let keep = recycle
+            && spare.borrow().is_none()
+            && std::fs::metadata(path).is_ok_and(|m| m.len() == segment_bytes);
+        if keep {
+            let mut name = path.clone().into_os_string();
+            name.push(".tmp");
+            let tmp = PathBuf::from(name);
+            glommio::io::rename(path, &tmp).await.at(path)?;
+            dir.sync().await.at(dir_path)?;
+            *spare.borrow_mut() = Some(tmp);
+        } else {
+            glommio::io::remove(path).await.at(path)?;
+            dir.sync().await.at(dir_path)?;
+        }
     }
     Ok(())
 }

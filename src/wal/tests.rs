@@ -739,6 +739,53 @@ fn release_below_deletes_whole_segments_only() {
 }
 
 #[test]
+fn a_released_segment_is_written_over_whole_as_a_later_segment() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let dir = tmp.path().join("wal");
+    let mut written = build_wal(&dir, 16, 5);
+    let batches = layout(&dir);
+    let third_first = batches
+        .iter()
+        .find(|b| b.segment == 2)
+        .expect("segment 2")
+        .first_lsn;
+    let dir2 = dir.clone();
+    let kept = run(move || async move {
+        let (wal, _) = open(&dir2, small_options(), 1).await.expect("open");
+        assert_eq!(wal.release_below(third_first).await.expect("release"), 2);
+        // The oldest is kept aside under its `.tmp` name (full of old records), the other
+        // deleted.
+        let spare = dir2.join(format!("{}.tmp", segment::segment_name(0)));
+        let inode = std::fs::metadata(&spare).expect("spare kept").ino();
+        assert!(!dir2.join(segment::segment_name(0)).exists());
+        assert!(!dir2.join(segment::segment_name(1)).exists());
+        // Fill the segments that exist and the one made at open: the next is made over
+        // the spare.
+        let mut rng = StdRng::seed_from_u64(17);
+        let mut more = Vec::new();
+        while spare.exists() {
+            more.extend(append_sequential(&wal, &mut rng, 8, 9000).await);
+        }
+        more.extend(append_sequential(&wal, &mut rng, 8, 9000).await);
+        let reused = segment_paths(&dir2)
+            .iter()
+            .any(|p| std::fs::metadata(p).expect("segment").ino() == inode);
+        assert!(reused, "no segment took the spare's file");
+        wal.close().await.expect("close");
+        more
+    });
+    written.extend(kept);
+    let dir3 = dir.clone();
+    run(move || async move {
+        // Nothing of the file's old records is replayed, and nothing is torn.
+        let (seen, torn) = reopen(&dir3).await.expect("reopen");
+        assert!(torn.is_none(), "{torn:?}");
+        assert!(seen[..] == written[third_first as usize - 1..]);
+    });
+}
+
+#[test]
 fn replay_from_skips_earlier_records() {
     let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
     let dir = tmp.path().join("wal");

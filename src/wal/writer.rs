@@ -28,7 +28,7 @@ use super::format::{
     batch_disk_bytes, encode_record, record_bytes, BatchHeader, Lsn, RecordType, SegmentHeader,
     BATCH_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use super::options::WalOptions;
+use super::options::{Prealloc, WalOptions};
 use super::reader::{self, ReplayError, SegmentMeta, TornTail};
 use super::segment::{self, SegmentFile};
 
@@ -62,6 +62,8 @@ struct Shared {
     options: WalOptions,
     torn: Option<TornTail>,
     state: RefCell<State>,
+    /// A released segment kept (as a `.tmp` file) for the next segment to be created over.
+    spare: Rc<RefCell<Option<PathBuf>>>,
     /// Makes the next batch write fail, to test the failed state.
     #[cfg(test)]
     fail_next_write: std::cell::Cell<bool>,
@@ -262,7 +264,7 @@ impl Wal {
                 return Err(error);
             }
         };
-        let next = spawn_create(&directory, &dir, recovered.next_seq, &options);
+        let next = spawn_create(&directory, &dir, recovered.next_seq, &options, None);
         let state = State {
             next_lsn: recovered.next_lsn,
             chain_crc: recovered.chain_crc,
@@ -291,6 +293,7 @@ impl Wal {
             options,
             torn: recovered.torn,
             state: RefCell::new(state),
+            spare: Rc::default(),
             #[cfg(test)]
             fail_next_write: std::cell::Cell::new(false),
         });
@@ -370,8 +373,11 @@ impl Wal {
             doomed
         };
         let (directory, dir) = (self.shared.directory.clone(), self.shared.dir.clone());
+        let spare = self.shared.spare.clone();
+        let recycle = self.shared.options.prealloc == Prealloc::ZeroFill;
+        let segment_bytes = self.shared.options.segment_bytes;
         async move {
-            segment::remove_all(&directory, &dir, &doomed).await?;
+            segment::release(&directory, &dir, &doomed, &spare, recycle, segment_bytes).await?;
             Ok(doomed.len())
         }
     }
@@ -635,13 +641,20 @@ struct Active {
 
 type Creating = Task<Result<SegmentFile>>;
 
-fn spawn_create(directory: &Rc<Directory>, dir: &Path, seq: u64, options: &WalOptions) -> Creating {
+fn spawn_create(
+    directory: &Rc<Directory>,
+    dir: &Path,
+    seq: u64,
+    options: &WalOptions,
+    spare: Option<PathBuf>,
+) -> Creating {
     let create = segment::create(
         directory.clone(),
         dir.to_owned(),
         seq,
         options.segment_bytes,
         options.prealloc,
+        spare,
     );
     glommio::spawn_local(create)
 }
@@ -789,15 +802,18 @@ async fn switch_segment(
         Some(task) => task,
         None => {
             let seq = old.as_ref().map_or(0, |a| a.segment.seq + 1);
-            spawn_create(&shared.directory, &shared.dir, seq, &shared.options)
+            let spare = shared.spare.borrow_mut().take();
+            spawn_create(&shared.directory, &shared.dir, seq, &shared.options, spare)
         }
     };
     let segment = ready.await?;
+    let spare = shared.spare.borrow_mut().take();
     *next = Some(spawn_create(
         &shared.directory,
         &shared.dir,
         segment.seq + 1,
         &shared.options,
+        spare,
     ));
     if let Some(old) = old {
         close_segment(old.segment).await;
