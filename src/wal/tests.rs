@@ -688,17 +688,21 @@ fn leftovers_of_segment_creation_are_removed() {
     assert!(!src.join("00000000000000ff.wal.tmp").exists());
 }
 
+/// The LSN of the first record in segment `segment` (by position in the directory).
+fn first_lsn_in_segment(dir: &Path, segment: usize) -> Lsn {
+    layout(dir)
+        .iter()
+        .find(|b| b.segment == segment)
+        .expect("segment present")
+        .first_lsn
+}
+
 #[test]
 fn release_below_deletes_whole_segments_only() {
     let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
     let dir = tmp.path().join("wal");
     let written = build_wal(&dir, 15, 5);
-    let batches = layout(&dir);
-    let third_first = batches
-        .iter()
-        .find(|b| b.segment == 2)
-        .expect("segment 2")
-        .first_lsn;
+    let third_first = first_lsn_in_segment(&dir, 2);
     let dir2 = dir.clone();
     let written2 = written.clone();
     run(move || async move {
@@ -744,12 +748,7 @@ fn a_released_segment_is_written_over_whole_as_a_later_segment() {
     let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
     let dir = tmp.path().join("wal");
     let mut written = build_wal(&dir, 16, 5);
-    let batches = layout(&dir);
-    let third_first = batches
-        .iter()
-        .find(|b| b.segment == 2)
-        .expect("segment 2")
-        .first_lsn;
+    let third_first = first_lsn_in_segment(&dir, 2);
     let dir2 = dir.clone();
     let kept = run(move || async move {
         let (wal, _) = open(&dir2, small_options(), 1).await.expect("open");
