@@ -257,8 +257,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
         let path = path.clone();
         move |source| ServerError::DataDir { path, source }
     };
-    let db_dir = config.data_dir.join("db");
-    std::fs::create_dir_all(&db_dir).map_err(dir_err(&db_dir))?;
+    // Ports first: a start that cannot listen leaves nothing on disk.
     let mut listeners = bind_listeners(&config.listen_native_addr, plan.len())?.into_iter();
     let peer_listeners = config
         .cluster
@@ -266,12 +265,14 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
         .iter()
         .map(|url| {
             let addr = cluster::listen_addr(url);
-            TcpListener::bind(&addr).map_err(|source| ServerError::Listen {
+            retry_bind(|| TcpListener::bind(&addr)).map_err(|source| ServerError::Listen {
                 addr: format!("{url} (--listen-peer-urls)"),
                 source,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let db_dir = config.data_dir.join("db");
+    std::fs::create_dir_all(&db_dir).map_err(dir_err(&db_dir))?;
 
     let (inputs_tx, inputs_rx) = flume::bounded(config.max_pending_proposals);
     let (apply_tx, apply_rx) = flume::bounded(APPLY_QUEUE_MAX);
@@ -394,7 +395,7 @@ fn bind_listeners(addr: &str, shards: usize) -> Result<Vec<TcpListener>, ServerE
         addr: addr.to_string(),
         source,
     };
-    let probe = probe_bind(addr).map_err(listen_err)?;
+    let probe = retry_bind(|| probe_bind(addr)).map_err(listen_err)?;
     let local = probe
         .local_addr()
         .map_err(listen_err)?
@@ -404,6 +405,28 @@ fn bind_listeners(addr: &str, shards: usize) -> Result<Vec<TcpListener>, ServerE
     (0..shards)
         .map(|_| reuseport_listener(local).map_err(listen_err))
         .collect()
+}
+
+/// How long a bind is retried while its port is in use.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `bind` until it succeeds, fails for another reason than the port being in use, or
+/// [`BIND_RETRY`] has passed. A member that exited or was killed a moment ago can hold its
+/// listening sockets a little longer: the kernel closes them when it tears down the
+/// process's io_uring instances, after the process is gone.
+fn retry_bind<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    loop {
+        match bind() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Binds `addr` without SO_REUSEPORT and without listening: fails if anything holds the

@@ -472,20 +472,27 @@ fn free_elsewhere(entries: VecDeque<raft::eraftpb::Entry>) {
 }
 
 /// Accepts peer connections on a `--listen-peer-urls` listener and closes them: a single
-/// member has no peers yet.
+/// member has no peers yet. The listener closes as soon as the member stops, before the
+/// rest of the teardown.
 async fn refuse_peers(listener: std::net::TcpListener) {
     // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    while !STOP.load(Ordering::Relaxed) {
-        match listener.accept().await {
-            Ok(stream) => {
+    loop {
+        let stopped = async {
+            wait_until(super::POLL_IDLE, || STOP.load(Ordering::Relaxed)).await;
+            None
+        };
+        let accepted = async { Some(listener.accept().await) };
+        match futures_lite::future::or(accepted, stopped).await {
+            None => return,
+            Some(Ok(stream)) => {
                 tracing::debug!(
                     peer = ?stream.peer_addr().ok(),
                     "peer connection closed: this member runs alone"
                 );
                 drop(stream);
             }
-            Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
         }
     }
 }
