@@ -85,6 +85,14 @@ enum EndpointCmd {
 }
 
 #[derive(Subcommand)]
+enum AlarmCmd {
+    /// Lists all alarms.
+    List,
+    /// Disarms all alarms.
+    Disarm,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Runs a member. Flags keep etcd's names; each is also read from CAIRN_<FLAG>.
     Serve(ServeArgs),
@@ -109,6 +117,11 @@ enum Command {
     Endpoint {
         #[command(subcommand)]
         command: EndpointCmd,
+    },
+    /// Alarm related commands.
+    Alarm {
+        #[command(subcommand)]
+        command: AlarmCmd,
     },
     /// Recovers a data directory as a start would (cutting a torn WAL tail or an unfinished
     /// tree commit), verifies every record and every revision page, and prints a summary as
@@ -295,7 +308,9 @@ impl From<cairn::cli::CliError> for Failure {
 fn kv(client: &mut cairn::client::Client, req: Request) -> Result<Response, Failure> {
     match client.request(&ClientRequest::Kv(req))? {
         ClientResponse::Kv(r) => Ok(r),
-        ClientResponse::Status(_) => Err(Failure(EXIT_ERROR, "unexpected status reply".into())),
+        ClientResponse::Status(_) | ClientResponse::Alarm(_) => {
+            Err(Failure(EXIT_ERROR, "unexpected reply".into()))
+        }
     }
 }
 
@@ -383,7 +398,7 @@ fn run_client(
                 );
                 match one.request(&ClientRequest::Status) {
                     Ok(ClientResponse::Status(s)) => rows.push((endpoint.clone(), s)),
-                    Ok(ClientResponse::Kv(_)) => return Err(unexpected()),
+                    Ok(_) => return Err(unexpected()),
                     Err(e) => {
                         eprintln!("Failed to get the status of endpoint {endpoint} ({e})");
                         failed += 1;
@@ -404,6 +419,42 @@ fn run_client(
                 ));
             }
             out
+        }
+        Command::Alarm { command } => {
+            use cairn::protocol::{AlarmAction, AlarmRequest};
+            let mut alarm = |action, member_id, alarm| match client.request(
+                &ClientRequest::Alarm(AlarmRequest {
+                    action,
+                    member_id,
+                    alarm,
+                }),
+            )? {
+                ClientResponse::Alarm(r) => Ok(r.alarms),
+                _ => Err(unexpected()),
+            };
+            // As etcdctl: disarming lists the alarms, then disarms each one.
+            let mut alarms = alarm(AlarmAction::Get, 0, None)?;
+            if let AlarmCmd::Disarm = command {
+                let listed = std::mem::take(&mut alarms);
+                for a in listed {
+                    alarms.extend(alarm(AlarmAction::Deactivate, a.member_id, Some(a.alarm))?);
+                }
+            }
+            if json {
+                let items: Vec<String> = alarms
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{{\"memberID\":{},\"alarm\":\"{}\"}}",
+                            a.member_id,
+                            a.alarm.name()
+                        )
+                    })
+                    .collect();
+                format!("{{\"alarms\":[{}]}}\n", items.join(","))
+            } else {
+                alarms.iter().map(|a| format!("{a}\n")).collect()
+            }
         }
         Command::Serve(_) | Command::Check { .. } => {
             return Err(Failure(EXIT_BAD_ARGS, "not a client command".into()))
@@ -479,7 +530,8 @@ fn main() -> ExitCode {
         | Command::Del(_)
         | Command::Txn
         | Command::Compact { .. }
-        | Command::Endpoint { .. }) => {
+        | Command::Endpoint { .. }
+        | Command::Alarm { .. }) => {
             match run_client(&cli.endpoints, cli.write_out, cli.command_timeout, command) {
                 Ok(out) => {
                     // Every format ends with a newline, as etcdctl's do.

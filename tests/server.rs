@@ -572,15 +572,34 @@ fn over_the_quota_puts_are_refused_and_reads_deletes_and_compaction_free_it() {
         panic!("delete refused")
     };
     assert_eq!(d.deleted, written as i64);
-    // Compacting past the delete frees the space, and writes are taken again.
+    // Compacting past the delete frees the space; as in etcd, the NOSPACE alarm stays
+    // raised (and writes refused) until it is disarmed.
     let compact = Request::Compaction(cairn::mvcc::CompactionRequest {
         revision: d.header.revision,
         ..Default::default()
     });
     c.send(3, &ClientRequest::Kv(compact));
     assert!(matches!(c.recv(), Some((3, Reply::Ok(_)))));
+    let alarm = |c: &mut Client, action| {
+        let req = cairn::protocol::AlarmRequest {
+            action,
+            member_id: 0,
+            alarm: Some(cairn::protocol::AlarmType::Nospace),
+        };
+        c.send(5, &ClientRequest::Alarm(req));
+        match c.recv() {
+            Some((5, Reply::Ok(ClientResponse::Alarm(a)))) => a.alarms.len(),
+            _ => panic!("alarm request failed"),
+        }
+    };
+    assert_eq!(alarm(&mut c, cairn::protocol::AlarmAction::Get), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(put(&mut c, 4, "again"), Err(ErrorCode::NoSpace));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while put(&mut c, 4, "again").is_err() {
+    while {
+        alarm(&mut c, cairn::protocol::AlarmAction::Deactivate);
+        put(&mut c, 4, "again").is_err()
+    } {
         assert!(
             Instant::now() < deadline,
             "space freed by compaction never counted"

@@ -83,6 +83,10 @@ impl Drop for Db {
 struct PendingCommit {
     finish: std::thread::JoinHandle<Result<WrittenCommit>>,
     meta: CommitMeta,
+    /// The writer's counts of changes when the commit was taken, given back if it fails for
+    /// lack of space (its changes then count toward the next commit again).
+    freed_bytes: u64,
+    put_bytes: u64,
 }
 
 /// A background commit, durable: what the writer needs to move onto it.
@@ -347,11 +351,14 @@ impl Db {
         } else {
             self.commit_state(&meta)
         };
-        if let Err(e) = &result {
-            if matches!(e, BtreeError::Io { .. }) {
+        if let Err(e) = result {
+            // A commit undone for lack of space leaves the writer as it was; any other
+            // failed write or sync leaves the file's state unknown.
+            let undone = !ready && e.is_no_space();
+            if matches!(e, BtreeError::Io { .. }) && !undone {
                 self.poisoned = true;
             }
-            return result;
+            return Err(e);
         }
         self.meta = meta;
         self.durable_pages = end_pages(&self.state.last);
@@ -402,11 +409,13 @@ impl Db {
         match spawned {
             Ok(handle) => {
                 // Changes from now on count toward the next commit.
-                st.freed_bytes = 0;
-                st.put_bytes = 0;
+                let freed_bytes = std::mem::take(&mut st.freed_bytes);
+                let put_bytes = std::mem::take(&mut st.put_bytes);
                 self.pending = Some(PendingCommit {
                     finish: handle,
                     meta,
+                    freed_bytes,
+                    put_bytes,
                 });
                 Ok(())
             }
@@ -451,11 +460,34 @@ impl Db {
                 self.unreported = Some(p.meta);
                 Ok(())
             }
+            Err(e) if e.is_no_space() => {
+                // Nothing of the commit is referenced yet: the writer's state still holds
+                // every change it wrote. Undo its bytes and let a later commit try again.
+                self.cut_failed_commit()?;
+                self.state.freed_bytes += p.freed_bytes;
+                self.state.put_bytes += p.put_bytes;
+                tracing::warn!(path = %self.path.display(), error = %e, "a commit failed for lack of space; it can be tried again");
+                Err(e)
+            }
             Err(e) => {
                 self.poisoned = true;
                 Err(e)
             }
         }
+    }
+
+    /// Cuts the file back to the end of the last durable commit, removing whatever a failed
+    /// commit wrote after it (so that none of its bytes, a half-written commit record
+    /// included, can be taken for a commit at open), and giving that space back.
+    fn cut_failed_commit(&mut self) -> Result<()> {
+        let end = self.state.next_page * PAGE_SIZE as u64;
+        let file = &self.state.cur.file;
+        let cut = file.file.set_len(end).and_then(|()| file.file.sync_all());
+        if let Err(e) = cut {
+            self.poisoned = true;
+            return Err(io_err(&self.path, e));
+        }
+        Ok(())
     }
 
     /// Moves the writer onto a durable background commit: the nodes it wrote that are still
@@ -481,8 +513,19 @@ impl Db {
         self.pending.is_some()
     }
 
+    /// A foreground commit. If writing its pages fails for lack of space, nothing has
+    /// changed yet: the bytes are cut off and the commit may be tried again. A failure after
+    /// that (syncing, the record) leaves the file's state unknown.
     fn commit_state(&mut self, meta: &CommitMeta) -> Result<()> {
-        commit_into(&mut self.state, meta)
+        let finish = match prepare_commit(&mut self.state, meta) {
+            Ok(finish) => finish,
+            Err(e) if e.is_no_space() => {
+                self.cut_failed_commit()?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        finish.run().inspect_err(|_| self.poisoned = true)
     }
 
     /// Starts rewriting every live entry into a fresh file on a background thread, from a

@@ -78,6 +78,17 @@ pub enum BtreeError {
     Poisoned(PathBuf),
 }
 
+impl BtreeError {
+    /// Whether this is the file system running out of space (or quota). A commit that
+    /// failed so is undone and may be tried again; see [`Db::commit_background`].
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            BtreeError::Io { source, .. } => crate::wal::is_no_space(source),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = BtreeError> = std::result::Result<T, E>;
 
 /// What a durable commit records besides the tree roots.

@@ -171,8 +171,14 @@ pub fn status_json(rows: &[(String, StatusResponse)]) -> String {
                 .uint("raftIndex", s.raft_index)
                 .uint("raftTerm", s.raft_term)
                 .uint("raftAppliedIndex", s.raft_applied_index)
-                .uint("dbSizeInUse", s.db_size_in_use)
-                .done();
+                .uint("dbSizeInUse", s.db_size_in_use);
+            let status = if s.errors.is_empty() {
+                status
+            } else {
+                let quoted: Vec<String> = s.errors.iter().map(|e| format!("{e:?}")).collect();
+                status.raw("errors", &format!("[{}]", quoted.join(",")))
+            }
+            .done();
             Obj::new()
                 .raw("Endpoint", &format!("\"{endpoint}\""))
                 .raw("Status", &status)
@@ -209,7 +215,7 @@ fn status_fields(endpoint: &str, s: &StatusResponse) -> [String; 10] {
         s.raft_term.to_string(),
         s.raft_index.to_string(),
         s.raft_applied_index.to_string(),
-        String::new(),
+        s.errors.join(", "),
     ]
 }
 

@@ -184,12 +184,20 @@ fn sizes_and_status_tables_look_like_etcdctls() {
         revision: 5,
         db_size: 20_480,
         db_size_in_use: 20_480,
+        errors: Vec::new(),
     };
-    let rows = vec![("127.0.0.1:2378".to_string(), s)];
+    let mut rows = vec![("127.0.0.1:2378".to_string(), s)];
     assert_eq!(
         status_simple(&rows),
         "127.0.0.1:2378, 8e9e05c52164694d, 0.1.0, 20 kB, true, false, 2, 10, 10, \n"
     );
+    // Raised alarms are the ERRORS column, as etcd lists them.
+    rows[0].1.errors = vec!["memberID:10276657743932975437 alarm:NOSPACE".into()];
+    assert_eq!(
+        status_simple(&rows),
+        "127.0.0.1:2378, 8e9e05c52164694d, 0.1.0, 20 kB, true, false, 2, 10, 10, memberID:10276657743932975437 alarm:NOSPACE\n"
+    );
+    rows[0].1.errors.clear();
     let table = status_table(&rows);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 5);

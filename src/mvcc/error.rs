@@ -43,6 +43,12 @@ pub enum MvccError {
 }
 
 impl MvccError {
+    /// A checkpoint that failed because the file system is full: undone, and the store
+    /// goes on (the log still holds everything applied); try again once there is space.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, MvccError::Storage(e) if e.is_no_space())
+    }
+
     /// Fatal errors leave the store unusable (a write may be half applied); everything else is
     /// a request error that changed nothing.
     pub fn is_fatal(&self) -> bool {

@@ -223,7 +223,7 @@ impl Store {
         let done = self
             .db
             .poll_commit()
-            .inspect_err(|_| self.poisoned = true)?;
+            .inspect_err(|e| self.poison_unless_no_space(e))?;
         Ok(done.map(|m| RaftPosition {
             index: m.applied_index,
             term: m.applied_term,
@@ -254,13 +254,20 @@ impl Store {
             user: meta.encode(),
         };
         // A failed commit (fsync) leaves the file's state unknown: stop, like a failed apply.
+        // One that failed for lack of space was undone and may be tried again.
         let result = if background {
             self.db.commit_background(commit)
         } else {
             self.db.commit(commit)
         };
-        result.inspect_err(|_| self.poisoned = true)?;
+        result.inspect_err(|e| self.poison_unless_no_space(e))?;
         Ok(())
+    }
+
+    fn poison_unless_no_space(&mut self, e: &BtreeError) {
+        if !e.is_no_space() {
+            self.poisoned = true;
+        }
     }
 
     /// Checkpoints once the changes held in memory since the last checkpoint exceed

@@ -80,7 +80,9 @@ fn apply_entry(
             };
             store.apply(at, std::slice::from_ref(&request), &AcceptAllLeases)?
         }
-        ArchivedClientRequest::Status => return bad("status is not a log entry".into()),
+        ArchivedClientRequest::Status | ArchivedClientRequest::Alarm(_) => {
+            return bad("not a log entry".into())
+        }
     };
     match outcome {
         ApplyOutcome::Skipped => bad("already applied".into()),

@@ -47,10 +47,69 @@ pub enum ClientRequest {
     Kv(Request),
     /// The member's state (etcd's `StatusRequest`).
     Status,
+    /// Lists, raises or disarms alarms (etcd's `AlarmRequest`).
+    Alarm(AlarmRequest),
+}
+
+/// etcd's `AlarmType` (without `NONE`, which is `None` where a type is optional).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlarmType {
+    /// Space ran out: the database quota, or the file system under the data directory.
+    /// Writes that add data are refused until the alarm is disarmed.
+    Nospace,
+    /// The data was found corrupt.
+    Corrupt,
+}
+
+impl AlarmType {
+    /// etcd's name of the alarm, as `etcdctl alarm list` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmType::Nospace => "NOSPACE",
+            AlarmType::Corrupt => "CORRUPT",
+        }
+    }
+}
+
+/// etcd's `AlarmMember`: an alarm raised on a member.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlarmMember {
+    pub member_id: u64,
+    pub alarm: AlarmType,
+}
+
+impl std::fmt::Display for AlarmMember {
+    /// As etcd prints one: `memberID:10276657743932975437 alarm:NOSPACE`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "memberID:{} alarm:{}", self.member_id, self.alarm.name())
+    }
+}
+
+/// etcd's `AlarmRequest.AlarmAction`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmAction {
+    Get,
+    Activate,
+    Deactivate,
+}
+
+/// etcd's `AlarmRequest`. `member_id` 0 and `alarm` `None` match every member and type
+/// (for `Get`); `Activate` and `Deactivate` name one alarm.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AlarmRequest {
+    pub action: AlarmAction,
+    pub member_id: u64,
+    pub alarm: Option<AlarmType>,
+}
+
+/// etcd's `AlarmResponse`: the alarms listed, raised or disarmed.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct AlarmResponse {
+    pub alarms: Vec<AlarmMember>,
 }
 
 /// etcd's `StatusResponse`, as far as cairn has its fields.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct StatusResponse {
     pub cluster_id: u64,
     pub member_id: u64,
@@ -61,6 +120,8 @@ pub struct StatusResponse {
     pub revision: i64,
     pub db_size: u64,
     pub db_size_in_use: u64,
+    /// The member's raised alarms, as etcd lists them (`memberID:... alarm:NOSPACE`).
+    pub errors: Vec<String>,
 }
 
 /// A successful reply.
@@ -68,6 +129,7 @@ pub struct StatusResponse {
 pub enum ClientResponse {
     Kv(Response),
     Status(StatusResponse),
+    Alarm(AlarmResponse),
 }
 
 /// Why a request (or, with request id 0, the connection) failed.
@@ -91,8 +153,10 @@ pub enum ErrorCode {
     Unavailable,
     /// The request failed on the server; the message says how.
     Internal,
-    /// The database is over its quota (`--quota-backend-bytes`): writes that add data are
-    /// refused until space is freed (deletes, compaction); reads go on.
+    /// The NOSPACE alarm is raised (the database went over its quota,
+    /// `--quota-backend-bytes`, or the file system is full): writes that add data are
+    /// refused until space is freed and the alarm disarmed; reads, deletes and compaction
+    /// go on.
     NoSpace,
 }
 

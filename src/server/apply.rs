@@ -4,7 +4,7 @@
 
 use super::{Input, Reply, ServerError, Shared, ToApply, STOP};
 use crate::btree::DbOptions;
-use crate::mvcc::Store;
+use crate::mvcc::{Store, CHECKPOINT_UNCOMMITTED_BYTES_MAX, COMPACTION_STEP_RECORDS};
 use crate::node::apply_committed;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,7 +38,15 @@ pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), Serv
         STOP.store(true, Ordering::Relaxed);
     }
     // Everything applied becomes durable in the tree too, even after a failure elsewhere.
-    let result = result.and_then(|()| Ok(store.checkpoint()?));
+    // Without the space for it, the WAL still holds every entry applied: the next start
+    // replays them.
+    let result = result.and_then(|()| match store.checkpoint() {
+        Err(e) if e.is_no_space() => {
+            tracing::warn!(error = %e, "the final checkpoint failed for lack of space; the next start replays the WAL");
+            Ok(())
+        }
+        other => Ok(other?),
+    });
     let _ = role.store_opened.send(
         result
             .as_ref()
@@ -59,6 +67,7 @@ async fn apply_loop(
     let mut log_bytes = 0u64;
     let mut reads: Vec<(u64, Vec<flume::Sender<()>>)> = Vec::new();
     let mut stop = false;
+    let mut space = CheckpointSpace::new();
     publish(store, applied, shared);
     // Checkpoints write their pages here and sync them on another thread.
     store.set_background_checkpoints(true);
@@ -73,10 +82,16 @@ async fn apply_loop(
                 }
                 Err(flume::TryRecvError::Disconnected) => break,
             }
-        } else if store.checkpoint_pending() {
-            // Wake up to report the checkpoint once durable, even with nothing to apply.
+        } else if store.checkpoint_pending() || space.owed {
+            // Wake up to report the checkpoint once durable, or to try a failed one again,
+            // even with nothing to apply.
             let recv = role.from_raft.recv_async();
-            let tick = glommio::timer::sleep(CHECKPOINT_POLL);
+            let wait = if store.checkpoint_pending() {
+                CHECKPOINT_POLL
+            } else {
+                space.until_retry()
+            };
+            let tick = glommio::timer::sleep(wait);
             match futures_lite::future::or(async { Some(recv.await) }, async {
                 tick.await;
                 None
@@ -85,10 +100,7 @@ async fn apply_loop(
             {
                 Some(Ok(msg)) => Some(msg),
                 Some(Err(_)) => break, // the raft role is gone
-                None => {
-                    report_durable(store, shared)?;
-                    continue;
-                }
+                None => None,
             }
         } else {
             match role.from_raft.recv_async().await {
@@ -138,16 +150,23 @@ async fn apply_loop(
         }
         let compacting = store.compaction_backlog() > 0;
         let started = std::time::Instant::now();
-        // One step of compaction deletions, and a checkpoint if the memory budget says so.
-        let mut written = store.maybe_checkpoint()?;
-        // A compaction that just finished deleting checkpoints at once, so that the space
-        // it freed counts (against the quota too) without waiting for more writes.
-        let due = applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
+        // One step of compaction deletions, and a checkpoint if one is due: by the memory
+        // budget, the entry count, the log's bytes, or a compaction that just finished
+        // deleting (so that the space it freed counts, against the quota too, without
+        // waiting for more writes).
+        store.compact_step(COMPACTION_STEP_RECORDS)?;
+        let due = store.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX
+            || applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
             || log_bytes >= LOG_BYTES_PER_CHECKPOINT_MAX
-            || (compacting && store.compaction_backlog() == 0);
-        if due && !written {
-            store.checkpoint_background()?;
-            written = true;
+            || (compacting && store.compaction_backlog() == 0)
+            || space.owed;
+        let mut written = false;
+        if due && space.may_try() {
+            match store.checkpoint_background() {
+                Ok(()) => written = true,
+                Err(e) if e.is_no_space() => space.failed(&e, shared),
+                Err(e) => return Err(e.into()),
+            }
         }
         if written {
             tracing::debug!(
@@ -159,9 +178,65 @@ async fn apply_loop(
             log_bytes = 0;
             publish(store, applied, shared); // the new sizes
         }
-        report_durable(store, shared)?;
+        match report_durable(store, shared) {
+            Ok(true) => space.succeeded(),
+            Ok(false) => {}
+            Err(ServerError::Mvcc(e)) if e.is_no_space() => space.failed(&e, shared),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
+}
+
+/// Checkpoints failing for lack of space: the NOSPACE alarm is raised, and the checkpoint
+/// is tried again after a pause (growing while it keeps failing), not given up: the WAL
+/// holds everything applied meanwhile, and writes that add data are refused.
+struct CheckpointSpace {
+    /// A checkpoint failed for space and is owed, whatever else says it is due.
+    owed: bool,
+    retry_at: std::time::Instant,
+    pause: std::time::Duration,
+}
+
+const CHECKPOINT_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const CHECKPOINT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl CheckpointSpace {
+    fn new() -> CheckpointSpace {
+        CheckpointSpace {
+            owed: false,
+            retry_at: std::time::Instant::now(),
+            pause: CHECKPOINT_RETRY_MIN,
+        }
+    }
+
+    fn may_try(&self) -> bool {
+        !self.owed || std::time::Instant::now() >= self.retry_at
+    }
+
+    fn until_retry(&self) -> std::time::Duration {
+        self.retry_at
+            .saturating_duration_since(std::time::Instant::now())
+            .max(CHECKPOINT_POLL)
+    }
+
+    fn failed(&mut self, e: &crate::mvcc::MvccError, shared: &Shared) {
+        shared
+            .alarms
+            .raise(crate::protocol::AlarmType::Nospace, || {
+                format!("a tree checkpoint failed: {e}")
+            });
+        self.owed = true;
+        self.retry_at = std::time::Instant::now() + self.pause;
+        self.pause = (self.pause * 2).min(CHECKPOINT_RETRY_MAX);
+    }
+
+    fn succeeded(&mut self) {
+        if self.owed {
+            tracing::info!("a tree checkpoint succeeded: space is available again");
+        }
+        *self = CheckpointSpace::new();
+    }
 }
 
 /// Entry bytes applied after which the tree is checkpointed (and so the log compacted),
@@ -175,12 +250,13 @@ const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(5)
 /// it may go. The position is what the tree holds: the last entry with a request (a new
 /// leader's trailing empty entry is not recorded, so the log keeps it). Best effort: with a
 /// full queue, the next checkpoint says it again.
-fn report_durable(store: &mut Store, shared: &Shared) -> Result<(), ServerError> {
-    if let Some(durable) = store.poll_checkpoint()? {
-        tracing::debug!(applied = durable.index, "tree checkpoint durable");
-        let _ = shared.inputs.try_send(Input::Checkpointed(durable.index));
-    }
-    Ok(())
+fn report_durable(store: &mut Store, shared: &Shared) -> Result<bool, ServerError> {
+    let Some(durable) = store.poll_checkpoint()? else {
+        return Ok(false);
+    };
+    tracing::debug!(applied = durable.index, "tree checkpoint durable");
+    let _ = shared.inputs.try_send(Input::Checkpointed(durable.index));
+    Ok(true)
 }
 
 /// Sends each proposal's result to whoever waits for it. Both lists are in log order, and

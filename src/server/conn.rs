@@ -276,8 +276,14 @@ async fn dispatch(
     let stopping = shard.shared.phase() >= Phase::Stopping;
     let reply = match request {
         ClientRequest::Status => {
-            let status = *shard.shared.status.lock();
+            let status = shard.shared.status();
             or_internal(id, encode_response(id, &ClientResponse::Status(status)))
+        }
+        ClientRequest::Alarm(req) => {
+            let shared = &shard.shared;
+            let member_id = shared.status.lock().member_id;
+            let alarms = shared.alarms.request(member_id, &req);
+            or_internal(id, encode_response(id, &ClientResponse::Alarm(alarms)))
         }
         ClientRequest::Kv(req) => {
             if let Err(e) = validate(&req, config.max_txn_ops) {
@@ -289,7 +295,7 @@ async fn dispatch(
                 serve_range(id, r, shard)
             } else if stopping {
                 error_frame(id, ErrorCode::Unavailable, STOPPING.into())
-            } else if adds_data(&req) && over_quota(&shard.shared, payload.len()) {
+            } else if adds_data(&req) && no_space(&shard.shared, payload.len()) {
                 error_frame(id, ErrorCode::NoSpace, NO_SPACE.into())
             } else if let Request::Range(r) = req {
                 spawn_linearizable_read(id, r, shard, out, inflight);
@@ -325,11 +331,24 @@ fn adds_data(req: &Request) -> bool {
     }
 }
 
-/// Whether `cost` more bytes would take the tree's live bytes past the quota.
-fn over_quota(shared: &Shared, cost: usize) -> bool {
+/// Whether a write that adds `cost` bytes is refused for space: the NOSPACE alarm is raised,
+/// or this write would take the tree's live bytes past the quota (which raises it, as etcd
+/// does: it stays raised until disarmed, whatever is freed meanwhile).
+fn no_space(shared: &Shared, cost: usize) -> bool {
+    if shared.alarms.nospace() {
+        return true;
+    }
     let quota = shared.config.quota_backend_bytes;
     let used = shared.quota_used.load(std::sync::atomic::Ordering::Relaxed);
-    quota > 0 && used.saturating_add(cost as u64) > quota
+    if quota > 0 && used.saturating_add(cost as u64) > quota {
+        shared
+            .alarms
+            .raise(crate::protocol::AlarmType::Nospace, || {
+                format!("the database holds {used} bytes; --quota-backend-bytes is {quota}")
+            });
+        return true;
+    }
+    false
 }
 
 /// A range from the latest published view.

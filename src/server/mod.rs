@@ -14,6 +14,7 @@
 //! finishes what it accepted, the apply role checkpoints, the WAL closes, then replies
 //! still in flight are written and the executors exit.
 
+mod alarm;
 mod apply;
 mod cluster;
 mod conn;
@@ -171,6 +172,7 @@ pub(crate) struct Shared {
     /// What counts against `--quota-backend-bytes`: the tree's live bytes plus the changes
     /// not yet checkpointed.
     pub quota_used: AtomicU64,
+    pub alarms: alarm::Alarms,
 }
 
 impl Shared {
@@ -198,6 +200,14 @@ impl Shared {
 
     pub fn view(&self) -> Option<ReadView> {
         self.view.lock().clone()
+    }
+
+    /// The member's status, with its raised alarms as etcd lists them.
+    pub fn status(&self) -> StatusResponse {
+        let mut status = self.status.lock().clone();
+        let alarms = self.alarms.list(status.member_id);
+        status.errors = alarms.iter().map(|a| a.to_string()).collect();
+        status
     }
 }
 
@@ -285,6 +295,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
         view_generation: AtomicU64::new(0),
         status: Mutex::new(StatusResponse::default()),
         quota_used: AtomicU64::new(0),
+        alarms: alarm::Alarms::default(),
     });
     let (store_tx, store_rx) = flume::bounded(1);
     let (wal_open_tx, wal_open_rx) = flume::bounded(1);

@@ -268,6 +268,15 @@ impl Raft {
                 })
                 .await;
             let first = woken?;
+            if !shared.alarms.nospace() {
+                if let Some(cause) = self.wal.no_space() {
+                    shared
+                        .alarms
+                        .raise(crate::protocol::AlarmType::Nospace, || {
+                            format!("the WAL cannot create its next segment: {cause}")
+                        });
+                }
+            }
             let mut reads = Vec::new();
             let mut checkpointed = None;
             for input in first

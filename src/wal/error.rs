@@ -50,6 +50,27 @@ pub enum WalError {
     },
 }
 
+impl WalError {
+    /// Whether this is the file system running out of space (or of quota): a condition that
+    /// freeing space ends, unlike damage or a failed device.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            WalError::Io { source, .. } => is_no_space(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether an I/O error says the file system is full (ENOSPC) or the quota is used (EDQUOT).
+pub fn is_no_space(e: &io::Error) -> bool {
+    // glommio keeps the kind of the errors it wraps, not the raw code.
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
+}
+
 /// Result with [`WalError`].
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
 

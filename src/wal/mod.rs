@@ -35,7 +35,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use error::{Result, WalError};
+pub use error::{is_no_space, Result, WalError};
 pub use format::{Lsn, RecordType};
 pub use options::{Prealloc, WalOptions};
 pub use reader::{ReplayError, TornTail};

@@ -10,7 +10,7 @@
 //! Everything lives on one glommio executor: shared state is an `Rc<RefCell<_>>`, never
 //! borrowed across an `await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Range;
@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use glommio::io::Directory;
 use glommio::Task;
@@ -64,6 +65,7 @@ struct Shared {
     state: RefCell<State>,
     /// A released segment kept (as a `.tmp` file) for the next segment to be created over.
     spare: Rc<RefCell<Option<PathBuf>>>,
+    creation: Rc<Creation>,
     /// Makes the next batch write fail, to test the failed state.
     #[cfg(test)]
     fail_next_write: std::cell::Cell<bool>,
@@ -264,7 +266,16 @@ impl Wal {
                 return Err(error);
             }
         };
-        let next = spawn_create(&directory, &dir, recovered.next_seq, &options, None);
+        let creation = Rc::new(Creation::default());
+        let spare = Rc::default();
+        let next = spawn_create(
+            &directory,
+            &dir,
+            recovered.next_seq,
+            &options,
+            &spare,
+            &creation,
+        );
         let state = State {
             next_lsn: recovered.next_lsn,
             chain_crc: recovered.chain_crc,
@@ -293,7 +304,8 @@ impl Wal {
             options,
             torn: recovered.torn,
             state: RefCell::new(state),
-            spare: Rc::default(),
+            spare,
+            creation,
             #[cfg(test)]
             fail_next_write: std::cell::Cell::new(false),
         });
@@ -391,6 +403,7 @@ impl Wal {
             st.closing = true;
             st.wake_flusher();
         }
+        shared.creation.closing.set(true);
         flusher.await;
         let failed = shared.state.borrow().fail_reason();
         // Close the directory now (a dropped descriptor is closed on a later reactor turn,
@@ -417,6 +430,14 @@ impl Wal {
     pub fn first_lsn(&self) -> Lsn {
         let st = self.shared.state.borrow();
         st.segments.front().map_or(st.next_lsn, |s| s.first_lsn)
+    }
+
+    /// Why the next segment cannot be created, while the file system is full: appends go
+    /// on in the current segment's preallocated room, and creation is tried again until it
+    /// succeeds (then this is `None` again). A caller that sees it should stop taking writes
+    /// that add data (the server raises its NOSPACE alarm).
+    pub fn no_space(&self) -> Option<String> {
+        self.shared.creation.no_space.borrow().clone()
     }
 
     /// The torn tail truncated when this WAL was opened, if any.
@@ -641,22 +662,84 @@ struct Active {
 
 type Creating = Task<Result<SegmentFile>>;
 
+/// What segment creation tells the rest of the WAL, and is told by it.
+#[derive(Default)]
+struct Creation {
+    /// Why the last attempt failed for lack of space; `None` once one succeeds.
+    no_space: RefCell<Option<String>>,
+    /// Set by `close`: an attempt that failed for lack of space is not tried again.
+    closing: Cell<bool>,
+}
+
+/// First and last pause between attempts to create a segment on a full file system.
+const CREATE_RETRY_MIN: Duration = Duration::from_millis(100);
+const CREATE_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Creates segment `seq` in the background. On a full file system the attempt is undone
+/// (its `.tmp` file removed, giving back what it took) and tried again, with a growing
+/// pause, until it succeeds or the WAL closes: a full disk is a condition to report and
+/// outlast, not a failure of the log.
 fn spawn_create(
     directory: &Rc<Directory>,
     dir: &Path,
     seq: u64,
     options: &WalOptions,
-    spare: Option<PathBuf>,
+    spare: &Rc<RefCell<Option<PathBuf>>>,
+    creation: &Rc<Creation>,
 ) -> Creating {
-    let create = segment::create(
-        directory.clone(),
-        dir.to_owned(),
-        seq,
-        options.segment_bytes,
-        options.prealloc,
-        spare,
-    );
-    glommio::spawn_local(create)
+    let (directory, dir, creation) = (directory.clone(), dir.to_owned(), creation.clone());
+    let (segment_bytes, prealloc) = (options.segment_bytes, options.prealloc);
+    let spare = spare.clone();
+    glommio::spawn_local(async move {
+        let mut pause = CREATE_RETRY_MIN;
+        loop {
+            // A spare released meanwhile takes no new space: each attempt looks for one.
+            let reuse = spare.borrow_mut().take();
+            let attempt = segment::create(
+                directory.clone(),
+                dir.clone(),
+                seq,
+                segment_bytes,
+                prealloc,
+                reuse,
+            )
+            .await;
+            let error = match attempt {
+                Ok(segment) => {
+                    if creation.no_space.borrow_mut().take().is_some() {
+                        tracing::info!(
+                            seq,
+                            "created the next WAL segment: space is available again"
+                        );
+                    }
+                    return Ok(segment);
+                }
+                Err(error) if error.is_no_space() => error,
+                Err(error) => return Err(error),
+            };
+            let tmp = dir.join(format!("{}.tmp", segment::segment_name(seq)));
+            if let Err(e) = glommio::io::remove(&tmp).await {
+                tracing::debug!(error = %e, path = %tmp.display(), "removing a failed segment");
+            }
+            if creation.no_space.borrow().is_none() {
+                tracing::error!(
+                    %error,
+                    seq,
+                    "cannot create the next WAL segment: the file system is full; appends go on \
+                     in the current segment, and creation is tried again"
+                );
+            }
+            *creation.no_space.borrow_mut() = Some(error.to_string());
+            let resume = std::time::Instant::now() + pause;
+            while std::time::Instant::now() < resume {
+                if creation.closing.get() {
+                    return Err(error);
+                }
+                glommio::timer::sleep(CREATE_RETRY_MIN.min(pause)).await;
+            }
+            pause = (pause * 2).min(CREATE_RETRY_MAX);
+        }
+    })
 }
 
 async fn run_flusher(shared: Rc<Shared>, mut active: Option<Active>, next: Creating) {
@@ -802,18 +885,24 @@ async fn switch_segment(
         Some(task) => task,
         None => {
             let seq = old.as_ref().map_or(0, |a| a.segment.seq + 1);
-            let spare = shared.spare.borrow_mut().take();
-            spawn_create(&shared.directory, &shared.dir, seq, &shared.options, spare)
+            spawn_create(
+                &shared.directory,
+                &shared.dir,
+                seq,
+                &shared.options,
+                &shared.spare,
+                &shared.creation,
+            )
         }
     };
     let segment = ready.await?;
-    let spare = shared.spare.borrow_mut().take();
     *next = Some(spawn_create(
         &shared.directory,
         &shared.dir,
         segment.seq + 1,
         &shared.options,
-        spare,
+        &shared.spare,
+        &shared.creation,
     ));
     if let Some(old) = old {
         close_segment(old.segment).await;

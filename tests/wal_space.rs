@@ -1,0 +1,141 @@
+//! The WAL on a file system that fills up: creating the next segment fails for space, which
+//! the WAL reports ([`Wal::no_space`]) and outlasts: appends go on in the current segment,
+//! wait (never fail) once it is full, and continue in a new segment once space is freed.
+//!
+//! The file system is a small tmpfs the test mounts (it needs root); where mounting is not
+//! allowed the test says so and passes without running.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cairn::wal::{RecordType, Wal, WalOptions};
+
+struct Tmpfs {
+    path: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let path = parent.path().join("fs");
+        std::fs::create_dir(&path).expect("mkdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs {
+                path,
+                _parent: parent,
+            }),
+            other => {
+                eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): {other:?}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+const SEGMENT_BYTES: u64 = 256 << 10;
+
+fn options() -> WalOptions {
+    WalOptions {
+        segment_bytes: SEGMENT_BYTES,
+        batch_bytes_max: 32 << 10,
+        ..WalOptions::default()
+    }
+}
+
+#[test]
+fn a_full_file_system_delays_the_next_segment_and_loses_nothing() {
+    let Some(fs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let ballast = fs.path.join("ballast");
+    // 1 MiB holds the ballast and two segments, not three.
+    std::fs::write(&ballast, vec![1u8; 400 << 10]).expect("ballast");
+    let dir = fs.path.join("wal");
+    let payload = vec![7u8; 1000];
+    let total = glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let wal = Wal::open(&dir, options(), 1, |_, _, _| Ok(()))
+                .await
+                .expect("open");
+            let mut appended = 0u64;
+            // Segment 0, then into segment 1: creating segment 2 fails for space.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while wal.no_space().is_none() {
+                wal.append(RecordType::ENTRY, &payload)
+                    .await
+                    .expect("append");
+                appended += 1;
+                assert!(Instant::now() < deadline, "the file system never filled");
+                assert!(appended < 200, "segment 2 was created without space for it");
+            }
+            // Appends go on in segment 1 until it is full, then wait for space.
+            let waiting = loop {
+                let append = wal.append(RecordType::ENTRY, &payload);
+                let timeout = glommio::timer::sleep(Duration::from_millis(300));
+                let mut append = Box::pin(append);
+                let done = futures_lite::future::or(async { Some((&mut append).await) }, async {
+                    timeout.await;
+                    None
+                })
+                .await;
+                match done {
+                    Some(r) => {
+                        r.expect("an append in the current segment");
+                        appended += 1;
+                        assert!(appended < 200, "segment 1 never filled");
+                    }
+                    None => break append,
+                }
+            };
+            assert!(wal.no_space().is_some());
+            // Space comes back: the waiting append completes in a new segment.
+            std::fs::remove_file(&ballast).expect("remove ballast");
+            waiting.await.expect("the waiting append");
+            appended += 1;
+            // Releasing old segments gives the next one room (as a spare to write over).
+            wal.release_below(wal.durable_lsn() + 1)
+                .await
+                .expect("release");
+            for _ in 0..100 {
+                wal.append(RecordType::ENTRY, &payload)
+                    .await
+                    .expect("append");
+                appended += 1;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while wal.no_space().is_some() {
+                assert!(Instant::now() < deadline, "still reports no space");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            let first = wal.first_lsn();
+            wal.close().await.expect("close");
+            let mut replayed = 0u64;
+            let wal = Wal::open(&dir, options(), 1, |_, t, p| {
+                assert_eq!((t, p.len()), (RecordType::ENTRY, 1000));
+                replayed += 1;
+                Ok(())
+            })
+            .await
+            .expect("reopen");
+            wal.close().await.expect("close");
+            assert_eq!(replayed, appended - (first - 1));
+            appended
+        })
+        .expect("executor")
+        .join()
+        .expect("executor thread");
+    assert!(total > 130, "only {total} records: never crossed a segment");
+    drop(fs);
+}
