@@ -280,7 +280,10 @@ impl From<cairn::client::ClientError> for Failure {
         use cairn::client::ClientError;
         let code = match &e {
             ClientError::Unreachable { .. } | ClientError::Io { .. } => EXIT_BAD_CONNECTION,
-            _ => EXIT_ERROR,
+            // A member that took the request and did not answer in time: the request failed
+            // (etcdctl's "context deadline exceeded", exit code 1).
+            ClientError::Timeout { .. } => EXIT_ERROR,
+            ClientError::Server { .. } | ClientError::Protocol { .. } => EXIT_ERROR,
         };
         Failure(code, e.to_string())
     }

@@ -161,3 +161,33 @@ fn exit_codes() {
         .unwrap();
     assert_eq!(down.status.code(), Some(2));
 }
+
+/// A member that takes the request and never answers (SIGSTOPped): the request times out
+/// with etcdctl's message and exit code 1, not as an unreachable endpoint.
+#[test]
+fn a_request_that_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    ok(&s, &["put", "k", "v"]);
+    let signal = |sig: &str| {
+        let pid = s.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let out = cairn_at(&s.1, &["get", "k", "--command-timeout", "1"], "");
+    let took = started.elapsed();
+    signal("-CONT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: context deadline exceeded") && !stderr.contains("os error"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(ok(&s, &["get", "k", "--print-value-only"]), "v\n");
+}
