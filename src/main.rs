@@ -302,23 +302,37 @@ fn kv(client: &mut cairn::client::Client, req: Request) -> Result<Response, Fail
     }
 }
 
-/// Runs a client command; returns what to print.
+/// Writes a client command's output to stdout as it is.
+fn write_out(out: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write the output: {e}"))
+}
+
+/// Runs a client command; returns what to print (bytes: keys and values are written as
+/// stored, UTF-8 or not).
 fn run_client(
     endpoints: &[String],
     format: OutputFormat,
     timeout_s: u64,
     command: Command,
-) -> Result<String, Failure> {
+) -> Result<Vec<u8>, Failure> {
     use cairn::cli::output;
     let json = matches!(format, OutputFormat::Json);
     let mut client = cairn::client::Client::new(endpoints.to_vec(), Duration::from_secs(timeout_s));
     let unexpected = || Failure(EXIT_ERROR, "unexpected reply".into());
     Ok(match command {
-        Command::Put(args) => match kv(&mut client, Request::Put(args.request()?))? {
-            Response::Put(r) if json => output::put_json(&r),
-            Response::Put(r) => output::put_simple(&r),
-            _ => return Err(unexpected()),
-        },
+        Command::Put(args) => {
+            let req = args.request_or_read(std::io::stdin().lock())?;
+            match kv(&mut client, Request::Put(req))? {
+                Response::Put(r) if json => output::put_json(&r).into_bytes(),
+                Response::Put(r) => output::put_simple(&r),
+                _ => return Err(unexpected()),
+            }
+        }
         Command::Get(cmd) => {
             if cmd.print_value_only && cmd.args.keys_only {
                 return Err(Failure(
@@ -338,7 +352,7 @@ fn run_client(
                 }
             };
             match kv(&mut client, Request::Range(req))? {
-                Response::Range(r) if json => output::range_json(&r),
+                Response::Range(r) if json => output::range_json(&r).into_bytes(),
                 Response::Range(r) => {
                     output::range_simple(&r, cmd.args.keys_only, cmd.print_value_only)
                 }
@@ -346,18 +360,18 @@ fn run_client(
             }
         }
         Command::Del(args) => match kv(&mut client, Request::DeleteRange(args.request()?))? {
-            Response::DeleteRange(r) if json => output::delete_json(&r),
+            Response::DeleteRange(r) if json => output::delete_json(&r).into_bytes(),
             Response::DeleteRange(r) => output::delete_simple(&r),
             _ => return Err(unexpected()),
         },
         Command::Txn => {
-            let mut input = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
                 .map_err(|e| Failure(EXIT_INVALID_INPUT, e.to_string()))?;
             let txn = cairn::cli::parse_txn(&input)
                 .map_err(|e| Failure(EXIT_INVALID_INPUT, e.to_string()))?;
             match kv(&mut client, Request::Txn(txn))? {
-                Response::Txn(r) if json => output::txn_json(&r),
+                Response::Txn(r) if json => output::txn_json(&r).into_bytes(),
                 Response::Txn(r) => output::txn_simple(&r),
                 _ => return Err(unexpected()),
             }
@@ -366,9 +380,9 @@ fn run_client(
             let req = Request::Compaction(cairn::mvcc::CompactionRequest { revision, physical });
             match kv(&mut client, req)? {
                 Response::Compaction(r) if json => {
-                    format!("{{\"header\":{{\"revision\":{}}}}}\n", r.header.revision)
+                    format!("{{\"header\":{{\"revision\":{}}}}}\n", r.header.revision).into_bytes()
                 }
-                Response::Compaction(_) => format!("compacted revision {revision}\n"),
+                Response::Compaction(_) => format!("compacted revision {revision}\n").into_bytes(),
                 _ => return Err(unexpected()),
             }
         }
@@ -399,14 +413,16 @@ fn run_client(
                 OutputFormat::Simple => output::status_simple(&rows),
             };
             if failed > 0 {
-                print!("{}", if rows.is_empty() { "" } else { &out });
+                if !rows.is_empty() {
+                    write_out(out.as_bytes()).map_err(|e| Failure(EXIT_ERROR, e))?;
+                }
                 let total = endpoints.len();
                 return Err(Failure(
                     EXIT_ERROR,
                     format!("{failed} of {total} endpoints did not answer"),
                 ));
             }
-            out
+            out.into_bytes()
         }
         Command::Serve(_) | Command::Check { .. } => {
             return Err(Failure(EXIT_BAD_ARGS, "not a client command".into()))
@@ -484,14 +500,18 @@ fn main() -> ExitCode {
         | Command::Compact { .. }
         | Command::Endpoint { .. }) => {
             match run_client(&cli.endpoints, cli.write_out, cli.command_timeout, command) {
-                Ok(out) => {
+                Ok(mut out) => {
                     // Every format ends with a newline, as etcdctl's do.
-                    if out.is_empty() || out.ends_with('\n') {
-                        print!("{out}");
-                    } else {
-                        println!("{out}");
+                    if out.last().is_some_and(|&b| b != b'\n') {
+                        out.push(b'\n');
                     }
-                    ExitCode::SUCCESS
+                    match write_out(&out) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("Error: {e}");
+                            ExitCode::from(EXIT_ERROR)
+                        }
+                    }
                 }
                 Err(Failure(code, message)) => {
                     eprintln!("Error: {message}");
