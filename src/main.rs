@@ -2,8 +2,9 @@
 //! client commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint status`) talk to members
 //! in etcdctl's spirit.
 //!
-//! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed);
-//! 2 no endpoint could be reached; 3 invalid input (a malformed `txn`); 128 bad arguments.
+//! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed,
+//! or "context deadline exceeded" when no reply came in time); 2 no endpoint could be
+//! reached; 3 invalid input (a malformed `txn`); 128 bad arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,7 +89,8 @@ enum EndpointCmd {
 enum Command {
     /// Runs a member. Flags keep etcd's names; each is also read from CAIRN_<FLAG>.
     Serve(ServeArgs),
-    /// Puts the given key into the store.
+    /// Puts the given key into the store. Without a value, the value is all of standard
+    /// input.
     Put(cairn::cli::PutArgs),
     /// Gets the key or a range of keys.
     Get(GetCmd),
