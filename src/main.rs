@@ -2,8 +2,9 @@
 //! client commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint status`) talk to members
 //! in etcdctl's spirit.
 //!
-//! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed);
-//! 2 no endpoint could be reached; 3 invalid input (a malformed `txn`); 128 bad arguments.
+//! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed,
+//! or "context deadline exceeded" when no reply came in time); 2 no endpoint could be
+//! reached; 3 invalid input (a malformed `txn`); 128 bad arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -96,7 +97,8 @@ enum AlarmCmd {
 enum Command {
     /// Runs a member. Flags keep etcd's names; each is also read from CAIRN_<FLAG>.
     Serve(ServeArgs),
-    /// Puts the given key into the store.
+    /// Puts the given key into the store. Without a value, the value is all of standard
+    /// input.
     Put(cairn::cli::PutArgs),
     /// Gets the key or a range of keys.
     Get(GetCmd),
@@ -293,7 +295,10 @@ impl From<cairn::client::ClientError> for Failure {
         use cairn::client::ClientError;
         let code = match &e {
             ClientError::Unreachable { .. } | ClientError::Io { .. } => EXIT_BAD_CONNECTION,
-            _ => EXIT_ERROR,
+            // A member that took the request and did not answer in time: the request failed
+            // (etcdctl's "context deadline exceeded", exit code 1).
+            ClientError::Timeout { .. } => EXIT_ERROR,
+            ClientError::Server { .. } | ClientError::Protocol { .. } => EXIT_ERROR,
         };
         Failure(code, e.to_string())
     }
@@ -314,23 +319,37 @@ fn kv(client: &mut cairn::client::Client, req: Request) -> Result<Response, Fail
     }
 }
 
-/// Runs a client command; returns what to print.
+/// Writes a client command's output to stdout as it is.
+fn write_out(out: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write the output: {e}"))
+}
+
+/// Runs a client command; returns what to print (bytes: keys and values are written as
+/// stored, UTF-8 or not).
 fn run_client(
     endpoints: &[String],
     format: OutputFormat,
     timeout_s: u64,
     command: Command,
-) -> Result<String, Failure> {
+) -> Result<Vec<u8>, Failure> {
     use cairn::cli::output;
     let json = matches!(format, OutputFormat::Json);
     let mut client = cairn::client::Client::new(endpoints.to_vec(), Duration::from_secs(timeout_s));
     let unexpected = || Failure(EXIT_ERROR, "unexpected reply".into());
     Ok(match command {
-        Command::Put(args) => match kv(&mut client, Request::Put(args.request()?))? {
-            Response::Put(r) if json => output::put_json(&r),
-            Response::Put(r) => output::put_simple(&r),
-            _ => return Err(unexpected()),
-        },
+        Command::Put(args) => {
+            let req = args.request_or_read(std::io::stdin().lock())?;
+            match kv(&mut client, Request::Put(req))? {
+                Response::Put(r) if json => output::put_json(&r).into_bytes(),
+                Response::Put(r) => output::put_simple(&r),
+                _ => return Err(unexpected()),
+            }
+        }
         Command::Get(cmd) => {
             if cmd.print_value_only && cmd.args.keys_only {
                 return Err(Failure(
@@ -350,7 +369,7 @@ fn run_client(
                 }
             };
             match kv(&mut client, Request::Range(req))? {
-                Response::Range(r) if json => output::range_json(&r),
+                Response::Range(r) if json => output::range_json(&r).into_bytes(),
                 Response::Range(r) => {
                     output::range_simple(&r, cmd.args.keys_only, cmd.print_value_only)
                 }
@@ -358,18 +377,18 @@ fn run_client(
             }
         }
         Command::Del(args) => match kv(&mut client, Request::DeleteRange(args.request()?))? {
-            Response::DeleteRange(r) if json => output::delete_json(&r),
+            Response::DeleteRange(r) if json => output::delete_json(&r).into_bytes(),
             Response::DeleteRange(r) => output::delete_simple(&r),
             _ => return Err(unexpected()),
         },
         Command::Txn => {
-            let mut input = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
                 .map_err(|e| Failure(EXIT_INVALID_INPUT, e.to_string()))?;
             let txn = cairn::cli::parse_txn(&input)
                 .map_err(|e| Failure(EXIT_INVALID_INPUT, e.to_string()))?;
             match kv(&mut client, Request::Txn(txn))? {
-                Response::Txn(r) if json => output::txn_json(&r),
+                Response::Txn(r) if json => output::txn_json(&r).into_bytes(),
                 Response::Txn(r) => output::txn_simple(&r),
                 _ => return Err(unexpected()),
             }
@@ -378,9 +397,9 @@ fn run_client(
             let req = Request::Compaction(cairn::mvcc::CompactionRequest { revision, physical });
             match kv(&mut client, req)? {
                 Response::Compaction(r) if json => {
-                    format!("{{\"header\":{{\"revision\":{}}}}}\n", r.header.revision)
+                    format!("{{\"header\":{{\"revision\":{}}}}}\n", r.header.revision).into_bytes()
                 }
-                Response::Compaction(_) => format!("compacted revision {revision}\n"),
+                Response::Compaction(_) => format!("compacted revision {revision}\n").into_bytes(),
                 _ => return Err(unexpected()),
             }
         }
@@ -411,14 +430,16 @@ fn run_client(
                 OutputFormat::Simple => output::status_simple(&rows),
             };
             if failed > 0 {
-                print!("{}", if rows.is_empty() { "" } else { &out });
+                if !rows.is_empty() {
+                    write_out(out.as_bytes()).map_err(|e| Failure(EXIT_ERROR, e))?;
+                }
                 let total = endpoints.len();
                 return Err(Failure(
                     EXIT_ERROR,
                     format!("{failed} of {total} endpoints did not answer"),
                 ));
             }
-            out
+            out.into_bytes()
         }
         Command::Alarm { command } => {
             use cairn::protocol::{AlarmAction, AlarmRequest};
@@ -533,14 +554,18 @@ fn main() -> ExitCode {
         | Command::Endpoint { .. }
         | Command::Alarm { .. }) => {
             match run_client(&cli.endpoints, cli.write_out, cli.command_timeout, command) {
-                Ok(out) => {
+                Ok(mut out) => {
                     // Every format ends with a newline, as etcdctl's do.
-                    if out.is_empty() || out.ends_with('\n') {
-                        print!("{out}");
-                    } else {
-                        println!("{out}");
+                    if out.last().is_some_and(|&b| b != b'\n') {
+                        out.push(b'\n');
                     }
-                    ExitCode::SUCCESS
+                    match write_out(&out) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("Error: {e}");
+                            ExitCode::from(EXIT_ERROR)
+                        }
+                    }
                 }
                 Err(Failure(code, message)) => {
                     eprintln!("Error: {message}");

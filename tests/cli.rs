@@ -1,6 +1,8 @@
 //! The client commands against a running member: etcdctl's outputs and exit codes.
 
+use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 mod common;
 
 use common::free_addr;
@@ -32,11 +34,11 @@ fn start(dir: &std::path::Path) -> Server {
 }
 
 /// Runs a client command against a dead endpoint and then the member (failover).
-fn cairn(s: &Server, args: &[&str], stdin: &str) -> Output {
+fn cairn<A: AsRef<OsStr>>(s: &Server, args: &[A], stdin: impl AsRef<[u8]>) -> Output {
     cairn_at(&format!("127.0.0.1:1,{}", s.1), args, stdin)
 }
 
-fn cairn_at(endpoints: &str, args: &[&str], stdin: &str) -> Output {
+fn cairn_at<A: AsRef<OsStr>>(endpoints: &str, args: &[A], stdin: impl AsRef<[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["--endpoints", endpoints])
         .args(args)
@@ -49,7 +51,7 @@ fn cairn_at(endpoints: &str, args: &[&str], stdin: &str) -> Output {
         .stdin
         .take()
         .unwrap()
-        .write_all(stdin.as_bytes())
+        .write_all(stdin.as_ref())
         .unwrap();
     child.wait_with_output().unwrap()
 }
@@ -160,4 +162,118 @@ fn exit_codes() {
         .output()
         .unwrap();
     assert_eq!(down.status.code(), Some(2));
+}
+
+/// A member that takes the request and never answers (SIGSTOPped): the request times out
+/// with etcdctl's message and exit code 1, not as an unreachable endpoint.
+#[test]
+fn a_request_that_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    ok(&s, &["put", "k", "v"]);
+    let signal = |sig: &str| {
+        let pid = s.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let out = cairn_at(&s.1, &["get", "k", "--command-timeout", "1"], "");
+    let took = started.elapsed();
+    signal("-CONT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: context deadline exceeded") && !stderr.contains("os error"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(ok(&s, &["get", "k", "--print-value-only"]), "v\n");
+}
+
+/// The bytes a command writes to stdout, after checking that it succeeded.
+fn ok_bytes(s: &Server, args: &[&OsStr], stdin: &[u8]) -> Vec<u8> {
+    let out = cairn(s, args, stdin);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn put_reads_the_value_from_stdin_when_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    // All of stdin, its trailing newline included (as etcdctl 3.4).
+    let out = cairn(&s, &["put", "foo"], "bar\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"OK\n");
+    assert_eq!(ok(&s, &["get", "foo", "--print-value-only"]), "bar\n\n");
+    assert!(ok(&s, &["get", "foo", "-w", "json"]).contains("\"value\":\"YmFyCg==\""));
+    // No value and no input: etcdctl's message and exit code 128; nothing was written.
+    let out = cairn(&s, &["put", "foo"], "");
+    assert_eq!(out.status.code(), Some(128));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("put command needs 1 argument and input from stdin or 2 arguments"));
+    assert_eq!(ok(&s, &["get", "foo", "--print-value-only"]), "bar\n\n");
+}
+
+#[test]
+fn keys_and_values_are_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    let os = |b: &'static [u8]| OsStr::from_bytes(b);
+    let key = os(b"k\xff\xfe");
+    assert_eq!(ok_bytes(&s, &[os(b"put"), key, os(b"v\x80")], b""), b"OK\n");
+    // Simple output writes them raw; JSON in base64 (etcdctl prints the same).
+    assert_eq!(ok_bytes(&s, &[os(b"get"), key], b""), b"k\xff\xfe\nv\x80\n");
+    let json = ok_bytes(&s, &[os(b"get"), key, os(b"-w"), os(b"json")], b"");
+    let json = String::from_utf8(json).unwrap();
+    assert!(
+        json.contains("\"key\":\"a//+\"") && json.contains("\"value\":\"doA=\""),
+        "{json}"
+    );
+    let prefix = [
+        os(b"get"),
+        os(b"k\xff"),
+        os(b"--prefix"),
+        os(b"--keys-only"),
+    ];
+    assert_eq!(ok_bytes(&s, &prefix, b""), b"k\xff\xfe\n");
+    let range = [
+        os(b"get"),
+        os(b"k\xff"),
+        os(b"k\xff\xff"),
+        os(b"--count-only"),
+    ];
+    let count = ok_bytes(&s, &[&range[..], &[os(b"-w"), os(b"json")]].concat(), b"");
+    assert!(String::from_utf8_lossy(&count).contains("\"count\":1"));
+    // A value from stdin, and txn input, are bytes too.
+    assert_eq!(ok_bytes(&s, &[os(b"put"), os(b"k2")], b"\x00\xff"), b"OK\n");
+    assert_eq!(
+        ok_bytes(&s, &[os(b"get"), os(b"k2"), os(b"--print-value-only")], b""),
+        b"\x00\xff\n"
+    );
+    let txn = b"value(\"k\xff\xfe\") = \"v\\x80\"\n\nput k3 \xc0\nget k\xff\xfe\n\n";
+    assert_eq!(
+        ok_bytes(&s, &[os(b"txn")], txn),
+        b"SUCCESS\n\nOK\n\nk\xff\xfe\nv\x80\n"
+    );
+    assert_eq!(
+        ok_bytes(&s, &[os(b"get"), os(b"k3"), os(b"--print-value-only")], b""),
+        b"\xc0\n"
+    );
+    assert_eq!(
+        ok_bytes(&s, &[os(b"del"), key, os(b"--prev-kv")], b""),
+        b"1\nk\xff\xfe\nv\x80\n"
+    );
 }

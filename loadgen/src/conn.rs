@@ -18,12 +18,32 @@ use std::time::{Duration, Instant};
 /// Clients per connection are addressed by the low 16 bits of a request id.
 const SLOT_BITS: u32 = 16;
 
+/// Why a connection stopped before its run was over.
+#[derive(Debug)]
+pub enum ConnError {
+    /// The target could not be reached, closed the connection or stopped answering: the
+    /// requests in flight were counted as errors.
+    Unreachable(String),
+    /// Anything else (a bad reply, a bad configuration).
+    Failed(String),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Unreachable(m) | ConnError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// One executor's connections; returns the latencies of the requests that completed (a
+/// failed connection keeps those it had) and why connections failed.
 pub async fn run_core(
     args: Args,
     conns: Vec<usize>,
     deadline: Instant,
     progress: Arc<Progress>,
-) -> Result<Histogram<u64>, String> {
+) -> (Histogram<u64>, Vec<ConnError>) {
     let args = Rc::new(args);
     let tasks: Vec<_> = conns
         .iter()
@@ -40,19 +60,21 @@ pub async fn run_core(
         })
         .collect();
     let mut hist = new_hist();
+    let mut errors = Vec::new();
     for t in tasks {
-        match (t.await, &mut hist) {
-            (Ok(h), Ok(hist)) => hist.add(h).map_err(|e| e.to_string())?,
-            (Err(e), _) => hist = Err(e),
-            (_, Err(_)) => {}
+        let (h, result) = t.await;
+        if let Err(e) = hist.add(h) {
+            errors.push(ConnError::Failed(e.to_string()));
         }
+        errors.extend(result.err());
     }
     progress.finished.fetch_add(1, Ordering::Relaxed);
-    hist
+    (hist, errors)
 }
 
-fn new_hist() -> Result<Histogram<u64>, String> {
-    Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).map_err(|e| e.to_string())
+/// Latencies in nanoseconds, from 1 µs to 10 minutes.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("constant, valid bounds")
 }
 
 struct Gen {
@@ -112,32 +134,46 @@ impl Gen {
     }
 }
 
+/// One connection's run; returns the latencies of the requests that completed, also when
+/// it fails.
 async fn run_conn(
     args: Rc<Args>,
     index: usize,
     clients: usize,
     deadline: Instant,
     progress: Arc<Progress>,
-) -> Result<Histogram<u64>, String> {
-    let mut hist = new_hist()?;
+) -> (Histogram<u64>, Result<(), ConnError>) {
+    let mut hist = new_hist();
+    let result = drive_conn(&args, index, clients, deadline, &progress, &mut hist).await;
+    (hist, result)
+}
+
+async fn drive_conn(
+    args: &Rc<Args>,
+    index: usize,
+    clients: usize,
+    deadline: Instant,
+    progress: &Arc<Progress>,
+    hist: &mut Histogram<u64>,
+) -> Result<(), ConnError> {
     if clients == 0 {
-        return Ok(hist);
+        return Ok(());
     }
     if clients >= 1 << SLOT_BITS {
-        return Err(format!(
+        return Err(ConnError::Failed(format!(
             "at most {} clients per connection",
             (1 << SLOT_BITS) - 1
-        ));
+        )));
     }
     let endpoint = &args.endpoints[index % args.endpoints.len()];
     let stream = glommio::net::TcpStream::connect(endpoint.as_str())
         .await
-        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+        .map_err(|e| ConnError::Unreachable(format!("cannot connect to {endpoint}: {e}")))?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let mut gen = Gen {
         rng: StdRng::seed_from_u64(index as u64),
-        args: args.clone(),
+        args: Rc::clone(args),
         value: vec![b'v'; args.value_size],
         progress: progress.clone(),
     };
@@ -155,6 +191,13 @@ async fn run_conn(
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
     let mut outstanding = 0usize;
+    // The connection is gone or the target stopped answering: what was in flight failed.
+    let lost = |outstanding: usize, why: String| {
+        progress
+            .errors
+            .fetch_add(outstanding as u64, Ordering::Relaxed);
+        ConnError::Unreachable(format!("{endpoint}: {why}"))
+    };
     loop {
         let now = Instant::now();
         let sending = now < deadline && !exhausted;
@@ -167,21 +210,22 @@ async fn run_conn(
                 };
                 seq += 1;
                 let id = (seq << SLOT_BITS) | c as u64;
-                let frame = encode_request(id, &request).map_err(|e| e.to_string())?;
+                let frame =
+                    encode_request(id, &request).map_err(|e| ConnError::Failed(e.to_string()))?;
                 out.extend_from_slice(&frame);
                 waiting[c] = true;
                 outstanding += 1;
             }
         }
         if !out.is_empty() {
-            wr.write_all(&out)
-                .await
-                .map_err(|e| format!("{endpoint}: {e}"))?;
+            if let Err(e) = wr.write_all(&out).await {
+                return Err(lost(outstanding, e.to_string()));
+            }
             out.clear();
         }
         let sending = sending && !exhausted;
         if outstanding == 0 && !sending {
-            return Ok(hist);
+            return Ok(());
         }
         // Wait for replies, or until the next scheduled send, or the end.
         let next_send = (0..clients)
@@ -194,8 +238,9 @@ async fn run_conn(
             (false, _) => deadline + Duration::from_secs(5),
         };
         if !sending && Instant::now() >= until {
-            return Err(format!(
-                "{endpoint}: {outstanding} requests unanswered at the end"
+            return Err(lost(
+                outstanding,
+                format!("{outstanding} requests unanswered at the end"),
             ));
         }
         let wait = until.saturating_duration_since(Instant::now());
@@ -206,26 +251,30 @@ async fn run_conn(
         .await;
         match read {
             None => continue,
-            Some(Ok(0)) => return Err(format!("{endpoint} closed the connection")),
-            Some(Err(e)) => return Err(format!("{endpoint}: {e}")),
+            Some(Ok(0)) => return Err(lost(outstanding, "closed the connection".into())),
+            Some(Err(e)) => return Err(lost(outstanding, e.to_string())),
             Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
         let mut at = 0;
-        while let Some((h, total)) = split_frame(&buf[at..], u32::MAX).map_err(|e| e.to_string())? {
+        while let Some((h, total)) =
+            split_frame(&buf[at..], u32::MAX).map_err(|e| ConnError::Failed(e.to_string()))?
+        {
             at += total;
             let c = (h.request_id & ((1 << SLOT_BITS) - 1)) as usize;
             if c >= clients || !waiting[c] {
-                return Err(format!(
+                return Err(ConnError::Failed(format!(
                     "{endpoint}: reply to an unknown request {}",
                     h.request_id
-                ));
+                )));
             }
             let done = Instant::now();
-            let _ = hist.record((done - intended[c]).as_nanos().max(1_000) as u64);
-            match h.kind {
-                FrameKind::Response => progress.ops.fetch_add(1, Ordering::Relaxed),
-                _ => progress.errors.fetch_add(1, Ordering::Relaxed),
-            };
+            // Latencies are those of completed requests; an error reply is an error.
+            if h.kind == FrameKind::Response {
+                let _ = hist.record((done - intended[c]).as_nanos().max(1_000) as u64);
+                progress.ops.fetch_add(1, Ordering::Relaxed);
+            } else {
+                progress.errors.fetch_add(1, Ordering::Relaxed);
+            }
             waiting[c] = false;
             outstanding -= 1;
             intended[c] = match interval {

@@ -6,6 +6,11 @@
 //! is answered. With `--rate`, open loop: each client sends on a fixed schedule and latency is
 //! measured from the scheduled time, so a stall is charged to every request it delayed
 //! (no coordinated omission).
+//!
+//! Requests that fail (an error reply, or in flight on a connection that was lost or on a
+//! target that stopped answering) are counted as errors; latencies are those of the
+//! requests that completed. Exit code 0: the run went through; 1: it failed; 2: the target
+//! could not be reached or was lost during the run; 128: bad arguments.
 
 mod conn;
 
@@ -88,35 +93,47 @@ pub struct Progress {
     pub finished: AtomicU64,
 }
 
+const EXIT_FAILED: i32 = 1;
+const EXIT_UNREACHABLE: i32 = 2;
+const EXIT_BAD_ARGS: i32 = 128;
+
+/// The final report. Latencies are over the completed requests only; with none there are
+/// none to report (`null` in JSON, `-` in the table, and a line saying so).
 fn report(args: &Args, hist: &Histogram<u64>, ops: u64, errors: u64, elapsed: f64) {
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e6;
     let qps = ops as f64 / elapsed;
+    let ms = |nanos: u64| (!hist.is_empty()).then(|| nanos as f64 / 1e6);
+    let latencies = [
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.value_at_quantile(0.999)),
+        ms(hist.max()),
+    ];
+    let cell = |v: Option<f64>, null: &str| v.map_or(null.to_string(), |v| format!("{v:.3}"));
     if args.json {
+        let [p50, p99, p999, max] = latencies.map(|v| cell(v, "null"));
         println!(
-            "{{\"workload\":\"{:?}\",\"clients\":{},\"conns\":{},\"ops\":{ops},\"errors\":{errors},\"qps\":{qps:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3}}}",
-            args.workload,
-            args.clients,
-            args.conns,
-            ms(0.5),
-            ms(0.99),
-            ms(0.999),
-            hist.max() as f64 / 1e6
+            "{{\"workload\":\"{:?}\",\"clients\":{},\"conns\":{},\"ops\":{ops},\"errors\":{errors},\"qps\":{qps:.0},\"p50_ms\":{p50},\"p99_ms\":{p99},\"p999_ms\":{p999},\"max_ms\":{max}}}",
+            args.workload, args.clients, args.conns,
         );
     } else {
+        let [p50, p99, p999, max] = latencies.map(|v| cell(v, "-"));
         println!("workload  clients  conns  ops       errors  qps       p50 ms  p99 ms  p99.9 ms  max ms");
         println!(
-            "{:<9} {:<8} {:<6} {:<9} {:<7} {:<9.0} {:<7.3} {:<7.3} {:<9.3} {:.3}",
+            "{:<9} {:<8} {:<6} {:<9} {:<7} {:<9.0} {:<7} {:<7} {:<9} {}",
             format!("{:?}", args.workload).to_lowercase(),
             args.clients,
             args.conns,
             ops,
             errors,
             qps,
-            ms(0.5),
-            ms(0.99),
-            ms(0.999),
-            hist.max() as f64 / 1e6
+            p50,
+            p99,
+            p999,
+            max
         );
+    }
+    if hist.is_empty() {
+        eprintln!("cairn-loadgen: no request completed, so there are no latencies");
     }
 }
 
@@ -124,11 +141,11 @@ fn main() {
     let args = Args::parse();
     if args.clients < args.conns || args.conns == 0 {
         eprintln!("cairn-loadgen: --clients must be at least --conns, and --conns at least 1");
-        std::process::exit(128);
+        std::process::exit(EXIT_BAD_ARGS);
     }
     if !matches!(args.consistency.as_str(), "l" | "s") {
         eprintln!("cairn-loadgen: --consistency must be l or s");
-        std::process::exit(128);
+        std::process::exit(EXIT_BAD_ARGS);
     }
     let cores = args
         .cores
@@ -151,7 +168,7 @@ fn main() {
             Ok(h) => threads.push(h),
             Err(e) => {
                 eprintln!("cairn-loadgen: cannot start an executor: {e}");
-                std::process::exit(1);
+                std::process::exit(EXIT_FAILED);
             }
         }
     }
@@ -169,21 +186,26 @@ fn main() {
         );
         last = ops;
     }
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds");
-    let mut ok = true;
+    let mut hist = conn::new_hist();
+    let mut exit = 0;
     for t in threads {
         match t.join() {
-            Ok(Ok(h)) => {
-                let _ = hist.add(h);
-            }
-            Ok(Err(e)) => {
-                eprintln!("cairn-loadgen: {e}");
-                ok = false;
+            Ok((h, errors)) => {
+                if let Err(e) = hist.add(h) {
+                    eprintln!("cairn-loadgen: {e}");
+                    exit = exit.max(EXIT_FAILED);
+                }
+                for e in errors {
+                    eprintln!("cairn-loadgen: {e}");
+                    exit = exit.max(match e {
+                        conn::ConnError::Unreachable(_) => EXIT_UNREACHABLE,
+                        conn::ConnError::Failed(_) => EXIT_FAILED,
+                    });
+                }
             }
             Err(e) => {
                 eprintln!("cairn-loadgen: an executor failed: {e:?}");
-                ok = false;
+                exit = exit.max(EXIT_FAILED);
             }
         }
     }
@@ -196,7 +218,7 @@ fn main() {
         progress.errors.load(Ordering::Relaxed),
         elapsed,
     );
-    if !ok {
-        std::process::exit(1);
+    if exit != 0 {
+        std::process::exit(exit);
     }
 }

@@ -1,9 +1,15 @@
 //! The arguments of `get`, `put` and `del` as etcdctl takes them, and the requests they make.
 //! Shared by the top-level commands and by the lines of `txn`.
+//!
+//! Keys, values and range ends are taken as the bytes of the arguments (etcdctl's are Go
+//! strings, which are bytes): they need not be UTF-8.
 
 use super::CliError;
 use crate::mvcc::{DeleteRangeRequest, PutRequest, RangeRequest, SortOrder, SortTarget};
 use clap::Args;
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 
 /// etcd's `GetPrefixRangeEnd`: the smallest key greater than every key starting with
 /// `prefix`; `"\0"` (all keys from `prefix` on) if there is none.
@@ -21,8 +27,8 @@ pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 /// Key and range end for `--prefix` / `--from-key`, as etcdctl resolves them (an empty key
 /// with either flag means every key).
 fn key_range(
-    key: &str,
-    range_end: Option<&str>,
+    key: &[u8],
+    range_end: Option<&[u8]>,
     prefix: bool,
     from_key: bool,
 ) -> Result<(Vec<u8>, Vec<u8>), CliError> {
@@ -37,7 +43,7 @@ fn key_range(
             "`--prefix` and `--from-key` cannot be set at the same time".into(),
         ));
     }
-    let key = key.as_bytes().to_vec();
+    let key = key.to_vec();
     Ok(match (prefix, from_key, range_end) {
         (true, _, _) if key.is_empty() => (vec![0], vec![0]),
         (true, _, _) => {
@@ -46,7 +52,7 @@ fn key_range(
         }
         (_, true, _) if key.is_empty() => (vec![0], vec![0]),
         (_, true, _) => (key, vec![0]),
-        (_, _, Some(end)) => (key, end.as_bytes().to_vec()),
+        (_, _, Some(end)) => (key, end.to_vec()),
         _ => (key, Vec::new()),
     })
 }
@@ -54,8 +60,8 @@ fn key_range(
 /// `get key [range_end]`.
 #[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct GetArgs {
-    pub key: String,
-    pub range_end: Option<String>,
+    pub key: OsString,
+    pub range_end: Option<OsString>,
     /// Get keys with matching prefix.
     #[arg(long)]
     pub prefix: bool,
@@ -85,8 +91,8 @@ pub struct GetArgs {
 impl GetArgs {
     pub fn request(&self) -> Result<RangeRequest, CliError> {
         let (key, range_end) = key_range(
-            &self.key,
-            self.range_end.as_deref(),
+            self.key.as_bytes(),
+            self.range_end.as_deref().map(OsStrExt::as_bytes),
             self.prefix,
             self.from_key,
         )?;
@@ -127,8 +133,9 @@ impl GetArgs {
 /// `put key value`.
 #[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct PutArgs {
-    pub key: String,
-    pub value: Option<String>,
+    pub key: OsString,
+    /// The value; the `put` command reads it from standard input when it is left out.
+    pub value: Option<OsString>,
     /// Lease ID (in hexadecimal) to attach to the key.
     #[arg(long, default_value = "0")]
     pub lease: String,
@@ -143,8 +150,21 @@ pub struct PutArgs {
     pub ignore_lease: bool,
 }
 
+fn put_needs_a_value() -> CliError {
+    CliError::Usage("put command needs 1 argument and input from stdin or 2 arguments".into())
+}
+
 impl PutArgs {
+    /// The request; the value must be among the arguments (a `put` line of `txn`).
     pub fn request(&self) -> Result<PutRequest, CliError> {
+        self.request_or_read(std::io::empty())
+    }
+
+    /// The request, with the value read from `stdin` when the arguments leave it out, as
+    /// etcdctl's `put`: all of the input, bytes as they are (a trailing newline stays part
+    /// of the value); no input at all is an error. With `--ignore-value` the input is not
+    /// read.
+    pub fn request_or_read(&self, mut stdin: impl Read) -> Result<PutRequest, CliError> {
         if self.ignore_value && self.value.is_some() {
             return Err(CliError::Usage(
                 "value should not be provided with --ignore-value".into(),
@@ -153,7 +173,13 @@ impl PutArgs {
         let value = match (&self.value, self.ignore_value) {
             (Some(v), _) => v.as_bytes().to_vec(),
             (None, true) => Vec::new(),
-            (None, false) => return Err(CliError::Usage("put command needs 2 arguments".into())),
+            (None, false) => {
+                let mut input = Vec::new();
+                match stdin.read_to_end(&mut input) {
+                    Ok(_) if !input.is_empty() => input,
+                    _ => return Err(put_needs_a_value()),
+                }
+            }
         };
         let lease = i64::from_str_radix(&self.lease, 16)
             .map_err(|e| CliError::Usage(format!("bad lease ID ({e}), expecting ID in Hex")))?;
@@ -171,8 +197,8 @@ impl PutArgs {
 /// `del key [range_end]`.
 #[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct DelArgs {
-    pub key: String,
-    pub range_end: Option<String>,
+    pub key: OsString,
+    pub range_end: Option<OsString>,
     /// Delete keys with matching prefix.
     #[arg(long)]
     pub prefix: bool,
@@ -187,8 +213,8 @@ pub struct DelArgs {
 impl DelArgs {
     pub fn request(&self) -> Result<DeleteRangeRequest, CliError> {
         let (key, range_end) = key_range(
-            &self.key,
-            self.range_end.as_deref(),
+            self.key.as_bytes(),
+            self.range_end.as_deref().map(OsStrExt::as_bytes),
             self.prefix,
             self.from_key,
         )?;

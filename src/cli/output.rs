@@ -284,50 +284,56 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     out
 }
 
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// `key` and `value` on lines of their own, bytes as stored.
+fn push_kv(out: &mut Vec<u8>, kv: &KeyValue) {
+    for field in [&kv.key, &kv.value] {
+        out.extend_from_slice(field);
+        out.push(b'\n');
+    }
 }
 
-/// `get` lines: key, then value (or only one of them).
-pub fn range_simple(r: &RangeResponse, keys_only: bool, value_only: bool) -> String {
-    let mut out = String::new();
+/// `get` lines: key, then value (or only one of them), bytes as stored (etcdctl's simple
+/// output writes them raw; JSON has them in base64).
+pub fn range_simple(r: &RangeResponse, keys_only: bool, value_only: bool) -> Vec<u8> {
+    let mut out = Vec::new();
     for kv in &r.kvs {
         if !value_only {
-            out.push_str(&lossy(&kv.key));
-            out.push('\n');
+            out.extend_from_slice(&kv.key);
+            out.push(b'\n');
         }
         if !keys_only {
-            out.push_str(&lossy(&kv.value));
-            out.push('\n');
+            out.extend_from_slice(&kv.value);
+            out.push(b'\n');
         }
     }
     out
 }
 
-pub fn put_simple(r: &PutResponse) -> String {
-    match &r.prev_kv {
-        Some(p) => format!("OK\n{}\n{}\n", lossy(&p.key), lossy(&p.value)),
-        None => "OK\n".into(),
-    }
-}
-
-pub fn delete_simple(r: &DeleteRangeResponse) -> String {
-    let mut out = format!("{}\n", r.deleted);
-    for p in &r.prev_kvs {
-        let _ = write!(out, "{}\n{}\n", lossy(&p.key), lossy(&p.value));
+pub fn put_simple(r: &PutResponse) -> Vec<u8> {
+    let mut out = b"OK\n".to_vec();
+    if let Some(p) = &r.prev_kv {
+        push_kv(&mut out, p);
     }
     out
 }
 
-pub fn txn_simple(r: &TxnResponse) -> String {
-    let mut out = String::from(if r.succeeded {
-        "SUCCESS\n"
+pub fn delete_simple(r: &DeleteRangeResponse) -> Vec<u8> {
+    let mut out = format!("{}\n", r.deleted).into_bytes();
+    for p in &r.prev_kvs {
+        push_kv(&mut out, p);
+    }
+    out
+}
+
+pub fn txn_simple(r: &TxnResponse) -> Vec<u8> {
+    let mut out = if r.succeeded {
+        b"SUCCESS\n".to_vec()
     } else {
-        "FAILURE\n"
-    });
+        b"FAILURE\n".to_vec()
+    };
     for op in &r.responses {
-        out.push('\n');
-        out.push_str(&match op {
+        out.push(b'\n');
+        out.extend_from_slice(&match op {
             ResponseOp::Range(x) => range_simple(x, false, false),
             ResponseOp::Put(x) => put_simple(x),
             ResponseOp::DeleteRange(x) => delete_simple(x),

@@ -15,7 +15,7 @@ fn prefix_range_end_matches_etcd() {
 #[test]
 fn the_documented_example_parses() {
     let input = "mod(\"key1\") > \"0\"\n\nput key1 \"overwrote-key1\"\n\nput key1 \"created-key1\"\nput key2 \"some extra key\"\n";
-    let txn = parse_txn(input).unwrap();
+    let txn = parse_txn(input.as_bytes()).unwrap();
     assert_eq!(
         txn.compare,
         vec![Compare {
@@ -42,7 +42,7 @@ fn the_documented_example_parses() {
 
 #[test]
 fn every_compare_target_and_op() {
-    let c = |line: &str| parse_compare(line).unwrap();
+    let c = |line: &str| parse_compare(line.as_bytes()).unwrap();
     assert_eq!(
         c(r#"ver("k") = "3""#).target_union,
         Some(TargetUnion::Version(3))
@@ -71,14 +71,14 @@ fn every_compare_target_and_op() {
         r#"mod("key1") > "0" extra"#,
         "mod",
     ] {
-        assert!(parse_compare(bad).is_err(), "{bad}");
+        assert!(parse_compare(bad.as_bytes()).is_err(), "{bad}");
     }
 }
 
 #[test]
 fn request_lines_take_the_commands_flags() {
     assert_eq!(
-        parse_op("get a --prefix --limit 2 --sort-by MODIFY --order DESCEND --keys-only").unwrap(),
+        parse_op(b"get a --prefix --limit 2 --sort-by MODIFY --order DESCEND --keys-only").unwrap(),
         RequestOp::Range(RangeRequest {
             key: b"a".to_vec(),
             range_end: b"b".to_vec(),
@@ -90,7 +90,7 @@ fn request_lines_take_the_commands_flags() {
         })
     );
     assert_eq!(
-        parse_op("get k --from-key --rev 4 --count-only").unwrap(),
+        parse_op(b"get k --from-key --rev 4 --count-only").unwrap(),
         RequestOp::Range(RangeRequest {
             key: b"k".to_vec(),
             range_end: vec![0],
@@ -100,7 +100,7 @@ fn request_lines_take_the_commands_flags() {
         })
     );
     assert_eq!(
-        parse_op("del a z --prev-kv").unwrap(),
+        parse_op(b"del a z --prev-kv").unwrap(),
         RequestOp::DeleteRange(DeleteRangeRequest {
             key: b"a".to_vec(),
             range_end: b"z".to_vec(),
@@ -108,7 +108,7 @@ fn request_lines_take_the_commands_flags() {
         })
     );
     assert_eq!(
-        parse_op("delete '' --prefix").unwrap(),
+        parse_op(b"delete '' --prefix").unwrap(),
         RequestOp::DeleteRange(DeleteRangeRequest {
             key: vec![0],
             range_end: vec![0],
@@ -116,7 +116,7 @@ fn request_lines_take_the_commands_flags() {
         })
     );
     assert_eq!(
-        parse_op("put k --ignore-value --lease 1f").unwrap(),
+        parse_op(b"put k --ignore-value --lease 1f").unwrap(),
         RequestOp::Put(PutRequest {
             key: b"k".to_vec(),
             lease: 0x1f,
@@ -135,36 +135,37 @@ fn request_lines_take_the_commands_flags() {
         "get",
         "put \"unterminated v",
     ] {
-        assert!(parse_op(bad).is_err(), "{bad}");
+        assert!(parse_op(bad.as_bytes()).is_err(), "{bad}");
     }
 }
 
 #[test]
 fn argify_handles_quotes() {
+    let args = |line: &[u8]| argify(line).unwrap();
     assert_eq!(
-        argify(r#"put "a b" 'c d' e\x"#).unwrap(),
-        vec!["put", "a b", "c d", "e\\x"]
+        args(br#"put "a b" 'c d' e\x"#),
+        [&b"put"[..], b"a b", b"c d", b"e\\x"]
     );
     assert_eq!(
-        argify(r#"put "tab\there" x"#).unwrap(),
-        vec!["put", "tab\there", "x"]
+        args(br#"put "tab\there" x"#),
+        [&b"put"[..], b"tab\there", b"x"]
     );
-    assert!(argify("put 'open").is_err());
+    assert!(argify(b"put 'open").is_err());
 }
 
 #[test]
 fn sections_end_at_empty_lines_or_the_end_of_input() {
-    let txn = parse_txn("val(\"k\") = \"v\"\n\nget k\n").unwrap();
+    let txn = parse_txn(b"val(\"k\") = \"v\"\n\nget k\n").unwrap();
     assert_eq!(
         (txn.compare.len(), txn.success.len(), txn.failure.len()),
         (1, 1, 0)
     );
-    let txn = parse_txn("\n\n").unwrap();
+    let txn = parse_txn(b"\n\n").unwrap();
     assert_eq!(
         (txn.compare.len(), txn.success.len(), txn.failure.len()),
         (0, 0, 0)
     );
-    assert!(parse_txn("bogus\n\n\n").is_err());
+    assert!(parse_txn(b"bogus\n\n\n").is_err());
 }
 
 #[test]
@@ -211,4 +212,97 @@ fn sizes_and_status_tables_look_like_etcdctls() {
         "{table}"
     );
     assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+}
+
+#[test]
+fn put_reads_a_left_out_value_from_stdin_as_etcdctl() {
+    let args = PutArgs {
+        key: "k".into(),
+        lease: "0".into(),
+        ..Default::default()
+    };
+    // All of the input, the trailing newline included, bytes as they are.
+    let req = args.request_or_read(&b"v\xff\n\n"[..]).unwrap();
+    assert_eq!((req.key, req.value), (b"k".to_vec(), b"v\xff\n\n".to_vec()));
+    assert_eq!(
+        args.request_or_read(&b""[..]),
+        Err(CliError::Usage(
+            "put command needs 1 argument and input from stdin or 2 arguments".into()
+        ))
+    );
+    // Without stdin (a txn line) the value is required.
+    assert!(args.request().is_err());
+    // A value among the arguments wins; --ignore-value needs none.
+    let given = PutArgs {
+        value: Some("arg".into()),
+        ..args.clone()
+    };
+    assert_eq!(given.request_or_read(&b"stdin"[..]).unwrap().value, b"arg");
+    let ignore = PutArgs {
+        ignore_value: true,
+        ..args
+    };
+    let req = ignore.request_or_read(&b"stdin"[..]).unwrap();
+    assert!(req.ignore_value && req.value.is_empty());
+}
+
+#[test]
+fn keys_and_values_need_not_be_utf8() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let get = GetArgs {
+        key: bytes(b"a\xff"),
+        range_end: Some(bytes(b"b\xfe")),
+        ..Default::default()
+    };
+    let req = get.request().unwrap();
+    assert_eq!(
+        (req.key, req.range_end),
+        (b"a\xff".to_vec(), b"b\xfe".to_vec())
+    );
+    let del = DelArgs {
+        key: bytes(b"\xff"),
+        prefix: true,
+        ..Default::default()
+    };
+    assert_eq!(del.request().unwrap().range_end, b"\0");
+    // txn input: raw bytes, and a \xHH escape is one byte (Go's unquoting).
+    let txn = parse_txn(b"val(\"k\\xff\") = \"\x80\"\n\nput k\xfe \"\\xff\"\n").unwrap();
+    assert_eq!(txn.compare[0].key, b"k\xff");
+    assert_eq!(
+        txn.compare[0].target_union,
+        Some(TargetUnion::Value(b"\x80".to_vec()))
+    );
+    assert_eq!(
+        txn.success,
+        vec![RequestOp::Put(PutRequest {
+            key: b"k\xfe".to_vec(),
+            value: b"\xff".to_vec(),
+            ..Default::default()
+        })]
+    );
+}
+
+#[test]
+fn simple_output_writes_stored_bytes_raw() {
+    use crate::cli::output::{put_simple, range_simple};
+    use crate::mvcc::{KeyValue, PutResponse, RangeResponse};
+    let kv = KeyValue {
+        key: b"k\xff".to_vec(),
+        value: b"v\x80\n".to_vec(),
+        ..Default::default()
+    };
+    let range = RangeResponse {
+        kvs: vec![kv.clone()],
+        count: 1,
+        ..Default::default()
+    };
+    assert_eq!(range_simple(&range, false, false), b"k\xff\nv\x80\n\n");
+    assert_eq!(range_simple(&range, true, false), b"k\xff\n");
+    let put = PutResponse {
+        prev_kv: Some(kv),
+        ..Default::default()
+    };
+    assert_eq!(put_simple(&put), b"OK\nk\xff\nv\x80\n\n");
 }

@@ -18,12 +18,14 @@ use super::ops::{DelArgs, GetArgs, PutArgs};
 use super::CliError;
 use crate::mvcc::{Compare, CompareResult, CompareTarget, RequestOp, TargetUnion, TxnRequest};
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 
-/// Parses a whole txn from text.
-pub fn parse_txn(input: &str) -> Result<TxnRequest, CliError> {
+/// Parses a whole txn from its input, taken as bytes: keys and values need not be UTF-8.
+pub fn parse_txn(input: &[u8]) -> Result<TxnRequest, CliError> {
     let mut sections = vec![Vec::new()];
-    for line in input.lines() {
-        if line.trim().is_empty() {
+    for line in input.split(|&b| b == b'\n').map(<[u8]>::trim_ascii) {
+        if line.is_empty() {
             if sections.len() == 3 {
                 break;
             }
@@ -49,26 +51,37 @@ pub fn parse_txn(input: &str) -> Result<TxnRequest, CliError> {
     })
 }
 
-/// Reads a Go-style double-quoted string at the start of `s`; returns it and the rest.
-fn quoted(s: &str) -> Option<(String, &str)> {
-    let mut chars = s.strip_prefix('"')?.char_indices();
-    let mut out = String::new();
-    while let Some((i, c)) = chars.next() {
+/// Input bytes in an error message.
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Reads a Go-style double-quoted string at the start of `s`; returns it and the rest. A
+/// `\xHH` escape is one byte, as in Go.
+fn quoted(s: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    let body = s.strip_prefix(b"\"")?;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&c) = body.get(i) {
+        i += 1;
         match c {
-            '"' => return Some((out, &s[i + 2..])),
-            '\\' => {
-                let (_, e) = chars.next()?;
+            b'"' => return Some((out, &body[i..])),
+            b'\\' => {
+                let e = *body.get(i)?;
+                i += 1;
                 match e {
-                    'n' => out.push('\n'),
-                    't' => out.push('\t'),
-                    'r' => out.push('\r'),
-                    '0' => out.push('\0'),
-                    '\\' | '"' | '\'' => out.push(e),
-                    'x' => {
-                        let hex: String = (0..2)
-                            .filter_map(|_| chars.next().map(|(_, h)| h))
-                            .collect();
-                        out.push(char::from(u8::from_str_radix(&hex, 16).ok()?));
+                    b'n' => out.push(b'\n'),
+                    b't' => out.push(b'\t'),
+                    b'r' => out.push(b'\r'),
+                    b'0' => out.push(0),
+                    b'\\' | b'"' | b'\'' => out.push(e),
+                    b'x' => {
+                        let hex = body.get(i..i + 2)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        i += 2;
+                        out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                     }
                     _ => return None,
                 }
@@ -79,59 +92,69 @@ fn quoted(s: &str) -> Option<(String, &str)> {
     None
 }
 
-fn malformed(line: &str) -> CliError {
-    CliError::Usage(format!("malformed comparison: {line}"))
-}
-
 /// `target("key") op "value"`.
-pub fn parse_compare(line: &str) -> Result<Compare, CliError> {
-    let (target, rest) = line.trim().split_once('(').ok_or_else(|| malformed(line))?;
-    let (key, rest) = quoted(rest).ok_or_else(|| malformed(line))?;
+pub fn parse_compare(line: &[u8]) -> Result<Compare, CliError> {
+    let malformed = || CliError::Usage(format!("malformed comparison: {}", text(line)));
+    let trimmed = line.trim_ascii();
+    let open = trimmed
+        .iter()
+        .position(|&b| b == b'(')
+        .ok_or_else(malformed)?;
+    let (target, rest) = (&trimmed[..open], &trimmed[open + 1..]);
+    let (key, rest) = quoted(rest).ok_or_else(malformed)?;
     let rest = rest
-        .strip_prefix(')')
-        .ok_or_else(|| malformed(line))?
-        .trim_start();
-    let (op, rest) = rest
-        .split_once(char::is_whitespace)
-        .ok_or_else(|| malformed(line))?;
-    let (value, tail) = quoted(rest.trim_start()).ok_or_else(|| malformed(line))?;
-    if !tail.trim().is_empty() {
-        return Err(malformed(line));
+        .strip_prefix(b")")
+        .ok_or_else(malformed)?
+        .trim_ascii_start();
+    let space = rest
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .ok_or_else(malformed)?;
+    let (op, rest) = (&rest[..space], &rest[space + 1..]);
+    let (value, tail) = quoted(rest.trim_ascii_start()).ok_or_else(malformed)?;
+    if !tail.trim_ascii().is_empty() {
+        return Err(malformed());
     }
     let result = match op {
-        "=" => CompareResult::Equal,
-        "!=" => CompareResult::NotEqual,
-        "<" => CompareResult::Less,
-        ">" => CompareResult::Greater,
+        b"=" => CompareResult::Equal,
+        b"!=" => CompareResult::NotEqual,
+        b"<" => CompareResult::Less,
+        b">" => CompareResult::Greater,
         _ => {
             return Err(CliError::Usage(format!(
-                "malformed comparison: {line} (unknown op {op})"
+                "malformed comparison: {} (unknown op {})",
+                text(line),
+                text(op)
             )))
         }
     };
     let number = |radix: u32| {
-        i64::from_str_radix(&value, radix)
-            .map_err(|e| CliError::Usage(format!("malformed comparison: {line} ({e})")))
+        std::str::from_utf8(&value)
+            .map_err(|e| e.to_string())
+            .and_then(|v| i64::from_str_radix(v, radix).map_err(|e| e.to_string()))
+            .map_err(|e| CliError::Usage(format!("malformed comparison: {} ({e})", text(line))))
     };
-    let (target, union) = match target.trim() {
-        "ver" | "version" => (CompareTarget::Version, TargetUnion::Version(number(10)?)),
-        "c" | "create" => (
+    let (target, union) = match target.trim_ascii() {
+        b"ver" | b"version" => (CompareTarget::Version, TargetUnion::Version(number(10)?)),
+        b"c" | b"create" => (
             CompareTarget::Create,
             TargetUnion::CreateRevision(number(10)?),
         ),
-        "m" | "mod" => (CompareTarget::Mod, TargetUnion::ModRevision(number(10)?)),
-        "val" | "value" => (CompareTarget::Value, TargetUnion::Value(value.into_bytes())),
-        "lease" => (CompareTarget::Lease, TargetUnion::Lease(number(16)?)),
+        b"m" | b"mod" => (CompareTarget::Mod, TargetUnion::ModRevision(number(10)?)),
+        b"val" | b"value" => (CompareTarget::Value, TargetUnion::Value(value)),
+        b"lease" => (CompareTarget::Lease, TargetUnion::Lease(number(16)?)),
         other => {
             return Err(CliError::Usage(format!(
-                "malformed comparison: {line} (unknown target {other})"
+                "malformed comparison: {} (unknown target {})",
+                text(line),
+                text(other)
             )))
         }
     };
     Ok(Compare {
         result,
         target,
-        key: key.into_bytes(),
+        key,
         target_union: Some(union),
         range_end: Vec::new(),
     })
@@ -139,23 +162,25 @@ pub fn parse_compare(line: &str) -> Result<Compare, CliError> {
 
 /// Splits a request line into arguments: whitespace-separated, with Go-style "double" and
 /// 'single' quoted arguments (etcdctl's `Argify`).
-pub fn argify(line: &str) -> Result<Vec<String>, CliError> {
+pub fn argify(line: &[u8]) -> Result<Vec<Vec<u8>>, CliError> {
+    let bad = || CliError::Usage(format!("bad quoting in: {}", text(line)));
     let mut args = Vec::new();
-    let mut rest = line.trim_start();
+    let mut rest = line.trim_ascii_start();
     while !rest.is_empty() {
-        let (arg, tail) = if rest.starts_with('"') {
-            quoted(rest).ok_or_else(|| CliError::Usage(format!("bad quoting in: {line}")))?
-        } else if let Some(body) = rest.strip_prefix('\'') {
-            let end = body
-                .find('\'')
-                .ok_or_else(|| CliError::Usage(format!("bad quoting in: {line}")))?;
-            (body[..end].to_string(), &body[end + 1..])
+        let (arg, tail) = if rest.starts_with(b"\"") {
+            quoted(rest).ok_or_else(bad)?
+        } else if let Some(body) = rest.strip_prefix(b"'") {
+            let end = body.iter().position(|&b| b == b'\'').ok_or_else(bad)?;
+            (body[..end].to_vec(), &body[end + 1..])
         } else {
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            (rest[..end].to_string(), &rest[end..])
+            let end = rest
+                .iter()
+                .position(u8::is_ascii_whitespace)
+                .unwrap_or(rest.len());
+            (rest[..end].to_vec(), &rest[end..])
         };
         args.push(arg);
-        rest = tail.trim_start();
+        rest = tail.trim_ascii_start();
     }
     Ok(args)
 }
@@ -176,10 +201,15 @@ enum Op {
 }
 
 /// One `get`, `put` or `del` request line.
-pub fn parse_op(line: &str) -> Result<RequestOp, CliError> {
-    let args = argify(line)?;
-    let parsed = OpLine::try_parse_from(&args)
-        .map_err(|e| CliError::Usage(format!("invalid txn request {line:?}: {}", e.kind())))?;
+pub fn parse_op(line: &[u8]) -> Result<RequestOp, CliError> {
+    let args = argify(line)?.into_iter().map(OsString::from_vec);
+    let parsed = OpLine::try_parse_from(args).map_err(|e| {
+        CliError::Usage(format!(
+            "invalid txn request {:?}: {}",
+            text(line),
+            e.kind()
+        ))
+    })?;
     Ok(match parsed.op {
         Op::Get(g) => RequestOp::Range(g.request()?),
         Op::Put(p) => RequestOp::Put(p.request()?),

@@ -13,7 +13,7 @@ use crate::protocol::{
 use rkyv::util::AlignedVec;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -31,7 +31,8 @@ pub enum ClientError {
     Server { code: ErrorCode, message: String },
     #[error("bad reply from {endpoint}: {reason}")]
     Protocol { endpoint: String, reason: String },
-    #[error("no reply from {endpoint} within {after:?}")]
+    /// No reply within the request's timeout (etcdctl's words first: scripts look for them).
+    #[error("context deadline exceeded (no reply from {endpoint} within {after:?})")]
     Timeout { endpoint: String, after: Duration },
 }
 
@@ -97,8 +98,21 @@ impl Client {
         }
     }
 
-    /// Sends one request and waits for its reply. A request that could not be sent is tried
-    /// on the next endpoint; one that was sent is not repeated (it may have been applied).
+    /// A socket operation that ran out of time is the request's timeout, not a broken
+    /// connection (the kernel reports it as `WouldBlock`, "os error 11").
+    fn failed(&self, i: usize, source: std::io::Error) -> ClientError {
+        match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout {
+                endpoint: self.endpoints[i].clone(),
+                after: self.timeout,
+            },
+            _ => self.io(i, source),
+        }
+    }
+
+    /// Sends one request and waits for its reply, all within the client's timeout once
+    /// connected. A request that could not be sent is tried on the next endpoint; one that
+    /// was sent, or timed out while being sent, is not repeated (it may have been applied).
     pub fn request(&mut self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -120,16 +134,19 @@ impl Client {
                 Err(e) => {
                     attempts += 1;
                     self.conn = None;
-                    if attempts >= self.endpoints.len() {
-                        return Err(self.io(i, e));
+                    let e = self.failed(i, e);
+                    if matches!(e, ClientError::Timeout { .. }) || attempts >= self.endpoints.len()
+                    {
+                        return Err(e);
                     }
                 }
             }
         }
-        self.read_reply(id)
+        let deadline = Instant::now() + self.timeout;
+        self.read_reply(id, deadline)
     }
 
-    fn read_reply(&mut self, id: u64) -> Result<ClientResponse, ClientError> {
+    fn read_reply(&mut self, id: u64, deadline: Instant) -> Result<ClientResponse, ClientError> {
         let Some((i, stream)) = self.conn.as_mut() else {
             return Err(ClientError::Unreachable {
                 endpoints: self.endpoints.clone(),
@@ -165,19 +182,26 @@ impl Client {
                     };
                 }
                 None => {
+                    // The reply may come in pieces: the timeout bounds them all together.
+                    let left = deadline.saturating_duration_since(Instant::now());
                     let mut chunk = [0u8; 16 << 10];
-                    match stream.read(&mut chunk) {
+                    let read = if left.is_zero() {
+                        Err(std::io::ErrorKind::TimedOut.into())
+                    } else {
+                        stream
+                            .set_read_timeout(Some(left))
+                            .and_then(|()| stream.read(&mut chunk))
+                    };
+                    match read {
                         Ok(0) => {
                             self.conn = None;
                             return Err(bad("connection closed before the reply".into()));
                         }
                         Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                         Err(e) => {
+                            let i = *i;
                             self.conn = None;
-                            return Err(ClientError::Io {
-                                endpoint,
-                                source: e,
-                            });
+                            return Err(self.failed(i, e));
                         }
                     }
                 }

@@ -1,0 +1,58 @@
+//! Helpers shared by the load generator's tests.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A free port on loopback, as `127.0.0.1:port`.
+pub fn free_addr() -> String {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+/// A small member on `addr` with its data in `dir`, two unpinned executors.
+pub fn member_config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
+    cairn::server::ServeConfig {
+        name: "smoke".into(),
+        data_dir: dir.to_path_buf(),
+        listen_native_addr: addr.to_string(),
+        max_request_bytes: 1 << 20,
+        max_txn_ops: 128,
+        heartbeat_interval_ms: 100,
+        election_timeout_ms: 1000,
+        max_inflight_per_conn: 1024,
+        max_pending_proposals: 10_000,
+        placement: cairn::server::Placement {
+            mode: cairn::server::PlacementMode::Unpinned,
+            executors: 2,
+        },
+        snapshot_count: 100_000,
+        wal_segment_bytes: 64 << 20,
+        quota_backend_bytes: 8 << 30,
+        cluster: cairn::server::ClusterConfig {
+            initial_cluster: "smoke=http://localhost:2380".into(),
+            listen_peer_urls: vec![format!("http://{}", free_addr())],
+            ..Default::default()
+        },
+    }
+}
+
+/// Waits until something listens on `addr`.
+pub fn wait_for(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "member did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A number of the report's JSON line; `None` for `null`.
+pub fn field(line: &str, name: &str) -> Option<f64> {
+    let at = line.find(&format!("\"{name}\":")).expect(name) + name.len() + 3;
+    let rest = &line[at..];
+    let value = &rest[..rest.find([',', '}']).unwrap()];
+    (value != "null").then(|| value.parse().unwrap())
+}
