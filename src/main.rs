@@ -472,9 +472,12 @@ fn run_client(
                         )
                     })
                     .collect();
-                format!("{{\"alarms\":[{}]}}\n", items.join(","))
+                format!("{{\"alarms\":[{}]}}\n", items.join(",")).into_bytes()
             } else {
-                alarms.iter().map(|a| format!("{a}\n")).collect()
+                alarms
+                    .iter()
+                    .flat_map(|a| format!("{a}\n").into_bytes())
+                    .collect()
             }
         }
         Command::Serve(_) | Command::Check { .. } => {
