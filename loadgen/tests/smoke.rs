@@ -32,6 +32,8 @@ fn every_workload_runs_against_a_member() {
         heartbeat_interval_ms: 100,
         election_timeout_ms: 1000,
         max_inflight_per_conn: 1024,
+        partial_frame_timeout: std::time::Duration::from_secs(10),
+        release_memory: None,
         max_pending_proposals: 10_000,
         placement: cairn::server::Placement {
             mode: cairn::server::PlacementMode::Unpinned,
