@@ -1,5 +1,6 @@
 //! The net role: one shard per executor, each with its own SO_REUSEPORT listener. Native
-//! protocol connections: frames in, requests answered out of order, bounded in flight;
+//! protocol connections: frames in, requests answered out of order, bounded in flight and
+//! in unwritten reply bytes; a partial frame that stalls closes the connection;
 //! serializable reads from the shard's copy of the latest published view.
 
 use super::read_buf::{ReadBuf, READ_BURST_BYTES, READ_IDLE_BYTES};
@@ -168,68 +169,21 @@ async fn read_requests(
     inflight: &Rc<Cell<usize>>,
 ) {
     let limit = shard.config().max_request_bytes;
-    let stall_timeout = shard.config().partial_frame_timeout;
     let mut buf = ReadBuf::new();
     // Whether the last read filled the room it had: the client sends faster than we read.
     let mut bursting = false;
-    loop {
-        loop {
-            match protocol::split_frame(buf.pending(), limit) {
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "malformed frame header; closing the connection");
-                    replies.send(error_frame(0, ErrorCode::Malformed, e.to_string()));
-                    return;
-                }
-                Ok(Some((header, total))) => {
-                    replies.room().await;
-                    if replies.failed() {
-                        return;
-                    }
-                    let frame = &buf.pending()[..total];
-                    if !handle_frame(
-                        header,
-                        frame,
-                        buf.pending_aligned(),
-                        shard,
-                        replies,
-                        inflight,
-                    ) {
-                        return;
-                    }
-                    buf.consume(total);
-                }
-            }
-        }
-        let frame_bytes = partial_frame_bytes(buf.pending(), limit);
-        let want = frame_bytes.max(if bursting {
+    while handle_frames(&mut buf, shard, replies, inflight).await {
+        let want = partial_frame_bytes(buf.pending(), limit).max(if bursting {
             READ_BURST_BYTES
         } else {
             buf.capacity()
         });
         let read = if buf.pending().is_empty() {
-            let room = buf.spare(want);
-            let room_bytes = room.len();
-            let first = futures_lite::future::poll_once(reader.read(room)).await;
-            match first {
-                Some(read) => read.map(|n| (n, n == room_bytes)),
-                None => {
-                    // Idle: wait with a small buffer, giving the larger one back.
-                    buf.shrink_if_idle();
-                    let room = buf.spare(READ_IDLE_BYTES);
-                    let room_bytes = room.len();
-                    reader.read(room).await.map(|n| (n, n == room_bytes))
-                }
-            }
+            read_idle(reader, &mut buf, want).await
         } else {
-            let room = buf.spare(want);
-            let room_bytes = room.len();
-            let stalled = async {
-                glommio::timer::sleep(stall_timeout).await;
-                None
-            };
-            match futures_lite::future::or(async { Some(reader.read(room).await) }, stalled).await {
-                Some(read) => read.map(|n| (n, n == room_bytes)),
+            let stall_timeout = shard.config().partial_frame_timeout;
+            match read_partial(reader, &mut buf, want, stall_timeout).await {
+                Some(read) => read,
                 None => {
                     tracing::debug!(
                         timeout = ?stall_timeout,
@@ -251,6 +205,75 @@ async fn read_requests(
             }
         }
     }
+}
+
+/// Handles every whole frame buffered, each once the replies not yet written are under
+/// their cap; false when the connection must be closed.
+async fn handle_frames(
+    buf: &mut ReadBuf,
+    shard: &Rc<Shard>,
+    replies: &Rc<Replies>,
+    inflight: &Rc<Cell<usize>>,
+) -> bool {
+    loop {
+        match protocol::split_frame(buf.pending(), shard.config().max_request_bytes) {
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed frame header; closing the connection");
+                replies.send(error_frame(0, ErrorCode::Malformed, e.to_string()));
+                return false;
+            }
+            Ok(Some((header, total))) => {
+                replies.room().await;
+                if replies.failed() {
+                    return false;
+                }
+                let frame = &buf.pending()[..total];
+                let aligned = buf.pending_aligned();
+                if !handle_frame(header, frame, aligned, shard, replies, inflight) {
+                    return false;
+                }
+                buf.consume(total);
+            }
+        }
+    }
+}
+
+/// A read with nothing pending: into the buffer as it is if bytes are waiting, else, once
+/// the connection is idle, into the idle-sized buffer (the larger one given back). The
+/// bytes read and whether they filled the room there was.
+async fn read_idle(
+    reader: &mut (impl AsyncRead + Unpin),
+    buf: &mut ReadBuf,
+    want: usize,
+) -> std::io::Result<(usize, bool)> {
+    let room = buf.spare(want);
+    let room_bytes = room.len();
+    let first = futures_lite::future::poll_once(reader.read(room)).await;
+    if let Some(read) = first {
+        return read.map(|n| (n, n == room_bytes));
+    }
+    buf.shrink_if_idle();
+    let room = buf.spare(READ_IDLE_BYTES);
+    let room_bytes = room.len();
+    reader.read(room).await.map(|n| (n, n == room_bytes))
+}
+
+/// A read of more of a partial frame, or `None` if nothing came for `stall_timeout`.
+async fn read_partial(
+    reader: &mut (impl AsyncRead + Unpin),
+    buf: &mut ReadBuf,
+    want: usize,
+    stall_timeout: Duration,
+) -> Option<std::io::Result<(usize, bool)>> {
+    let room = buf.spare(want);
+    let room_bytes = room.len();
+    let read = async { Some(reader.read(room).await.map(|n| (n, n == room_bytes))) };
+    let stalled = async {
+        glommio::timer::sleep(stall_timeout).await;
+        None
+    };
+    futures_lite::future::or(read, stalled).await
 }
 
 /// Bytes of the frame starting at `pending`, whole: its header's total once the header is

@@ -96,8 +96,9 @@ impl Replies {
             if self.has_room() {
                 Poll::Ready(())
             } else {
-                // A task here is polled again only when woken below, which empties the
-                // list: each waiting task is in it once.
+                // Woken all at once below, which empties the list; a task is in it again
+                // only if something else woke it meanwhile (a socket readiness it stopped
+                // waiting for), so the list stays about the number of waiting tasks.
                 self.waiting.borrow_mut().push(cx.waker().clone());
                 Poll::Pending
             }
