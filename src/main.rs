@@ -28,6 +28,45 @@ const EXIT_PANIC: i32 = 101;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
+/// Gives the memory this thread's heap freed back to the OS at once. mimalloc purges freed
+/// pages only when the thread that freed them allocates or collects again after its purge
+/// delay; a net shard left idle after many connections closed would hold them for good.
+fn release_memory() {
+    extern "C" {
+        /// mimalloc's public API (`mimalloc.h`), linked in through the `mimalloc` crate.
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: mi_collect takes no pointers and may be called on any thread at any time.
+    unsafe { mi_collect(true) }
+}
+
+/// Each connection takes a descriptor: the soft limit is raised to the hard one, as Go's
+/// runtime does for etcd (a soft limit of 1,024 is common and far under what a member
+/// serves).
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                tracing::warn!(
+                    soft = limit.rlim_cur,
+                    "could not raise the open files limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "cairn",
@@ -153,6 +192,11 @@ struct ServeArgs {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     max_request_bytes: u32,
+    /// Milliseconds a connection may hold part of a frame with no more of it arriving
+    /// before it is closed (idle connections, with no partial frame, stay open).
+    #[arg(long, env = "CAIRN_PARTIAL_FRAME_TIMEOUT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    partial_frame_timeout: u64,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
     max_txn_ops: usize,
@@ -512,6 +556,7 @@ fn main() -> ExitCode {
                 report(info);
                 std::process::exit(EXIT_PANIC);
             }));
+            raise_open_files_limit();
             let config = cairn::server::ServeConfig {
                 name: args.name,
                 data_dir: args.data_dir,
@@ -521,6 +566,8 @@ fn main() -> ExitCode {
                 heartbeat_interval_ms: args.heartbeat_interval,
                 election_timeout_ms: args.election_timeout,
                 max_inflight_per_conn: 1024,
+                partial_frame_timeout: Duration::from_millis(args.partial_frame_timeout),
+                release_memory: Some(release_memory),
                 max_pending_proposals: 10_000,
                 placement: cairn::server::Placement {
                     mode: args.placement,

@@ -1,6 +1,7 @@
 //! `cairn serve` as a real process: writes acknowledged over the native protocol survive
 //! SIGKILL, bad input gets an error reply while other clients are served, SIGTERM exits
-//! cleanly.
+//! cleanly; a connection costs little memory while idle and gives it back, a client that does
+//! not read holds bounded memory, and a stalled partial frame is closed.
 
 use cairn::mvcc::{PutRequest, RangeRequest, Request, RequestOp, Response, TxnRequest};
 use cairn::protocol::{
@@ -737,4 +738,163 @@ fn an_election_timeout_under_five_heartbeats_is_refused() {
         err.contains("should be at least as 5 times as --heartbeat-interval"),
         "{err}"
     );
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Raises this process's open files limit to its hard limit; at least `need` must fit.
+fn raise_open_files_limit(need: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(
+        limit.rlim_max >= need,
+        "the open files hard limit is under {need}"
+    );
+}
+
+#[test]
+fn idle_connections_cost_a_few_kib_each_and_give_it_back_when_closed() {
+    const CONNECTIONS: usize = 2_000;
+    raise_open_files_limit(CONNECTIONS as u64 + 200);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &free_addr());
+    let pid = server.child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(pid);
+    // Each connection sends a request and reads its reply (so it was accepted and its
+    // buffers were used), then stays idle.
+    let mut clients: Vec<Client> = (0..CONNECTIONS)
+        .map(|_| Client::connect(&server.addr))
+        .collect();
+    for c in &mut clients {
+        c.send(1, &ClientRequest::Status);
+    }
+    for c in &mut clients {
+        assert!(matches!(c.recv(), Some((1, Reply::Ok(_)))));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let open = rss_kib(pid);
+    let per_connection = (open.saturating_sub(before) << 10) / CONNECTIONS as u64;
+    drop(clients);
+    // Freed memory goes back a moment after the closes (RELEASE_MEMORY_DELAY, 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = rss_kib(pid);
+    while after > before + before / 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = rss_kib(pid);
+    }
+    eprintln!("VmRSS KiB: {before} before, {open} with {CONNECTIONS} idle connections ({per_connection} bytes each), {after} after they closed");
+    assert!(
+        per_connection <= 16 << 10,
+        "{per_connection} bytes per idle connection"
+    );
+    assert!(
+        after <= before + before / 10,
+        "VmRSS {after} KiB after closing, {before} KiB before"
+    );
+    // Still serving.
+    assert!(serving(&server.addr));
+}
+
+#[test]
+fn a_client_that_does_not_read_its_replies_holds_bounded_memory() {
+    const READS: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &free_addr());
+    let pid = server.child.id();
+    let mut other = Client::connect(&server.addr);
+    // Twelve 10 KB values: each range below is a 120 KB reply, 120 MB for all of them.
+    let value = "v".repeat(10_000);
+    for i in 0..12 {
+        assert!(other.put(i, &format!("big{i:02}"), &value).is_some());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid);
+    let mut greedy = Client::connect(&server.addr);
+    let mut burst = Vec::new();
+    for id in 0..READS {
+        let range = Request::Range(RangeRequest {
+            key: b"big".to_vec(),
+            range_end: b"bih".to_vec(),
+            // Half serializable (encoded as read), half linearizable (spawned).
+            serializable: id % 2 == 0,
+            ..Default::default()
+        });
+        burst.extend_from_slice(&encode_request(id, &ClientRequest::Kv(range)).unwrap());
+    }
+    greedy.stream.write_all(&burst).unwrap();
+    // The server holds at most REPLY_BACKLOG_BYTES_MAX (4 MiB) of replies for it, plus one.
+    let mut peak = 0;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        peak = peak.max(rss_kib(pid));
+    }
+    // Meanwhile the others are served.
+    assert!(other.put(100, "small", "1").is_some());
+    assert_eq!(other.get("small").map(|(v, _)| v), Some(b"1".to_vec()));
+    // Once the client reads, every reply comes.
+    let mut seen = vec![false; READS as usize];
+    for _ in 0..READS {
+        let Some((id, Reply::Ok(ClientResponse::Kv(Response::Range(r))))) = greedy.recv() else {
+            panic!("a range reply")
+        };
+        assert_eq!(r.kvs.len(), 12);
+        assert!(
+            !std::mem::replace(&mut seen[id as usize], true),
+            "reply {id} twice"
+        );
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "VmRSS KiB: {before} before, {peak} at most while {READS} replies of 120 KB were unread"
+    );
+    assert!(grown < 16 << 10, "VmRSS grew {grown} KiB");
+}
+
+#[test]
+fn a_stalled_partial_frame_is_closed_after_the_timeout_and_idle_connections_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--partial-frame-timeout", "500"];
+    let server = Server::start_with(dir.path(), &free_addr(), &flags);
+    let put = encode_request(
+        1,
+        &ClientRequest::Kv(Request::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: vec![7; 1000],
+            ..Default::default()
+        })),
+    )
+    .unwrap();
+    let mut half_frame = Client::connect(&server.addr);
+    half_frame.stream.write_all(&put[..put.len() / 2]).unwrap();
+    let mut half_header = Client::connect(&server.addr);
+    half_header.stream.write_all(&put[..5]).unwrap();
+    let mut idle = Client::connect(&server.addr);
+    let mut used = Client::connect(&server.addr);
+    assert!(used.put(2, "a", "1").is_some());
+    let sent = Instant::now();
+    assert!(half_frame.recv().is_none(), "closed without a reply");
+    assert!(half_header.recv().is_none(), "closed without a reply");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Connections with nothing of a frame pending stay open.
+    assert!(idle.put(3, "b", "2").is_some());
+    assert!(used.put(4, "c", "3").is_some());
 }

@@ -1,15 +1,18 @@
 //! The net role: one shard per executor, each with its own SO_REUSEPORT listener. Native
-//! protocol connections: frames in, requests answered out of order, bounded in flight;
+//! protocol connections: frames in, requests answered out of order, bounded in flight and
+//! in unwritten reply bytes; a partial frame that stalls closes the connection;
 //! serializable reads from the shard's copy of the latest published view.
 
+use super::read_buf::{ReadBuf, READ_BURST_BYTES, READ_IDLE_BYTES};
+use super::replies::{write_replies, Replies};
 use super::{wait_until, Input, Phase, Proposal, Shared, POLL_BRIEF, POLL_IDLE};
 use crate::mvcc::{validate, ReadView, Request};
 use crate::node::NodeError;
 use crate::protocol::{
     self, encode_error, encode_response, ClientRequest, ClientResponse, ErrorCode, ErrorReply,
-    FrameKind, HEADER_BYTES,
+    FrameHeader, FrameKind, HEADER_BYTES,
 };
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt};
 use glommio::net::{TcpListener, TcpStream};
 use rkyv::util::AlignedVec;
 use std::cell::{Cell, RefCell};
@@ -18,11 +21,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Replies gathered into one socket write at most, in bytes.
-const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
-
 /// Connections one net shard serves at once; more are closed as they arrive.
 const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
+
+/// How long after a connection closes its shard gives freed memory back: once for all the
+/// connections closing meanwhile, so that a churn of connections costs one collection
+/// every so often, not one per close.
+const RELEASE_MEMORY_DELAY: Duration = Duration::from_secs(2);
 
 /// How long a stopping shard waits for the replies it owes to be written.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +84,7 @@ pub(crate) async fn shard(listener: std::net::TcpListener, shared: Arc<Shared>) 
 
 async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {
     let open = Rc::new(Cell::new(0usize));
+    let releasing = Rc::new(Cell::new(false));
     loop {
         match listener.accept().await {
             Ok(stream) if open.get() >= CONNECTIONS_PER_SHARD_MAX => {
@@ -91,10 +97,17 @@ async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 open.set(open.get() + 1);
-                let (shard, open) = (shard.clone(), open.clone());
+                let (shard, open, releasing) = (shard.clone(), open.clone(), releasing.clone());
                 glommio::spawn_local(async move {
-                    connection(stream, shard).await;
+                    connection(stream, shard.clone()).await;
                     open.set(open.get() - 1);
+                    if let Some(release) = shard.config().release_memory {
+                        if !releasing.replace(true) {
+                            glommio::timer::sleep(RELEASE_MEMORY_DELAY).await;
+                            release();
+                            releasing.set(false);
+                        }
+                    }
                 })
                 .detach();
             }
@@ -132,145 +145,196 @@ fn or_internal(id: u64, frame: Result<AlignedVec, protocol::ProtocolError>) -> A
     }
 }
 
-/// Where a connection's replies go: its writer task, counting what is not yet written.
-#[derive(Clone)]
-struct Out {
-    /// Frames for the writer; `None` ends the connection.
-    tx: flume::Sender<Option<AlignedVec>>,
-    busy: Rc<Cell<usize>>,
-}
-
-impl Out {
-    /// Queues a reply frame (or the end of the connection) for the writer.
-    async fn send(&self, frame: AlignedVec) {
-        self.busy.set(self.busy.get() + 1);
-        if self.tx.send_async(Some(frame)).await.is_err() {
-            self.busy.set(self.busy.get() - 1); // the writer is gone: the client is
-        }
-    }
-
-    /// Ends the connection once the frames queued before are written.
-    async fn close(&self) {
-        let _ = self.tx.send_async(None).await;
-    }
-}
-
 async fn connection(stream: TcpStream, shard: Rc<Shard>) {
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let max = shard.config().max_inflight_per_conn;
-    let (out_tx, out_rx) = flume::bounded::<Option<AlignedVec>>(max + 1);
-    let busy = shard.busy.clone();
-    let out = Out {
-        tx: out_tx,
-        busy: busy.clone(),
-    };
-    // One writer per connection: replies leave in the order they are ready, every reply
-    // ready at that moment in one write (one syscall for many replies).
-    let writer_task = glommio::spawn_local(async move {
-        let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
-        let mut open = true;
-        let mut frames = 0;
-        while open {
-            match out_rx.recv_async().await {
-                Ok(Some(frame)) => batch.extend_from_slice(&frame),
-                _ => break,
-            }
-            frames += 1;
-            while batch.len() < WRITE_BATCH_BYTES_MAX {
-                match out_rx.try_recv() {
-                    Ok(Some(frame)) => {
-                        batch.extend_from_slice(&frame);
-                        frames += 1;
-                    }
-                    Ok(None) => {
-                        open = false;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            let written = writer.write_all(&batch).await;
-            busy.set(busy.get() - frames);
-            frames = 0;
-            if written.is_err() {
-                // Replies still queued will never be written.
-                busy.set(busy.get() - out_rx.drain().filter(Option::is_some).count());
-                return;
-            }
-            batch.clear();
-        }
-        let _ = writer.flush().await;
-    });
-    let out_tx = out;
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    let replies = Replies::new(shard.busy.clone());
+    let writer_task = glommio::spawn_local(write_replies(replies.clone(), writer));
     let inflight = Rc::new(Cell::new(0usize));
-    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
-    let mut chunk = vec![0u8; 64 << 10];
-    'read: loop {
-        loop {
-            match protocol::split_frame(&buf, shard.config().max_request_bytes) {
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "malformed frame header; closing the connection");
-                    out_tx
-                        .send(error_frame(0, ErrorCode::Malformed, e.to_string()))
-                        .await;
-                    break 'read;
-                }
-                Ok(Some((header, total))) => {
-                    let mut payload = AlignedVec::<16>::with_capacity(total - HEADER_BYTES);
-                    payload.extend_from_slice(&buf[HEADER_BYTES..total]);
-                    buf.drain(..total);
-                    if header.kind != FrameKind::Request {
-                        let msg = "clients send request frames only".to_string();
-                        out_tx
-                            .send(error_frame(header.request_id, ErrorCode::Malformed, msg))
-                            .await;
-                        break 'read;
-                    }
-                    if !dispatch(header.request_id, payload, &shard, &out_tx, &inflight).await {
-                        break 'read;
-                    }
-                }
-            }
-        }
-        match reader.read(&mut chunk).await {
-            Ok(0) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "read failed; closing the connection");
-                break;
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    read_requests(&mut reader, &shard, &replies, &inflight).await;
     // Let requests in flight finish, then stop the writer.
     while inflight.get() > 0 {
         glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
     }
-    out_tx.close().await;
+    replies.close();
     writer_task.await;
 }
 
-/// Handles one request frame; false when the connection must be closed.
-async fn dispatch(
-    id: u64,
-    payload: AlignedVec,
+/// Reads and handles request frames until the client closes, sends something that is not
+/// a request frame, stalls in the middle of a frame, or the socket fails. Requests are not
+/// read while the replies not yet written are over their cap.
+async fn read_requests(
+    reader: &mut (impl AsyncRead + Unpin),
     shard: &Rc<Shard>,
-    out: &Out,
+    replies: &Rc<Replies>,
+    inflight: &Rc<Cell<usize>>,
+) {
+    let limit = shard.config().max_request_bytes;
+    let mut buf = ReadBuf::new();
+    // Whether the last read filled the room it had: the client sends faster than we read.
+    let mut bursting = false;
+    while handle_frames(&mut buf, shard, replies, inflight).await {
+        let want = partial_frame_bytes(buf.pending(), limit).max(if bursting {
+            READ_BURST_BYTES
+        } else {
+            buf.capacity()
+        });
+        let read = if buf.pending().is_empty() {
+            read_idle(reader, &mut buf, want).await
+        } else {
+            let stall_timeout = shard.config().partial_frame_timeout;
+            match read_partial(reader, &mut buf, want, stall_timeout).await {
+                Some(read) => read,
+                None => {
+                    tracing::debug!(
+                        timeout = ?stall_timeout,
+                        "a partial frame stalled; closing the connection"
+                    );
+                    return;
+                }
+            }
+        };
+        match read {
+            Ok((0, _)) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "read failed; closing the connection");
+                return;
+            }
+            Ok((n, filled)) => {
+                buf.filled(n);
+                bursting = filled;
+            }
+        }
+    }
+}
+
+/// Handles every whole frame buffered, each once the replies not yet written are under
+/// their cap; false when the connection must be closed.
+async fn handle_frames(
+    buf: &mut ReadBuf,
+    shard: &Rc<Shard>,
+    replies: &Rc<Replies>,
+    inflight: &Rc<Cell<usize>>,
+) -> bool {
+    loop {
+        match protocol::split_frame(buf.pending(), shard.config().max_request_bytes) {
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed frame header; closing the connection");
+                replies.send(error_frame(0, ErrorCode::Malformed, e.to_string()));
+                return false;
+            }
+            Ok(Some((header, total))) => {
+                replies.room().await;
+                if replies.failed() {
+                    return false;
+                }
+                let frame = &buf.pending()[..total];
+                let aligned = buf.pending_aligned();
+                if !handle_frame(header, frame, aligned, shard, replies, inflight) {
+                    return false;
+                }
+                buf.consume(total);
+            }
+        }
+    }
+}
+
+/// A read with nothing pending: into the buffer as it is if bytes are waiting, else, once
+/// the connection is idle, into the idle-sized buffer (the larger one given back). The
+/// bytes read and whether they filled the room there was.
+async fn read_idle(
+    reader: &mut (impl AsyncRead + Unpin),
+    buf: &mut ReadBuf,
+    want: usize,
+) -> std::io::Result<(usize, bool)> {
+    let room = buf.spare(want);
+    let room_bytes = room.len();
+    let first = futures_lite::future::poll_once(reader.read(room)).await;
+    if let Some(read) = first {
+        return read.map(|n| (n, n == room_bytes));
+    }
+    buf.shrink_if_idle();
+    let room = buf.spare(READ_IDLE_BYTES);
+    let room_bytes = room.len();
+    reader.read(room).await.map(|n| (n, n == room_bytes))
+}
+
+/// A read of more of a partial frame, or `None` if nothing came for `stall_timeout`.
+async fn read_partial(
+    reader: &mut (impl AsyncRead + Unpin),
+    buf: &mut ReadBuf,
+    want: usize,
+    stall_timeout: Duration,
+) -> Option<std::io::Result<(usize, bool)>> {
+    let room = buf.spare(want);
+    let room_bytes = room.len();
+    let read = async { Some(reader.read(room).await.map(|n| (n, n == room_bytes))) };
+    let stalled = async {
+        glommio::timer::sleep(stall_timeout).await;
+        None
+    };
+    futures_lite::future::or(read, stalled).await
+}
+
+/// Bytes of the frame starting at `pending`, whole: its header's total once the header is
+/// read (and valid), or the header's size before.
+fn partial_frame_bytes(pending: &[u8], limit: u32) -> usize {
+    pending
+        .first_chunk::<HEADER_BYTES>()
+        .and_then(|h| FrameHeader::decode(h, limit).ok())
+        .map_or(HEADER_BYTES, |h| HEADER_BYTES + h.payload_bytes as usize)
+}
+
+/// Handles one whole frame; false when the connection must be closed. The payload is read
+/// in place when `aligned` (the frame starts at a 16-byte boundary), else copied.
+fn handle_frame(
+    header: FrameHeader,
+    frame: &[u8],
+    aligned: bool,
+    shard: &Rc<Shard>,
+    replies: &Rc<Replies>,
+    inflight: &Rc<Cell<usize>>,
+) -> bool {
+    if header.kind != FrameKind::Request {
+        let msg = "clients send request frames only".to_string();
+        replies.send(error_frame(header.request_id, ErrorCode::Malformed, msg));
+        return false;
+    }
+    let payload = &frame[HEADER_BYTES..];
+    let copy: AlignedVec;
+    let payload = if aligned {
+        payload
+    } else {
+        copy = {
+            let mut v = AlignedVec::with_capacity(payload.len());
+            v.extend_from_slice(payload);
+            v
+        };
+        &copy
+    };
+    dispatch(header.request_id, payload, shard, replies, inflight)
+}
+
+/// Handles one request; false when the connection must be closed.
+fn dispatch(
+    id: u64,
+    payload: &[u8],
+    shard: &Rc<Shard>,
+    out: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
 ) -> bool {
     let config = shard.config();
-    let request = match protocol::decode_request(&payload) {
+    let request = match protocol::decode_request(payload) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(id, error = %e, "malformed request; closing the connection");
-            out.send(error_frame(id, ErrorCode::Malformed, e.to_string()))
-                .await;
+            out.send(error_frame(id, ErrorCode::Malformed, e.to_string()));
             return false;
         }
     };
     if inflight.get() >= config.max_inflight_per_conn {
         let msg = "too many requests in flight on this connection".to_string();
-        out.send(error_frame(id, ErrorCode::Overloaded, msg)).await;
+        out.send(error_frame(id, ErrorCode::Overloaded, msg));
         return true;
     }
     let stopping = shard.shared.phase() >= Phase::Stopping;
@@ -301,12 +365,12 @@ async fn dispatch(
                 spawn_linearizable_read(id, r, shard, out, inflight);
                 return true;
             } else {
-                spawn_proposal(id, payload, shard, out, inflight);
+                spawn_proposal(id, payload.to_vec(), shard, out, inflight);
                 return true;
             }
         }
     };
-    out.send(reply).await;
+    out.send(reply);
     true
 }
 
@@ -375,16 +439,22 @@ fn spawn_linearizable_read(
     id: u64,
     r: crate::mvcc::RangeRequest,
     shard: &Rc<Shard>,
-    out: &Out,
+    out: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
 ) {
     let shard = shard.clone();
+    let replies = out.clone();
     spawn_reply(out, inflight, async move {
         let (tx, rx) = flume::bounded(1);
         match enqueue(&shard.shared.inputs, Input::Read(tx), id) {
             Err(refused) => refused,
             Ok(()) => match rx.recv_async().await {
-                Ok(()) => serve_range(id, &r, &shard),
+                Ok(()) => {
+                    // A pipelined burst of reads must not pile up replies the client has
+                    // not read: encode only once there is room (a later view is as good).
+                    replies.room().await;
+                    serve_range(id, &r, &shard)
+                }
                 Err(_) => error_frame(
                     id,
                     ErrorCode::Unavailable,
@@ -429,18 +499,15 @@ fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Ali
 /// Sends a write through the log; its bytes are the entry as they came off the socket.
 fn spawn_proposal(
     id: u64,
-    payload: AlignedVec,
+    payload: Vec<u8>,
     shard: &Rc<Shard>,
-    out: &Out,
+    out: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
 ) {
     let proposals = shard.shared.inputs.clone();
     spawn_reply(out, inflight, async move {
         let (tx, rx) = flume::bounded(1);
-        let proposal = Proposal {
-            payload: payload.to_vec(),
-            reply: tx,
-        };
+        let proposal = Proposal { payload, reply: tx };
         match enqueue(&proposals, Input::Propose(proposal), id) {
             Err(refused) => refused,
             Ok(()) => match rx.recv_async().await {
@@ -455,19 +522,20 @@ fn spawn_proposal(
 
 /// Answers a request from its own task, counted in the connection's requests in flight.
 fn spawn_reply(
-    out: &Out,
+    out: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
     reply: impl std::future::Future<Output = AlignedVec> + 'static,
 ) {
     inflight.set(inflight.get() + 1);
-    out.busy.set(out.busy.get() + 1);
+    let busy = out.busy().clone();
+    busy.set(busy.get() + 1);
     let out = out.clone();
     let inflight = inflight.clone();
     glommio::spawn_local(async move {
         let frame = reply.await;
-        out.send(frame).await;
+        out.send(frame);
         inflight.set(inflight.get() - 1);
-        out.busy.set(out.busy.get() - 1);
+        busy.set(busy.get() - 1);
     })
     .detach();
 }

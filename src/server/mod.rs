@@ -3,7 +3,8 @@
 //!
 //! - `net` shards (`conn.rs`): a SO_REUSEPORT listener each, frames in and out, serializable
 //!   reads from the latest published [`ReadView`], proposals and linearizable reads sent to
-//!   the raft role;
+//!   the raft role; per connection a receive buffer sized to the frame being read
+//!   (`read_buf.rs`) and replies bounded in bytes with their writer task (`replies.rs`);
 //! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
 //! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints.
 //!
@@ -20,6 +21,8 @@ mod cluster;
 mod conn;
 mod placement;
 mod raft;
+mod read_buf;
+mod replies;
 
 pub use cluster::{cluster_id, member_id, ClusterConfig, ClusterState, Identity};
 pub use placement::{usable_cpus, ExecutorPlan, Placement, PlacementMode};
@@ -47,6 +50,13 @@ pub struct ServeConfig {
     pub election_timeout_ms: u64,
     /// Requests in flight on one connection beyond which it gets Overloaded replies.
     pub max_inflight_per_conn: usize,
+    /// How long a connection may hold part of a frame without more of it arriving before
+    /// it is closed (an idle connection, with nothing of a frame read, stays open).
+    pub partial_frame_timeout: std::time::Duration,
+    /// Called on a net shard's thread a moment after connections closed (once for a burst
+    /// of closes), to give the memory they freed back to the OS: how is the global
+    /// allocator's business, so the binary that chose it says. `None`: nothing is called.
+    pub release_memory: Option<fn()>,
     /// Proposals waiting for the raft loop, for the whole member.
     pub max_pending_proposals: usize,
     pub placement: Placement,

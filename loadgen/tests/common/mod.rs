@@ -24,6 +24,8 @@ pub fn member_config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
         heartbeat_interval_ms: 100,
         election_timeout_ms: 1000,
         max_inflight_per_conn: 1024,
+        partial_frame_timeout: std::time::Duration::from_secs(10),
+        release_memory: None,
         max_pending_proposals: 10_000,
         placement: cairn::server::Placement {
             mode: cairn::server::PlacementMode::Unpinned,
