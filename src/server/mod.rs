@@ -20,6 +20,8 @@ mod conn;
 mod placement;
 mod raft;
 
+pub(crate) use raft::tree_meets_log;
+
 pub use cluster::{cluster_id, member_id, ClusterConfig, ClusterState, Identity};
 pub use placement::{usable_cpus, ExecutorPlan, Placement, PlacementMode};
 
