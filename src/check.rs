@@ -148,14 +148,23 @@ impl Report {
                 leftover.bytes
             ));
         }
-        if let Some(cut) = self.tree.cut {
-            lines.push(format!(
+        match self.tree.cut {
+            Some(cut) if self.refusal.is_some() => lines.push(format!(
+                "{}: {} bytes at byte {} follow the newest whole commit (applied index {}); \
+                 the start refuses before it would cut them",
+                db_path(data_dir).display(),
+                cut.bytes,
+                cut.offset,
+                self.tree.commit.applied_index
+            )),
+            Some(cut) => lines.push(format!(
                 "{}: {cuts} {} bytes at byte {}, after the newest commit record (an unfinished \
                  commit: nothing acknowledged)",
                 db_path(data_dir).display(),
                 cut.bytes,
                 cut.offset
-            ));
+            )),
+            None => {}
         }
         lines
     }
