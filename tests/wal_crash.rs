@@ -106,7 +106,9 @@ fn zeroing_the_end_of_the_last_segment_anywhere_keeps_a_growing_prefix() {
             let mut bytes = std::fs::read(&paths[last]).expect("read");
             bytes[at as usize..].fill(0);
             std::fs::write(&paths[last], bytes).expect("write");
-            let seen = reopen(&work).await.expect("a zeroed tail is never an error");
+            let seen = reopen(&work)
+                .await
+                .expect("a zeroed tail is never an error");
             assert!(
                 seen[..] == written[..seen.len()],
                 "zeroed from {at}: not a prefix"

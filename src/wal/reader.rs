@@ -220,7 +220,11 @@ where
 /// read-only. The torn tail opening would cut and the leftovers it would delete are
 /// reported instead. Takes a shared lock on the directory, so it fails with
 /// [`WalError::Locked`] while a `Wal` has it open. Must be called inside a glommio executor.
-pub async fn inspect<F>(dir: impl AsRef<Path>, replay_from: Lsn, mut on_record: F) -> Result<Inspection>
+pub async fn inspect<F>(
+    dir: impl AsRef<Path>,
+    replay_from: Lsn,
+    mut on_record: F,
+) -> Result<Inspection>
 where
     F: FnMut(Lsn, RecordType, &[u8]) -> std::result::Result<(), ReplayError>,
 {
@@ -596,7 +600,10 @@ where
         let bytes = window.get(off, disk_bytes).await?;
         if (bytes.len() as u64) < disk_bytes {
             // `check_length` saw the whole segment: the file was cut since.
-            return Ok(damaged(off + bytes.len() as u64, "the file ends inside the batch"));
+            return Ok(damaged(
+                off + bytes.len() as u64,
+                "the file ends inside the batch",
+            ));
         }
         let crc = match verify_batch(bytes, &batch, chain.crc, end) {
             Ok(crc) => crc,
@@ -706,10 +713,11 @@ where
     }
     let mut torn = None;
     if scan.dirty_end > batch_offset {
-        let records = match BatchHeader::decode(window.get(batch_offset, BATCH_HEADER_BYTES as u64).await?) {
-            BatchDecode::Valid(h) => Some(h.record_count),
-            _ => None,
-        };
+        let records =
+            match BatchHeader::decode(window.get(batch_offset, BATCH_HEADER_BYTES as u64).await?) {
+                BatchDecode::Valid(h) => Some(h.record_count),
+                _ => None,
+            };
         torn = Some(TornTail {
             path: path.to_owned(),
             offset: batch_offset,
