@@ -293,7 +293,6 @@ where
             reason: TEMPORARY,
         });
     }
-    remove(access, dir, &leftovers).await?;
     let segments = listing.segments;
     for pair in segments.windows(2) {
         if pair[1].0 != pair[0].0 + 1 {
@@ -311,8 +310,14 @@ where
         .iter()
         .rposition(|h| matches!(h, HeaderDecode::Valid(h) if !h.is_blank()));
     let Some(last) = last else {
-        let unused = discard_unused(access, dir, &segments, &headers).await?;
-        leftovers.extend(unused);
+        // Newest first, so that a crash between two deletions leaves no gap.
+        leftovers.extend(
+            unused_segments(&segments, &headers)
+                .await?
+                .into_iter()
+                .rev(),
+        );
+        remove(access, dir, &leftovers).await?;
         let next_seq = segments.first().map_or(0, |(seq, _)| *seq);
         let (segments, tail, torn) = (Vec::new(), None, None);
         return Ok(Recovered {
@@ -326,8 +331,9 @@ where
             segment_bytes: None,
         });
     };
-    let unused = discard_unused(access, dir, &segments[last + 1..], &headers[last + 1..]).await?;
-    leftovers.extend(unused);
+    let unused = unused_segments(&segments[last + 1..], &headers[last + 1..]).await?;
+    // Newest first, so that a crash between two deletions leaves no gap.
+    leftovers.extend(unused.into_iter().rev());
     let mut data_headers = Vec::with_capacity(last + 1);
     for ((_, path), decoded) in segments[..=last].iter().zip(&headers) {
         let header = stamped_header(path, decoded)?;
@@ -388,6 +394,7 @@ where
     }
     let header = &data_headers[last];
     let (tail, torn) = recover_tail(access, &segments[last].1, header, &mut chain).await?;
+    remove(access, dir, &leftovers).await?;
     Ok(Recovered {
         segments: metas,
         tail,
@@ -400,7 +407,8 @@ where
     })
 }
 
-/// Deletes `leftovers` (with [`Access::Repair`]; read-only, only reports them).
+/// Deletes `leftovers` (with [`Access::Repair`]; read-only, only reports them). Called once
+/// everything else is verified, so that an open that fails has deleted nothing.
 async fn remove(access: Access<'_>, dir: &Path, leftovers: &[Leftover]) -> Result<()> {
     let Access::Repair(directory) = access else {
         return Ok(());
@@ -507,13 +515,11 @@ fn corrupt(path: &Path, offset: u64, kind: DamageKind) -> WalError {
     }
 }
 
-/// Deletes the segments after the last one holding data: preallocated blanks, and
-/// segments whose first write (header stamp and first batch) was torn. A segment whose
-/// header is damaged but that holds a valid batch is corruption, not a torn creation.
-/// Returns them (read-only: deletes nothing).
-async fn discard_unused(
-    access: Access<'_>,
-    dir: &Path,
+/// The segments after the last one holding data, which opening deletes: preallocated
+/// blanks, and segments whose first write (header stamp and first batch) was torn. A
+/// segment whose header is damaged but that holds a valid batch is corruption, not a torn
+/// creation.
+async fn unused_segments(
     segments: &[(u64, PathBuf)],
     headers: &[HeaderDecode],
 ) -> Result<Vec<Leftover>> {
@@ -559,7 +565,6 @@ async fn discard_unused(
             }
         }
     }
-    remove(access, dir, &doomed).await?;
     Ok(doomed)
 }
 
