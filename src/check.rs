@@ -122,7 +122,7 @@ impl Report {
         if let Some(torn) = self.wal.as_ref().and_then(|w| w.torn.as_ref()) {
             let records = torn.records.map_or_else(
                 || "unreadable header".to_owned(),
-                |n| format!("{n} records"),
+                |n| format!("{n} record{}", if n == 1 { "" } else { "s" }),
             );
             lines.push(format!(
                 "{}: {cuts} {} bytes at byte {}: the WAL's last batch ({records}), which fails \

@@ -389,7 +389,7 @@ fn a_torn_last_batch_is_reported_and_repair_cuts_it() {
         "{err}"
     );
     assert!(
-        err.contains("(1 records)") && err.contains("cairn repair"),
+        err.contains("(1 record)") && err.contains("cairn repair"),
         "{err}"
     );
     assert_eq!(field(&out, "records"), "1", "{out}");
