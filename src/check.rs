@@ -296,11 +296,13 @@ pub fn check(data_dir: &Path) -> Result<Report, CheckError> {
 async fn check_on_executor(data_dir: &Path) -> Result<Report, CheckError> {
     let log = RaftLog::default();
     let wal_dir = wal_path(data_dir);
-    // An absent directory is a new member's: the start creates it.
-    let replayed = if wal_dir.is_dir() {
-        Some(replay(&wal_dir, &log).await?)
+    // An absent directory is a new member's: the start creates it. The WAL's lock guards
+    // the whole data directory: it is held, shared, until the tree file is read too.
+    let (_lock, replayed) = if wal_dir.is_dir() {
+        let lock = wal::lock_shared(&wal_dir).await?;
+        (Some(lock), Some(replay(&wal_dir, &log).await?))
     } else {
-        None
+        (None, None)
     };
     let (wal, wal_records, identity) = match replayed {
         Some((inspection, records, identity)) => (Some(inspection), records, identity),

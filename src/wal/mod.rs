@@ -38,5 +38,5 @@ mod tests;
 pub use error::{Result, WalError};
 pub use format::{Lsn, RecordType};
 pub use options::{Prealloc, WalOptions};
-pub use reader::{inspect, Inspection, Leftover, ReplayError, TornTail};
+pub use reader::{inspect, lock_shared, Inspection, Leftover, ReplayError, SharedLock, TornTail};
 pub use writer::{Append, WaitDurable, Wal, WalMetrics};

@@ -248,15 +248,24 @@ where
 /// instances (as in `Wal::open`).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// A shared `flock` on the directory, held until the returned file is dropped.
-async fn lock_shared(dir: &Path) -> Result<std::fs::File> {
+/// A shared `flock` on a WAL directory, held until it is dropped: no `Wal` can open the
+/// directory meanwhile ([`Wal::open`](super::Wal::open) takes an exclusive one).
+pub struct SharedLock {
+    _dir: std::fs::File,
+}
+
+/// Takes a shared lock on the WAL directory `dir`, so that the directory can be read (with
+/// [`inspect`], and the files beside it) while no member writes it; fails with
+/// [`WalError::Locked`] while a `Wal` has it open.
+pub async fn lock_shared(dir: impl AsRef<Path>) -> Result<SharedLock> {
+    let dir = dir.as_ref();
     let file = std::fs::File::open(dir).at(dir)?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         // SAFETY: flock takes no pointers; the descriptor is open for the call's duration.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
         if rc == 0 {
-            return Ok(file);
+            return Ok(SharedLock { _dir: file });
         }
         let error = std::io::Error::last_os_error();
         if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
