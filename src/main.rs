@@ -1,9 +1,11 @@
-//! The `cairn` command: `serve` runs a member, `check` verifies a data directory, and the
-//! client commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint status`) talk to members
-//! in etcdctl's spirit.
+//! The `cairn` command: `serve` runs a member, `check` verifies a data directory without
+//! changing it and `repair` does the cuts a start would do (`cairn::check`), and the client
+//! commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint status`) talk to members in
+//! etcdctl's spirit.
 //!
 //! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed);
 //! 2 no endpoint could be reached; 3 invalid input (a malformed `txn`); 128 bad arguments.
+//! `check` and `repair` document their own in their help.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
