@@ -19,6 +19,8 @@
 //!   views), the `raft` role (WAL group commit, ReadIndex, log compaction) and the `apply`
 //!   role (the store), mapped onto cores by a placement; cluster flags and member identity;
 //!   clean shutdown.
+//! - [`check`]: `cairn check` (what a start would do to a data directory, found without
+//!   changing it) and `cairn repair` (doing it).
 //! - [`client`]: native-protocol clients with timeouts and endpoint failover: blocking, and
 //!   async for glommio code (pipelined).
 //! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del` and the `txn` text format.
@@ -29,6 +31,7 @@
 //! function of its input batch and the tree state, so a simulator can drive it.
 
 pub mod btree;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod mvcc;

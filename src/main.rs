@@ -1,19 +1,18 @@
-//! The `cairn` command: `serve` runs a member, `check` verifies a data directory, and the
-//! client commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint status`) talk to members
-//! in etcdctl's spirit.
+//! The `cairn` command: `serve` runs a member, `check` verifies a data directory without
+//! changing it and `repair` does the cuts a start would do (`cairn::check`), and the client
+//! commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint status`) talk to members in
+//! etcdctl's spirit.
 //!
 //! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed,
 //! or "context deadline exceeded" when no reply came in time); 2 no endpoint could be
-//! reached; 3 invalid input (a malformed `txn`); 128 bad arguments.
+//! reached; 3 invalid input (a malformed `txn`); 128 bad arguments. `check` and `repair`
+//! document their own in their help.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cairn::btree::DbOptions;
-use cairn::mvcc::Store;
 use cairn::mvcc::{Request, Response};
 use cairn::protocol::{ClientRequest, ClientResponse};
-use cairn::wal::{Wal, WalOptions};
 use clap::{Parser, Subcommand};
 
 /// The database quota when `--quota-backend-bytes` is 0 (etcd's rule: 0 means default).
@@ -164,10 +163,22 @@ enum Command {
         #[command(subcommand)]
         command: AlarmCmd,
     },
-    /// Recovers a data directory as a start would (cutting a torn WAL tail or an unfinished
-    /// tree commit), verifies every record and every revision page, and prints a summary as
-    /// one JSON line. Exit code 0: intact; 1: damaged or unreadable (the error says where).
+    /// Verifies a stopped member's data directory without changing it: every WAL record,
+    /// every revision page, and the log entries a start would apply; prints a summary as one
+    /// JSON line on stdout and, on stderr, each thing a start would cut or delete and why it
+    /// would refuse. Exit code 0: a start would succeed and lose nothing; 1: a start would
+    /// refuse, or acknowledged writes may be lost (a WAL tail to cut), or the directory is
+    /// in use or unreadable (the error names the file and byte offset).
     Check {
+        /// The data directory (holds `wal/` and `db/`).
+        #[arg(long, env = "CAIRN_DATA_DIR", default_value = "default.cairn")]
+        data_dir: PathBuf,
+    },
+    /// Does to a stopped member's data directory what a start does: cuts a torn WAL tail
+    /// and an unfinished tree commit, and deletes leftover files; prints what it removed.
+    /// Exit code 0: repaired (or nothing to do); 1: a start would refuse for a reason a cut
+    /// cannot fix, and nothing was changed.
+    Repair {
         /// The data directory (holds `wal/` and `db/`).
         #[arg(long, env = "CAIRN_DATA_DIR", default_value = "default.cairn")]
         data_dir: PathBuf,
@@ -264,66 +275,6 @@ struct ServeArgs {
     /// Number of executors for spread and unpinned; 0: one per core this process may use.
     #[arg(long, env = "CAIRN_EXECUTORS", default_value_t = 0)]
     executors: usize,
-}
-
-/// Where the tree file lives inside a data directory.
-fn db_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("db").join("cairn.db")
-}
-
-fn check(data_dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
-    if !data_dir.is_dir() {
-        return Err(format!("{} is not a directory", data_dir.display()).into());
-    }
-    let (wal_records, wal_first, wal_next) = check_wal(&data_dir.join("wal"))?;
-    let db = db_path(data_dir);
-    let (applied, revision, compacted, stats) = if db.exists() {
-        // Opening rebuilds the key index, which reads and checks every revision page.
-        let store = Store::open(&db, DbOptions::default())?;
-        (
-            store.applied().index,
-            store.current_revision(),
-            store.compact_revision(),
-            store.stats(),
-        )
-    } else {
-        (0, 1, -1, Default::default())
-    };
-    Ok(format!(
-        concat!(
-            "{{\"wal_records\":{},\"wal_first_lsn\":{},\"wal_next_lsn\":{},",
-            "\"applied_index\":{},\"revision\":{},\"compact_revision\":{},",
-            "\"db_file_bytes\":{},\"db_live_bytes\":{}}}"
-        ),
-        wal_records,
-        wal_first,
-        wal_next,
-        applied,
-        revision,
-        compacted,
-        stats.file_bytes,
-        stats.live_bytes
-    ))
-}
-
-/// Replays the WAL, if there is one, counting its records.
-fn check_wal(dir: &Path) -> Result<(u64, u64, u64), Box<dyn std::error::Error>> {
-    if !dir.exists() {
-        return Ok((0, 0, 0));
-    }
-    let dir = dir.to_path_buf();
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make()?;
-    executor.run(async move {
-        let mut records = 0u64;
-        let wal = Wal::open(&dir, WalOptions::default(), 0, |_, _, _| {
-            records += 1;
-            Ok(())
-        })
-        .await?;
-        let summary = (records, wal.first_lsn(), wal.next_lsn());
-        wal.close().await?;
-        Ok(summary)
-    })
 }
 
 const EXIT_ERROR: u8 = 1;
@@ -524,7 +475,7 @@ fn run_client(
                     .collect()
             }
         }
-        Command::Serve(_) | Command::Check { .. } => {
+        Command::Serve(_) | Command::Check { .. } | Command::Repair { .. } => {
             return Err(Failure(EXIT_BAD_ARGS, "not a client command".into()))
         }
     })
@@ -623,15 +574,59 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { data_dir } => match check(&data_dir) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
+        Command::Check { data_dir } => check(&data_dir),
+        Command::Repair { data_dir } => repair(&data_dir),
+    }
+}
+
+/// `cairn check`: the summary on stdout, each finding on stderr; see its help for the exit
+/// codes.
+fn check(data_dir: &Path) -> ExitCode {
+    match cairn::check::check(data_dir) {
+        Ok(report) => {
+            println!("{}", report.json());
+            for line in report.findings(data_dir) {
+                eprintln!("cairn check: {line}");
             }
-            Err(e) => {
-                eprintln!("cairn check: {}: {e}", data_dir.display());
+            if report.intact() {
+                ExitCode::SUCCESS
+            } else {
                 ExitCode::FAILURE
             }
-        },
+        }
+        Err(e) => {
+            eprintln!("cairn check: {}: {e}", data_dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cairn repair`: what was removed on stdout, a refusal on stderr.
+fn repair(data_dir: &Path) -> ExitCode {
+    match cairn::check::repair(data_dir) {
+        Ok(done) if done.report.refusal.is_some() => {
+            for line in done.report.findings(data_dir) {
+                eprintln!("cairn repair: {line}");
+            }
+            eprintln!("cairn repair: nothing was changed: a cut cannot fix this");
+            ExitCode::FAILURE
+        }
+        Ok(done) if !done.changed => {
+            println!("nothing to repair");
+            ExitCode::SUCCESS
+        }
+        Ok(done) => {
+            for line in done.report.repairs(data_dir) {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "cairn repair: {}: {e} (nothing was changed)",
+                data_dir.display()
+            );
+            ExitCode::FAILURE
+        }
     }
 }

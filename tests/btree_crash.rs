@@ -233,3 +233,78 @@ fn a_background_commit_is_durable_once_reported_and_the_writer_goes_on() {
     assert_eq!(db.get(0, b"b000999").unwrap(), Some(b"later".to_vec()));
     assert_eq!(db.get(0, b"c").unwrap(), None);
 }
+
+/// A damaged page among the newest commit's data pages is reported at that page's offset
+/// (an overflow run at its first page), by `Db::open` and `Db::inspect` alike.
+#[test]
+fn damage_in_the_newest_commit_is_reported_at_the_damaged_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = build(dir.path());
+    let page = PAGE_SIZE as u64;
+    let record = h.bytes.len() / PAGE_SIZE - 2;
+    let at = record * PAGE_SIZE;
+    assert_eq!(&h.bytes[at + 32..at + 40], b"CAIRNCMT");
+    let data_start = u64::from_le_bytes(h.bytes[at + 64..at + 72].try_into().unwrap());
+    let mut checked = 0;
+    for p in data_start..record as u64 {
+        let start = (p * page) as usize;
+        // Leaf, branch and the first page of an overflow run carry their own id.
+        let id = u64::from_le_bytes(h.bytes[start + 8..start + 16].try_into().unwrap());
+        if id != p || !(1..=3).contains(&h.bytes[start + 4]) {
+            continue;
+        }
+        let mut bytes = h.bytes.clone();
+        bytes[start + 100] ^= 0x10;
+        let path = dir.path().join("copy.db");
+        std::fs::write(&path, &bytes).unwrap();
+        for result in [
+            Db::inspect(&path).map(|_| ()),
+            Db::open(&path, DbOptions::default()).map(|_| ()),
+        ] {
+            match result {
+                Err(BtreeError::Corrupt { offset, reason, .. }) => {
+                    assert_eq!(offset, p * page, "page {p}: {reason}");
+                }
+                other => panic!("page {p}: expected Corrupt, got {other:?}"),
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
+/// Read-only open and inspection change nothing, report the cut `Db::open` would make, and
+/// a read-only writer refuses to commit.
+#[test]
+fn read_only_open_changes_nothing_and_refuses_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = build(dir.path());
+    let (len, index, state) = h.commits.last().unwrap();
+    let mut bytes = h.bytes.clone();
+    bytes.extend_from_slice(&[9u8; 5000]);
+    let path = dir.path().join("copy.db");
+    std::fs::write(&path, &bytes).unwrap();
+    let reclaim = dir.path().join("copy.db.reclaim");
+    std::fs::write(&reclaim, b"unfinished").unwrap();
+    let inspection = Db::inspect(&path).unwrap();
+    assert_eq!(inspection.commit.applied_index, *index);
+    let cut = inspection.cut.unwrap();
+    assert_eq!((cut.offset, cut.bytes), (*len, bytes.len() as u64 - len));
+    assert_eq!(inspection.leftovers.len(), 1);
+    let mut db = Db::open_read_only(&path, DbOptions::default()).unwrap();
+    assert!(read_all(&db).unwrap() == *state);
+    db.put(0, b"in memory", b"only").unwrap();
+    assert!(matches!(
+        db.commit(CommitMeta::default()),
+        Err(BtreeError::ReadOnly(_))
+    ));
+    assert!(matches!(
+        db.commit_background(CommitMeta::default()),
+        Err(BtreeError::ReadOnly(_))
+    ));
+    drop(db);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    assert!(reclaim.exists());
+    assert!(Db::inspect(dir.path().join("none.db")).is_ok_and(|i| !i.exists));
+    assert!(!dir.path().join("none.db").exists());
+}

@@ -87,7 +87,7 @@ fn copy(from: &Path, to: &Path) {
 }
 
 #[test]
-fn truncating_the_last_segment_anywhere_keeps_a_growing_prefix() {
+fn zeroing_the_end_of_the_last_segment_anywhere_keeps_a_growing_prefix() {
     let tmp = scratch();
     let src = tmp.path().join("src");
     let written = build(&src);
@@ -103,20 +103,19 @@ fn truncating_the_last_segment_anywhere_keeps_a_growing_prefix() {
             copy(&src, &work);
             let paths = files(&work);
             std::fs::remove_file(&paths[last + 1]).expect("remove blank");
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&paths[last])
-                .expect("open");
-            file.set_len(at).expect("truncate");
-            drop(file);
-            let seen = reopen(&work).await.expect("a cut tail is never an error");
+            let mut bytes = std::fs::read(&paths[last]).expect("read");
+            bytes[at as usize..].fill(0);
+            std::fs::write(&paths[last], bytes).expect("write");
+            let seen = reopen(&work)
+                .await
+                .expect("a zeroed tail is never an error");
             assert!(
                 seen[..] == written[..seen.len()],
-                "cut at {at}: not a prefix"
+                "zeroed from {at}: not a prefix"
             );
             assert!(
                 seen.len() >= previous,
-                "cut at {at}: fewer records than a shorter cut"
+                "zeroed from {at}: fewer records than a shorter cut"
             );
             previous = seen.len();
             // The repaired WAL reopens to the same records.
@@ -126,7 +125,55 @@ fn truncating_the_last_segment_anywhere_keeps_a_growing_prefix() {
             );
             std::fs::remove_dir_all(&work).expect("cleanup");
         }
-        assert_eq!(previous, written.len(), "an uncut WAL keeps everything");
+        assert_eq!(previous, written.len(), "an untouched WAL keeps everything");
+    });
+}
+
+/// Segments are preallocated before they get their names, so a short data segment was cut
+/// after it was written: opening and `inspect` name the file and where it ends, and change
+/// nothing. A cut blank segment after the data holds nothing and is no error.
+#[test]
+fn a_truncated_segment_is_an_error_where_it_ends_unless_it_is_blank() {
+    let tmp = scratch();
+    let src = tmp.path().join("src");
+    let written = build(&src);
+    let segments = files(&src);
+    let last = segments.len() - 2;
+    let len = std::fs::metadata(&segments[last]).expect("metadata").len();
+    let work = tmp.path().join("work");
+    run(move || async move {
+        for at in (0..len).step_by(4093) {
+            copy(&src, &work);
+            let paths = files(&work);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&paths[last])
+                .expect("open");
+            file.set_len(at).expect("truncate");
+            drop(file);
+            let inspected = cairn::wal::inspect(&work, 1, |_, _, _| Ok(())).await;
+            for result in [inspected.map(|_| ()), reopen(&work).await.map(|_| ())] {
+                match result {
+                    Err(WalError::Corrupt { path, offset, .. }) => {
+                        assert_eq!((path, offset), (paths[last].clone(), at));
+                    }
+                    other => panic!("cut at {at}: expected Corrupt, got {other:?}"),
+                }
+            }
+            assert_eq!(files(&work), paths, "cut at {at}: files changed");
+            let cut = std::fs::metadata(&paths[last]).expect("metadata").len();
+            assert_eq!(cut, at, "cut at {at}: the file was extended");
+            std::fs::remove_dir_all(&work).expect("cleanup");
+        }
+        copy(&src, &work);
+        let paths = files(&work);
+        let blank = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&paths[last + 1])
+            .expect("open");
+        blank.set_len(8192).expect("truncate");
+        drop(blank);
+        assert!(reopen(&work).await.expect("a cut blank segment") == written);
     });
 }
 

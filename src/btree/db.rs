@@ -71,6 +71,8 @@ pub struct Db {
     durable_pages: u64,
     /// A background commit known durable and not yet reported by [`Db::poll_commit`].
     unreported: Option<CommitMeta>,
+    /// Opened by [`Db::open_read_only`]: changes stay in memory, commits are refused.
+    read_only: bool,
 }
 
 impl Drop for Db {
@@ -226,13 +228,13 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 
 impl Db {
     /// Opens (or creates) the database file at `path`, at its newest valid commit. Anything
-    /// after that commit (a commit torn by a crash) is cut off and reported.
+    /// after that commit (a commit torn by a crash) is cut off and reported, and leftover
+    /// `.tmp` and `.reclaim` files are deleted.
     pub fn open(path: impl AsRef<Path>, opts: DbOptions) -> Result<Db> {
         let path = path.as_ref().to_path_buf();
-        for leftover in [suffixed(&path, ".tmp"), suffixed(&path, ".reclaim")] {
-            if leftover.exists() {
-                std::fs::remove_file(&leftover).map_err(|e| io_err(&leftover, e))?;
-            }
+        for leftover in leftovers(&path)? {
+            tracing::warn!(path = %leftover.path.display(), bytes = leftover.bytes, "removing an unfinished database file");
+            std::fs::remove_file(&leftover.path).map_err(|e| io_err(&leftover.path, e))?;
         }
         if !path.exists() {
             create_file(&path, &suffixed(&path, ".tmp"))?;
@@ -243,14 +245,77 @@ impl Db {
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
         let shared = Arc::new(FileShared::new(file, path.clone(), opts.branch_cache_pages));
-        let state = recover(shared)?;
+        let (state, cut) = recover(shared)?;
+        if let Some(cut) = cut {
+            tracing::warn!(
+                path = %path.display(),
+                offset = cut.offset,
+                bytes = cut.bytes,
+                "cutting off an incomplete commit after the newest valid commit record"
+            );
+            let file = &state.cur.file;
+            file.file
+                .set_len(cut.offset)
+                .map_err(|e| io_err(&path, e))?;
+            file.file.sync_all().map_err(|e| io_err(&path, e))?;
+        }
+        Ok(Db::new(path, opts, state, false))
+    }
+
+    /// Opens the existing file at `path` read-only, as [`Db::open`] would find it, without
+    /// changing anything: nothing is cut, deleted or created. Changes are kept in memory;
+    /// commits (and space reclamation) fail with [`BtreeError::ReadOnly`].
+    pub fn open_read_only(path: impl AsRef<Path>, opts: DbOptions) -> Result<Db> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| io_err(&path, e))?;
+        let shared = Arc::new(FileShared::new(file, path.clone(), opts.branch_cache_pages));
+        let (state, _) = recover(shared)?;
+        Ok(Db::new(path, opts, state, true))
+    }
+
+    /// What [`Db::open`] would find and do at `path`, read-only: the newest commit (its pages
+    /// verified), the bytes after it that it would cut, and the leftovers it would delete.
+    /// Cheap: reads the file's header, scans back to the newest commit record and reads the
+    /// pages of that commit, nothing else.
+    pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection> {
+        let path = path.as_ref();
+        let leftovers = leftovers(path)?;
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Inspection {
+                    exists: false,
+                    file_bytes: 0,
+                    commit: CommitMeta::default(),
+                    cut: None,
+                    leftovers,
+                })
+            }
+            Err(e) => return Err(io_err(path, e)),
+        };
+        let shared = FileShared::new(file, path.to_owned(), 0);
+        let (last, len, cut) = find_state(&shared)?;
+        Ok(Inspection {
+            exists: true,
+            file_bytes: len,
+            commit: CommitMeta {
+                applied_index: last.applied_index,
+                applied_term: last.applied_term,
+                user: last.user,
+            },
+            cut,
+            leftovers,
+        })
+    }
+
+    fn new(path: PathBuf, opts: DbOptions, state: FileState, read_only: bool) -> Db {
         let meta = CommitMeta {
             applied_index: state.last.applied_index,
             applied_term: state.last.applied_term,
             user: state.last.user.clone(),
         };
         let durable_pages = end_pages(&state.last);
-        Ok(Db {
+        Db {
             path,
             opts,
             state,
@@ -260,7 +325,8 @@ impl Db {
             pending: None,
             durable_pages,
             unreported: None,
-        })
+            read_only,
+        }
     }
 
     /// Metadata of the last durable commit (zeroes for a new file).
@@ -291,7 +357,17 @@ impl Db {
         }
     }
 
+    /// Whether the file may be written: neither poisoned nor opened read-only.
     fn check_writable(&self) -> Result<()> {
+        self.check_changeable()?;
+        if self.read_only {
+            return Err(BtreeError::ReadOnly(self.path.clone()));
+        }
+        Ok(())
+    }
+
+    /// Whether the trees may change (in memory: a read-only file's changes are never written).
+    fn check_changeable(&self) -> Result<()> {
         if self.poisoned {
             return Err(BtreeError::Poisoned(self.path.clone()));
         }
@@ -305,7 +381,7 @@ impl Db {
 
     /// As [`Db::put`], taking ownership of the value so that it is not copied again.
     pub fn put_owned(&mut self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<()> {
-        self.check_writable()?;
+        self.check_changeable()?;
         let t = check_tree(tree)?;
         if key.len() > KEY_BYTES_MAX {
             return Err(BtreeError::KeyTooLarge(key.len()));
@@ -319,7 +395,7 @@ impl Db {
 
     /// Removes `key`; returns whether it existed.
     pub fn delete(&mut self, tree: TreeId, key: &[u8]) -> Result<bool> {
-        self.check_writable()?;
+        self.check_changeable()?;
         let t = check_tree(tree)?;
         let existed = self.state.delete(t, key)?;
         if existed {
@@ -708,55 +784,96 @@ fn write_commit(
     })
 }
 
-/// Finds the newest valid commit record, checks the pages it wrote, and cuts off anything
-/// after it.
-fn recover(file: Arc<FileShared>) -> Result<FileState> {
-    let path = file.path.clone();
-    let len = file.file.metadata().map_err(|e| io_err(&path, e))?.len();
-    let pages = len / PAGE_SIZE as u64;
-    if pages == 0 {
-        return Err(BtreeError::Corrupt {
-            path,
-            offset: 0,
-            reason: "file shorter than its header page".into(),
-        });
-    }
-    page::check_file_header(&file.read_raw(0, 1)?, &path)?;
-    let last = find_newest_commit(&file, pages)?;
-    let end = match &last {
-        Some(c) => {
-            verify_commit_data(&file, c)?;
-            c.page_id + COMMIT_COPIES
+/// Bytes after the newest commit that opening cuts off: a commit torn by a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// A file [`Db::open`] deletes: one being created, or a reclamation's unfinished copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// What [`Db::inspect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Whether the file exists (if not, opening creates it, empty).
+    pub exists: bool,
+    pub file_bytes: u64,
+    /// The newest commit's metadata (zeroes without one).
+    pub commit: CommitMeta,
+    /// What opening would cut after the newest commit.
+    pub cut: Option<Cut>,
+    /// What opening would delete.
+    pub leftovers: Vec<Leftover>,
+}
+
+fn leftovers(path: &Path) -> Result<Vec<Leftover>> {
+    let mut found = Vec::new();
+    for leftover in [suffixed(path, ".tmp"), suffixed(path, ".reclaim")] {
+        match std::fs::metadata(&leftover) {
+            Ok(m) => found.push(Leftover {
+                path: leftover,
+                bytes: m.len(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&leftover, e)),
         }
-        None => 1,
-    };
-    if len > end * PAGE_SIZE as u64 {
-        tracing::warn!(
-            path = %path.display(),
-            offset = end * PAGE_SIZE as u64,
-            bytes = len - end * PAGE_SIZE as u64,
-            "cutting off an incomplete commit after the newest valid commit record"
-        );
-        file.file
-            .set_len(end * PAGE_SIZE as u64)
-            .map_err(|e| io_err(&path, e))?;
-        file.file.sync_all().map_err(|e| io_err(&path, e))?;
     }
-    let last = last.unwrap_or_else(empty_commit);
+    Ok(found)
+}
+
+/// Finds the newest valid commit record and checks the pages it wrote; returns the state
+/// at that commit and the bytes after it, which the caller cuts off (or reports).
+fn recover(file: Arc<FileShared>) -> Result<(FileState, Option<Cut>)> {
+    let (last, _, cut) = find_state(&file)?;
+    let end = end_pages(&last);
     let mut roots: [Option<NodeRef>; MAX_TREES] = Default::default();
     for (t, r) in last.roots.iter().enumerate() {
         if *r != NO_PAGE {
             roots[t] = Some(NodeRef::Disk(*r));
         }
     }
-    Ok(FileState {
+    let state = FileState {
         cur: Roots { file, roots },
         next_page: end,
         live_bytes: last.live_bytes,
         freed_bytes: 0,
         put_bytes: 0,
         last,
-    })
+    };
+    Ok((state, cut))
+}
+
+/// Reads only: the newest valid commit (its pages verified, or the empty commit of a file
+/// holding only its header), the file's length, and what lies after that commit.
+fn find_state(file: &FileShared) -> Result<(CommitRecord, u64, Option<Cut>)> {
+    let path = &file.path;
+    let len = file.file.metadata().map_err(|e| io_err(path, e))?.len();
+    let pages = len / PAGE_SIZE as u64;
+    if pages == 0 {
+        return Err(BtreeError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason: "file shorter than its header page".into(),
+        });
+    }
+    page::check_file_header(&file.read_raw(0, 1)?, path)?;
+    let last = find_newest_commit(file, pages)?;
+    if let Some(c) = &last {
+        verify_commit_data(file, c)?;
+    }
+    let last = last.unwrap_or_else(empty_commit);
+    let end = end_pages(&last) * PAGE_SIZE as u64;
+    let cut = (len > end).then(|| Cut {
+        offset: end,
+        bytes: len - end,
+    });
+    Ok((last, len, cut))
 }
 
 const SCAN_CHUNK_PAGES: u64 = 256;
@@ -788,16 +905,83 @@ fn verify_commit_data(file: &FileShared, c: &CommitRecord) -> Result<()> {
         id += n;
     }
     if crc != c.data_crc {
+        find_damaged_page(file, c)?;
         return Err(BtreeError::Corrupt {
             path: file.path.clone(),
             offset: c.data_start * PAGE_SIZE as u64,
             reason: format!(
-                "pages of commit {} (pages {}..{}) fail their checksum",
+                "pages of commit {} (pages {}..{}) fail their checksum, though each page checks",
                 c.seq, c.data_start, c.page_id
             ),
         });
     }
     Ok(())
+}
+
+/// Checks the pages of a commit that failed the commit's checksum one by one (an overflow
+/// run as a whole), so that the error names the first damaged page; `Ok` if all check.
+fn find_damaged_page(file: &FileShared, c: &CommitRecord) -> Result<()> {
+    let reason = |id: u64, what: &str| {
+        format!(
+            "page {id} of commit {} (pages {}..{}) {what}",
+            c.seq, c.data_start, c.page_id
+        )
+    };
+    let mut id = c.data_start;
+    while id < c.page_id {
+        let first = file.read_raw(id, 1)?;
+        let run = match page::kind_of(&first) {
+            page::KIND_OVERFLOW => {
+                let len = u32::from_le_bytes([first[24], first[25], first[26], first[27]]);
+                let pages = page::overflow_pages(len as usize);
+                if id + pages > c.page_id {
+                    return Err(BtreeError::Corrupt {
+                        path: file.path.clone(),
+                        offset: id * PAGE_SIZE as u64,
+                        reason: reason(id, "is an overflow run longer than its commit"),
+                    });
+                }
+                let run = file.read_raw(id, pages)?;
+                page::decode_overflow(&run, id, len, &file.path)
+                    .map_err(|e| with_reason(e, reason(id, "fails its overflow run check")))?;
+                pages
+            }
+            kind @ (page::KIND_LEAF | page::KIND_BRANCH) => {
+                page::verify(&first, id, &file.path).map_err(|e| {
+                    with_reason(
+                        e,
+                        reason(id, &format!("(kind {kind}) fails its page check")),
+                    )
+                })?;
+                1
+            }
+            kind => {
+                return Err(BtreeError::Corrupt {
+                    path: file.path.clone(),
+                    offset: id * PAGE_SIZE as u64,
+                    reason: reason(id, &format!("has unknown kind {kind}")),
+                })
+            }
+        };
+        id += run;
+    }
+    Ok(())
+}
+
+/// A `Corrupt` error with `context` before its reason.
+fn with_reason(e: BtreeError, context: String) -> BtreeError {
+    match e {
+        BtreeError::Corrupt {
+            path,
+            offset,
+            reason,
+        } => BtreeError::Corrupt {
+            path,
+            offset,
+            reason: format!("{context}: {reason}"),
+        },
+        other => other,
+    }
 }
 
 #[cfg(test)]

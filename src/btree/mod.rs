@@ -36,7 +36,7 @@ mod snapshot;
 mod view;
 mod write;
 
-pub use db::{Db, View};
+pub use db::{Cut, Db, Inspection, Leftover, View};
 pub use page::{COMMIT_USER_BYTES_MAX, PAGE_SIZE};
 pub use reclaim::RECLAIM_TOUCHED_KEYS_MAX;
 pub use snapshot::Snapshot;
@@ -76,6 +76,8 @@ pub enum BtreeError {
     MetaTooLarge(usize),
     #[error("database {0} refuses writes after a failed write or sync; restart to recover")]
     Poisoned(PathBuf),
+    #[error("database {0} is open read-only")]
+    ReadOnly(PathBuf),
 }
 
 impl BtreeError {

@@ -68,6 +68,12 @@ impl Store {
         Store::from_db(Db::open(path, options)?)
     }
 
+    /// Opens the store as [`Store::open`] does, read-only (see [`Db::open_read_only`]):
+    /// nothing in the file is changed, requests apply in memory, and checkpoints fail.
+    pub fn open_read_only(path: impl AsRef<Path>, options: DbOptions) -> Result<Store, MvccError> {
+        Store::from_db(Db::open_read_only(path, options)?)
+    }
+
     /// Builds the store over an open tree, as [`Store::open`] does.
     pub(crate) fn from_db(db: Db) -> Result<Store, MvccError> {
         let commit = db.last_commit().clone();

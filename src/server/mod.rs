@@ -24,6 +24,8 @@ mod raft;
 mod read_buf;
 mod replies;
 
+pub(crate) use raft::tree_meets_log;
+
 pub use cluster::{cluster_id, member_id, ClusterConfig, ClusterState, Identity};
 pub use placement::{usable_cpus, ExecutorPlan, Placement, PlacementMode};
 

@@ -6,7 +6,7 @@
 //!
 //! - `format`: encoding and decoding of segment headers, batches and records (pure).
 //! - `segment`: segment file naming, listing, preallocation and removal.
-//! - `reader`: open: verify, replay, repair a torn tail.
+//! - `reader`: open: verify, replay, repair a torn tail; [`inspect`]: the same, read-only.
 //! - `writer`: [`Wal`], the group-commit writer and its background tasks.
 //!
 //! ```no_run
@@ -38,5 +38,5 @@ mod tests;
 pub use error::{is_no_space, Result, WalError};
 pub use format::{Lsn, RecordType};
 pub use options::{Prealloc, WalOptions};
-pub use reader::{ReplayError, TornTail};
+pub use reader::{inspect, lock_shared, Inspection, Leftover, ReplayError, SharedLock, TornTail};
 pub use writer::{Append, WaitDurable, Wal, WalMetrics};

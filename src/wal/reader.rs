@@ -1,13 +1,15 @@
 //! Opening a WAL: verify every segment, replay its records in order, and repair a torn
-//! tail.
+//! tail; or, with [`inspect`], the same verification and replay without changing a byte,
+//! reporting what opening would repair.
 //!
-//! Rules (see `docs/wal.md`, "Crash cases"): only the last segment holding data can end in
-//! a torn batch. A batch that fails verification there is torn if no valid batch header
-//! with an LSN at or above it exists at any later block of that segment; the torn bytes are
-//! then zeroed (so they cannot reappear) and reported. Any other damage is a typed error
-//! naming the file and byte offset.
+//! Rules (see `docs/wal.md`, "Crash cases" and "Damage"): only the last segment holding data
+//! can end in a torn batch. A batch that fails verification there is torn if no valid batch
+//! header with an LSN at or above it exists at any later block of that segment; the torn
+//! bytes are then zeroed (so they cannot reappear) and reported. A data segment shorter than
+//! its segment size, and any other damage, is a typed error naming the file and byte offset.
 
 use std::error::Error;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use glommio::io::{Directory, DmaFile, ReadResult};
@@ -26,17 +28,60 @@ const READ_CHUNK_BYTES: u64 = 1 << 20;
 /// The error a replay callback returns to stop opening.
 pub type ReplayError = Box<dyn Error + Send + Sync>;
 
-/// A torn tail found and truncated when the WAL was opened.
+/// A torn tail found and truncated when the WAL was opened (or, by [`inspect`], found and
+/// left as it is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     /// The segment file.
     pub path: PathBuf,
     /// Byte offset of the first torn byte (the start of the torn batch).
     pub offset: u64,
-    /// How many bytes were zeroed.
+    /// How many bytes were zeroed (by [`inspect`]: would be).
     pub bytes: u64,
+    /// Records the torn batch holds, when its header is readable.
+    pub records: Option<u32>,
     /// What failed verification.
     pub reason: String,
+}
+
+/// A file opening deletes because it never held acknowledged data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub path: PathBuf,
+    /// The file's size.
+    pub bytes: u64,
+    /// Why it holds nothing acknowledged.
+    pub reason: &'static str,
+}
+
+/// What [`inspect`] found: the records it replayed, and what opening would repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// LSN of the first record held (the next LSN if there is none).
+    pub first_lsn: Lsn,
+    /// LSN the next append would get.
+    pub next_lsn: Lsn,
+    /// The size recorded in the last data segment's header (`None`: no data segment).
+    pub segment_bytes: Option<u64>,
+    /// The torn tail opening would cut.
+    pub torn: Option<TornTail>,
+    /// The files opening would delete, in the order it would.
+    pub leftovers: Vec<Leftover>,
+}
+
+/// Why a `.tmp` file holds nothing acknowledged.
+const TEMPORARY: &str = "a segment being created, or a released one kept for reuse";
+/// Why a blank segment does.
+const BLANK: &str = "a blank segment after the last one holding data";
+
+/// Whether opening may change the directory.
+#[derive(Clone, Copy)]
+enum Access<'d> {
+    /// [`Wal::open`](super::Wal::open): deletes leftovers, zeroes a torn tail, and opens the
+    /// tail for appends.
+    Repair(&'d Directory),
+    /// [`inspect`]: reads only, and reports what `Repair` would do.
+    ReadOnly,
 }
 
 /// A segment holding data: its path and the LSN of its first record.
@@ -61,11 +106,14 @@ pub(crate) struct Recovered {
     pub chain_crc: u32,
     pub next_seq: u64,
     pub torn: Option<TornTail>,
+    /// The files deleted (read-only: to be deleted).
+    pub leftovers: Vec<Leftover>,
+    /// The last data segment's size, from its header.
+    pub segment_bytes: Option<u64>,
 }
 
 /// A window of a segment file held in memory, so a scan reads each byte once in large
-/// aligned chunks. Bytes past the end of the file read as absent (callers treat them as
-/// zero).
+/// aligned chunks. Bytes past the end of the file read as absent.
 struct Window {
     file: DmaFile,
     path: PathBuf,
@@ -164,8 +212,96 @@ pub(crate) async fn recover<F>(
 where
     F: FnMut(Lsn, RecordType, &[u8]) -> std::result::Result<(), ReplayError>,
 {
+    recover_with(dir, Access::Repair(directory), replay_from, on_record).await
+}
+
+/// Verifies and replays the WAL in `dir` as [`Wal::open`](super::Wal::open) does, without
+/// changing anything: no file is created, written, cut or deleted, and every file is opened
+/// read-only. The torn tail opening would cut and the leftovers it would delete are
+/// reported instead. Takes a shared lock on the directory, so it fails with
+/// [`WalError::Locked`] while a `Wal` has it open. Must be called inside a glommio executor.
+pub async fn inspect<F>(
+    dir: impl AsRef<Path>,
+    replay_from: Lsn,
+    mut on_record: F,
+) -> Result<Inspection>
+where
+    F: FnMut(Lsn, RecordType, &[u8]) -> std::result::Result<(), ReplayError>,
+{
+    let dir = dir.as_ref();
+    let _lock = lock_shared(dir).await?;
+    let recovered = recover_with(dir, Access::ReadOnly, replay_from, &mut on_record).await?;
+    Ok(Inspection {
+        first_lsn: recovered
+            .segments
+            .first()
+            .map_or(recovered.next_lsn, |s| s.first_lsn),
+        next_lsn: recovered.next_lsn,
+        segment_bytes: recovered.segment_bytes,
+        torn: recovered.torn,
+        leftovers: recovered.leftovers,
+    })
+}
+
+/// How long [`inspect`] waits for a `Wal` that is closing to release the directory: a
+/// process killed a moment ago holds its lock until the kernel has torn down its io_uring
+/// instances (as in `Wal::open`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A shared `flock` on a WAL directory, held until it is dropped: no `Wal` can open the
+/// directory meanwhile ([`Wal::open`](super::Wal::open) takes an exclusive one).
+pub struct SharedLock {
+    _dir: std::fs::File,
+}
+
+/// Takes a shared lock on the WAL directory `dir`, so that the directory can be read (with
+/// [`inspect`], and the files beside it) while no member writes it; fails with
+/// [`WalError::Locked`] while a `Wal` has it open.
+pub async fn lock_shared(dir: impl AsRef<Path>) -> Result<SharedLock> {
+    let dir = dir.as_ref();
+    let file = std::fs::File::open(dir).at(dir)?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock takes no pointers; the descriptor is open for the call's duration.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(SharedLock { _dir: file });
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(WalError::Io {
+                path: dir.to_owned(),
+                source: error,
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(WalError::Locked {
+                dir: dir.to_owned(),
+            });
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn recover_with<F>(
+    dir: &Path,
+    access: Access<'_>,
+    replay_from: Lsn,
+    on_record: &mut F,
+) -> Result<Recovered>
+where
+    F: FnMut(Lsn, RecordType, &[u8]) -> std::result::Result<(), ReplayError>,
+{
     let listing = segment::list(dir)?;
-    segment::remove_all(directory, dir, &listing.temporaries).await?;
+    let mut leftovers = Vec::new();
+    for path in &listing.temporaries {
+        let bytes = std::fs::metadata(path).at(path)?.len();
+        leftovers.push(Leftover {
+            path: path.clone(),
+            bytes,
+            reason: TEMPORARY,
+        });
+    }
     let segments = listing.segments;
     for pair in segments.windows(2) {
         if pair[1].0 != pair[0].0 + 1 {
@@ -183,7 +319,14 @@ where
         .iter()
         .rposition(|h| matches!(h, HeaderDecode::Valid(h) if !h.is_blank()));
     let Some(last) = last else {
-        discard_unused(directory, dir, &segments, &headers).await?;
+        // Newest first, so that a crash between two deletions leaves no gap.
+        leftovers.extend(
+            unused_segments(&segments, &headers)
+                .await?
+                .into_iter()
+                .rev(),
+        );
+        remove(access, dir, &leftovers).await?;
         let next_seq = segments.first().map_or(0, |(seq, _)| *seq);
         let (segments, tail, torn) = (Vec::new(), None, None);
         return Ok(Recovered {
@@ -193,12 +336,18 @@ where
             chain_crc: 0,
             next_seq,
             torn,
+            leftovers,
+            segment_bytes: None,
         });
     };
-    discard_unused(directory, dir, &segments[last + 1..], &headers[last + 1..]).await?;
+    let unused = unused_segments(&segments[last + 1..], &headers[last + 1..]).await?;
+    // Newest first, so that a crash between two deletions leaves no gap.
+    leftovers.extend(unused.into_iter().rev());
     let mut data_headers = Vec::with_capacity(last + 1);
     for ((_, path), decoded) in segments[..=last].iter().zip(&headers) {
-        data_headers.push(stamped_header(path, decoded)?);
+        let header = stamped_header(path, decoded)?;
+        check_length(path, &header)?;
+        data_headers.push(header);
     }
     let first = data_headers[0];
     if first.seq == 0 && (first.first_lsn != 1 || first.crc_seed != 0) {
@@ -252,21 +401,69 @@ where
             }
         }
     }
-    let (tail, torn) = recover_tail(&segments[last].1, &data_headers[last], &mut chain).await?;
+    let header = &data_headers[last];
+    let (tail, torn) = recover_tail(access, &segments[last].1, header, &mut chain).await?;
+    remove(access, dir, &leftovers).await?;
     Ok(Recovered {
         segments: metas,
-        tail: Some(tail),
+        tail,
         next_lsn: chain.next_lsn,
         chain_crc: chain.crc,
-        next_seq: data_headers[last].seq + 1,
+        next_seq: header.seq + 1,
         torn,
+        leftovers,
+        segment_bytes: Some(header.segment_bytes),
     })
 }
 
+/// Deletes `leftovers` (with [`Access::Repair`]; read-only, only reports them). Called once
+/// everything else is verified, so that an open that fails has deleted nothing.
+async fn remove(access: Access<'_>, dir: &Path, leftovers: &[Leftover]) -> Result<()> {
+    let Access::Repair(directory) = access else {
+        return Ok(());
+    };
+    for leftover in leftovers {
+        let (path, bytes, reason) = (leftover.path.display(), leftover.bytes, leftover.reason);
+        if [TEMPORARY, BLANK].contains(&reason) {
+            // Every start after a clean stop finds these: the spare and the successor.
+            tracing::debug!(%path, bytes, reason, "removing a WAL file that holds nothing acknowledged");
+        } else {
+            tracing::warn!(%path, bytes, reason, "removing a WAL file that holds nothing acknowledged");
+        }
+    }
+    let paths: Vec<PathBuf> = leftovers.iter().map(|l| l.path.clone()).collect();
+    segment::remove_all(directory, dir, &paths).await
+}
+
+/// Segments are preallocated to their full size before they are renamed into place, so a
+/// data segment shorter than its header says was cut after it was written: its missing
+/// bytes may have held acknowledged records.
+fn check_length(path: &Path, header: &SegmentHeader) -> Result<()> {
+    let len = std::fs::metadata(path).at(path)?.len();
+    if len < header.segment_bytes {
+        return Err(WalError::Corrupt {
+            path: path.to_owned(),
+            offset: len,
+            reason: format!(
+                "the file ends at byte {len}, before its segment size of {} bytes (cut after it was written)",
+                header.segment_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
 async fn read_header(seq: u64, path: &Path) -> Result<HeaderDecode> {
-    if std::fs::metadata(path).at(path)?.len() == 0 {
-        // Never DMA-open an empty file: see `segment::create` on glommio's polling probe.
-        return Ok(HeaderDecode::Zero);
+    let len = std::fs::metadata(path).at(path)?.len();
+    if len < BLOCK_BYTES {
+        // A segment's header is synced before the file gets its name, so this is a cut,
+        // not a crash (and it may have been the last segment holding data). It is never
+        // DMA-opened either: see `segment::create` on glommio's polling probe.
+        return Err(WalError::Corrupt {
+            path: path.to_owned(),
+            offset: len,
+            reason: "the file ends inside its header block (cut after it was created)".to_owned(),
+        });
     }
     let file = segment::open_read(path).await?;
     let block = file
@@ -327,35 +524,35 @@ fn corrupt(path: &Path, offset: u64, kind: DamageKind) -> WalError {
     }
 }
 
-/// Deletes the segments after the last one holding data: preallocated blanks, and
-/// segments whose first write (header stamp and first batch) was torn. A segment whose
-/// header is damaged but that holds a valid batch is corruption, not a torn creation.
-async fn discard_unused(
-    directory: &Directory,
-    dir: &Path,
+/// The segments after the last one holding data, which opening deletes: preallocated
+/// blanks, and segments whose first write (header stamp and first batch) was torn. A
+/// segment whose header is damaged but that holds a valid batch is corruption, not a torn
+/// creation.
+async fn unused_segments(
     segments: &[(u64, PathBuf)],
     headers: &[HeaderDecode],
-) -> Result<()> {
+) -> Result<Vec<Leftover>> {
     let mut doomed = Vec::with_capacity(segments.len());
     for ((seq, path), decoded) in segments.iter().zip(headers) {
-        doomed.push(path.clone());
-        if std::fs::metadata(path).at(path)?.len() == 0 {
-            tracing::warn!(path = %path.display(), "removing an empty segment file");
-            continue;
-        }
+        let bytes = std::fs::metadata(path).at(path)?.len();
+        let leftover = |reason| Leftover {
+            path: path.clone(),
+            bytes,
+            reason,
+        };
         let file = segment::open_read(path).await?;
         let mut window = Window::new(file, path.clone()).await?;
         match decoded {
             HeaderDecode::Valid(_) => {
                 // A blank segment; a first batch here means its header stamp was torn.
                 let first = window.get(SEGMENT_HEADER_BYTES, BLOCK_BYTES).await?;
-                if first.iter().any(|&b| b != 0) {
-                    tracing::warn!(
-                        path = %path.display(),
-                        "discarding the unacknowledged first batch of a segment whose header stamp was torn"
-                    );
-                }
+                let torn = first.iter().any(|&b| b != 0);
                 window.close().await?;
+                doomed.push(leftover(if torn {
+                    "the unacknowledged first batch of a segment whose header stamp was torn"
+                } else {
+                    BLANK
+                }));
             }
             damaged => {
                 let scan = scan_tail(&mut window, 0, u64::MAX, *seq, 0).await;
@@ -373,14 +570,11 @@ async fn discard_unused(
                         },
                     });
                 }
-                tracing::warn!(
-                    path = %path.display(),
-                    "removing a segment with a torn header and no data"
-                );
+                doomed.push(leftover("a segment with a torn header and no data"));
             }
         }
     }
-    segment::remove_all(directory, dir, &doomed).await
+    Ok(doomed)
 }
 
 /// Reads the batches of one segment from its first batch until an all-zero batch header,
@@ -417,12 +611,13 @@ where
         if off + disk_bytes > end {
             return Ok(damaged(off, "batch overruns its segment"));
         }
-        let mut bytes = window.get(off, disk_bytes).await?;
-        let padded;
+        let bytes = window.get(off, disk_bytes).await?;
         if (bytes.len() as u64) < disk_bytes {
-            // A cut file: the missing bytes read as zero, as in a preallocated segment.
-            padded = [bytes, &vec![0; disk_bytes as usize - bytes.len()]].concat();
-            bytes = &padded;
+            // `check_length` saw the whole segment: the file was cut since.
+            return Ok(damaged(
+                off + bytes.len() as u64,
+                "the file ends inside the batch",
+            ));
         }
         let crc = match verify_batch(bytes, &batch, chain.crc, end) {
             Ok(crc) => crc,
@@ -485,16 +680,21 @@ async fn scan_tail(
 }
 
 /// Scans the last segment holding data; a failed batch there is torn (truncated) unless a
-/// later valid batch proves it was acknowledged.
+/// later valid batch proves it was acknowledged. Read-only, the tail is found and reported
+/// but not truncated, and no segment is returned to append to.
 async fn recover_tail<F>(
+    access: Access<'_>,
     path: &Path,
     header: &SegmentHeader,
     chain: &mut Chain<'_, F>,
-) -> Result<(Tail, Option<TornTail>)>
+) -> Result<(Option<Tail>, Option<TornTail>)>
 where
     F: FnMut(Lsn, RecordType, &[u8]) -> std::result::Result<(), ReplayError>,
 {
-    let file = segment::open_write(path).await?;
+    let file = match access {
+        Access::Repair(_) => segment::open_write(path).await?,
+        Access::ReadOnly => segment::open_read(path).await?,
+    };
     let mut window = Window::new(file, path.to_owned()).await?;
     let end = scan_batches(&mut window, header, chain).await?;
     let (batch_offset, reason) = match end {
@@ -525,32 +725,37 @@ where
             reason,
         });
     }
-    let Window { file, file_len, .. } = window;
     let mut torn = None;
     if scan.dirty_end > batch_offset {
-        segment::zero_range(&file, path, batch_offset, scan.dirty_end).await?;
-        let bytes = scan.dirty_end - batch_offset;
-        tracing::warn!(
-            path = %path.display(),
-            offset = batch_offset,
-            bytes,
-            reason = %reason,
-            "truncated a torn WAL tail"
-        );
+        let records =
+            match BatchHeader::decode(window.get(batch_offset, BATCH_HEADER_BYTES as u64).await?) {
+                BatchDecode::Valid(h) => Some(h.record_count),
+                _ => None,
+            };
         torn = Some(TornTail {
             path: path.to_owned(),
             offset: batch_offset,
-            bytes,
+            bytes: scan.dirty_end - batch_offset,
+            records,
             reason,
         });
     }
-    if file_len < header.segment_bytes {
-        file.pre_allocate(header.segment_bytes, false)
-            .await
-            .at(path)?;
-    }
-    if torn.is_some() || file_len < header.segment_bytes {
+    let Window { file, .. } = window;
+    let Access::Repair(_) = access else {
+        file.close().await.at(path)?;
+        return Ok((None, torn));
+    };
+    if let Some(torn) = &torn {
+        segment::zero_range(&file, path, torn.offset, scan.dirty_end).await?;
         file.fdatasync().await.at(path)?;
+        tracing::warn!(
+            path = %path.display(),
+            offset = torn.offset,
+            bytes = torn.bytes,
+            records = torn.records.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+            reason = %torn.reason,
+            "truncated a torn WAL tail (the last batch of the WAL: a torn write cannot be told from damage to an acknowledged batch)"
+        );
     }
     file.close().await.at(path)?;
     let file = segment::open_durable(path).await?;
@@ -560,11 +765,9 @@ where
         path: path.to_owned(),
         segment_bytes: header.segment_bytes,
     };
-    Ok((
-        Tail {
-            segment,
-            write_offset: batch_offset,
-        },
-        torn,
-    ))
+    let tail = Tail {
+        segment,
+        write_offset: batch_offset,
+    };
+    Ok((Some(tail), torn))
 }

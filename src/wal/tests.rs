@@ -380,7 +380,8 @@ fn options_are_validated() {
 
 /// Cuts a copy of the WAL at `at` in segment `segment` (truncating or zeroing to the end),
 /// removes later segments, and checks the reopened WAL holds exactly the records of the
-/// batches that end before the cut, then that appends continue the chain.
+/// batches that end before the cut, then that appends continue the chain; a truncation
+/// short of the segment's size must be an error where the file ends.
 fn check_cut(
     src: &Path,
     work: &Path,
@@ -410,6 +411,16 @@ fn check_cut(
         file.set_len(at).expect("truncate");
     }
     drop(file);
+    if !zero && at < len {
+        // Segments are preallocated before they are named: a short one was cut, and what
+        // its missing bytes held is unknown. An error where the file ends; nothing changed.
+        let dir2 = dir.clone();
+        let result = run(move || async move { reopen(&dir2).await });
+        expect_corrupt_in(result, path, at, at + 1);
+        assert_eq!(std::fs::metadata(path).expect("metadata").len(), at);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        return;
+    }
     // A batch survives iff all its nonzero bytes are before the cut (the rest reads zero).
     let kept = batches
         .iter()
@@ -984,4 +995,69 @@ fn a_relative_directory_works() {
         let (seen, _) = reopen(&relative).await.expect("reopen");
         assert_eq!(seen.len(), 1);
     });
+}
+
+/// Every file of a directory with its bytes.
+fn dir_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let bytes = std::fs::read(&path).expect("read");
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn inspect_reports_what_open_repairs_and_changes_nothing() {
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let dir = tmp.path().join("wal");
+    build_wal(&dir, 11, 3);
+    let last = layout(&dir).pop().expect("batches");
+    let path = segment_paths(&dir)[last.segment].clone();
+    // The last batch loses its payload after its header and first record header: torn, with
+    // a readable batch header (one record).
+    let mut bytes = std::fs::read(&path).expect("read");
+    let from = (last.offset + 48) as usize;
+    bytes[from..last.data_end as usize].fill(0);
+    std::fs::write(&path, bytes).expect("write");
+    std::fs::write(dir.join("00000000000000ff.wal.tmp"), [1u8; 10]).expect("tmp");
+    let before = dir_bytes(&dir);
+    let dir2 = dir.clone();
+    let (inspection, torn) = run(move || async move {
+        let inspection = super::inspect(&dir2, 1, |_, _, _| Ok(()))
+            .await
+            .expect("inspect");
+        assert!(dir_bytes(&dir2) == before, "inspect changed the directory");
+        let (wal, _) = open(&dir2, small_options(), 1).await.expect("open");
+        let torn = wal.torn_tail().cloned();
+        wal.close().await.expect("close");
+        (inspection, torn)
+    });
+    let found = inspection.torn.expect("inspect finds the torn tail");
+    assert_eq!(
+        Some(&found),
+        torn.as_ref(),
+        "open cut what inspect reported"
+    );
+    assert_eq!(
+        (found.path.as_path(), found.offset),
+        (path.as_path(), last.offset)
+    );
+    assert_eq!(found.records, Some(1));
+    assert!(inspection
+        .leftovers
+        .iter()
+        .any(|l| l.path.ends_with("00000000000000ff.wal.tmp")));
+    assert!(
+        !dir.join("00000000000000ff.wal.tmp").exists(),
+        "open deletes it"
+    );
+    assert_eq!(
+        inspection.segment_bytes,
+        Some(small_options().segment_bytes)
+    );
 }
