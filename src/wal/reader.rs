@@ -159,6 +159,7 @@ pub(crate) async fn recover<F>(
     dir: &Path,
     directory: &Directory,
     replay_from: Lsn,
+    segment_bytes: u64,
     on_record: &mut F,
 ) -> Result<Recovered>
 where
@@ -252,7 +253,13 @@ where
             }
         }
     }
-    let (tail, torn) = recover_tail(&segments[last].1, &data_headers[last], &mut chain).await?;
+    let (tail, torn) = recover_tail(
+        &segments[last].1,
+        &data_headers[last],
+        segment_bytes,
+        &mut chain,
+    )
+    .await?;
     Ok(Recovered {
         segments: metas,
         tail: Some(tail),
@@ -485,10 +492,13 @@ async fn scan_tail(
 }
 
 /// Scans the last segment holding data; a failed batch there is torn (truncated) unless a
-/// later valid batch proves it was acknowledged.
+/// later valid batch proves it was acknowledged. A cut file is extended back to its size,
+/// but not past `segment_bytes` (the configured size): a larger size in a damaged header is
+/// not allocated on disk in advance (the writes extend the file as they go).
 async fn recover_tail<F>(
     path: &Path,
     header: &SegmentHeader,
+    segment_bytes: u64,
     chain: &mut Chain<'_, F>,
 ) -> Result<(Tail, Option<TornTail>)>
 where
@@ -544,12 +554,11 @@ where
             reason,
         });
     }
-    if file_len < header.segment_bytes {
-        file.pre_allocate(header.segment_bytes, false)
-            .await
-            .at(path)?;
+    let extend_to = header.segment_bytes.min(segment_bytes.max(file_len));
+    if file_len < extend_to {
+        file.pre_allocate(extend_to, false).await.at(path)?;
     }
-    if torn.is_some() || file_len < header.segment_bytes {
+    if torn.is_some() || file_len < extend_to {
         file.fdatasync().await.at(path)?;
     }
     file.close().await.at(path)?;

@@ -251,7 +251,10 @@ impl Wal {
         create_dir(&dir).await?;
         let directory = Rc::new(Directory::open(&dir).await.at(&dir)?);
         let recovered = match lock(&directory, &dir).await {
-            Ok(()) => reader::recover(&dir, &directory, replay_from, &mut on_record).await,
+            Ok(()) => {
+                let segment_bytes = options.segment_bytes;
+                reader::recover(&dir, &directory, replay_from, segment_bytes, &mut on_record).await
+            }
             Err(error) => Err(error),
         };
         let recovered = match recovered {
