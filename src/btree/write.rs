@@ -5,7 +5,7 @@ use super::file::{Appender, FileShared};
 use super::node::{BranchEntry, LeafEntry, Node, NodeRef, Val};
 use super::page::{self, PageBuilder, HEADER_BYTES, KIND_BRANCH, KIND_LEAF, PAGE_SIZE};
 use super::view::Handle;
-use super::Result;
+use super::{BtreeError, Result};
 use std::sync::Arc;
 
 /// What a change needs besides the node it changes: the file to read from and the count
@@ -145,8 +145,23 @@ fn merge_with_neighbour(ctx: &mut Ctx, es: &mut Vec<BranchEntry>, idx: usize) ->
     };
     let sep = es[b].key.clone();
     let (left, right) = es.split_at_mut(b);
-    let ln = node_bytes(ctx.file, &left[a].child)?;
-    let rn = node_bytes(ctx.file, &right[0].child)?;
+    let (ln, left_leaf) = node_bytes(ctx.file, &left[a].child)?;
+    let (rn, right_leaf) = node_bytes(ctx.file, &right[0].child)?;
+    if left_leaf != right_leaf {
+        // Only a damaged file has a leaf beside a branch.
+        let page = [&left[a].child, &right[0].child]
+            .into_iter()
+            .find_map(|r| match r {
+                NodeRef::Disk(id) => Some(*id),
+                NodeRef::Mem(_) => None,
+            })
+            .unwrap_or(0);
+        return Err(BtreeError::Corrupt {
+            path: ctx.file.path.clone(),
+            offset: page * PAGE_SIZE as u64,
+            reason: "a leaf and a branch are siblings".into(),
+        });
+    }
     if ln + rn - HEADER_BYTES + sep.len() > PAGE_SIZE {
         return Ok(());
     }
@@ -169,11 +184,15 @@ fn merge_with_neighbour(ctx: &mut Ctx, es: &mut Vec<BranchEntry>, idx: usize) ->
     Ok(())
 }
 
-/// Page bytes of a node, reading it from disk if needed but copying nothing.
-fn node_bytes(file: &FileShared, r: &NodeRef) -> Result<usize> {
+/// Page bytes of a node and whether it is a leaf, reading it from disk if needed but
+/// copying nothing.
+fn node_bytes(file: &FileShared, r: &NodeRef) -> Result<(usize, bool)> {
     Ok(match r {
-        NodeRef::Mem(n) => n.page_bytes(),
-        NodeRef::Disk(id) => file.page(*id)?.used_bytes(),
+        NodeRef::Mem(n) => (n.page_bytes(), matches!(**n, Node::Leaf(_))),
+        NodeRef::Disk(id) => {
+            let page = file.page(*id)?;
+            (page.used_bytes(), page.is_leaf())
+        }
     })
 }
 
