@@ -18,6 +18,7 @@ use super::format::{
     HeaderDecode, Lsn, RecordType, SegmentHeader, BATCH_HEADER_BYTES, BLOCK_BYTES,
     SEGMENT_HEADER_BYTES,
 };
+use super::options::WalOptions;
 use super::segment::{self, SegmentFile};
 
 /// Segment files are read in chunks of this size (larger when one batch is larger).
@@ -149,6 +150,9 @@ struct Chain<'f, F> {
     next_lsn: Lsn,
     crc: u32,
     replay_from: Lsn,
+    /// Largest batch whose bytes missing at the end of a cut file are filled in with zeros
+    /// (the configured `batch_bytes_max`): a damaged header cannot make open allocate more.
+    fill_bytes_max: u64,
     on_record: &'f mut F,
 }
 
@@ -159,7 +163,7 @@ pub(crate) async fn recover<F>(
     dir: &Path,
     directory: &Directory,
     replay_from: Lsn,
-    segment_bytes: u64,
+    options: &WalOptions,
     on_record: &mut F,
 ) -> Result<Recovered>
 where
@@ -214,6 +218,7 @@ where
         next_lsn: first.first_lsn,
         crc: first.crc_seed,
         replay_from,
+        fill_bytes_max: options.batch_bytes_max as u64,
         on_record,
     };
     let mut metas = Vec::with_capacity(last + 1);
@@ -256,7 +261,7 @@ where
     let (tail, torn) = recover_tail(
         &segments[last].1,
         &data_headers[last],
-        segment_bytes,
+        options.segment_bytes,
         &mut chain,
     )
     .await?;
@@ -426,6 +431,16 @@ where
         }
         let mut bytes = window.get(off, disk_bytes).await?;
         let padded;
+        let records_end = BATCH_HEADER_BYTES as u64 + u64::from(batch.records_bytes);
+        if (bytes.len() as u64) < records_end
+            && u64::from(batch.records_bytes) > chain.fill_bytes_max
+        {
+            let end = off + bytes.len() as u64;
+            return Ok(damaged(
+                end,
+                "batch larger than the batch limit runs past the end of the file",
+            ));
+        }
         if (bytes.len() as u64) < disk_bytes {
             // A cut file: the missing bytes read as zero, as in a preallocated segment.
             padded = [bytes, &vec![0; disk_bytes as usize - bytes.len()]].concat();

@@ -252,8 +252,7 @@ impl Wal {
         let directory = Rc::new(Directory::open(&dir).await.at(&dir)?);
         let recovered = match lock(&directory, &dir).await {
             Ok(()) => {
-                let segment_bytes = options.segment_bytes;
-                reader::recover(&dir, &directory, replay_from, segment_bytes, &mut on_record).await
+                reader::recover(&dir, &directory, replay_from, &options, &mut on_record).await
             }
             Err(error) => Err(error),
         };
