@@ -207,6 +207,8 @@ fn tree_fields(bytes: &[u8]) -> Vec<Field> {
                     }
                 }
             }
+            // An overflow run: a revision record's format, flags and key length.
+            3 => fields.extend([(32, 1), (33, 1), (34, 4)].map(|(at, w)| Field::new(b + at, w))),
             4 => {
                 for at in [40, 44, 76] {
                     fields.push(Field::new(b + at, 4));
