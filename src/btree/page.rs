@@ -105,6 +105,9 @@ impl PageBuf {
         if n == 0 || HEADER_BYTES + 2 * n > PAGE_SIZE {
             return Err(corrupt("bad entry count"));
         }
+        // Entries may not overlap in a way that makes a page hold more than a page: the
+        // writer copies them into a memory node, which must fit back into one.
+        let mut used = HEADER_BYTES;
         for i in 0..n {
             let off = page.slot(i);
             let fixed = if kind == KIND_LEAF { 8 } else { 10 };
@@ -131,6 +134,10 @@ impl PageBuf {
             }
             if off + fixed + klen + body > PAGE_SIZE {
                 return Err(corrupt("entry extends past the page"));
+            }
+            used += 2 + fixed + klen + body;
+            if used > PAGE_SIZE {
+                return Err(corrupt("entries hold more than a page"));
             }
             // Every page a page refers to was written before it (children before parents,
             // an overflow run before its leaf): a reference forward, or to the page itself,

@@ -235,3 +235,72 @@ fn a_huge_batch_in_a_cut_segment_is_not_filled_in() {
         .expect("executor thread");
     assert!(allocated.largest < 16 << 20, "{allocated:?}");
 }
+
+/// A chain of 3000 one-child branches above a leaf (every page older than its parent, all
+/// checksums right): a put recursed once per level and overflowed the stack.
+#[test]
+fn a_chain_of_branches_is_corrupt_for_writes_not_a_stack_overflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, leaf) = build(dir.path(), 1, 8, 8);
+    let original = std::fs::read(&path).expect("read");
+    let levels = 3000;
+    let mut bytes = original[..(leaf + 1) * PAGE].to_vec();
+    for p in leaf + 1..=leaf + levels {
+        let mut page = vec![0u8; PAGE];
+        page[4] = 2;
+        page[6..8].copy_from_slice(&1u16.to_le_bytes());
+        set_u64(&mut page, 8, p as u64);
+        page[32..34].copy_from_slice(&34u16.to_le_bytes());
+        set_u64(&mut page, 34, p as u64 - 1);
+        bytes.extend_from_slice(&page);
+    }
+    let record = bytes.len() / PAGE;
+    for copy in 0..2 {
+        let mut page = original[original.len() - (2 - copy) * PAGE..][..PAGE].to_vec();
+        set_u64(&mut page, 8, (record + copy) as u64);
+        set_u64(&mut page, 104, (leaf + levels) as u64);
+        bytes.extend_from_slice(&page);
+    }
+    reseal(&mut bytes);
+    std::fs::write(&path, bytes).expect("write");
+    let put = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let mut db = Db::open(&path, DbOptions::default()).expect("open");
+            assert_eq!(
+                db.get(0, b"00000...").expect("a read descends"),
+                Some(vec![7; 8])
+            );
+            db.put(0, b"k", b"v").map_err(|e| e.to_string())
+        })
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    assert!(
+        put.as_ref().is_err_and(|e| e.contains("deeper than")),
+        "{put:?}"
+    );
+}
+
+/// A leaf whose slots all point at one entry, grown to cover its neighbours: each entry fit
+/// the page, all of them together did not, and the commit after a change wrote the copied
+/// node with an `assert!` ("page overflow").
+#[test]
+fn overlapping_entries_that_hold_more_than_a_page_are_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, leaf) = build(dir.path(), 13, 300, 0);
+    damage(&path, |b| {
+        let first = entry(b, leaf, 0);
+        b[first..first + 2].copy_from_slice(&1000u16.to_le_bytes());
+        let slot = (first - leaf * PAGE) as u16;
+        for i in 0..13 {
+            let at = leaf * PAGE + 32 + 2 * i;
+            b[at..at + 2].copy_from_slice(&slot.to_le_bytes());
+        }
+    });
+    let mut db = Db::open(&path, DbOptions::default()).expect("open");
+    let changed = db
+        .put(0, b"zzz", b"v")
+        .and_then(|()| db.commit(CommitMeta::default()));
+    assert!(changed.is_err());
+}
