@@ -735,7 +735,9 @@ fn write_commit(
     mut written: Option<&mut write::Written>,
 ) -> Result<BuiltCommit> {
     let file = state.file.clone();
-    let seq = last.seq + 1;
+    // Sequence numbers and live bytes come from the disk: saturating, so that a damaged
+    // record cannot make the arithmetic overflow.
+    let seq = last.seq.saturating_add(1);
     // A background commit is written while the writer (and, in the server, the WAL) goes
     // on: its pages reach the device a chunk at a time. A foreground commit is waited for.
     let mut app = if written.is_some() {
@@ -758,7 +760,7 @@ fn write_commit(
     } else {
         record_bytes
     };
-    let live = live_before + data_pages * PAGE_SIZE as u64;
+    let live = live_before.saturating_add(data_pages * PAGE_SIZE as u64);
     let record = CommitRecord {
         seq,
         page_id: commit_page,
@@ -767,7 +769,7 @@ fn write_commit(
         data_start: start,
         data_crc: app.crc,
         prev_commit: last.page_id,
-        live_bytes: live - old_commit + record_bytes,
+        live_bytes: live.saturating_sub(old_commit).saturating_add(record_bytes),
         roots,
         user: meta.user.clone(),
     };

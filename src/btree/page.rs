@@ -1,7 +1,7 @@
 //! On-disk page layout: encoding and validated decoding of leaf, branch, overflow, commit
 //! and file-header pages. Byte diagrams live in `docs/btree.md`; this file is their code.
 
-use super::{BtreeError, Result, TreeId, MAX_TREES};
+use super::{BtreeError, Result, TreeId, KEY_BYTES_MAX, MAX_TREES, VALUE_BYTES_MAX};
 use std::path::Path;
 
 /// Every page is this many bytes; page `n` starts at byte `n * PAGE_SIZE`.
@@ -105,6 +105,9 @@ impl PageBuf {
         if n == 0 || HEADER_BYTES + 2 * n > PAGE_SIZE {
             return Err(corrupt("bad entry count"));
         }
+        // Entries may not overlap in a way that makes a page hold more than a page: the
+        // writer copies them into a memory node, which must fit back into one.
+        let mut used = HEADER_BYTES;
         for i in 0..n {
             let off = page.slot(i);
             let fixed = if kind == KIND_LEAF { 8 } else { 10 };
@@ -117,14 +120,37 @@ impl PageBuf {
                 let v = if page.bytes[off + 2] & FLAG_OVERFLOW != 0 {
                     8
                 } else {
+                    if LEAF_ENTRY_OVERHEAD + klen + vlen > INLINE_ENTRY_MAX {
+                        return Err(corrupt("inline value larger than an inline entry holds"));
+                    }
                     vlen
                 };
                 (klen, v)
             } else {
                 (rd_u16(&page.bytes, off + 8) as usize, 0)
             };
+            if klen > KEY_BYTES_MAX {
+                return Err(corrupt("key longer than the key limit"));
+            }
             if off + fixed + klen + body > PAGE_SIZE {
                 return Err(corrupt("entry extends past the page"));
+            }
+            used += 2 + fixed + klen + body;
+            if used > PAGE_SIZE {
+                return Err(corrupt("entries hold more than a page"));
+            }
+            // Every page a page refers to was written before it (children before parents,
+            // an overflow run before its leaf): a reference forward, or to the page itself,
+            // is damage, and following it could loop forever.
+            if kind == KIND_BRANCH {
+                if page.child(i) >= page_id {
+                    return Err(corrupt("child page is not older than its parent"));
+                }
+            } else if let DiskVal::Overflow { page: run, len } = page.value(i) {
+                let end = run.checked_add(overflow_pages(len as usize));
+                if len as usize > VALUE_BYTES_MAX || end.is_none_or(|end| end > page_id) {
+                    return Err(corrupt("overflow reference out of range"));
+                }
             }
         }
         Ok(page)
@@ -384,9 +410,14 @@ impl CommitRecord {
         if data_start > page_id {
             return None;
         }
+        // Roots and the previous record were written before this record.
+        let older = |id: u64| id == NO_PAGE || id < page_id;
         let mut roots = [NO_PAGE; MAX_TREES];
         for (t, root) in roots.iter_mut().enumerate() {
             *root = rd_u64(p, C_ROOTS + 8 * t);
+        }
+        if !roots.iter().all(|&r| older(r)) || !older(rd_u64(p, C_PREV)) {
+            return None;
         }
         Some(CommitRecord {
             seq: rd_u64(p, 16),

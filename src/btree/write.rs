@@ -5,7 +5,7 @@ use super::file::{Appender, FileShared};
 use super::node::{BranchEntry, LeafEntry, Node, NodeRef, Val};
 use super::page::{self, PageBuilder, HEADER_BYTES, KIND_BRANCH, KIND_LEAF, PAGE_SIZE};
 use super::view::Handle;
-use super::Result;
+use super::{BtreeError, Result};
 use std::sync::Arc;
 
 /// What a change needs besides the node it changes: the file to read from and the count
@@ -38,6 +38,26 @@ fn make_mut<'r>(ctx: &mut Ctx, r: &'r mut NodeRef) -> Result<&'r mut Node> {
     }
 }
 
+/// Deepest tree the recursive changes below descend into. A tree this writer builds is a
+/// handful of levels deep (every branch holds at least 3 children when written full); a
+/// damaged file can chain thousands of one-child branches, which would overflow the stack.
+pub const TREE_DEPTH_MAX: usize = 128;
+
+fn check_depth(ctx: &Ctx, r: &NodeRef, depth: usize) -> Result<()> {
+    if depth <= TREE_DEPTH_MAX {
+        return Ok(());
+    }
+    let page = match r {
+        NodeRef::Disk(id) => *id,
+        NodeRef::Mem(_) => 0,
+    };
+    Err(BtreeError::Corrupt {
+        path: ctx.file.path.clone(),
+        offset: page * PAGE_SIZE as u64,
+        reason: format!("tree deeper than {TREE_DEPTH_MAX} levels"),
+    })
+}
+
 /// Inserts or replaces `key`; returns the new right sibling (and its first key) on a split.
 pub fn insert(
     ctx: &mut Ctx,
@@ -45,6 +65,17 @@ pub fn insert(
     key: &[u8],
     val: Val,
 ) -> Result<Option<(Box<[u8]>, NodeRef)>> {
+    insert_at(ctx, r, key, val, 0)
+}
+
+fn insert_at(
+    ctx: &mut Ctx,
+    r: &mut NodeRef,
+    key: &[u8],
+    val: Val,
+    depth: usize,
+) -> Result<Option<(Box<[u8]>, NodeRef)>> {
+    check_depth(ctx, r, depth)?;
     let node = make_mut(ctx, r)?;
     let hint = match node {
         Node::Leaf(es) => match es.binary_search_by(|e| (*e.key).cmp(key)) {
@@ -69,7 +100,7 @@ pub fn insert(
                 Ok(i) => i,
                 Err(i) => i.saturating_sub(1),
             };
-            match insert(ctx, &mut es[idx].child, key, val)? {
+            match insert_at(ctx, &mut es[idx].child, key, val, depth + 1)? {
                 None => return Ok(None),
                 Some((k, right)) => {
                     es.insert(
@@ -108,6 +139,11 @@ pub fn contains(file: &FileShared, r: &NodeRef, key: &[u8]) -> Result<bool> {
 /// Removes `key`, known to be present. Returns the node's remaining page bytes (0 when it
 /// became empty) so the parent can drop or merge it.
 pub fn remove(ctx: &mut Ctx, r: &mut NodeRef, key: &[u8]) -> Result<usize> {
+    remove_at(ctx, r, key, 0)
+}
+
+fn remove_at(ctx: &mut Ctx, r: &mut NodeRef, key: &[u8], depth: usize) -> Result<usize> {
+    check_depth(ctx, r, depth)?;
     let node = make_mut(ctx, r)?;
     match node {
         Node::Leaf(es) => {
@@ -121,7 +157,7 @@ pub fn remove(ctx: &mut Ctx, r: &mut NodeRef, key: &[u8]) -> Result<usize> {
                 Ok(i) => i,
                 Err(i) => i.saturating_sub(1),
             };
-            let left = remove(ctx, &mut es[idx].child, key)?;
+            let left = remove_at(ctx, &mut es[idx].child, key, depth + 1)?;
             if left == 0 {
                 es.remove(idx);
             } else if left < UNDERFULL_BYTES && es.len() > 1 {
@@ -145,8 +181,23 @@ fn merge_with_neighbour(ctx: &mut Ctx, es: &mut Vec<BranchEntry>, idx: usize) ->
     };
     let sep = es[b].key.clone();
     let (left, right) = es.split_at_mut(b);
-    let ln = node_bytes(ctx.file, &left[a].child)?;
-    let rn = node_bytes(ctx.file, &right[0].child)?;
+    let (ln, left_leaf) = node_bytes(ctx.file, &left[a].child)?;
+    let (rn, right_leaf) = node_bytes(ctx.file, &right[0].child)?;
+    if left_leaf != right_leaf {
+        // Only a damaged file has a leaf beside a branch.
+        let page = [&left[a].child, &right[0].child]
+            .into_iter()
+            .find_map(|r| match r {
+                NodeRef::Disk(id) => Some(*id),
+                NodeRef::Mem(_) => None,
+            })
+            .unwrap_or(0);
+        return Err(BtreeError::Corrupt {
+            path: ctx.file.path.clone(),
+            offset: page * PAGE_SIZE as u64,
+            reason: "a leaf and a branch are siblings".into(),
+        });
+    }
     if ln + rn - HEADER_BYTES + sep.len() > PAGE_SIZE {
         return Ok(());
     }
@@ -169,11 +220,15 @@ fn merge_with_neighbour(ctx: &mut Ctx, es: &mut Vec<BranchEntry>, idx: usize) ->
     Ok(())
 }
 
-/// Page bytes of a node, reading it from disk if needed but copying nothing.
-fn node_bytes(file: &FileShared, r: &NodeRef) -> Result<usize> {
+/// Page bytes of a node and whether it is a leaf, reading it from disk if needed but
+/// copying nothing.
+fn node_bytes(file: &FileShared, r: &NodeRef) -> Result<(usize, bool)> {
     Ok(match r {
-        NodeRef::Mem(n) => n.page_bytes(),
-        NodeRef::Disk(id) => file.page(*id)?.used_bytes(),
+        NodeRef::Mem(n) => (n.page_bytes(), matches!(**n, Node::Leaf(_))),
+        NodeRef::Disk(id) => {
+            let page = file.page(*id)?;
+            (page.used_bytes(), page.is_leaf())
+        }
     })
 }
 

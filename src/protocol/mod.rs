@@ -11,14 +11,27 @@ pub use frame::{split_frame, FrameHeader, FrameKind, HEADER_BYTES, MAGIC, VERSIO
 
 use crate::mvcc::{Request, Response};
 use rkyv::api::high::HighSerializer;
+use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
+use rkyv::rancor::Strategy;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::validation::archive::ArchiveValidator;
+use rkyv::validation::shared::SharedValidator;
+use rkyv::validation::Validator;
+use rkyv::{Archive, Deserialize, Portable, Serialize};
+use std::num::NonZeroUsize;
 
 /// Default largest payload of one frame, in bytes (etcd's request limit, 1.5 MiB, plus
 /// room for the envelope).
 pub const PAYLOAD_BYTES_MAX_DEFAULT: u32 = (3 << 19) + 4096;
+
+/// Deepest nesting of archived objects a payload may have (each `Vec`, string or nested
+/// transaction is one level). Validation, deserialization and dropping all recurse once per
+/// level, and a frame has room for tens of thousands of nested transactions: enough to
+/// overflow a thread's stack. A transaction nested deeper than etcd's default limit of 128
+/// operations allows is refused by validation anyway.
+pub const ARCHIVE_DEPTH_MAX: usize = 256;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -215,18 +228,30 @@ fn invalid(e: rancor::Error) -> ProtocolError {
     ProtocolError::InvalidPayload(e.to_string())
 }
 
+type DepthValidator<'a> = Validator<ArchiveValidator<'a>, SharedValidator>;
+
+/// Validates an archived `T` in place, nested at most [`ARCHIVE_DEPTH_MAX`] levels deep.
+fn access<'a, T>(payload: &'a [u8]) -> Result<&'a T, ProtocolError>
+where
+    T: Portable + for<'v> CheckBytes<Strategy<DepthValidator<'v>, rancor::Error>>,
+{
+    check_aligned(payload)?;
+    let mut validator = Validator::new(
+        ArchiveValidator::with_max_depth(payload, NonZeroUsize::new(ARCHIVE_DEPTH_MAX)),
+        SharedValidator::new(),
+    );
+    rkyv::api::access_with_context::<T, _, rancor::Error>(payload, &mut validator).map_err(invalid)
+}
+
 /// Validates a request payload and gives access to it in place. The payload must start at
 /// a 16-byte-aligned address (read frames into an [`AlignedVec`]).
 pub fn access_request(payload: &[u8]) -> Result<&ArchivedClientRequest, ProtocolError> {
-    check_aligned(payload)?;
-    rkyv::access::<ArchivedClientRequest, rancor::Error>(payload).map_err(invalid)
+    access::<ArchivedClientRequest>(payload)
 }
 
 /// Validates and copies out a response payload (client side).
 pub fn decode_response(payload: &[u8]) -> Result<ClientResponse, ProtocolError> {
-    check_aligned(payload)?;
-    let archived =
-        rkyv::access::<ArchivedClientResponse, rancor::Error>(payload).map_err(invalid)?;
+    let archived = access::<ArchivedClientResponse>(payload)?;
     rkyv::deserialize::<ClientResponse, rancor::Error>(archived).map_err(invalid)
 }
 
@@ -237,8 +262,7 @@ pub fn decode_request(payload: &[u8]) -> Result<ClientRequest, ProtocolError> {
 
 /// Validates and copies out an error payload (client side).
 pub fn decode_error(payload: &[u8]) -> Result<ErrorReply, ProtocolError> {
-    check_aligned(payload)?;
-    let archived = rkyv::access::<ArchivedErrorReply, rancor::Error>(payload).map_err(invalid)?;
+    let archived = access::<ArchivedErrorReply>(payload)?;
     rkyv::deserialize::<ErrorReply, rancor::Error>(archived).map_err(invalid)
 }
 

@@ -154,3 +154,51 @@ fn misaligned_payloads_are_refused() {
         Err(ProtocolError::Misaligned)
     ));
 }
+
+/// A transaction nested `depth` times, archived on a thread with a large stack (archiving
+/// and dropping it recurse as deep as it is nested).
+fn nested_txn_payload(depth: usize) -> AlignedVec {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(move || {
+            let mut txn = crate::mvcc::TxnRequest::default();
+            for _ in 0..depth {
+                txn = crate::mvcc::TxnRequest {
+                    success: vec![crate::mvcc::RequestOp::Txn(txn)],
+                    ..Default::default()
+                };
+            }
+            let request = ClientRequest::Kv(Request::Txn(txn));
+            let frame = encode_request(1, &request).unwrap();
+            let mut payload = AlignedVec::<16>::new();
+            payload.extend_from_slice(&frame[HEADER_BYTES..]);
+            payload
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn deeply_nested_requests_are_refused_without_exhausting_the_stack() {
+    // As many levels as fit in a frame (tens of thousands): validating them recursively
+    // overflowed the connection thread's stack, and the process aborted. Checked on a
+    // thread with a small stack.
+    let per_level = (nested_txn_payload(1001).len() - nested_txn_payload(1).len()) / 1000;
+    let deep = nested_txn_payload((PAYLOAD_BYTES_MAX_DEFAULT as usize - 4096) / per_level);
+    let shallow = nested_txn_payload(ARCHIVE_DEPTH_MAX - 4);
+    std::thread::Builder::new()
+        .stack_size(512 << 10)
+        .spawn(move || {
+            assert!(deep.len() < PAYLOAD_BYTES_MAX_DEFAULT as usize);
+            assert!(matches!(
+                access_request(&deep),
+                Err(ProtocolError::InvalidPayload(_))
+            ));
+            assert!(decode_request(&deep).is_err());
+            assert!(access_request(&shallow).is_ok());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}

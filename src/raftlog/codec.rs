@@ -37,12 +37,20 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
     out
 }
 
+/// Largest entry index a record may carry: one below `u64::MAX`, so that "the index after
+/// the last" is always a number (a damaged record must not make the log's arithmetic
+/// overflow).
+const INDEX_MAX: u64 = u64::MAX - 1;
+
 pub fn decode_entry(mut buf: &[u8]) -> Result<Entry, RaftLogError> {
     let mut e = Entry {
         index: u64_at(&mut buf, "entry index")?,
         term: u64_at(&mut buf, "entry term")?,
         ..Default::default()
     };
+    if e.index > INDEX_MAX {
+        return Err(RaftLogError::Decode("entry index out of range"));
+    }
     let kind = take(&mut buf, 1, "entry type")?[0];
     e.set_entry_type(match kind {
         0 => EntryType::EntryNormal,
@@ -101,6 +109,9 @@ pub fn encode_marker(index: u64, term: u64, cs: &ConfState) -> Vec<u8> {
 
 pub fn decode_marker(mut buf: &[u8]) -> Result<(u64, u64, ConfState), RaftLogError> {
     let index = u64_at(&mut buf, "marker index")?;
+    if index > INDEX_MAX {
+        return Err(RaftLogError::Decode("marker index out of range"));
+    }
     let term = u64_at(&mut buf, "marker term")?;
     let auto_leave = match take(&mut buf, 1, "marker auto_leave")?[0] {
         0 => false,
