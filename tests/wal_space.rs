@@ -139,3 +139,56 @@ fn a_full_file_system_delays_the_next_segment_and_loses_nothing() {
     assert!(total > 130, "only {total} records: never crossed a segment");
     drop(fs);
 }
+
+#[test]
+fn a_stopped_creation_fails_the_appends_waiting_for_space_instead_of_hanging() {
+    let Some(fs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    std::fs::write(fs.path.join("ballast"), vec![1u8; 400 << 10]).expect("ballast");
+    let dir = fs.path.join("wal");
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let wal = Wal::open(&dir, options(), 1, |_, _, _| Ok(()))
+                .await
+                .expect("open");
+            let payload = vec![7u8; 1000];
+            let mut durable = 0u64;
+            // Fill segment 1 until an append waits for segment 2, which has no room.
+            let waiting = loop {
+                let mut append = Box::pin(wal.append(RecordType::ENTRY, &payload));
+                let timeout = glommio::timer::sleep(Duration::from_millis(300));
+                let done = futures_lite::future::or(async { Some((&mut append).await) }, async {
+                    timeout.await;
+                    None
+                })
+                .await;
+                match done {
+                    Some(r) => {
+                        r.expect("an append with room");
+                        durable += 1;
+                        assert!(durable < 200, "the file system never filled");
+                    }
+                    None => break append,
+                }
+            };
+            wal.creation_stopper().stop();
+            let failed = waiting.await;
+            assert!(failed.is_err(), "the waiting append was acknowledged");
+            // Closing reports the failure and releases everything; what was durable stays.
+            assert!(wal.close().await.is_err());
+            let mut replayed = 0u64;
+            let wal = Wal::open(&dir, options(), 1, |_, _, _| {
+                replayed += 1;
+                Ok(())
+            })
+            .await
+            .expect("reopen");
+            wal.close().await.expect("close");
+            assert_eq!(replayed, durable);
+        })
+        .expect("executor")
+        .join()
+        .expect("executor thread");
+    drop(fs);
+}

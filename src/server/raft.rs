@@ -63,6 +63,14 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
             return Err(e.into());
         }
     };
+    // On a full disk whose current segment is full too, appends wait for space: a stop
+    // gives up on it (failing those appends; none was acknowledged) rather than hang.
+    let stopper = wal.creation_stopper();
+    glommio::spawn_local(async move {
+        wait_until(super::POLL_IDLE, || STOP.load(Ordering::Relaxed)).await;
+        stopper.stop();
+    })
+    .detach();
     let mut raft = Raft {
         wal,
         identity: Identity {

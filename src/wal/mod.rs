@@ -39,4 +39,4 @@ pub use error::{is_no_space, Result, WalError};
 pub use format::{Lsn, RecordType};
 pub use options::{Prealloc, WalOptions};
 pub use reader::{inspect, lock_shared, Inspection, Leftover, ReplayError, SharedLock, TornTail};
-pub use writer::{Append, WaitDurable, Wal, WalMetrics};
+pub use writer::{Append, CreationStopper, WaitDurable, Wal, WalMetrics};

@@ -440,6 +440,15 @@ impl Wal {
         self.shared.creation.no_space.borrow().clone()
     }
 
+    /// A handle that makes segment creation give up on a full file system: once stopped, an
+    /// attempt that fails for space fails for good, and so do the appends waiting for that
+    /// segment (none of them was acknowledged), instead of waiting for space that may never
+    /// come. For a member that is stopping: [`Wal::close`] does the same, but an owner
+    /// waiting for appends to become durable would never reach it.
+    pub fn creation_stopper(&self) -> CreationStopper {
+        CreationStopper(self.shared.creation.clone())
+    }
+
     /// The torn tail truncated when this WAL was opened, if any.
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.shared.torn.as_ref()
@@ -661,6 +670,16 @@ struct Active {
 }
 
 type Creating = Task<Result<SegmentFile>>;
+
+/// See [`Wal::creation_stopper`].
+#[derive(Clone)]
+pub struct CreationStopper(Rc<Creation>);
+
+impl CreationStopper {
+    pub fn stop(&self) {
+        self.0.closing.set(true);
+    }
+}
 
 /// What segment creation tells the rest of the WAL, and is told by it.
 #[derive(Default)]
