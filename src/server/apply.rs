@@ -68,6 +68,8 @@ async fn apply_loop(
     let mut reads: Vec<(u64, Vec<flume::Sender<()>>)> = Vec::new();
     let mut stop = false;
     let mut space = CheckpointSpace::new();
+    // A compaction finished deleting since the last checkpoint.
+    let mut compacted = false;
     publish(store, applied, shared);
     // Checkpoints write their pages here and sync them on another thread.
     store.set_background_checkpoints(true);
@@ -151,17 +153,23 @@ async fn apply_loop(
         let compacting = store.compaction_backlog() > 0;
         let started = std::time::Instant::now();
         // One step of compaction deletions, and a checkpoint if one is due: by the memory
-        // budget, the entry count, the log's bytes, or a compaction that just finished
-        // deleting (so that the space it freed counts, against the quota too, without
-        // waiting for more writes).
-        store.compact_step(COMPACTION_STEP_RECORDS)?;
+        // budget, the entry count, the log's bytes, or a compaction that finished deleting
+        // (so that the space it freed counts, against the quota too, without waiting for
+        // more writes). Compaction deletions copy pages into memory: not while checkpoints
+        // fail for space (nothing would give that memory back).
+        if !space.owed {
+            store.compact_step(COMPACTION_STEP_RECORDS)?;
+        }
+        compacted |= compacting && store.compaction_backlog() == 0;
         let due = store.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX
             || applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
             || log_bytes >= LOG_BYTES_PER_CHECKPOINT_MAX
-            || (compacting && store.compaction_backlog() == 0)
+            || compacted
             || space.owed;
         let mut written = false;
-        if due && space.may_try() {
+        // A checkpoint still being written is waited for by the next one: report it first
+        // (below) rather than block this executor on it.
+        if due && space.may_try() && !store.checkpoint_pending() {
             match store.checkpoint_background() {
                 Ok(()) => written = true,
                 Err(e) if e.is_no_space() => space.failed(&e, shared),
@@ -176,6 +184,7 @@ async fn apply_loop(
             );
             checkpointed = applied;
             log_bytes = 0;
+            compacted = false;
             publish(store, applied, shared); // the new sizes
         }
         match report_durable(store, shared) {
