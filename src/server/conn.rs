@@ -173,7 +173,11 @@ async fn read_requests(
     // Whether the last read filled the room it had: the client sends faster than we read.
     let mut bursting = false;
     while handle_frames(&mut buf, shard, replies, inflight).await {
-        let want = partial_frame_bytes(buf.pending(), limit).max(if bursting {
+        // The room for a large frame grows with the bytes that arrived (at most doubling
+        // per read), so a header alone cannot make the member allocate a whole frame.
+        let frame = partial_frame_bytes(buf.pending(), limit)
+            .min((2 * buf.pending().len()).max(READ_BURST_BYTES));
+        let want = frame.max(if bursting {
             READ_BURST_BYTES
         } else {
             buf.capacity()
