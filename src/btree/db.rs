@@ -422,19 +422,12 @@ impl Db {
             return Err(BtreeError::MetaTooLarge(meta.user.len()));
         }
         let ready = self.reclaim.as_ref().is_some_and(Reclaim::is_finished);
-        let result = if ready {
-            self.finish_reclaim(&meta)
+        // Each path poisons the database where a failure leaves the file's state unknown; a
+        // commit undone for lack of space leaves the writer as it was.
+        if ready {
+            self.finish_reclaim(&meta)?;
         } else {
-            self.commit_state(&meta)
-        };
-        if let Err(e) = result {
-            // A commit undone for lack of space leaves the writer as it was; any other
-            // failed write or sync leaves the file's state unknown.
-            let undone = !ready && e.is_no_space();
-            if matches!(e, BtreeError::Io { .. }) && !undone {
-                self.poisoned = true;
-            }
-            return Err(e);
+            self.commit_state(&meta)?;
         }
         self.meta = meta;
         self.durable_pages = end_pages(&self.state.last);
@@ -599,7 +592,10 @@ impl Db {
                 self.cut_failed_commit()?;
                 return Err(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.poisoned |= matches!(e, BtreeError::Io { .. });
+                return Err(e);
+            }
         };
         finish.run().inspect_err(|_| self.poisoned = true)
     }
@@ -641,12 +637,31 @@ impl Db {
             }
         };
         let mut next = built;
-        reclaim::replay_touched(&self.state.cur, &mut next, touched)?;
+        let poison = |db: &mut Db, e: BtreeError| {
+            db.poisoned |= matches!(e, BtreeError::Io { .. });
+            e
+        };
+        reclaim::replay_touched(&self.state.cur, &mut next, touched)
+            .map_err(|e| poison(self, e))?;
         next.last.prev_commit = NO_PAGE;
-        commit_into(&mut next, meta)?;
-        std::fs::rename(&next.cur.file.path, &self.path).map_err(|e| io_err(&self.path, e))?;
-        sync_dir(&self.path)?;
-        let new_file = reopen_shared(&self.path, &next.cur.file, self.opts.branch_cache_pages)?;
+        if let Err(e) = commit_into(&mut next, meta) {
+            if !e.is_no_space() {
+                return Err(poison(self, e));
+            }
+            // The live file is untouched: drop the new one (giving its space back) and stay.
+            let tmp = next.cur.file.path.clone();
+            drop(next);
+            if let Err(remove) = std::fs::remove_file(&tmp) {
+                tracing::warn!(error = %remove, path = %tmp.display(), "removing a failed reclamation file");
+            }
+            tracing::warn!(error = %e, "space reclamation failed for lack of space; keeping the current file");
+            return Err(e);
+        }
+        std::fs::rename(&next.cur.file.path, &self.path)
+            .map_err(|e| poison(self, io_err(&self.path, e)))?;
+        sync_dir(&self.path).map_err(|e| poison(self, e))?;
+        let new_file = reopen_shared(&self.path, &next.cur.file, self.opts.branch_cache_pages)
+            .map_err(|e| poison(self, e))?;
         next.cur.file = new_file;
         let before = self.state.next_page * PAGE_SIZE as u64;
         tracing::info!(
