@@ -448,7 +448,14 @@ pub fn repair(data_dir: &Path) -> Result<Repaired, CheckError> {
         let opened = if tree_work && report.tree.exists {
             Db::open(&db, DbOptions::default()).map(drop)
         } else {
-            Ok(())
+            // No tree file (a crash while the first one was created): a start deletes its
+            // leftovers before it creates the file; do the deleting only.
+            report.tree.leftovers.iter().try_for_each(|l| {
+                std::fs::remove_file(&l.path).map_err(|source| crate::btree::BtreeError::Io {
+                    path: l.path.clone(),
+                    source,
+                })
+            })
         };
         if let Some(wal) = wal {
             wal.close().await?;

@@ -622,8 +622,10 @@ fn repair(data_dir: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            // An error found by the check changed nothing; one while cutting may come after
+            // part of the repair was done: `cairn check` tells what is left.
             eprintln!(
-                "cairn repair: {}: {e} (nothing was changed)",
+                "cairn repair: {}: {e} (run `cairn check` to see what is left to do)",
                 data_dir.display()
             );
             ExitCode::FAILURE

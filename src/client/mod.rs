@@ -142,7 +142,9 @@ impl Client {
                 }
             }
         }
-        let deadline = Instant::now() + self.timeout;
+        // A timeout too large for a deadline (`--command-timeout` is the user's) is none.
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let deadline = Instant::now().checked_add(self.timeout).unwrap_or(far);
         self.read_reply(id, deadline)
     }
 
