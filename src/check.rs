@@ -290,7 +290,10 @@ pub fn check(data_dir: &Path) -> Result<Report, CheckError> {
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .make()
         .map_err(|e| CheckError::Executor(e.to_string()))?;
-    executor.run(async move { check_on_executor(&data_dir).await })
+    executor.run(async move {
+        crate::wal::keep_reactor_awake();
+        check_on_executor(&data_dir).await
+    })
 }
 
 async fn check_on_executor(data_dir: &Path) -> Result<Report, CheckError> {
@@ -433,6 +436,7 @@ pub fn repair(data_dir: &Path) -> Result<Repaired, CheckError> {
         .make()
         .map_err(|e| CheckError::Executor(e.to_string()))?;
     executor.run(async move {
+        crate::wal::keep_reactor_awake();
         // The WAL is opened (and so locked) even when only the tree needs the cut: the
         // WAL's lock guards the whole data directory.
         let wal_dir = wal_path(&data_dir);

@@ -499,6 +499,7 @@ fn build(dir: &Path) {
         .make()
         .unwrap()
         .run(async move {
+            cairn::wal::keep_reactor_awake();
             let options = WalOptions {
                 segment_bytes: SEGMENT_BYTES,
                 ..WalOptions::default()

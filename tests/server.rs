@@ -898,3 +898,45 @@ fn a_stalled_partial_frame_is_closed_after_the_timeout_and_idle_connections_stay
     assert!(idle.put(3, "b", "2").is_some());
     assert!(used.put(4, "c", "3").is_some());
 }
+
+#[test]
+fn a_frame_header_alone_does_not_make_the_member_allocate_the_frame() {
+    const CONNECTIONS: usize = 500;
+    raise_open_files_limit(CONNECTIONS as u64 + 200);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &free_addr());
+    let pid = server.child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(pid);
+    // Each connection announces a request of the largest size, sends its first bytes and
+    // stops: the member's buffer for it grows with what arrived, not with what was
+    // announced (1.5 MiB each would be 750 MiB here).
+    let mut frame = encode_request(
+        7,
+        &ClientRequest::Kv(Request::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: vec![1; 1_500_000],
+            ..Default::default()
+        })),
+    )
+    .unwrap()
+    .to_vec();
+    frame.truncate(HEADER_BYTES + 100);
+    let clients: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut s = TcpStream::connect(&server.addr).unwrap();
+            s.write_all(&frame).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let open = rss_kib(pid);
+    let per_connection = (open.saturating_sub(before) << 10) / CONNECTIONS as u64;
+    eprintln!("VmRSS KiB: {before} before, {open} with {CONNECTIONS} announced frames ({per_connection} bytes each)");
+    assert!(
+        per_connection <= 128 << 10,
+        "{per_connection} bytes per connection holding a frame header"
+    );
+    drop(clients);
+    assert!(serving(&server.addr));
+}

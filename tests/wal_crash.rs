@@ -22,7 +22,10 @@ fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
     make: impl FnOnce() -> F + Send + 'static,
 ) -> T {
     LocalExecutorBuilder::default()
-        .spawn(make)
+        .spawn(|| {
+            cairn::wal::keep_reactor_awake();
+            make()
+        })
         .expect("executor")
         .join()
         .expect("executor thread")

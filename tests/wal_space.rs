@@ -66,6 +66,7 @@ fn a_full_file_system_delays_the_next_segment_and_loses_nothing() {
     let payload = vec![7u8; 1000];
     let total = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
+            cairn::wal::keep_reactor_awake();
             let wal = Wal::open(&dir, options(), 1, |_, _, _| Ok(()))
                 .await
                 .expect("open");
@@ -149,6 +150,7 @@ fn a_stopped_creation_fails_the_appends_waiting_for_space_instead_of_hanging() {
     let dir = fs.path.join("wal");
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
+            cairn::wal::keep_reactor_awake();
             let wal = Wal::open(&dir, options(), 1, |_, _, _| Ok(()))
                 .await
                 .expect("open");

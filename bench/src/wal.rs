@@ -70,7 +70,10 @@ impl WalBenchResult {
 pub fn run_wal_bench(config: WalBenchConfig) -> Result<WalBenchResult, WalError> {
     let handle = LocalExecutorBuilder::default()
         .name("wal-bench")
-        .spawn(move || bench(config))
+        .spawn(move || {
+            cairn::wal::keep_reactor_awake();
+            bench(config)
+        })
         .map_err(|e| WalError::Io {
             path: PathBuf::from("executor"),
             source: e.into(),

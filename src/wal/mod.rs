@@ -36,6 +36,26 @@ mod writer;
 mod tests;
 
 pub use error::{is_no_space, Result, WalError};
+
+/// How often [`keep_reactor_awake`] wakes its executor.
+pub const REACTOR_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Keeps a timer armed on the current glommio executor for as long as it runs.
+///
+/// glommio 0.9's reactor can go to sleep past a completion it has not reaped: a test that
+/// opens a WAL over and over stalled in `Wal::open` about once in ten runs under load, until
+/// something interrupted the process. With a timer armed it wakes when the timer fires, so a
+/// stall lasts one tick at most. Executors that do WAL I/O with nothing else keeping a timer
+/// armed (`cairn check`, `cairn repair`, tests, benchmarks) call this once; the server's roles
+/// poll with timers of their own.
+pub fn keep_reactor_awake() {
+    glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(REACTOR_TICK).await;
+        }
+    })
+    .detach();
+}
 pub use format::{Lsn, RecordType};
 pub use options::{Prealloc, WalOptions};
 pub use reader::{inspect, lock_shared, Inspection, Leftover, ReplayError, SharedLock, TornTail};

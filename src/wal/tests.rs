@@ -23,7 +23,10 @@ where
     T: Send + 'static,
 {
     LocalExecutorBuilder::default()
-        .spawn(make)
+        .spawn(|| {
+            crate::wal::keep_reactor_awake();
+            make()
+        })
         .expect("spawn executor")
         .join()
         .expect("executor thread")

@@ -207,6 +207,7 @@ fn a_huge_batch_in_a_cut_segment_is_not_filled_in() {
     let wal_dir = dir.path().join("wal");
     let allocated = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
+            cairn::wal::keep_reactor_awake();
             let wal = Wal::open(&wal_dir, wal_options(), 1, |_, _, _| Ok(()))
                 .await
                 .expect("open");

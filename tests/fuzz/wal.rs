@@ -288,6 +288,7 @@ async fn open_case(dir: &Path, input: &Input, replay_from: Lsn, append: bool) {
 fn fuzz_wal() {
     LocalExecutorBuilder::default()
         .spawn(|| async {
+            cairn::wal::keep_reactor_awake();
             let mut fuzz = Fuzz::new("wal", Duration::from_secs(30), true);
             let root = fuzz.work_dir();
             let images = corpus(&root).await;
