@@ -287,13 +287,17 @@ pub fn check(data_dir: &Path) -> Result<Report, CheckError> {
         return Err(CheckError::NotADirectory(data_dir.to_owned()));
     }
     let data_dir = data_dir.to_owned();
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .map_err(|e| CheckError::Executor(e.to_string()))?;
-    executor.run(async move {
+    executor()?.run(async move {
         crate::wal::keep_reactor_awake();
         check_on_executor(&data_dir).await
     })
+}
+
+/// An executor on this thread for the WAL's I/O.
+fn executor() -> Result<glommio::LocalExecutor, CheckError> {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| CheckError::Executor(e.to_string()))
 }
 
 async fn check_on_executor(data_dir: &Path) -> Result<Report, CheckError> {
@@ -432,10 +436,7 @@ pub fn repair(data_dir: &Path) -> Result<Repaired, CheckError> {
         });
     }
     let data_dir = data_dir.to_owned();
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .map_err(|e| CheckError::Executor(e.to_string()))?;
-    executor.run(async move {
+    executor()?.run(async move {
         crate::wal::keep_reactor_awake();
         // The WAL is opened (and so locked) even when only the tree needs the cut: the
         // WAL's lock guards the whole data directory.

@@ -6,42 +6,11 @@
 //! The file system is a small tmpfs the test mounts (it needs root); where mounting is not
 //! allowed the test says so and passes without running.
 
+mod common;
+
+use common::Tmpfs;
+
 use cairn::btree::{CommitMeta, Db, DbOptions};
-use std::path::PathBuf;
-use std::process::Command;
-
-struct Tmpfs {
-    path: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let parent = tempfile::tempdir().unwrap();
-        let path = parent.path().join("fs");
-        std::fs::create_dir(&path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                path,
-                _parent: parent,
-            }),
-            other => {
-                eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): {other:?}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
 
 fn meta(index: u64) -> CommitMeta {
     CommitMeta {

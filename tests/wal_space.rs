@@ -5,44 +5,15 @@
 //! The file system is a small tmpfs the test mounts (it needs root); where mounting is not
 //! allowed the test says so and passes without running.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::Tmpfs;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use cairn::wal::{RecordType, Wal, WalOptions};
-
-struct Tmpfs {
-    path: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let parent = tempfile::tempdir().expect("tempdir");
-        let path = parent.path().join("fs");
-        std::fs::create_dir(&path).expect("mkdir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                path,
-                _parent: parent,
-            }),
-            other => {
-                eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): {other:?}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
 
 const SEGMENT_BYTES: u64 = 256 << 10;
 
@@ -51,6 +22,36 @@ fn options() -> WalOptions {
         segment_bytes: SEGMENT_BYTES,
         batch_bytes_max: 32 << 10,
         ..WalOptions::default()
+    }
+}
+
+/// Appends until one waits (for a segment the file system has no room for: 300 ms without
+/// completing); returns how many completed and the one waiting.
+async fn append_until_one_waits<'a>(
+    wal: &'a Wal,
+    payload: &'a [u8],
+) -> (
+    u64,
+    Pin<Box<dyn Future<Output = cairn::wal::Result<u64>> + 'a>>,
+) {
+    let mut completed = 0;
+    loop {
+        let mut append: Pin<Box<dyn Future<Output = _>>> =
+            Box::pin(wal.append(RecordType::ENTRY, payload));
+        let timeout = glommio::timer::sleep(Duration::from_millis(300));
+        let done = futures_lite::future::or(async { Some((&mut append).await) }, async {
+            timeout.await;
+            None
+        })
+        .await;
+        match done {
+            Some(r) => {
+                r.expect("an append with room");
+                completed += 1;
+                assert!(completed < 200, "the file system never filled");
+            }
+            None => return (completed, append),
+        }
     }
 }
 
@@ -82,24 +83,8 @@ fn a_full_file_system_delays_the_next_segment_and_loses_nothing() {
                 assert!(appended < 200, "segment 2 was created without space for it");
             }
             // Appends go on in segment 1 until it is full, then wait for space.
-            let waiting = loop {
-                let append = wal.append(RecordType::ENTRY, &payload);
-                let timeout = glommio::timer::sleep(Duration::from_millis(300));
-                let mut append = Box::pin(append);
-                let done = futures_lite::future::or(async { Some((&mut append).await) }, async {
-                    timeout.await;
-                    None
-                })
-                .await;
-                match done {
-                    Some(r) => {
-                        r.expect("an append in the current segment");
-                        appended += 1;
-                        assert!(appended < 200, "segment 1 never filled");
-                    }
-                    None => break append,
-                }
-            };
+            let (more, waiting) = append_until_one_waits(&wal, &payload).await;
+            appended += more;
             assert!(wal.no_space().is_some());
             // Space comes back: the waiting append completes in a new segment.
             std::fs::remove_file(&ballast).expect("remove ballast");
@@ -155,25 +140,8 @@ fn a_stopped_creation_fails_the_appends_waiting_for_space_instead_of_hanging() {
                 .await
                 .expect("open");
             let payload = vec![7u8; 1000];
-            let mut durable = 0u64;
             // Fill segment 1 until an append waits for segment 2, which has no room.
-            let waiting = loop {
-                let mut append = Box::pin(wal.append(RecordType::ENTRY, &payload));
-                let timeout = glommio::timer::sleep(Duration::from_millis(300));
-                let done = futures_lite::future::or(async { Some((&mut append).await) }, async {
-                    timeout.await;
-                    None
-                })
-                .await;
-                match done {
-                    Some(r) => {
-                        r.expect("an append with room");
-                        durable += 1;
-                        assert!(durable < 200, "the file system never filled");
-                    }
-                    None => break append,
-                }
-            };
+            let (durable, waiting) = append_until_one_waits(&wal, &payload).await;
             wal.creation_stopper().stop();
             let failed = waiting.await;
             assert!(failed.is_err(), "the waiting append was acknowledged");

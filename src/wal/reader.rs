@@ -243,9 +243,9 @@ where
     })
 }
 
-/// How long [`inspect`] waits for a `Wal` that is closing to release the directory: a
+/// How long a held directory lock is tried again before the WAL counts as in use: a
 /// process killed a moment ago holds its lock until the kernel has torn down its io_uring
-/// instances (as in `Wal::open`).
+/// instances (a request in flight keeps the directory open until then).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A shared `flock` on a WAL directory, held until it is dropped: no `Wal` can open the
@@ -260,12 +260,18 @@ pub struct SharedLock {
 pub async fn lock_shared(dir: impl AsRef<Path>) -> Result<SharedLock> {
     let dir = dir.as_ref();
     let file = std::fs::File::open(dir).at(dir)?;
+    flock_dir(file.as_raw_fd(), libc::LOCK_SH, dir).await?;
+    Ok(SharedLock { _dir: file })
+}
+
+/// Takes the `flock` `operation` (`LOCK_SH` or `LOCK_EX`) on the open directory `fd`,
+/// trying again for up to [`LOCK_WAIT`] while another holds it; then [`WalError::Locked`].
+pub(crate) async fn flock_dir(fd: std::os::fd::RawFd, operation: i32, dir: &Path) -> Result<()> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         // SAFETY: flock takes no pointers; the descriptor is open for the call's duration.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(SharedLock { _dir: file });
+        if unsafe { libc::flock(fd, operation | libc::LOCK_NB) } == 0 {
+            return Ok(());
         }
         let error = std::io::Error::last_os_error();
         if error.raw_os_error() != Some(libc::EWOULDBLOCK) {

@@ -470,37 +470,11 @@ impl Wal {
     }
 }
 
-/// Takes an exclusive `flock` on the directory: two open WALs on one directory would
-/// interleave segments. Released when the directory's descriptor closes.
-/// How long a held directory lock is tried again before it is an error.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Takes the directory's lock. A process killed a moment ago may still hold it: the kernel
-/// tears its io_uring instances down after the process is gone, and until then a request
-/// in flight keeps the directory open. So a held lock is tried again for up to
-/// [`LOCK_WAIT`] before the WAL counts as in use.
+/// Takes the directory's exclusive `flock`: two open WALs on one directory would
+/// interleave segments. Released when the directory's descriptor closes. A process killed a
+/// moment ago may still hold it, so a held lock is tried again for a while.
 async fn lock(directory: &Directory, dir: &Path) -> Result<()> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        // SAFETY: flock takes no pointers; the descriptor is open for the call's duration.
-        let rc = unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(WalError::Io {
-                path: dir.to_owned(),
-                source: error,
-            });
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(WalError::Locked {
-                dir: dir.to_owned(),
-            });
-        }
-        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    reader::flock_dir(directory.as_raw_fd(), libc::LOCK_EX, dir).await
 }
 
 async fn create_dir(dir: &Path) -> Result<()> {

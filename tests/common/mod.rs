@@ -32,3 +32,50 @@ pub fn serve_command(dir: &std::path::Path, addr: &str) -> std::process::Command
         .arg(format!("http://{}", free_addr()));
     cmd
 }
+
+/// A tmpfs of `size` (as mount's `size=` option takes it) mounted for a test, unmounted on
+/// drop (stop every process using it first). Mounting needs root: `None`, with a line
+/// saying the test is skipped, where it is not allowed.
+#[allow(dead_code)]
+pub struct Tmpfs {
+    pub path: std::path::PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let path = parent.path().join("fs");
+        std::fs::create_dir(&path).expect("mkdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs {
+                path,
+                _parent: parent,
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs here (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
