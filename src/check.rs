@@ -326,7 +326,9 @@ async fn check_on_executor(data_dir: &Path) -> Result<Report, CheckError> {
     let db = db_path(data_dir);
     let tree = Db::inspect(&db)?;
     let applied = tree.commit.applied_index;
-    let refusal = tree_meets_log(applied, &log).err().map(|e| e.to_string());
+    let refusal = tree_meets_log(applied, &log, &db)
+        .err()
+        .map(|e| e.to_string());
     let store = match (&refusal, tree.exists) {
         (None, true) => Some(replay_into_store(&db, &log)?),
         _ => None,

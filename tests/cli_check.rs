@@ -255,7 +255,8 @@ fn a_half_truncated_tree_file_is_refused_by_check_and_serve_and_left_as_it_is() 
     let (code, out, err) = check_unchanged(dir.path());
     assert_eq!(code, 1, "{out}");
     assert!(
-        err.contains("a start refuses") && err.contains("tree file holds entries up to"),
+        err.contains("a start refuses")
+            && err.contains(&format!("tree file {} holds entries up to", db.display())),
         "{err}"
     );
     assert!(

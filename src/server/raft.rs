@@ -121,12 +121,17 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
 /// The tree and the log must meet: the tree holds everything up to `applied`, the log
 /// everything after its start. Anything else is a damaged data directory (a tree file, a
 /// tree commit or WAL segments lost), and starting would serve less than was acknowledged.
-pub(crate) fn tree_meets_log(applied: u64, log: &RaftLog) -> Result<(), ServerError> {
+pub(crate) fn tree_meets_log(
+    applied: u64,
+    log: &RaftLog,
+    tree: &std::path::Path,
+) -> Result<(), ServerError> {
     let (start, last) = (log.start_index(), log.last_index_held());
     if applied < start || applied > last {
         return Err(ServerError::Config(format!(
-            "the data directory is damaged: the tree file holds entries up to {applied} but \
-             the WAL holds {}..={last} (was db/ or wal/ removed or replaced?)",
+            "the data directory is damaged: the tree file {} holds entries up to {applied} \
+             but the WAL holds {}..={last} (was db/ or wal/ cut, removed or replaced?)",
+            tree.display(),
             start + 1
         )));
     }
@@ -208,7 +213,7 @@ impl Raft {
         // damaged would be cut away while the log no longer holds its entries).
         let db = config.data_dir.join("db").join("cairn.db");
         let tree = crate::btree::Db::inspect(&db).map_err(crate::mvcc::MvccError::from)?;
-        tree_meets_log(tree.commit.applied_index, log)?;
+        tree_meets_log(tree.commit.applied_index, log, &db)?;
         if let Some(opened) = self.role.wal_opened.take() {
             let _ = opened.send_async(()).await;
         }
@@ -216,7 +221,7 @@ impl Raft {
             Ok(r) => r?,
             Err(_) => return Err(ServerError::RoleLost("apply")),
         };
-        tree_meets_log(applied, log)?;
+        tree_meets_log(applied, log, &db)?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms) as usize;
         let member = self.identity.member_id;
