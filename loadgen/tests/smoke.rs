@@ -18,8 +18,11 @@ fn every_workload_runs_against_a_member() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let config = member_config(dir.path(), &addr);
-    let server =
-        std::thread::spawn(move || cairn::server::serve(config).map_err(|e| e.to_string()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let member_stop = stop.clone();
+    let server = std::thread::spawn(move || {
+        cairn::server::serve_until(config, member_stop).map_err(|e| e.to_string())
+    });
     wait_for(&addr);
     for (workload, consistency, rate) in [
         ("put", "l", "0"),
@@ -104,6 +107,6 @@ fn every_workload_runs_against_a_member() {
         started.elapsed() < Duration::from_secs(30),
         "fill stopped on its own"
     );
-    cairn::server::STOP.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     assert_eq!(server.join().unwrap(), Ok(()));
 }

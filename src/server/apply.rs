@@ -2,7 +2,7 @@
 //! proposals among them, publishes the view serializable reads use, releases linearizable
 //! reads, and checkpoints the tree (telling the raft role, which then compacts the log).
 
-use super::{Input, Reply, ServerError, Shared, ToApply, STOP};
+use super::{Input, Reply, ServerError, Shared, ToApply};
 use crate::btree::DbOptions;
 use crate::mvcc::{Store, CHECKPOINT_UNCOMMITTED_BYTES_MAX, COMPACTION_STEP_RECORDS};
 use crate::node::apply_committed;
@@ -35,7 +35,7 @@ pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), Serv
     let _ = role.store_opened.send(Ok(store.applied().index));
     let result = apply_loop(&mut store, &role, &shared).await;
     if result.is_err() {
-        STOP.store(true, Ordering::Relaxed);
+        shared.request_stop();
     }
     // Everything applied becomes durable in the tree too, even after a failure elsewhere.
     // Without the space for it, the WAL still holds every entry applied: the next start

@@ -114,12 +114,16 @@ fn listen_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Set by SIGTERM/SIGINT (or a failed role): the member drains, syncs and exits.
-pub static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by SIGTERM/SIGINT. A signal handler can only reach a static; [`serve`] passes it on
+/// to its member's own stop flag, so that members run in one process do not share one.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
+    SIGNALLED.store(true, Ordering::Relaxed);
 }
+
+/// How often [`serve`] looks for a signal to pass on.
+const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn install_signal_handlers() {
     let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
@@ -185,9 +189,20 @@ pub(crate) struct Shared {
     /// not yet checkpointed.
     pub quota_used: AtomicU64,
     pub alarms: alarm::Alarms,
+    /// Set to stop the member (by its owner, a signal, or a failed role): it drains, syncs
+    /// and exits.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     pub fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Starting,
@@ -250,6 +265,33 @@ pub(crate) const POLL_IDLE: std::time::Duration = std::time::Duration::from_mill
 
 /// Runs a member until SIGTERM or SIGINT.
 pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
+    // A member started again in the same process starts afresh.
+    SIGNALLED.store(false, Ordering::Relaxed);
+    install_signal_handlers();
+    let stop = Arc::new(AtomicBool::new(false));
+    let member_stop = stop.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let member_done = done.clone();
+    let relay = std::thread::Builder::new()
+        .name("cairn-signals".into())
+        .spawn(move || {
+            while !member_done.load(Ordering::Relaxed) {
+                if SIGNALLED.load(Ordering::Relaxed) {
+                    member_stop.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(SIGNAL_POLL);
+            }
+        })
+        .map_err(|e| ServerError::Executor(e.to_string()))?;
+    let result = serve_until(config, stop);
+    done.store(true, Ordering::Relaxed);
+    let _ = relay.join();
+    result
+}
+
+/// Runs a member until `stop` is set (by the caller, or by the member itself when a role
+/// fails). Installs no signal handler: many members may run in one process.
+pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), ServerError> {
     if config.heartbeat_interval_ms == 0
         || config.election_timeout_ms < 5 * config.heartbeat_interval_ms
     {
@@ -272,9 +314,6 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
             .bootstrap(&config.name)
             .map_err(ServerError::Config)?;
     }
-    // A member started again in the same process starts afresh.
-    STOP.store(false, Ordering::Relaxed);
-    install_signal_handlers();
     let dir_err = |path: &PathBuf| {
         let path = path.clone();
         move |source| ServerError::DataDir { path, source }
@@ -308,6 +347,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
         status: Mutex::new(StatusResponse::default()),
         quota_used: AtomicU64::new(0),
         alarms: alarm::Alarms::default(),
+        stop,
     });
     let (store_tx, store_rx) = flume::bounded(1);
     let (wal_open_tx, wal_open_rx) = flume::bounded(1);
@@ -337,7 +377,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServerError> {
             .name(&format!("cairn-{i}"))
             .spawn(move || executor(on_executor, listener, raft, apply))
             .map_err(|e| {
-                STOP.store(true, Ordering::Relaxed);
+                shared.request_stop();
                 ServerError::Executor(e.to_string())
             });
         match handle {
@@ -404,7 +444,7 @@ struct PanicGuard(Arc<Shared>);
 impl Drop for PanicGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            STOP.store(true, Ordering::Relaxed);
+            self.0.request_stop();
             self.0.set_phase(Phase::Stopped);
         }
     }

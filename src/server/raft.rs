@@ -2,7 +2,7 @@
 //! and compacting the log (and releasing WAL segments) behind the store's checkpoints.
 
 use super::cluster::Identity;
-use super::{wait_until, Input, Phase, Reply, ServerError, Shared, ToApply, POLL_BRIEF, STOP};
+use super::{wait_until, Input, Phase, Reply, ServerError, Shared, ToApply, POLL_BRIEF};
 use crate::node::{Node, NodeError};
 use crate::raftlog::RaftLog;
 use crate::wal::{Lsn, RecordType, Wal, WalOptions};
@@ -66,8 +66,9 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     // On a full disk whose current segment is full too, appends wait for space: a stop
     // gives up on it (failing those appends; none was acknowledged) rather than hang.
     let stopper = wal.creation_stopper();
+    let watched = shared.clone();
     glommio::spawn_local(async move {
-        wait_until(super::POLL_IDLE, || STOP.load(Ordering::Relaxed)).await;
+        wait_until(super::POLL_IDLE, || watched.stopping()).await;
         stopper.stop();
     })
     .detach();
@@ -94,7 +95,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     if let Err(e) = &result {
         tracing::error!(error = %e, "stopping: the raft role failed");
     }
-    STOP.store(true, Ordering::Relaxed);
+    shared.request_stop();
     shared.set_phase(Phase::Stopping);
     super::refuse_queued(&raft.role.inputs);
     // If the start failed before the store was opened, the apply role stops now.
@@ -196,7 +197,7 @@ impl Raft {
                 )),
             };
         for l in self.role.peer_listeners.drain(..) {
-            glommio::spawn_local(refuse_peers(l)).detach();
+            glommio::spawn_local(refuse_peers(l, shared.stop.clone())).detach();
         }
         self.compacted = log.start_index();
         let compacted = self.compacted;
@@ -241,11 +242,11 @@ impl Raft {
         // Serve only once the store has applied the whole log, so that no read (a
         // serializable one included) sees less than was acknowledged before a restart.
         wait_until(POLL_BRIEF, || {
-            shared.status.lock().raft_applied_index >= last || STOP.load(Ordering::Relaxed)
+            shared.status.lock().raft_applied_index >= last || shared.stopping()
         })
         .await;
         self.publish(&node, shared);
-        if STOP.load(Ordering::Relaxed) {
+        if shared.stopping() {
             return Ok(node); // stopped while starting: `serve` returns at once
         }
         tracing::info!(
@@ -265,7 +266,7 @@ impl Raft {
         let tick = Duration::from_millis(shared.config.heartbeat_interval_ms.max(1));
         let mut next_tick = Instant::now() + tick;
         let max_batch = shared.config.max_pending_proposals;
-        while !STOP.load(Ordering::Relaxed) {
+        while !shared.stopping() {
             let wait = next_tick
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
@@ -507,12 +508,12 @@ fn free_elsewhere(entries: VecDeque<raft::eraftpb::Entry>) {
 /// Accepts peer connections on a `--listen-peer-urls` listener and closes them: a single
 /// member has no peers yet. The listener closes as soon as the member stops, before the
 /// rest of the teardown.
-async fn refuse_peers(listener: std::net::TcpListener) {
+async fn refuse_peers(listener: std::net::TcpListener, stop: Arc<std::sync::atomic::AtomicBool>) {
     // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
     loop {
         let stopped = async {
-            wait_until(super::POLL_IDLE, || STOP.load(Ordering::Relaxed)).await;
+            wait_until(super::POLL_IDLE, || stop.load(Ordering::Relaxed)).await;
             None
         };
         let accepted = async { Some(listener.accept().await) };
