@@ -545,6 +545,13 @@ impl Db {
         }
     }
 
+    /// Stops the database if `e` is an I/O error (the file's state is then unknown); other
+    /// errors (damage found, limits) leave it usable. Returns `e`.
+    fn poison_on_io(&mut self, e: BtreeError) -> BtreeError {
+        self.poisoned |= matches!(e, BtreeError::Io { .. });
+        e
+    }
+
     /// Cuts the file back to the end of the last durable commit, removing whatever a failed
     /// commit wrote after it (so that none of its bytes, a half-written commit record
     /// included, can be taken for a commit at open), and giving that space back.
@@ -592,10 +599,7 @@ impl Db {
                 self.cut_failed_commit()?;
                 return Err(e);
             }
-            Err(e) => {
-                self.poisoned |= matches!(e, BtreeError::Io { .. });
-                return Err(e);
-            }
+            Err(e) => return Err(self.poison_on_io(e)),
         };
         finish.run().inspect_err(|_| self.poisoned = true)
     }
@@ -637,16 +641,12 @@ impl Db {
             }
         };
         let mut next = built;
-        let poison = |db: &mut Db, e: BtreeError| {
-            db.poisoned |= matches!(e, BtreeError::Io { .. });
-            e
-        };
         reclaim::replay_touched(&self.state.cur, &mut next, touched)
-            .map_err(|e| poison(self, e))?;
+            .map_err(|e| self.poison_on_io(e))?;
         next.last.prev_commit = NO_PAGE;
         if let Err(e) = commit_into(&mut next, meta) {
             if !e.is_no_space() {
-                return Err(poison(self, e));
+                return Err(self.poison_on_io(e));
             }
             // The live file is untouched: drop the new one (giving its space back) and stay.
             let tmp = next.cur.file.path.clone();
@@ -658,10 +658,10 @@ impl Db {
             return Err(e);
         }
         std::fs::rename(&next.cur.file.path, &self.path)
-            .map_err(|e| poison(self, io_err(&self.path, e)))?;
-        sync_dir(&self.path).map_err(|e| poison(self, e))?;
+            .map_err(|e| self.poison_on_io(io_err(&self.path, e)))?;
+        sync_dir(&self.path).map_err(|e| self.poison_on_io(e))?;
         let new_file = reopen_shared(&self.path, &next.cur.file, self.opts.branch_cache_pages)
-            .map_err(|e| poison(self, e))?;
+            .map_err(|e| self.poison_on_io(e))?;
         next.cur.file = new_file;
         let before = self.state.next_page * PAGE_SIZE as u64;
         tracing::info!(

@@ -282,11 +282,17 @@ impl Store {
     /// tree catches up with the index in bounded steps. True if it checkpointed.
     pub fn maybe_checkpoint(&mut self) -> Result<bool, MvccError> {
         self.compact_step(COMPACTION_STEP_RECORDS)?;
-        if self.db.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX {
+        if self.over_memory_budget() {
             self.commit(self.background_checkpoints)?;
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Whether the changes held in memory since the last checkpoint exceed
+    /// [`CHECKPOINT_UNCOMMITTED_BYTES_MAX`]: a checkpoint is due, to give that memory back.
+    pub fn over_memory_budget(&self) -> bool {
+        self.db.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX
     }
 
     /// Rewrites the tree file without its dead pages, online: checkpoints, copies the live

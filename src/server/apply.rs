@@ -4,7 +4,7 @@
 
 use super::{Input, Reply, ServerError, Shared, ToApply};
 use crate::btree::DbOptions;
-use crate::mvcc::{Store, CHECKPOINT_UNCOMMITTED_BYTES_MAX, COMPACTION_STEP_RECORDS};
+use crate::mvcc::{Store, COMPACTION_STEP_RECORDS};
 use crate::node::apply_committed;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -161,7 +161,7 @@ async fn apply_loop(
             store.compact_step(COMPACTION_STEP_RECORDS)?;
         }
         compacted |= compacting && store.compaction_backlog() == 0;
-        let due = store.uncommitted_bytes() >= CHECKPOINT_UNCOMMITTED_BYTES_MAX
+        let due = store.over_memory_budget()
             || applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
             || log_bytes >= LOG_BYTES_PER_CHECKPOINT_MAX
             || compacted

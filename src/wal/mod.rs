@@ -36,6 +36,10 @@ mod writer;
 mod tests;
 
 pub use error::{is_no_space, Result, WalError};
+pub use format::{Lsn, RecordType};
+pub use options::{Prealloc, WalOptions};
+pub use reader::{inspect, lock_shared, Inspection, Leftover, ReplayError, SharedLock, TornTail};
+pub use writer::{Append, CreationStopper, WaitDurable, Wal, WalMetrics};
 
 /// How often [`keep_reactor_awake`] wakes its executor.
 pub const REACTOR_TICK: std::time::Duration = std::time::Duration::from_millis(20);
@@ -56,7 +60,3 @@ pub fn keep_reactor_awake() {
     })
     .detach();
 }
-pub use format::{Lsn, RecordType};
-pub use options::{Prealloc, WalOptions};
-pub use reader::{inspect, lock_shared, Inspection, Leftover, ReplayError, SharedLock, TornTail};
-pub use writer::{Append, CreationStopper, WaitDurable, Wal, WalMetrics};
