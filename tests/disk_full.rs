@@ -13,7 +13,7 @@ use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
 use cairn::protocol::{
     AlarmAction, AlarmRequest, AlarmType, ClientRequest, ClientResponse, ErrorCode,
 };
-use common::{free_addr, Tmpfs};
+use common::{free_addr, wait_serving, Tmpfs};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,22 +36,7 @@ impl Member {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the member exited at start"
-            );
-            let mut c = Client::new(vec![addr.to_string()], Duration::from_secs(2));
-            if matches!(
-                c.request(&ClientRequest::Status),
-                Ok(ClientResponse::Status(_))
-            ) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the member did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_serving(addr, Some(&mut child));
         Member {
             child,
             addr: addr.to_string(),

@@ -3,13 +3,11 @@
 
 mod common;
 
-use cairn::client::Client;
-use cairn::protocol::{ClientRequest, ClientResponse};
-use common::free_addr;
+use common::{answers_status, free_addr, wait_serving};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
     cairn::server::ServeConfig {
@@ -39,22 +37,6 @@ fn config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
     }
 }
 
-fn serving(addr: &str) -> bool {
-    let mut c = Client::new(vec![addr.to_string()], Duration::from_secs(2));
-    matches!(
-        c.request(&ClientRequest::Status),
-        Ok(ClientResponse::Status(_))
-    )
-}
-
-fn wait_serving(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !serving(addr) {
-        assert!(Instant::now() < deadline, "{addr} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn members_in_one_process_stop_independently() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -72,15 +54,21 @@ fn members_in_one_process_stop_independently() {
         })
         .collect();
     for addr in &addrs {
-        wait_serving(addr);
+        wait_serving(addr, None);
     }
     let mut members = members.into_iter();
     stops[0].store(true, Ordering::Relaxed);
     let first = members.next().unwrap();
     assert_eq!(first.join().unwrap(), Ok(()));
-    assert!(!serving(&addrs[0]), "the stopped member still answers");
+    assert!(
+        !answers_status(&addrs[0]),
+        "the stopped member still answers"
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(serving(&addrs[1]), "stopping one member stopped the other");
+    assert!(
+        answers_status(&addrs[1]),
+        "stopping one member stopped the other"
+    );
     stops[1].store(true, Ordering::Relaxed);
     assert_eq!(members.next().unwrap().join().unwrap(), Ok(()));
 }

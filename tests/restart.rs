@@ -7,10 +7,10 @@ mod common;
 use cairn::client::Client;
 use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
 use cairn::protocol::{ClientRequest, ClientResponse};
-use common::free_addr;
+use common::{free_addr, wait_serving};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn serve(dir: &Path, addr: &str, peer: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
@@ -23,29 +23,6 @@ fn serve(dir: &Path, addr: &str, peer: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// Waits until the member answers a status request; panics with its stderr if it exits.
-fn wait_serving(child: &mut Child, addr: &str, round: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            panic!("{round}: the member exited at start ({status}): {err}");
-        }
-        let mut c = Client::new(vec![addr.to_string()], Duration::from_secs(2));
-        if matches!(
-            c.request(&ClientRequest::Status),
-            Ok(ClientResponse::Status(_))
-        ) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{round}: not serving after 30 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn put(addr: &str, key: &str) -> i64 {
@@ -81,7 +58,7 @@ fn restarts(signal: libc::c_int, rounds: usize) {
     for round in 0..rounds {
         let name = format!("round {round} (signal {signal})");
         let mut child = serve(dir.path(), &addr, &peer);
-        wait_serving(&mut child, &addr, &name);
+        wait_serving(&addr, Some(&mut child));
         assert_eq!(count(&addr), round as i64, "{name}: writes lost");
         put(&addr, &format!("k{round}"));
         // SAFETY: signalling our own child process.
@@ -109,21 +86,15 @@ fn a_start_whose_port_is_taken_creates_nothing() {
     let addr = taken.local_addr().unwrap().to_string();
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("member");
-    let out = serve(&dir, &addr, &free_addr()).wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot listen on") && err.contains(&addr),
-        "{err}"
-    );
-    assert!(!dir.exists(), "the data directory was created");
-    // The same for the peer port.
-    let out = serve(&dir, &free_addr(), &addr).wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot listen on") && err.contains(&addr),
-        "{err}"
-    );
-    assert!(!dir.exists(), "the data directory was created");
+    // The native port taken, then the peer port.
+    for (native, peer) in [(addr.clone(), free_addr()), (free_addr(), addr.clone())] {
+        let out = serve(&dir, &native, &peer).wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot listen on") && err.contains(&addr),
+            "{err}"
+        );
+        assert!(!dir.exists(), "the data directory was created");
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
 
 /// A port for one member of this test process. Ports the kernel hands out for port 0 can
 /// repeat between tests running in parallel (two members would then race for one port), so
@@ -77,5 +78,39 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount")
             .arg(&self.path)
             .status();
+    }
+}
+
+/// Whether a member answers a status request on `addr`.
+#[allow(dead_code)]
+pub fn answers_status(addr: &str) -> bool {
+    use cairn::protocol::{ClientRequest, ClientResponse};
+    let mut c = cairn::client::Client::new(vec![addr.to_string()], Duration::from_secs(2));
+    matches!(
+        c.request(&ClientRequest::Status),
+        Ok(ClientResponse::Status(_))
+    )
+}
+
+/// Waits (30 s at most) until a member answers a status request on `addr`. With `child`,
+/// the member's process: its exit fails the wait at once, with its stderr if piped.
+#[allow(dead_code)]
+pub fn wait_serving(addr: &str, mut child: Option<&mut std::process::Child>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(child) = child.as_deref_mut() {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("the member on {addr} exited at start ({status}): {err}");
+            }
+        }
+        if answers_status(addr) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr}: not serving after 30 s");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
