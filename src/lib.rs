@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`wal`]: the write-ahead log. Fixed-size preallocated segments written with O_DIRECT
+//! - [`wal`]: the write-ahead log (and `MemWal`, its in-memory twin with a disk's faults). Fixed-size preallocated segments written with O_DIRECT
 //!   through io_uring (glommio DMA files), records chained by a rolling CRC32C, group commit
 //!   (one O_DSYNC write per batch). Format: `docs/wal.md`.
 //! - [`btree`]: the append-only copy-on-write B+tree file. Checksummed fixed-size pages,
@@ -12,7 +12,9 @@
 //! - [`mvcc`]: the etcd v3 data model on top of the tree: revisions, versions, Range, Put,
 //!   DeleteRange, Txn, Compact, HashKV, batched apply with a durable applied-index checkpoint.
 //! - [`node`]: one member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the
-//!   Raft log, applying committed entries to the MVCC store.
+//!   Raft log; the driver that keeps proposal and read waiters (by proposal ids unique across
+//!   members and starts), WAL rounds and log compaction, with the clock and random source
+//!   behind traits; the versioned log command; applying committed entries to the MVCC store.
 //! - [`raftlog`]: the Raft log as raft-rs's `Storage`, written to and rebuilt from the WAL.
 //! - [`server`]: `cairn serve`: the glommio shell around [`node`], thread-per-core: `net`
 //!   shards (SO_REUSEPORT listeners, native protocol, serializable reads from published

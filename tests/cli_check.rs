@@ -508,9 +508,11 @@ fn build(dir: &Path) {
             let wal = Wal::open(&wal_dir, options, 0, |_, _, _| Ok(()))
                 .await
                 .unwrap();
-            let mut identity = vec![1u8];
-            identity.extend_from_slice(&7u64.to_le_bytes());
-            identity.extend_from_slice(&9u64.to_le_bytes());
+            let identity = cairn::server::Identity {
+                member_id: 7,
+                cluster_id: 9,
+            }
+            .encode(1);
             let conf = raft::eraftpb::ConfState {
                 voters: vec![7],
                 ..Default::default()

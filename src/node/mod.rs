@@ -18,8 +18,15 @@
 //!    single member: commit them, so that they come out of a later round).
 
 mod apply;
+pub mod command;
+mod driver;
+mod env;
+pub mod proposal;
 
 pub use apply::{apply_committed, Applied};
+pub use driver::{Compaction, Driver, DriverConfig, Round};
+pub use env::{Clock, MonotonicClock, Random, SplitMix64};
+pub use proposal::{IdSource, ProposalId};
 
 use crate::mvcc::MvccError;
 use crate::raftlog::{encode_entry, encode_hard_state, RaftLog};
@@ -29,8 +36,24 @@ use raft::{Config, RawNode, Storage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("this member is not the leader")]
+    /// Not applied: no leader is known to this member (or it refused the proposal). Safe
+    /// to retry, here or on another member.
+    #[error("etcdserver: no leader")]
     NotLeader,
+    /// Not applied: another leader's entry took the proposal's place in the log. Safe to
+    /// retry.
+    #[error("etcdserver: proposal dropped: another leader's entry took its place in the log")]
+    Dropped,
+    /// The outcome is unknown: leadership changed before the proposal was seen in the log.
+    /// Retry only what is safe to apply twice.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    /// The outcome is unknown: no answer within the request timeout.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// Too many proposals or reads are waiting on this member.
+    #[error("etcdserver: too many requests")]
+    Overloaded,
     #[error("the member is stopping")]
     Stopping,
     #[error("raft: {0}")]
@@ -39,7 +62,9 @@ pub enum NodeError {
     Mvcc(#[from] MvccError),
     #[error(transparent)]
     Log(#[from] crate::raftlog::RaftLogError),
-    #[error("committed entry {index} does not hold a valid request: {reason}")]
+    /// Fatal: a committed entry this member cannot apply. Applying it differently from the
+    /// other members (or skipping it) would make the replicas diverge.
+    #[error("committed entry {index} does not hold a command this member can apply: {reason}")]
     BadEntry { index: u64, reason: String },
 }
 
@@ -56,9 +81,11 @@ pub struct Work {
     pub persisted_messages: Vec<Message>,
     /// Committed entries, in log order, for [`apply_committed`]: they are durable already.
     pub committed: Vec<Entry>,
-    /// Confirmed read indexes: (token given to [`Node::read_index`], index). A read may be
+    /// Confirmed read indexes: (id given to [`Node::read_index`], index). A read may be
     /// served once the store has applied the index.
-    pub reads: Vec<(u64, u64)>,
+    pub reads: Vec<(ProposalId, u64)>,
+    /// Entries with a proposal id that this round appends to the log: (index, id).
+    pub appended: Vec<(u64, ProposalId)>,
     span: Option<(u64, u64)>,
 }
 
@@ -122,28 +149,48 @@ impl Node {
         Ok(self.raw.step(m)?)
     }
 
-    /// Proposes a validated request payload (an archived
-    /// [`ClientRequest`](crate::protocol::ClientRequest)); its result comes back from
-    /// [`apply_committed`] under `token` once applied.
-    pub fn propose(&mut self, token: u64, payload: Vec<u8>) -> Result<(), NodeError> {
-        if !self.is_leader() {
+    /// Proposes a command ([`command`]) under `id`; on a follower raft forwards it to the
+    /// leader. Its result comes back from [`apply_committed`] under `id` once applied, on
+    /// this member as on every other.
+    pub fn propose(&mut self, id: ProposalId, data: Vec<u8>) -> Result<(), NodeError> {
+        if self.leader_id() == raft::INVALID_ID {
             return Err(NodeError::NotLeader);
         }
-        match self.raw.propose(token.to_le_bytes().to_vec(), payload) {
+        match self.raw.propose(id.encode(), data) {
             Err(raft::Error::ProposalDropped) => Err(NodeError::NotLeader),
             other => Ok(other?),
         }
     }
 
-    /// Asks for a read index (etcd's ReadIndex): once confirmed (a leader's lease on the
-    /// log, through a heartbeat round in a cluster) it comes back in [`Work::reads`]. One
-    /// call serves every linearizable read waiting at that moment.
-    pub fn read_index(&mut self, token: u64) -> Result<(), NodeError> {
-        if !self.is_leader() {
+    /// Asks for a read index (etcd's ReadIndex), on the leader or through it: once the
+    /// leader has confirmed it still leads (a heartbeat round) it comes back in
+    /// [`Work::reads`]. One call serves every linearizable read waiting at that moment.
+    pub fn read_index(&mut self, id: ProposalId) -> Result<(), NodeError> {
+        if self.leader_id() == raft::INVALID_ID {
             return Err(NodeError::NotLeader);
         }
-        self.raw.read_index(token.to_le_bytes().to_vec());
+        self.raw.read_index(id.encode());
         Ok(())
+    }
+
+    /// The leader this member knows of, or `raft::INVALID_ID`.
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Sets the election timeout drawn for the current term (raft-rs draws it from the
+    /// thread's random source; the driver draws it from its own, seeded one).
+    pub fn set_election_timeout(&mut self, ticks: usize) {
+        self.raw.raft.set_randomized_election_timeout(ticks);
+    }
+
+    /// Hands leadership to `to` (etcd's MoveLeader).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
     }
 
     /// The next round of work, if raft has any. The committed entries it hands out count
@@ -158,14 +205,14 @@ impl Node {
         let reads = ready
             .take_read_states()
             .into_iter()
-            .filter_map(|r| {
-                <[u8; 8]>::try_from(&r.request_ctx[..])
-                    .ok()
-                    .map(|t| (u64::from_le_bytes(t), r.index))
-            })
+            .filter_map(|r| ProposalId::decode(&r.request_ctx).map(|id| (id, r.index)))
             .collect();
         let committed = ready.take_committed_entries();
         let ents = ready.entries();
+        let appended = ents
+            .iter()
+            .filter_map(|e| ProposalId::decode(&e.context).map(|id| (e.index, id)))
+            .collect();
         let span = ents
             .first()
             .zip(ents.last())
@@ -200,6 +247,7 @@ impl Node {
             persisted_messages,
             committed,
             reads,
+            appended,
             span,
         }))
     }

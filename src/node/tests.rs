@@ -11,7 +11,15 @@ fn payload(key: &str, value: &str) -> Vec<u8> {
         value: value.into(),
         ..Default::default()
     }));
-    encode_request(0, &req).unwrap()[HEADER_BYTES..].to_vec()
+    command::client(&encode_request(0, &req).unwrap()[HEADER_BYTES..])
+}
+
+fn id(seq: u64) -> ProposalId {
+    ProposalId {
+        member: 1,
+        epoch: 1,
+        seq,
+    }
 }
 
 /// A member: the consensus core and the store it applies to.
@@ -21,8 +29,8 @@ struct Member {
 }
 
 impl Member {
-    fn propose(&mut self, token: u64, payload: Vec<u8>) -> Result<(), NodeError> {
-        self.node.propose(token, payload)
+    fn propose(&mut self, seq: u64, payload: Vec<u8>) -> Result<(), NodeError> {
+        self.node.propose(id(seq), payload)
     }
 
     fn campaign(&mut self) -> Result<(), NodeError> {
@@ -62,6 +70,7 @@ fn run(
     results
 }
 
+/// Results by proposal sequence.
 fn apply(m: &mut Member, committed: &[Entry]) -> Vec<(u64, Result<Response, NodeError>)> {
     let applied = apply_committed(&mut m.store, committed).unwrap();
     if let Some(last) = applied.last_index {
@@ -71,7 +80,11 @@ fn apply(m: &mut Member, committed: &[Entry]) -> Vec<(u64, Result<Response, Node
             "everything committed is applied"
         );
     }
-    applied.results
+    applied
+        .results
+        .into_iter()
+        .map(|(id, r)| (id.seq, r))
+        .collect()
 }
 
 fn open(dir: &Path, wal: &[(RecordType, Vec<u8>)]) -> Member {
@@ -195,18 +208,31 @@ fn a_restart_replays_what_the_checkpoint_does_not_hold() {
 }
 
 #[test]
-fn a_payload_that_is_not_a_request_fails_alone() {
+fn a_committed_entry_that_is_not_a_command_stops_the_member() {
     let dir = tempfile::tempdir().unwrap();
     let mut wal = Vec::new();
     let mut node = open(dir.path(), &wal);
     node.campaign().unwrap();
     run(&mut node, &mut wal);
-    node.propose(1, b"not an archived request".to_vec())
+    node.propose(1, payload("k", "v")).unwrap();
+    node.propose(2, b"not a command, but long enough".to_vec())
         .unwrap();
-    node.propose(2, payload("k", "v")).unwrap();
-    let r = run(&mut node, &mut wal);
-    assert!(matches!(r[0], (1, Err(NodeError::BadEntry { .. }))));
-    assert!(matches!(r[1], (2, Ok(Response::Put(_)))));
+    node.propose(3, payload("after", "v")).unwrap();
+    let mut committed = Vec::new();
+    while let Some(work) = node.node.next_ready().unwrap() {
+        committed.extend(work.committed);
+        node.node.on_persisted(work.number);
+    }
+    let err = apply_committed(&mut node.store, &committed)
+        .err()
+        .expect("the bad entry is fatal");
+    assert!(
+        matches!(&err, NodeError::BadEntry { index, reason } if *index == committed[1].index && reason.contains("version")),
+        "{err}"
+    );
+    // Nothing after it was applied.
+    assert_eq!(value(&node, "k").map(|(_, rev)| rev), Some(2));
+    assert_eq!(value(&node, "after"), None);
 }
 
 #[test]
@@ -217,7 +243,7 @@ fn entries_apply_the_same_read_in_place_or_from_an_aligned_copy() {
         index,
         term: 1,
         data,
-        context: index.to_le_bytes().to_vec().into(),
+        context: id(index).encode().into(),
         ..Default::default()
     };
     let aligned = bytes::Bytes::from(payload("a", "1"));
@@ -237,7 +263,9 @@ fn entries_apply_the_same_read_in_place_or_from_an_aligned_copy() {
         })],
         ..Default::default()
     }));
-    let txn = bytes::Bytes::from(encode_request(0, &txn).unwrap()[HEADER_BYTES..].to_vec());
+    let txn = bytes::Bytes::from(command::client(
+        &encode_request(0, &txn).unwrap()[HEADER_BYTES..],
+    ));
     let empty_key = bytes::Bytes::from(payload("", "x"));
     let out = apply_committed(
         &mut store,
@@ -253,10 +281,10 @@ fn entries_apply_the_same_read_in_place_or_from_an_aligned_copy() {
         .results
         .iter()
         .map(|(t, r)| match r {
-            Ok(Response::Put(p)) => (*t, p.header.revision),
-            Ok(Response::Txn(t2)) => (*t, t2.header.revision),
+            Ok(Response::Put(p)) => (t.seq, p.header.revision),
+            Ok(Response::Txn(t2)) => (t.seq, t2.header.revision),
             Ok(_) => panic!("unexpected response"),
-            Err(_) => (*t, -1),
+            Err(_) => (t.seq, -1),
         })
         .collect();
     assert_eq!(revs, vec![(1, 2), (2, 3), (3, 4), (4, -1)]);

@@ -5,7 +5,7 @@
 use super::{Input, Reply, ServerError, Shared, ToApply};
 use crate::btree::DbOptions;
 use crate::mvcc::{Store, COMPACTION_STEP_RECORDS};
-use crate::node::apply_committed;
+use crate::node::{apply_committed, ProposalId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -269,14 +269,17 @@ fn report_durable(store: &mut Store, shared: &Shared) -> Result<bool, ServerErro
 }
 
 /// Sends each proposal's result to whoever waits for it. Both lists are in log order, and
-/// the replies are for a subset of the results' tokens.
+/// the replies are for a subset of the results' proposal ids.
 fn answer(
-    results: Vec<(u64, Result<crate::mvcc::Response, crate::node::NodeError>)>,
-    replies: Vec<(u64, Reply)>,
+    results: Vec<(
+        ProposalId,
+        Result<crate::mvcc::Response, crate::node::NodeError>,
+    )>,
+    replies: Vec<(ProposalId, Reply)>,
 ) {
     let mut replies = replies.into_iter().peekable();
-    for (token, result) in results {
-        if let Some((_, reply)) = replies.next_if(|(t, _)| *t == token) {
+    for (id, result) in results {
+        if let Some((_, reply)) = replies.next_if(|(r, _)| *r == id) {
             let _ = reply.send(result);
         }
     }

@@ -71,19 +71,31 @@ pub struct Identity {
 }
 
 impl Identity {
-    const ENCODED_BYTES: usize = 17;
-    const VERSION: u8 = 1;
+    const ENCODED_BYTES: usize = 25;
+    /// Version 2 added the start epoch (and came with the versioned log command: a WAL of
+    /// version 1 holds entries in the older format).
+    const VERSION: u8 = 2;
 
-    /// The WAL metadata record's payload.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The WAL metadata record's payload: the identity and the start epoch it was
+    /// written at (raised at every start, so proposal ids never repeat).
+    pub fn encode(&self, epoch: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::ENCODED_BYTES);
         out.push(Self::VERSION);
         out.extend_from_slice(&self.member_id.to_le_bytes());
         out.extend_from_slice(&self.cluster_id.to_le_bytes());
+        out.extend_from_slice(&epoch.to_le_bytes());
         out
     }
 
-    pub fn decode(payload: &[u8]) -> Result<Identity, String> {
+    /// The identity and epoch in a metadata record.
+    pub fn decode(payload: &[u8]) -> Result<(Identity, u64), String> {
+        if payload.first() == Some(&1) {
+            return Err(
+                "the WAL was written by an earlier version of cairn (log format 1), which \
+                 this version does not read"
+                    .into(),
+            );
+        }
         if payload.len() != Self::ENCODED_BYTES || payload[0] != Self::VERSION {
             return Err(format!(
                 "the WAL's member metadata record is malformed ({} bytes)",
@@ -95,10 +107,13 @@ impl Identity {
             b.copy_from_slice(&payload[at..at + 8]);
             u64::from_le_bytes(b)
         };
-        Ok(Identity {
-            member_id: word(1),
-            cluster_id: word(9),
-        })
+        Ok((
+            Identity {
+                member_id: word(1),
+                cluster_id: word(9),
+            },
+            word(17),
+        ))
     }
 }
 
@@ -246,8 +261,8 @@ mod tests {
         assert_eq!(format!("{:x}", cluster_id(&[id])), "cdf818194e3a8c32");
         let identity = ClusterConfig::default().bootstrap("default").unwrap();
         assert_eq!(identity.member_id, id);
-        assert_eq!(Identity::decode(&identity.encode()), Ok(identity));
-        assert!(Identity::decode(&identity.encode()[1..]).is_err());
+        assert_eq!(Identity::decode(&identity.encode(7)), Ok((identity, 7)));
+        assert!(Identity::decode(&identity.encode(7)[1..]).is_err());
     }
 
     #[test]

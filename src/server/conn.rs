@@ -369,7 +369,13 @@ fn dispatch(
                 spawn_linearizable_read(id, r, shard, out, inflight);
                 return true;
             } else {
-                spawn_proposal(id, payload.to_vec(), shard, out, inflight);
+                spawn_proposal(
+                    id,
+                    crate::node::command::client(payload),
+                    shard,
+                    out,
+                    inflight,
+                );
                 return true;
             }
         }
@@ -490,9 +496,16 @@ fn enqueue(inputs: &flume::Sender<Input>, input: Input, id: u64) -> Result<(), A
 fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> AlignedVec {
     match result {
         Ok(r) => or_internal(id, encode_response(id, &ClientResponse::Kv(r))),
-        Err(e @ (NodeError::NotLeader | NodeError::Stopping)) => {
-            error_frame(id, ErrorCode::Unavailable, e.to_string())
-        }
+        // Not applied, or of unknown outcome but worth a retry by a client that knows
+        // its request is safe to apply twice (etcd answers these Unavailable too).
+        Err(
+            e @ (NodeError::NotLeader
+            | NodeError::Stopping
+            | NodeError::Dropped
+            | NodeError::LeaderChanged
+            | NodeError::Timeout),
+        ) => error_frame(id, ErrorCode::Unavailable, e.to_string()),
+        Err(e @ NodeError::Overloaded) => error_frame(id, ErrorCode::Overloaded, e.to_string()),
         Err(NodeError::Mvcc(e)) if !e.is_fatal() => {
             error_frame(id, ErrorCode::InvalidRequest, e.to_string())
         }
@@ -500,10 +513,11 @@ fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Ali
     }
 }
 
-/// Sends a write through the log; its bytes are the entry as they came off the socket.
+/// Sends a write through the log: its command holds the request's bytes as they came off
+/// the socket.
 fn spawn_proposal(
     id: u64,
-    payload: Vec<u8>,
+    command: Vec<u8>,
     shard: &Rc<Shard>,
     out: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
@@ -511,7 +525,7 @@ fn spawn_proposal(
     let proposals = shard.shared.inputs.clone();
     spawn_reply(out, inflight, async move {
         let (tx, rx) = flume::bounded(1);
-        let proposal = Proposal { payload, reply: tx };
+        let proposal = Proposal { command, reply: tx };
         match enqueue(&proposals, Input::Propose(proposal), id) {
             Err(refused) => refused,
             Ok(()) => match rx.recv_async().await {

@@ -136,7 +136,8 @@ fn install_signal_handlers() {
 
 /// A write waiting for the raft role, answered by the apply role.
 pub(crate) struct Proposal {
-    pub payload: Vec<u8>,
+    /// The log command ([`crate::node::command`]).
+    pub command: Vec<u8>,
     pub reply: Reply,
 }
 
@@ -154,8 +155,11 @@ pub(crate) enum Input {
 
 /// What the raft role hands to the apply role, in log order.
 pub(crate) enum ToApply {
-    /// Committed entries, and the replies owed for the proposals among them (by token).
-    Entries(Vec<::raft::eraftpb::Entry>, Vec<(u64, Reply)>),
+    /// Committed entries, and the replies owed for the proposals among them, in log order.
+    Entries(
+        Vec<::raft::eraftpb::Entry>,
+        Vec<(crate::node::ProposalId, Reply)>,
+    ),
     /// Reads to release once the published view has applied this index.
     Reads(u64, Vec<flume::Sender<()>>),
     /// Checkpoint and stop.

@@ -1,13 +1,16 @@
-//! The raft role: the WAL, RawNode's ready rounds (group commit), ticks, batched ReadIndex,
-//! and compacting the log (and releasing WAL segments) behind the store's checkpoints.
+//! The raft role: the shell around the consensus [`Driver`]. It owns the WAL and the
+//! clock: it feeds the driver proposals, reads and ticks, writes the records of its rounds
+//! (group commit: the next batch fills while one is written), reports how far the WAL is
+//! durable, hands committed entries to the apply role, and writes the log compactions the
+//! store's checkpoints allow (releasing WAL segments behind them).
 
 use super::cluster::Identity;
 use super::{wait_until, Input, Phase, Reply, ServerError, Shared, ToApply, POLL_BRIEF};
-use crate::node::{Node, NodeError};
+use crate::node::{Driver, DriverConfig, MonotonicClock, Node, NodeError, SplitMix64};
 use crate::raftlog::RaftLog;
 use crate::wal::{Lsn, RecordType, Wal, WalOptions};
 use raft::eraftpb::ConfState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,7 +36,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     let log = RaftLog::default();
     let replay_log = log.clone();
     let mut batches = VecDeque::new();
-    let mut identity: Option<Result<Identity, String>> = None;
+    let mut identity: Option<Result<(Identity, u64), String>> = None;
     let opened = Wal::open(
         shared.config.data_dir.join("wal"),
         WalOptions {
@@ -78,18 +81,13 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
             member_id: 0,
             cluster_id: 0,
         },
-        pending: HashMap::new(),
-        pending_reads: HashMap::new(),
-        token: 0,
-        batches,
-        compacted: 0,
-        inflight: VecDeque::new(),
+        epoch: 0,
         releasing: None,
         role,
     };
-    let result = raft.start(&log, replayed, identity, &shared).await;
+    let result = raft.start(&log, replayed, identity, batches, &shared).await;
     let result = match result {
-        Ok(mut node) => raft.serve(&mut node, &shared).await,
+        Ok(mut driver) => raft.serve(&mut driver, &shared).await,
         Err(e) => Err(e),
     };
     if let Err(e) = &result {
@@ -139,39 +137,34 @@ pub(crate) fn tree_meets_log(
     Ok(())
 }
 
+/// Proposals wait with the reply their net shard awaits; reads with the signal that
+/// releases them.
+type RaftDriver = Driver<Reply, flume::Sender<()>>;
+
 struct Raft {
     wal: Wal,
     identity: Identity,
+    /// This start's epoch (in proposal ids).
+    epoch: u64,
     role: RaftRole,
-    /// Replies owed for proposals in the log, by token.
-    pending: HashMap<u64, Reply>,
-    /// Linearizable reads waiting for their read index, by token.
-    pending_reads: HashMap<u64, Vec<flume::Sender<()>>>,
-    token: u64,
-    /// (first entry index, last entry index, LSN of the first record) of each WAL batch
-    /// holding entries after the last compaction: what releasing segments must keep.
-    batches: VecDeque<(u64, u64, Lsn)>,
-    compacted: u64,
-    /// Rounds handed out but not yet reported persisted, oldest first: (number, the LSN
-    /// up to which the WAL must be durable for it).
-    inflight: VecDeque<(u64, Lsn)>,
     /// WAL segments being deleted behind the last compaction.
     releasing: Option<glommio::Task<Result<usize, crate::wal::WalError>>>,
 }
 
 impl Raft {
-    /// Opens the node over the replayed log once the store is open, becomes leader and
+    /// Opens the driver over the replayed log once the store is open, becomes leader and
     /// applies the whole log before the net shards accept anything.
     async fn start(
         &mut self,
         log: &RaftLog,
         replayed: u64,
-        identity: Option<Result<Identity, String>>,
+        identity: Option<Result<(Identity, u64), String>>,
+        batches: VecDeque<(u64, u64, Lsn)>,
         shared: &Shared,
-    ) -> Result<Node, ServerError> {
+    ) -> Result<RaftDriver, ServerError> {
         log.finish_replay().map_err(NodeError::from)?;
         let config = &shared.config;
-        self.identity =
+        let (identity, epoch) =
             match identity {
                 Some(id) => id.map_err(ServerError::Config)?,
                 None if replayed == 0 => {
@@ -185,28 +178,23 @@ impl Raft {
                         ..Default::default()
                     });
                     let (t, p) = log.marker_record();
-                    let meta = id.encode();
-                    self.wal
-                        .append_many(&[(RecordType::METADATA, &meta), (t, &p)])
-                        .await?;
-                    id
+                    self.wal.append_many(&[(t, &p)]).await?;
+                    (id, 0)
                 }
                 None => return Err(ServerError::Config(
                     "the WAL holds no member metadata record (was it written by another program?)"
                         .into(),
                 )),
             };
+        self.identity = identity;
+        // A new epoch for this start, durable before any proposal carries it.
+        self.epoch = epoch + 1;
+        let meta = self.identity.encode(self.epoch);
+        self.wal
+            .append_many(&[(RecordType::METADATA, &meta)])
+            .await?;
         for l in self.role.peer_listeners.drain(..) {
             glommio::spawn_local(refuse_peers(l, shared.stop.clone())).detach();
-        }
-        self.compacted = log.start_index();
-        let compacted = self.compacted;
-        while self
-            .batches
-            .front()
-            .is_some_and(|&(_, last, _)| last <= compacted)
-        {
-            self.batches.pop_front();
         }
         // Only now, with the WAL's directory lock held, may the tree file be opened. Its
         // newest commit is read first: opening cuts the file after it, which must not
@@ -226,17 +214,30 @@ impl Raft {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let election_tick = (config.election_timeout_ms / config.heartbeat_interval_ms) as usize;
         let member = self.identity.member_id;
-        let mut node = Node::open(member, election_tick, applied, log.clone(), &logger)?;
-        node.campaign()?;
+        let node = Node::open(member, election_tick, applied, log.clone(), &logger)?;
+        let mut driver = Driver::new(
+            node,
+            DriverConfig {
+                member,
+                epoch: self.epoch,
+                election_tick,
+                request_timeout_ms: REQUEST_TIMEOUT_MS,
+                max_pending: config.max_pending_proposals,
+            },
+            Box::new(MonotonicClock::new()),
+            Box::new(SplitMix64::from_entropy()),
+            batches,
+        );
+        driver.campaign()?;
         for _ in 0..1000 {
-            self.settle(&mut node).await?;
-            if node.applied_index() >= node.last_log().1 {
+            self.settle(&mut driver).await?;
+            if driver.node().applied_index() >= driver.node().last_log().1 {
                 break;
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-        let last = node.last_log().1;
-        if node.applied_index() < last {
+        let last = driver.node().last_log().1;
+        if driver.node().applied_index() < last {
             return Err(ServerError::CatchUp);
         }
         // Serve only once the store has applied the whole log, so that no read (a
@@ -245,9 +246,9 @@ impl Raft {
             shared.status.lock().raft_applied_index >= last || shared.stopping()
         })
         .await;
-        self.publish(&node, shared);
+        self.publish(&driver, shared);
         if shared.stopping() {
-            return Ok(node); // stopped while starting: `serve` returns at once
+            return Ok(driver); // stopped while starting: `serve` returns at once
         }
         tracing::info!(
             name = %config.name,
@@ -256,13 +257,14 @@ impl Raft {
             addr = %config.listen_native_addr,
             applied = last,
             wal_records = replayed,
+            epoch = self.epoch,
             "serving"
         );
         shared.set_phase(Phase::Serving);
-        Ok(node)
+        Ok(driver)
     }
 
-    async fn serve(&mut self, node: &mut Node, shared: &Shared) -> Result<(), ServerError> {
+    async fn serve(&mut self, driver: &mut RaftDriver, shared: &Shared) -> Result<(), ServerError> {
         let tick = Duration::from_millis(shared.config.heartbeat_interval_ms.max(1));
         let mut next_tick = Instant::now() + tick;
         let max_batch = shared.config.max_pending_proposals;
@@ -271,11 +273,12 @@ impl Raft {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
             let inputs = &self.role.inputs;
+            let awaiting = driver.awaiting_lsn();
             // Wake for an input, the tick, or the oldest round in flight becoming durable.
             let woken =
                 futures_lite::future::or(async { Ok(inputs.recv_async().await.ok()) }, async {
-                    match self.inflight.front() {
-                        Some(&(_, lsn)) => {
+                    match awaiting {
+                        Some(lsn) => {
                             futures_lite::future::or(
                                 async { self.wal.wait_durable(lsn).await.map(|()| None) },
                                 async {
@@ -302,117 +305,90 @@ impl Raft {
                         });
                 }
             }
-            let mut reads = Vec::new();
             let mut checkpointed = None;
             for input in first
                 .into_iter()
                 .chain(self.role.inputs.try_iter().take(max_batch))
             {
                 match input {
-                    Input::Read(waiter) => reads.push(waiter),
+                    Input::Read(waiter) => {
+                        // Refused: the waiter is dropped and the read answered Unavailable.
+                        let _ = driver.read(waiter);
+                    }
                     Input::Checkpointed(index) => checkpointed = Some(index),
                     Input::Propose(p) => {
-                        self.token += 1;
-                        match node.propose(self.token, p.payload) {
-                            Ok(()) => {
-                                self.pending.insert(self.token, p.reply);
-                            }
-                            Err(e) => {
-                                let _ = p.reply.send(Err(e));
-                            }
+                        if let Err((reply, e)) = driver.propose(p.command, p.reply) {
+                            let _ = reply.send(Err(e));
                         }
                     }
                 }
             }
-            if !reads.is_empty() {
-                self.token += 1;
-                // Not the leader: the waiters are dropped and their reads answered
-                // Unavailable.
-                if node.read_index(self.token).is_ok() {
-                    self.pending_reads.insert(self.token, reads);
-                }
-            }
             if Instant::now() >= next_tick {
-                node.tick();
+                driver.tick();
                 next_tick = Instant::now() + tick;
             }
-            self.rounds(node).await?;
-            self.publish(node, shared);
+            self.rounds(driver).await?;
+            self.publish(driver, shared);
             if let Some(index) = checkpointed {
-                self.compact(node, index).await?;
+                self.compact(driver, index).await?;
             }
         }
         // Everything proposed gets committed and handed to apply before the member stops.
-        self.settle(node).await
+        self.settle(driver).await
     }
 
     /// Runs ready rounds until raft is idle, without waiting for the WAL: each round's
     /// records are queued (group commit: the batch being written and the next one fill at
-    /// once), its committed entries (with the replies owed for them) and confirmed reads go
-    /// to the apply role, and rounds whose records are durable are reported to raft, which
-    /// may make more rounds.
-    async fn rounds(&mut self, node: &mut Node) -> Result<(), ServerError> {
+    /// once), its committed entries (with the waiters owed their results) and confirmed
+    /// reads go to the apply role, and rounds whose records are durable are reported to
+    /// the driver, which may make more rounds.
+    async fn rounds(&mut self, driver: &mut RaftDriver) -> Result<(), ServerError> {
         loop {
-            while let Some(mut work) = node.next_ready()? {
-                if !work.committed.is_empty() {
-                    let replies: Vec<(u64, Reply)> = work
-                        .committed
-                        .iter()
-                        .filter_map(|e| {
-                            let token =
-                                u64::from_le_bytes(<[u8; 8]>::try_from(&e.context[..]).ok()?);
-                            Some((token, self.pending.remove(&token)?))
-                        })
-                        .collect();
-                    let committed = std::mem::take(&mut work.committed);
-                    self.send(ToApply::Entries(committed, replies)).await?;
+            while let Some(round) = driver.ready()? {
+                let span = round.entries_span();
+                if !round.messages.is_empty() {
+                    tracing::debug!(n = round.messages.len(), "no peers to send messages to");
                 }
-                for &(token, index) in &work.reads {
-                    if let Some(waiters) = self.pending_reads.remove(&token) {
-                        self.send(ToApply::Reads(index, waiters)).await?;
-                    }
+                if !round.committed.is_empty() {
+                    self.send(ToApply::Entries(round.committed, round.waiters))
+                        .await?;
                 }
-                // Durable once the WAL holds everything queued so far (this round's
-                // records, if it has any, are the last of them).
-                let mut durable_at = self.wal.next_lsn().saturating_sub(1);
-                if !work.records.is_empty() {
-                    let records: Vec<(RecordType, &[u8])> = work
+                for (index, waiters) in round.reads {
+                    self.send(ToApply::Reads(index, waiters)).await?;
+                }
+                let lsns = if round.records.is_empty() {
+                    let next = self.wal.next_lsn();
+                    next..next
+                } else {
+                    let records: Vec<(RecordType, &[u8])> = round
                         .records
                         .iter()
                         .map(|(t, p)| (*t, p.as_slice()))
                         .collect();
-                    let lsns = self.wal.enqueue(&records).await?;
-                    if let Some((first, last)) = work.entries_span() {
-                        self.batches.push_back((first, last, lsns.start));
-                    }
-                    durable_at = lsns.end - 1;
-                }
-                self.inflight.push_back((work.number, durable_at));
+                    self.wal.enqueue(&records).await?
+                };
+                driver.queued(round.number, span, lsns, round.persisted_messages);
             }
-            // Rounds durable now, oldest first.
-            let durable = self.wal.durable_lsn();
-            let mut persisted = None;
-            while let Some(&(number, lsn)) = self.inflight.front() {
-                if lsn > durable {
-                    break;
-                }
-                persisted = Some(number);
-                self.inflight.pop_front();
+            for (reply, e) in driver.take_failed() {
+                let _ = reply.send(Err(e));
             }
-            match persisted {
-                Some(number) => node.on_persisted(number),
-                None => return Ok(()),
+            // A refused read's waiter is dropped: the read is answered Unavailable.
+            drop(driver.take_failed_reads());
+            if !driver.durable(self.wal.durable_lsn()) {
+                return Ok(());
             }
+            // Persisted messages go to peers once peers exist; a single member has none.
+            drop(driver.take_persisted_messages());
         }
     }
 
     /// Runs rounds until none is in flight: everything proposed so far is durable and
     /// handed to the apply role.
-    async fn settle(&mut self, node: &mut Node) -> Result<(), ServerError> {
+    async fn settle(&mut self, driver: &mut RaftDriver) -> Result<(), ServerError> {
         loop {
-            self.rounds(node).await?;
-            match self.inflight.front() {
-                Some(&(_, lsn)) => self.wal.wait_durable(lsn).await?,
+            self.rounds(driver).await?;
+            match driver.awaiting_lsn() {
+                Some(lsn) => self.wal.wait_durable(lsn).await?,
                 None => return Ok(()),
             }
         }
@@ -428,28 +404,17 @@ impl Raft {
 
     /// The store is durable up to `index`: drop the log up to it, write the new start marker,
     /// and release the WAL segments nothing after it needs.
-    async fn compact(&mut self, node: &Node, index: u64) -> Result<(), ServerError> {
-        let to = index.min(node.applied_index());
-        if to <= self.compacted {
+    async fn compact(&mut self, driver: &mut RaftDriver, index: u64) -> Result<(), ServerError> {
+        let Some(compaction) = driver.compact(index)? else {
             return Ok(());
-        }
-        let (records, gone) = node.log().compact_detached(to).map_err(NodeError::from)?;
-        free_elsewhere(gone);
+        };
+        free_elsewhere(compaction.gone);
         // The identity again, so that it never lives only in a released segment.
-        let meta = self.identity.encode();
+        let meta = self.identity.encode(self.epoch);
         let mut refs: Vec<(RecordType, &[u8])> = vec![(RecordType::METADATA, &meta)];
-        refs.extend(records.iter().map(|(t, p)| (*t, p.as_slice())));
+        refs.extend(compaction.records.iter().map(|(t, p)| (*t, p.as_slice())));
         let marker = self.wal.append_many(&refs).await?.start;
-        self.compacted = to;
-        while self.batches.front().is_some_and(|&(_, last, _)| last <= to) {
-            self.batches.pop_front();
-        }
-        // Entries after `to` written before the marker must survive: keep from the first
-        // batch holding one (replay then starts mid-log, and the marker sets the start).
-        let keep_from = self
-            .batches
-            .front()
-            .map_or(marker, |&(_, _, lsn)| lsn.min(marker));
+        let keep_from = driver.compacted(compaction.to, marker);
         // Deleting a segment takes tens of milliseconds here: it runs as its own task, one
         // at a time (while one runs, the segments wait for the next checkpoint).
         if let Some(task) = &mut self.releasing {
@@ -461,6 +426,7 @@ impl Raft {
                 }
             }
         }
+        let to = compaction.to;
         let release = self.wal.release_below(keep_from);
         self.releasing = Some(glommio::spawn_local(async move {
             let released = release.await?;
@@ -481,17 +447,20 @@ impl Raft {
         }
     }
 
-    fn publish(&self, node: &Node, shared: &Shared) {
-        let (term, index) = node.last_log();
+    fn publish(&self, driver: &RaftDriver, shared: &Shared) {
+        let (term, index) = driver.node().last_log();
         let mut status = shared.status.lock();
         let member = self.identity.member_id;
         status.cluster_id = self.identity.cluster_id;
         status.member_id = member;
-        status.leader = if node.is_leader() { member } else { 0 };
+        status.leader = driver.leader_id();
         status.raft_term = term;
         status.raft_index = index;
     }
 }
+
+/// A proposal or read not answered within this gets etcd's "request timed out".
+const REQUEST_TIMEOUT_MS: u64 = 7_000;
 
 /// Frees entries compacted out of the log on a thread of their own: 100,000 of them take
 /// about 20 ms to free, which the raft role would otherwise spend not taking proposals.

@@ -8,6 +8,8 @@
 //! - `segment`: segment file naming, listing, preallocation and removal.
 //! - `reader`: open: verify, replay, repair a torn tail; [`inspect`]: the same, read-only.
 //! - `writer`: [`Wal`], the group-commit writer and its background tasks.
+//! - `mem`: [`MemWal`], the in-memory twin with a disk's faults (lost and torn unsynced
+//!   writes, flipped bits) for simulations and crash tests.
 //!
 //! ```no_run
 //! use cairn::wal::{RecordType, Wal, WalOptions};
@@ -27,6 +29,7 @@
 
 mod error;
 mod format;
+mod mem;
 mod options;
 mod reader;
 mod segment;
@@ -37,6 +40,7 @@ mod tests;
 
 pub use error::{is_no_space, Result, WalError};
 pub use format::{Lsn, RecordType};
+pub use mem::{MemDamage, MemReplay, MemWal, WriteToken, SECTOR_BYTES};
 pub use options::{Prealloc, WalOptions};
 pub use reader::{inspect, lock_shared, Inspection, Leftover, ReplayError, SharedLock, TornTail};
 pub use writer::{Append, CreationStopper, WaitDurable, Wal, WalMetrics};

@@ -9,6 +9,7 @@ use cairn::mvcc::{
     RangeResponse, Request, RequestOp, Response, ResponseHeader, ResponseOp, SortOrder, SortTarget,
     TargetUnion, TxnRequest, TxnResponse,
 };
+use cairn::node::{command, ProposalId};
 use cairn::protocol::{
     access_request, decode_error, decode_request, decode_response, encode_error, encode_request,
     encode_response, split_frame, AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
@@ -277,15 +278,21 @@ pub fn raft_records() -> Vec<(u8, Vec<u8>)> {
             member_id: 0xabc,
             cluster_id: 0xdef,
         }
-        .encode(),
+        .encode(3),
     ));
     out.push((RecordType::SNAPSHOT.get(), encode_marker(0, 0, &voters)));
     for (i, request) in requests().iter().enumerate() {
         let data = rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("archive");
+        let id = ProposalId {
+            member: 0xabc,
+            epoch: 3,
+            seq: i as u64,
+        };
         let mut e = Entry {
             index: i as u64 + 1,
             term: 1 + i as u64 / 3,
-            data: data.to_vec().into(),
+            data: command::client(&data).into(),
+            context: id.encode().into(),
             ..Default::default()
         };
         if i == 2 {
@@ -352,7 +359,7 @@ pub fn replay_raft(records: &[(u8, &[u8])]) {
 }
 
 /// One WAL record as the server reads it back: identity, or a raft record (an entry's data
-/// is a client's archived request, read in place by the apply loop).
+/// is a log command, read in place by the apply loop; its context a proposal id).
 pub fn replay_one(log: &RaftLog, rtype: RecordType, payload: &[u8]) {
     if rtype == RecordType::METADATA {
         let _ = Identity::decode(payload);
@@ -362,7 +369,8 @@ pub fn replay_one(log: &RaftLog, rtype: RecordType, payload: &[u8]) {
         if let Ok(e) = cairn::raftlog::decode_entry(payload) {
             let mut data = AlignedVec::<16>::new();
             data.extend_from_slice(&e.data);
-            let _ = access_request(&data);
+            let _ = command::decode(&data);
+            let _ = ProposalId::decode(&e.context);
         }
     }
     let _ = log.replay(rtype, payload);
