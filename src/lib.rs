@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`wal`]: the write-ahead log (and `MemWal`, its in-memory twin with a disk's faults). Fixed-size preallocated segments written with O_DIRECT
+//! - [`wal`]: the write-ahead log. Fixed-size preallocated segments written with O_DIRECT
 //!   through io_uring (glommio DMA files), records chained by a rolling CRC32C, group commit
-//!   (one O_DSYNC write per batch). Format: `docs/wal.md`.
+//!   (one O_DSYNC write per batch). Format: `docs/wal.md`. `MemWal` is its in-memory twin
+//!   with a disk's faults (lost and torn writes, flipped bits) for simulations.
 //! - [`btree`]: the append-only copy-on-write B+tree file. Checksummed fixed-size pages,
 //!   commit records, readers on any thread, online space reclamation, consistent snapshots
 //!   as byte streams. Format: `docs/btree.md`.

@@ -120,8 +120,11 @@ pub struct Driver<P, Q> {
     /// Messages of rounds waiting to be durable, by round number.
     persisted_messages: VecDeque<(u64, Vec<Message>)>,
     compacted: u64,
-    /// (term, leader, leading) when last looked.
-    seen: (u64, u64, bool),
+    /// Whether an election timeout was drawn yet.
+    drawn: bool,
+    /// (term, leader, role) when last looked: raft draws a new election timeout whenever
+    /// one of them changes (and only then).
+    seen: (u64, u64, raft::StateRole),
 }
 
 impl<P, Q> Driver<P, Q> {
@@ -152,7 +155,8 @@ impl<P, Q> Driver<P, Q> {
             inflight: VecDeque::new(),
             persisted_messages: VecDeque::new(),
             compacted,
-            seen: (0, 0, false),
+            drawn: false,
+            seen: (0, 0, raft::StateRole::Follower),
         };
         d.batches.retain(|&(_, last, _)| last > compacted);
         d.observe();
@@ -456,14 +460,11 @@ impl<P, Q> Driver<P, Q> {
     /// from the driver's random source, and a change of leader answers the waiters that
     /// can no longer be answered for certain.
     fn observe(&mut self) {
-        let now = (
-            self.node.term(),
-            self.node.leader_id(),
-            self.node.is_leader(),
-        );
-        if now == self.seen {
+        let now = (self.node.term(), self.node.leader_id(), self.node.role());
+        if now == self.seen && self.drawn {
             return;
         }
+        self.drawn = true;
         let base = self.config.election_tick.max(1);
         let ticks = base + self.random.below(base as u64) as usize;
         self.node.set_election_timeout(ticks);

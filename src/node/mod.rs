@@ -145,6 +145,10 @@ impl Node {
         self.raw.raft.state == raft::StateRole::Leader
     }
 
+    pub fn role(&self) -> raft::StateRole {
+        self.raw.raft.state
+    }
+
     pub fn step(&mut self, m: Message) -> Result<(), NodeError> {
         Ok(self.raw.step(m)?)
     }

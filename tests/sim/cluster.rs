@@ -1,0 +1,822 @@
+//! N members of the real consensus core ([`Driver`] over raft-rs, the MVCC [`Store`], the
+//! WAL's in-memory twin [`MemWal`]) in one thread, on a simulated clock, network and disk.
+//! Everything random is drawn from one seed, so one seed replays one run.
+
+use crate::checker::{Kind, Op};
+use cairn::btree::DbOptions;
+use cairn::mvcc::{PutRequest, RangeRequest, Request, Response, Store};
+use cairn::node::{
+    apply_committed, command, Clock, Driver, DriverConfig, Node, NodeError, Random, SplitMix64,
+};
+use cairn::protocol::{encode_request, ClientRequest, HEADER_BYTES};
+use cairn::raftlog::RaftLog;
+use cairn::wal::{Lsn, MemWal, RecordType, WriteToken};
+use raft::eraftpb::{ConfState, Message};
+use std::cell::Cell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+/// A bug planted on purpose, to show the checks catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planted {
+    /// Members tell raft their records are durable as soon as they are queued, before
+    /// the WAL write completes: a power failure then loses acknowledged writes.
+    AckBeforeWalWrite,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub members: usize,
+    pub clients: usize,
+    pub keys: u64,
+    /// Simulated time with clients and faults, then the cluster is healed and checked.
+    pub run_ms: u64,
+    pub faults: bool,
+    pub planted: Option<Planted>,
+}
+
+const HEARTBEAT_MS: u64 = 10;
+const ELECTION_TICKS: usize = 10;
+const REQUEST_TIMEOUT_MS: u64 = 1_000;
+/// After healing, the cluster must answer a read of every key within this.
+const SETTLE_MS: u64 = 5_000;
+/// The store checkpoints after this many applied entries.
+const CHECKPOINT_ENTRIES: u64 = 40;
+
+struct SimClock(Rc<Cell<u64>>);
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+enum Event {
+    Deliver {
+        to: usize,
+        msg: Message,
+    },
+    Tick {
+        member: usize,
+    },
+    WriteDone {
+        member: usize,
+        life: u64,
+        token: WriteToken,
+    },
+    ClientNext {
+        client: usize,
+    },
+    Fault,
+    Restart {
+        member: usize,
+    },
+    Heal {
+        member: usize,
+    },
+}
+
+/// What a client waits for, on which member.
+#[derive(Clone, Copy)]
+struct Waiting {
+    op: usize,
+    client: usize,
+    member: usize,
+}
+
+type SimDriver = Driver<Waiting, Waiting>;
+
+struct Member {
+    /// Raft id (index + 1).
+    id: u64,
+    /// Raised at every crash: events of an earlier life are void.
+    life: u64,
+    wal: MemWal,
+    writing: Option<WriteToken>,
+    dir: tempfile::TempDir,
+    up: Option<Up>,
+    /// Cut off from every peer until healed.
+    isolated: bool,
+}
+
+struct Up {
+    driver: SimDriver,
+    store: Store,
+    /// Entries applied since the last store checkpoint.
+    since_checkpoint: u64,
+    /// Reads whose read index this member has not applied yet (a follower learns the
+    /// leader's commit index before it has applied that far).
+    reads: Vec<(u64, Vec<Waiting>)>,
+}
+
+pub struct Sim {
+    opts: Options,
+    rng: SplitMix64,
+    now: Rc<Cell<u64>>,
+    events: BTreeMap<(u64, u64), Event>,
+    seq: u64,
+    members: Vec<Member>,
+    pub history: Vec<Op>,
+    /// Ops sent and not answered, by index in `history`.
+    outstanding: BTreeMap<usize, Waiting>,
+    /// Ops excluded from the history (certainly not applied, or reads without an answer).
+    excluded: Vec<bool>,
+    next_value: u64,
+    clients_running: bool,
+    /// Leader seen in each term.
+    leaders: BTreeMap<u64, u64>,
+    /// State hash seen at each applied index: (member, hash).
+    hashes: BTreeMap<u64, (u64, u32)>,
+    drop_per_mille: u64,
+    dup_per_mille: u64,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub puts_ok: u64,
+    pub gets_ok: u64,
+    pub unknown: u64,
+    pub refused: u64,
+    pub crashes: u64,
+    pub power_failures: u64,
+    pub partitions: u64,
+    pub messages: u64,
+    pub leaders: u64,
+}
+
+impl Sim {
+    pub fn new(seed: u64, opts: Options) -> Sim {
+        let mut rng = SplitMix64::new(seed);
+        let (drop_per_mille, dup_per_mille) = if opts.faults {
+            (rng.below(80), rng.below(20))
+        } else {
+            (0, 0)
+        };
+        let now = Rc::new(Cell::new(0));
+        let members = (0..opts.members)
+            .map(|i| Member {
+                id: i as u64 + 1,
+                life: 0,
+                wal: MemWal::new(),
+                writing: None,
+                dir: scratch_dir(),
+                up: None,
+                isolated: false,
+            })
+            .collect();
+        let mut sim = Sim {
+            opts,
+            rng,
+            now,
+            events: BTreeMap::new(),
+            seq: 0,
+            members,
+            history: Vec::new(),
+            outstanding: BTreeMap::new(),
+            excluded: Vec::new(),
+            next_value: 0,
+            clients_running: true,
+            leaders: BTreeMap::new(),
+            hashes: BTreeMap::new(),
+            drop_per_mille,
+            dup_per_mille,
+            stats: Stats::default(),
+        };
+        for m in 0..sim.members.len() {
+            sim.bootstrap(m);
+            sim.start(m);
+        }
+        sim
+    }
+
+    /// Runs the whole simulation and its checks.
+    pub fn run(&mut self) -> Result<(), String> {
+        for client in 0..self.opts.clients {
+            let at = self.rng.below(50);
+            self.schedule(at, Event::ClientNext { client });
+        }
+        if self.opts.faults {
+            self.schedule(200, Event::Fault);
+        }
+        self.run_until(self.opts.run_ms)?;
+        // Heal everything, let the cluster settle, and read every key.
+        self.clients_running = false;
+        for m in 0..self.members.len() {
+            self.members[m].isolated = false;
+            if self.members[m].up.is_none() {
+                self.start(m);
+            }
+        }
+        self.drop_per_mille = 0;
+        self.dup_per_mille = 0;
+        let deadline = self.now() + SETTLE_MS;
+        self.run_until(self.now() + 500)?;
+        for key in 0..self.opts.keys {
+            self.final_read(key, deadline)?;
+        }
+        self.run_until(self.now() + 300)?;
+        self.check_replicas()?;
+        crate::checker::check(&self.final_history())
+    }
+
+    fn final_history(&self) -> Vec<Op> {
+        self.history
+            .iter()
+            .zip(&self.excluded)
+            .filter(|(_, &x)| !x)
+            .map(|(o, _)| o)
+            // A read never answered told nothing.
+            .filter(|o| o.ret.is_some() || matches!(o.kind, Kind::Put(_)))
+            .cloned()
+            .collect()
+    }
+
+    fn now(&self) -> u64 {
+        self.now.get()
+    }
+
+    fn schedule(&mut self, after: u64, e: Event) {
+        self.seq += 1;
+        self.events.insert((self.now() + after, self.seq), e);
+    }
+
+    fn run_until(&mut self, end: u64) -> Result<(), String> {
+        while let Some(entry) = self.events.first_entry() {
+            let (at, _) = *entry.key();
+            if at > end {
+                break;
+            }
+            let e = entry.remove();
+            self.now.set(at);
+            self.handle(e)?;
+        }
+        self.now.set(end);
+        Ok(())
+    }
+
+    fn handle(&mut self, e: Event) -> Result<(), String> {
+        match e {
+            Event::Deliver { to, msg } => {
+                if let Some(up) = self.members[to].up.as_mut() {
+                    // A stale or unknown sender's message is refused; raft carries on.
+                    let _ = up.driver.step(msg);
+                    self.pump(to)?;
+                }
+            }
+            Event::Tick { member } => {
+                if let Some(up) = self.members[member].up.as_mut() {
+                    up.driver.tick();
+                    self.pump(member)?;
+                    self.schedule(HEARTBEAT_MS, Event::Tick { member });
+                }
+            }
+            Event::WriteDone {
+                member,
+                life,
+                token,
+            } => {
+                let m = &mut self.members[member];
+                if m.life == life {
+                    m.wal.write_done(&token);
+                    m.writing = None;
+                    if m.up.is_some() {
+                        self.pump(member)?;
+                    }
+                }
+            }
+            Event::ClientNext { client } => {
+                if self.clients_running {
+                    self.client_op(client)?;
+                }
+            }
+            Event::Fault => {
+                if self.clients_running {
+                    self.fault();
+                }
+            }
+            Event::Restart { member } => {
+                if self.members[member].up.is_none() {
+                    self.start(member);
+                }
+            }
+            Event::Heal { member } => self.members[member].isolated = false,
+        }
+        self.check_leaders();
+        Ok(())
+    }
+
+    /// A new member's WAL: the cluster's configuration and its first epoch.
+    fn bootstrap(&mut self, m: usize) {
+        let voters: Vec<u64> = (1..=self.opts.members as u64).collect();
+        let log = RaftLog::new(ConfState {
+            voters,
+            ..Default::default()
+        });
+        let (t, p) = log.marker_record();
+        self.members[m].wal.enqueue(&[(t, &p)]);
+        self.members[m].wal.flush();
+    }
+
+    /// Starts (or restarts) a member from its WAL and its store file.
+    fn start(&mut self, m: usize) {
+        let member = &mut self.members[m];
+        let log = RaftLog::default();
+        let mut batches = VecDeque::new();
+        let mut epoch = 0;
+        let replayed = member.wal.replay(|lsn, t, p| {
+            if t == RecordType::METADATA {
+                epoch = u64::from_le_bytes(p.try_into().expect("an 8-byte epoch"));
+                return;
+            }
+            log.replay(t, p).expect("records the member wrote");
+            if t == RecordType::ENTRY {
+                let index = log.last_index_held();
+                batches.push_back((index, index, lsn));
+            }
+        });
+        replayed.expect("no bit flips are injected into a member's WAL");
+        log.finish_replay().expect("a whole log");
+        epoch += 1;
+        member
+            .wal
+            .enqueue(&[(RecordType::METADATA, &epoch.to_le_bytes())]);
+        member.wal.flush();
+        let store = Store::open(member.dir.path().join("db"), DbOptions::default())
+            .expect("the store file");
+        let applied = store.applied().index;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = Node::open(member.id, ELECTION_TICKS, applied, log, &logger).expect("open");
+        let driver = Driver::new(
+            node,
+            DriverConfig {
+                member: member.id,
+                epoch,
+                election_tick: ELECTION_TICKS,
+                request_timeout_ms: REQUEST_TIMEOUT_MS,
+                max_pending: 10_000,
+            },
+            Box::new(SimClock(self.now.clone())),
+            Box::new(SplitMix64::new(self.rng.next_u64())),
+            batches,
+        );
+        member.up = Some(Up {
+            driver,
+            store,
+            since_checkpoint: 0,
+            reads: Vec::new(),
+        });
+        let first_tick = 1 + self.rng.below(HEARTBEAT_MS);
+        self.schedule(first_tick, Event::Tick { member: m });
+    }
+
+    /// Power loss on one member: queued WAL records are lost, the write in flight torn.
+    fn crash(&mut self, m: usize) {
+        let Some(up) = self.members[m].up.take() else {
+            return;
+        };
+        let rng = &mut self.rng;
+        let member = &mut self.members[m];
+        member.life += 1;
+        member.writing = None;
+        member.wal.crash(|| rng.below(2) == 0);
+        drop(up);
+        self.stats.crashes += 1;
+        self.abandon_waiters(m);
+    }
+
+    fn fault(&mut self) {
+        let n = self.members.len();
+        match self.rng.below(10) {
+            0..=3 => {
+                let m = self.rng.below(n as u64) as usize;
+                self.crash(m);
+                let after = 20 + self.rng.below(400);
+                self.schedule(after, Event::Restart { member: m });
+            }
+            4..=7 => {
+                let m = self.rng.below(n as u64) as usize;
+                self.members[m].isolated = true;
+                self.stats.partitions += 1;
+                let after = 50 + self.rng.below(800);
+                self.schedule(after, Event::Heal { member: m });
+            }
+            _ => {
+                // Every member loses power at once.
+                for m in 0..n {
+                    self.crash(m);
+                    let after = 20 + self.rng.below(200);
+                    self.schedule(after, Event::Restart { member: m });
+                }
+                self.stats.power_failures += 1;
+            }
+        }
+        let next = 100 + self.rng.below(300);
+        self.schedule(next, Event::Fault);
+    }
+
+    /// Runs the member's rounds until it has nothing to do without the disk or the
+    /// network.
+    fn pump(&mut self, m: usize) -> Result<(), String> {
+        loop {
+            loop {
+                let Some(up) = self.members[m].up.as_mut() else {
+                    return Ok(());
+                };
+                let round = up
+                    .driver
+                    .ready()
+                    .map_err(|e| format!("member {}: {e}", m + 1))?;
+                let Some(round) = round else { break };
+                let span = round.entries_span();
+                self.send(m, round.messages);
+                if !round.committed.is_empty() {
+                    self.apply(m, &round.committed, round.waiters)?;
+                }
+                if let Some(up) = self.members[m].up.as_mut() {
+                    up.reads.extend(round.reads);
+                }
+                self.serve_reads(m)?;
+                let member = &mut self.members[m];
+                let lsns = if round.records.is_empty() {
+                    let next = member.wal.next_lsn();
+                    next..next
+                } else {
+                    let recs: Vec<(RecordType, &[u8])> = round
+                        .records
+                        .iter()
+                        .map(|(t, p)| (*t, p.as_slice()))
+                        .collect();
+                    member.wal.enqueue(&recs)
+                };
+                if let Some(up) = member.up.as_mut() {
+                    up.driver
+                        .queued(round.number, span, lsns, round.persisted_messages);
+                }
+            }
+            self.answer_failed(m);
+            self.start_write(m);
+            let member = &mut self.members[m];
+            let durable: Lsn = match self.opts.planted {
+                Some(Planted::AckBeforeWalWrite) => member.wal.next_lsn() - 1,
+                None => member.wal.durable_lsn(),
+            };
+            let Some(up) = member.up.as_mut() else {
+                return Ok(());
+            };
+            if !up.driver.durable(durable) {
+                return Ok(());
+            }
+            let msgs = up.driver.take_persisted_messages();
+            self.send(m, msgs);
+        }
+    }
+
+    fn start_write(&mut self, m: usize) {
+        let member = &mut self.members[m];
+        if member.writing.is_some() {
+            return;
+        }
+        if let Some(token) = member.wal.start_write() {
+            member.writing = Some(token.clone());
+            let life = member.life;
+            let after = 1 + self.rng.below(4);
+            self.schedule(
+                after,
+                Event::WriteDone {
+                    member: m,
+                    life,
+                    token,
+                },
+            );
+        }
+    }
+
+    fn send(&mut self, from: usize, msgs: Vec<Message>) {
+        for msg in msgs {
+            self.stats.messages += 1;
+            let to = msg.to as usize - 1;
+            if self.members[from].isolated || self.members[to].isolated {
+                continue;
+            }
+            if self.rng.below(1000) < self.drop_per_mille {
+                continue;
+            }
+            let copies = if self.rng.below(1000) < self.dup_per_mille {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                // Jitter reorders messages between the same two members too.
+                let delay = 1 + self.rng.below(5);
+                self.schedule(
+                    delay,
+                    Event::Deliver {
+                        to,
+                        msg: msg.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        m: usize,
+        committed: &[raft::eraftpb::Entry],
+        waiters: Vec<(cairn::node::ProposalId, Waiting)>,
+    ) -> Result<(), String> {
+        let now = self.now();
+        let member = &mut self.members[m];
+        let id = member.id;
+        let Some(up) = member.up.as_mut() else {
+            return Ok(());
+        };
+        let applied = apply_committed(&mut up.store, committed)
+            .map_err(|e| format!("member {id}: apply: {e}"))?;
+        up.since_checkpoint += committed.len() as u64;
+        if up.since_checkpoint >= CHECKPOINT_ENTRIES {
+            up.store
+                .checkpoint()
+                .map_err(|e| format!("member {id}: checkpoint: {e}"))?;
+            up.since_checkpoint = 0;
+        }
+        let hash = up
+            .store
+            .hash_kv(0)
+            .map_err(|e| format!("member {id}: hash: {e}"))?
+            .hash;
+        let mut waiters = waiters.into_iter().peekable();
+        let mut done = Vec::new();
+        for (pid, result) in applied.results {
+            let Some((_, w)) = waiters.next_if(|(wid, _)| *wid == pid) else {
+                continue;
+            };
+            match result {
+                Ok(Response::Put(_)) => done.push(w),
+                other => return Err(format!("member {id}: a put answered {other:?}")),
+            }
+        }
+        if waiters.next().is_some() {
+            return Err(format!("member {id}: a waiter got no result"));
+        }
+        for w in done {
+            self.history[w.op].ret = Some(now);
+            self.stats.puts_ok += 1;
+            self.answered(w);
+        }
+        let index = applied.last_index.unwrap_or(0);
+        match self.hashes.get(&index) {
+            Some(&(other, h)) if h != hash => Err(format!(
+                "replicas diverge: at applied index {index} member {id} hashes {hash:08x}, \
+                 member {other} {h:08x}"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.hashes.insert(index, (id, hash));
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers the reads whose read index the member has applied.
+    fn serve_reads(&mut self, m: usize) -> Result<(), String> {
+        let now = self.now();
+        let Some(up) = self.members[m].up.as_mut() else {
+            return Ok(());
+        };
+        let applied = up.driver.node().applied_index();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut up.reads)
+            .into_iter()
+            .partition(|&(index, _)| index <= applied);
+        up.reads = waiting;
+        let mut done = Vec::new();
+        for w in ready.into_iter().flat_map(|(_, ws)| ws) {
+            let key = self.history[w.op].key;
+            let r = up
+                .store
+                .range(&RangeRequest {
+                    key: key_bytes(key),
+                    ..Default::default()
+                })
+                .map_err(|e| format!("member {}: read: {e}", m + 1))?;
+            done.push((w, r.kvs.first().map(|kv| decode_value(&kv.value))));
+        }
+        for (w, value) in done {
+            self.history[w.op].kind = Kind::Get(value);
+            self.history[w.op].ret = Some(now);
+            self.stats.gets_ok += 1;
+            self.answered(w);
+        }
+        Ok(())
+    }
+
+    fn answer_failed(&mut self, m: usize) {
+        let Some(up) = self.members[m].up.as_mut() else {
+            return;
+        };
+        let failed = up.driver.take_failed();
+        let failed_reads = up.driver.take_failed_reads();
+        for (w, e) in failed {
+            match e {
+                // Certainly not applied.
+                NodeError::NotLeader | NodeError::Dropped | NodeError::Overloaded => {
+                    self.excluded[w.op] = true;
+                    self.stats.refused += 1;
+                }
+                // Outcome unknown: the put may apply later, or never.
+                _ => self.stats.unknown += 1,
+            }
+            self.answered(w);
+        }
+        for (w, _) in failed_reads {
+            self.excluded[w.op] = true;
+            self.answered(w);
+        }
+    }
+
+    /// Clients waiting on a crashed member: their puts' outcome is unknown, their reads
+    /// told nothing.
+    fn abandon_waiters(&mut self, m: usize) {
+        let lost: Vec<Waiting> = self
+            .outstanding
+            .values()
+            .filter(|w| w.member == m)
+            .copied()
+            .collect();
+        for w in lost {
+            self.outstanding.remove(&w.op);
+            match self.history[w.op].kind {
+                Kind::Put(_) => self.stats.unknown += 1,
+                Kind::Get(_) => self.excluded[w.op] = true,
+            }
+            self.schedule_next(w.client);
+        }
+    }
+
+    /// The answer to `w` came: the client goes on.
+    fn answered(&mut self, w: Waiting) {
+        self.outstanding.remove(&w.op);
+        self.schedule_next(w.client);
+    }
+
+    fn schedule_next(&mut self, client: usize) {
+        if client == usize::MAX {
+            return;
+        }
+        let think = self.rng.below(5);
+        self.schedule(think, Event::ClientNext { client });
+    }
+
+    fn client_op(&mut self, client: usize) -> Result<(), String> {
+        let m = self.rng.below(self.members.len() as u64) as usize;
+        let key = self.rng.below(self.opts.keys);
+        let put = self.rng.below(2) == 0;
+        self.issue(client, m, key, put)
+    }
+
+    /// Sends one operation to member `m`; `client == usize::MAX` is the final checker's.
+    fn issue(&mut self, client: usize, m: usize, key: u64, put: bool) -> Result<(), String> {
+        let op = self.history.len();
+        let kind = if put {
+            self.next_value += 1;
+            Kind::Put(self.next_value)
+        } else {
+            Kind::Get(None)
+        };
+        self.history.push(Op {
+            client,
+            key,
+            kind: kind.clone(),
+            call: self.now(),
+            ret: None,
+        });
+        self.excluded.push(false);
+        let w = Waiting {
+            op,
+            client,
+            member: m,
+        };
+        let Some(up) = self.members[m].up.as_mut() else {
+            // Connection refused: nothing was sent.
+            self.excluded[op] = true;
+            self.schedule_next(client);
+            return Ok(());
+        };
+        let refused = match kind {
+            Kind::Put(v) => {
+                let req = ClientRequest::Kv(Request::Put(PutRequest {
+                    key: key_bytes(key),
+                    value: v.to_le_bytes().to_vec(),
+                    ..Default::default()
+                }));
+                let frame = encode_request(0, &req).map_err(|e| e.to_string())?;
+                up.driver
+                    .propose(command::client(&frame[HEADER_BYTES..]), w)
+                    .err()
+            }
+            Kind::Get(_) => up.driver.read(w).err(),
+        };
+        if refused.is_some() {
+            self.excluded[op] = true;
+            self.stats.refused += 1;
+            self.schedule_next(client);
+        } else {
+            self.outstanding.insert(op, w);
+        }
+        self.pump(m)
+    }
+
+    /// A linearizable read of `key` that must succeed before `deadline`.
+    fn final_read(&mut self, key: u64, deadline: u64) -> Result<(), String> {
+        let mut m = 0;
+        while self.now() < deadline {
+            let op = self.history.len();
+            self.issue(usize::MAX, m, key, false)?;
+            let give_up = self.now() + 2 * REQUEST_TIMEOUT_MS;
+            while self.history[op].ret.is_none() && !self.excluded[op] && self.now() < give_up {
+                let step = self.now() + HEARTBEAT_MS;
+                self.run_until(step)?;
+            }
+            if self.history[op].ret.is_some() {
+                return Ok(());
+            }
+            self.excluded[op] = true;
+            m = (m + 1) % self.members.len();
+        }
+        Err(format!(
+            "no member answered a read of key {key} within {SETTLE_MS} ms after healing \
+             (leaders by term: {:?})",
+            self.leaders
+        ))
+    }
+
+    fn check_leaders(&mut self) {
+        for member in &self.members {
+            let Some(up) = &member.up else { continue };
+            if !up.driver.is_leader() {
+                continue;
+            }
+            let term = up.driver.node().term();
+            let prev = *self.leaders.entry(term).or_insert(member.id);
+            if prev == member.id {
+                continue;
+            }
+            // Two leaders in one term: recorded as leader 0, reported by check_replicas.
+            self.leaders.insert(term, 0);
+        }
+        self.stats.leaders = self.leaders.len() as u64;
+    }
+
+    /// After healing: one leader per term, and every member applied the same entries to
+    /// the same state.
+    fn check_replicas(&mut self) -> Result<(), String> {
+        if let Some((term, _)) = self.leaders.iter().find(|(_, &l)| l == 0) {
+            return Err(format!("two leaders in term {term}"));
+        }
+        let mut seen: Option<(u64, u64, u32)> = None;
+        for member in &self.members {
+            let Some(up) = &member.up else {
+                return Err(format!("member {} is down after healing", member.id));
+            };
+            let applied = up.driver.node().applied_index();
+            let hash = up.store.hash_kv(0).map_err(|e| e.to_string())?.hash;
+            match seen {
+                None => seen = Some((member.id, applied, hash)),
+                Some((id, a, h)) if a == applied && h != hash => {
+                    return Err(format!(
+                        "members {id} and {} both applied {a} but hash {h:08x} and {hash:08x}",
+                        member.id
+                    ))
+                }
+                Some((id, a, _)) if a != applied => {
+                    return Err(format!(
+                        "members {id} and {} applied {a} and {applied} after settling",
+                        member.id
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key_bytes(key: u64) -> Vec<u8> {
+    format!("k{key}").into_bytes()
+}
+
+fn decode_value(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&v[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// A directory for one member's store file: in memory when /dev/shm exists (the tree's
+/// syncs then cost nothing), else under the system's temporary directory.
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("a temporary directory")
+}
