@@ -351,7 +351,7 @@ async fn replay(
     let inspection = wal::inspect(dir, 0, |_, rtype, payload| {
         records += 1;
         if rtype == RecordType::METADATA {
-            identity = Some(Identity::decode(payload).map(|(id, _)| id));
+            identity = Some(Identity::decode(payload).map(|m| m.identity));
             return Ok(());
         }
         log.replay(rtype, payload)?;

@@ -512,7 +512,7 @@ fn build(dir: &Path) {
                 member_id: 7,
                 cluster_id: 9,
             }
-            .encode(1);
+            .encode(1, &[]);
             let conf = raft::eraftpb::ConfState {
                 voters: vec![7],
                 ..Default::default()

@@ -43,6 +43,9 @@ pub struct DriverConfig {
     /// Proposals waiting for their entry, and reads waiting for a read index, at most
     /// (each).
     pub max_pending: usize,
+    /// Entries kept in the log behind a compaction point, for followers that lag a little
+    /// (etcd keeps 5,000); 0 for a member without peers.
+    pub retain_entries: u64,
 }
 
 /// One ready round: what to send, persist and apply.
@@ -362,7 +365,9 @@ impl<P, Q> Driver<P, Q> {
     /// The store is durable through `checkpointed`: the log up to it may go. `None` when
     /// there is nothing new to drop.
     pub fn compact(&mut self, checkpointed: u64) -> Result<Option<Compaction>, NodeError> {
-        let to = checkpointed.min(self.node.applied_index());
+        let to = checkpointed
+            .min(self.node.applied_index())
+            .saturating_sub(self.config.retain_entries);
         if to <= self.compacted {
             return Ok(None);
         }

@@ -70,25 +70,61 @@ pub struct Identity {
     pub cluster_id: u64,
 }
 
-impl Identity {
-    const ENCODED_BYTES: usize = 25;
-    /// Version 2 added the start epoch (and came with the versioned log command: a WAL of
-    /// version 1 holds entries in the older format).
-    const VERSION: u8 = 2;
+/// A member of the cluster as the others know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
 
-    /// The WAL metadata record's payload: the identity and the start epoch it was
-    /// written at (raised at every start, so proposal ids never repeat).
-    pub fn encode(&self, epoch: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::ENCODED_BYTES);
+/// What the WAL's metadata record holds: who this member is, its start epoch, and the
+/// cluster's members as bootstrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub identity: Identity,
+    pub epoch: u64,
+    pub members: Vec<PeerInfo>,
+}
+
+impl Identity {
+    const FIXED_BYTES: usize = 25;
+    /// Version 2 added the start epoch and the member list (and came with the versioned
+    /// log command: a WAL of version 1 holds entries in the older format).
+    const VERSION: u8 = 2;
+    /// Members, names and URLs a metadata record may hold (a record is read whole).
+    const MEMBERS_MAX: usize = 1024;
+    const STRINGS_MAX: usize = 64;
+
+    /// The WAL metadata record's payload:
+    /// `version u8 | member u64 | cluster u64 | epoch u64 | members u16 |` then per member
+    /// `id u64 | name | urls u16 | url...`, each string `len u16 | UTF-8`; little-endian.
+    pub fn encode(&self, epoch: u64, members: &[PeerInfo]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::FIXED_BYTES + 64 * members.len());
         out.push(Self::VERSION);
         out.extend_from_slice(&self.member_id.to_le_bytes());
         out.extend_from_slice(&self.cluster_id.to_le_bytes());
         out.extend_from_slice(&epoch.to_le_bytes());
+        out.extend_from_slice(&(members.len().min(Self::MEMBERS_MAX) as u16).to_le_bytes());
+        let string = |out: &mut Vec<u8>, s: &str| {
+            let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+            out.extend_from_slice(b);
+        };
+        for m in members.iter().take(Self::MEMBERS_MAX) {
+            out.extend_from_slice(&m.id.to_le_bytes());
+            string(&mut out, &m.name);
+            let urls = m.peer_urls.len().min(Self::STRINGS_MAX);
+            out.extend_from_slice(&(urls as u16).to_le_bytes());
+            for u in &m.peer_urls[..urls] {
+                string(&mut out, u);
+            }
+        }
         out
     }
 
-    /// The identity and epoch in a metadata record.
-    pub fn decode(payload: &[u8]) -> Result<(Identity, u64), String> {
+    /// The identity, epoch and members in a metadata record.
+    pub fn decode(payload: &[u8]) -> Result<Metadata, String> {
         if payload.first() == Some(&1) {
             return Err(
                 "the WAL was written by an earlier version of cairn (log format 1), which \
@@ -96,24 +132,78 @@ impl Identity {
                     .into(),
             );
         }
-        if payload.len() != Self::ENCODED_BYTES || payload[0] != Self::VERSION {
-            return Err(format!(
+        let malformed = || {
+            format!(
                 "the WAL's member metadata record is malformed ({} bytes)",
                 payload.len()
-            ));
-        }
-        let word = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&payload[at..at + 8]);
-            u64::from_le_bytes(b)
+            )
         };
-        Ok((
-            Identity {
-                member_id: word(1),
-                cluster_id: word(9),
+        if payload.len() < Self::FIXED_BYTES + 2 || payload[0] != Self::VERSION {
+            return Err(malformed());
+        }
+        let mut r = Reader {
+            buf: payload,
+            at: 1,
+        };
+        let member_id = r.u64().ok_or_else(malformed)?;
+        let cluster_id = r.u64().ok_or_else(malformed)?;
+        let epoch = r.u64().ok_or_else(malformed)?;
+        let count = r.u16().ok_or_else(malformed)? as usize;
+        let mut members = Vec::with_capacity(count.min(Self::MEMBERS_MAX));
+        for _ in 0..count {
+            let id = r.u64().ok_or_else(malformed)?;
+            let name = r.string().ok_or_else(malformed)?;
+            let urls = r.u16().ok_or_else(malformed)? as usize;
+            if urls > Self::STRINGS_MAX {
+                return Err(malformed());
+            }
+            let peer_urls = (0..urls)
+                .map(|_| r.string())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(malformed)?;
+            members.push(PeerInfo {
+                id,
+                name,
+                peer_urls,
+            });
+        }
+        if r.at != payload.len() {
+            return Err(malformed());
+        }
+        Ok(Metadata {
+            identity: Identity {
+                member_id,
+                cluster_id,
             },
-            word(17),
-        ))
+            epoch,
+            members,
+        })
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let b = self.buf.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(b)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
     }
 }
 
@@ -164,10 +254,10 @@ impl ClusterConfig {
     }
 
     /// Checks the flags for a member named `name` starting a new data directory, and
-    /// returns its identity. A cluster of more than one member, or joining an existing
-    /// one, needs replication, which this version does not have: those are refused
+    /// returns its identity and the cluster's members. Joining an existing cluster needs
+    /// runtime membership changes, which this version does not have: that is refused
     /// clearly rather than started as something else.
-    pub fn bootstrap(&self, name: &str) -> Result<Identity, String> {
+    pub fn bootstrap(&self, name: &str) -> Result<(Identity, Vec<PeerInfo>), String> {
         for url in &self.initial_advertise_peer_urls {
             parse_peer_url(url, "--initial-advertise-peer-urls")?;
         }
@@ -196,27 +286,34 @@ impl ClusterConfig {
         }
         if self.state == ClusterState::Existing {
             return Err(
-                "--initial-cluster-state existing: joining a running cluster needs replication, \
-                 which this version of cairn does not have yet; start a new member with \
-                 --initial-cluster-state new"
+                "--initial-cluster-state existing: joining a running cluster needs runtime \
+                 membership changes, which this version of cairn does not have yet; start \
+                 every member with --initial-cluster-state new"
                     .into(),
             );
         }
-        if members.len() > 1 {
-            return Err(format!(
-                "--initial-cluster lists {} members: this version of cairn runs one member \
-                 (replication comes in a later version); list only {name}",
-                members.len()
-            ));
-        }
-        let ids: Vec<u64> = members
+        let peers: Vec<PeerInfo> = members
             .iter()
-            .map(|(_, urls)| member_id(urls, &self.token))
+            .map(|(n, urls)| PeerInfo {
+                id: member_id(urls, &self.token),
+                name: n.clone(),
+                peer_urls: urls.clone(),
+            })
             .collect();
-        Ok(Identity {
-            member_id: member_id(urls, &self.token),
-            cluster_id: cluster_id(&ids),
-        })
+        let ids: Vec<u64> = peers.iter().map(|p| p.id).collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != ids.len() {
+            return Err("--initial-cluster lists two members with the same peer URLs".to_string());
+        }
+        Ok((
+            Identity {
+                member_id: member_id(urls, &self.token),
+                cluster_id: cluster_id(&ids),
+            },
+            peers,
+        ))
     }
 }
 
@@ -259,10 +356,52 @@ mod tests {
         let id = member_id(&["http://localhost:2380".into()], "etcd-cluster");
         assert_eq!(format!("{id:x}"), "8e9e05c52164694d");
         assert_eq!(format!("{:x}", cluster_id(&[id])), "cdf818194e3a8c32");
-        let identity = ClusterConfig::default().bootstrap("default").unwrap();
+        let (identity, members) = ClusterConfig::default().bootstrap("default").unwrap();
         assert_eq!(identity.member_id, id);
-        assert_eq!(Identity::decode(&identity.encode(7)), Ok((identity, 7)));
-        assert!(Identity::decode(&identity.encode(7)[1..]).is_err());
+        assert_eq!(members.len(), 1);
+        let meta = Identity::decode(&identity.encode(7, &members)).unwrap();
+        assert_eq!(
+            (meta.identity, meta.epoch, meta.members),
+            (identity, 7, members.clone())
+        );
+        let encoded = identity.encode(7, &members);
+        for cut in 0..encoded.len() {
+            assert!(Identity::decode(&encoded[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_three_member_cluster_has_etcds_ids() {
+        let c = ClusterConfig {
+            initial_cluster:
+                "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381,c=http://127.0.0.1:2382".into(),
+            initial_advertise_peer_urls: vec!["http://127.0.0.1:2381".into()],
+            listen_peer_urls: vec!["http://127.0.0.1:2381".into()],
+            ..ClusterConfig::default()
+        };
+        let (identity, members) = c.bootstrap("b").unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[1].name, "b");
+        assert_eq!(identity.member_id, members[1].id);
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        assert_eq!(identity.cluster_id, cluster_id(&ids));
+        // Every member computes the same cluster id.
+        let (a, _) = ClusterConfig {
+            initial_advertise_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            ..c.clone()
+        }
+        .bootstrap("a")
+        .unwrap();
+        assert_eq!(a.cluster_id, identity.cluster_id);
+        // Another token, another cluster.
+        let (other, _) = ClusterConfig {
+            token: "other".into(),
+            ..c
+        }
+        .bootstrap("b")
+        .unwrap();
+        assert_ne!(other.cluster_id, identity.cluster_id);
     }
 
     #[test]
@@ -275,11 +414,11 @@ mod tests {
             ..base.clone()
         };
         assert!(err(&mismatch, "default").contains("--initial-advertise-peer-urls"));
-        let three = ClusterConfig {
-            initial_cluster: "default=http://localhost:2380,b=http://b:2380,c=http://c:2380".into(),
+        let twice = ClusterConfig {
+            initial_cluster: "default=http://localhost:2380,b=http://localhost:2380".into(),
             ..base.clone()
         };
-        assert!(err(&three, "default").contains("lists 3 members"));
+        assert!(err(&twice, "default").contains("same peer URLs"));
         let existing = ClusterConfig {
             state: ClusterState::Existing,
             ..base.clone()

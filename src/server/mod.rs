@@ -19,6 +19,7 @@ mod alarm;
 mod apply;
 mod cluster;
 mod conn;
+mod peer;
 mod placement;
 mod raft;
 mod read_buf;
@@ -26,7 +27,9 @@ mod replies;
 
 pub(crate) use raft::tree_meets_log;
 
-pub use cluster::{cluster_id, member_id, ClusterConfig, ClusterState, Identity};
+pub use cluster::{
+    cluster_id, member_id, ClusterConfig, ClusterState, Identity, Metadata, PeerInfo,
+};
 pub use placement::{usable_cpus, ExecutorPlan, Placement, PlacementMode};
 
 use crate::mvcc::{ReadView, Response};
@@ -151,6 +154,8 @@ pub(crate) enum Input {
     Read(flume::Sender<()>),
     /// The store is durable up to this index: the log and the WAL before it may go.
     Checkpointed(u64),
+    /// Raft messages from a peer.
+    Peer(Vec<::raft::eraftpb::Message>),
 }
 
 /// What the raft role hands to the apply role, in log order.
@@ -250,7 +255,7 @@ pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
                 let _ = p.reply.send(Err(NodeError::Stopping));
             }
             Input::Read(waiter) => drop(waiter), // answered Unavailable
-            Input::Checkpointed(_) => {}
+            Input::Checkpointed(_) | Input::Peer(_) => {}
         }
     }
 }

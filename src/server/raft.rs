@@ -4,21 +4,19 @@
 //! durable, hands committed entries to the apply role, and writes the log compactions the
 //! store's checkpoints allow (releasing WAL segments behind them).
 
-use super::cluster::Identity;
+use super::cluster::{Identity, Metadata, PeerInfo};
+use super::peer::{Me, Peers};
 use super::{wait_until, Input, Phase, Reply, ServerError, Shared, ToApply, POLL_BRIEF};
 use crate::node::{Driver, DriverConfig, MonotonicClock, Node, NodeError, SplitMix64};
 use crate::raftlog::RaftLog;
 use crate::wal::{Lsn, RecordType, Wal, WalOptions};
 use raft::eraftpb::ConfState;
 use std::collections::VecDeque;
-use std::os::unix::io::{FromRawFd, IntoRawFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) struct RaftRole {
-    /// Bound `--listen-peer-urls`: no peer talks to a single member yet, so connections
-    /// are closed at once (the peer transport comes with replication).
+    /// Bound `--listen-peer-urls`, for the peer transport.
     pub peer_listeners: Vec<std::net::TcpListener>,
     pub inputs: flume::Receiver<Input>,
     pub to_apply: flume::Sender<ToApply>,
@@ -36,7 +34,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     let log = RaftLog::default();
     let replay_log = log.clone();
     let mut batches = VecDeque::new();
-    let mut identity: Option<Result<(Identity, u64), String>> = None;
+    let mut identity: Option<Result<Metadata, String>> = None;
     let opened = Wal::open(
         shared.config.data_dir.join("wal"),
         WalOptions {
@@ -82,6 +80,8 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
             cluster_id: 0,
         },
         epoch: 0,
+        members: Vec::new(),
+        peers: None,
         releasing: None,
         role,
     };
@@ -146,6 +146,10 @@ struct Raft {
     identity: Identity,
     /// This start's epoch (in proposal ids).
     epoch: u64,
+    /// The cluster's members as bootstrapped.
+    members: Vec<PeerInfo>,
+    /// The transport to the other members, once started.
+    peers: Option<Peers>,
     role: RaftRole,
     /// WAL segments being deleted behind the last compaction.
     releasing: Option<glommio::Task<Result<usize, crate::wal::WalError>>>,
@@ -158,44 +162,57 @@ impl Raft {
         &mut self,
         log: &RaftLog,
         replayed: u64,
-        identity: Option<Result<(Identity, u64), String>>,
+        identity: Option<Result<Metadata, String>>,
         batches: VecDeque<(u64, u64, Lsn)>,
         shared: &Shared,
     ) -> Result<RaftDriver, ServerError> {
         log.finish_replay().map_err(NodeError::from)?;
         let config = &shared.config;
-        let (identity, epoch) =
+        let meta =
             match identity {
-                Some(id) => id.map_err(ServerError::Config)?,
+                Some(meta) => meta.map_err(ServerError::Config)?,
                 None if replayed == 0 => {
-                    // A new data directory: the member's identity comes from the flags, once.
-                    let id = config
+                    // A new data directory: the member's identity and the cluster's members
+                    // come from the flags, once.
+                    let (identity, members) = config
                         .cluster
                         .bootstrap(&config.name)
                         .map_err(ServerError::Config)?;
                     log.set_conf_state(ConfState {
-                        voters: vec![id.member_id],
+                        voters: members.iter().map(|m| m.id).collect(),
                         ..Default::default()
                     });
                     let (t, p) = log.marker_record();
                     self.wal.append_many(&[(t, &p)]).await?;
-                    (id, 0)
+                    Metadata {
+                        identity,
+                        epoch: 0,
+                        members,
+                    }
                 }
                 None => return Err(ServerError::Config(
                     "the WAL holds no member metadata record (was it written by another program?)"
                         .into(),
                 )),
             };
-        self.identity = identity;
+        self.identity = meta.identity;
+        self.members = meta.members;
         // A new epoch for this start, durable before any proposal carries it.
-        self.epoch = epoch + 1;
-        let meta = self.identity.encode(self.epoch);
+        self.epoch = meta.epoch + 1;
+        let record = self.identity.encode(self.epoch, &self.members);
         self.wal
-            .append_many(&[(RecordType::METADATA, &meta)])
+            .append_many(&[(RecordType::METADATA, &record)])
             .await?;
-        for l in self.role.peer_listeners.drain(..) {
-            glommio::spawn_local(refuse_peers(l, shared.stop.clone())).detach();
-        }
+        self.peers = Some(Peers::start(
+            Me {
+                cluster_id: self.identity.cluster_id,
+                member_id: self.identity.member_id,
+            },
+            &self.members,
+            std::mem::take(&mut self.role.peer_listeners),
+            shared.inputs.clone(),
+            shared.stop.clone(),
+        ));
         // Only now, with the WAL's directory lock held, may the tree file be opened. Its
         // newest commit is read first: opening cuts the file after it, which must not
         // happen before the tree is known to meet the log (a newer commit whose record was
@@ -223,21 +240,37 @@ impl Raft {
                 election_tick,
                 request_timeout_ms: REQUEST_TIMEOUT_MS,
                 max_pending: config.max_pending_proposals,
+                retain_entries: if self.members.len() > 1 {
+                    RETAIN_ENTRIES
+                } else {
+                    0
+                },
             },
             Box::new(MonotonicClock::new()),
             Box::new(SplitMix64::from_entropy()),
             batches,
         );
-        driver.campaign()?;
+        // Alone, a member leads at once; in a cluster, the members elect one.
+        let alone = self.members.len() <= 1;
+        if alone {
+            driver.campaign()?;
+        }
+        // Apply what this member knows to be committed (alone: its whole log) before
+        // serving, so that no read sees less than it saw before a restart.
+        let known = if alone {
+            driver.node().last_log().1
+        } else {
+            log.hard_state().commit
+        };
         for _ in 0..1000 {
             self.settle(&mut driver).await?;
-            if driver.node().applied_index() >= driver.node().last_log().1 {
+            if driver.node().applied_index() >= known {
                 break;
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-        let last = driver.node().last_log().1;
-        if driver.node().applied_index() < last {
+        let last = driver.node().applied_index();
+        if last < known {
             return Err(ServerError::CatchUp);
         }
         // Serve only once the store has applied the whole log, so that no read (a
@@ -316,6 +349,13 @@ impl Raft {
                         let _ = driver.read(waiter);
                     }
                     Input::Checkpointed(index) => checkpointed = Some(index),
+                    Input::Peer(msgs) => {
+                        for m in msgs {
+                            if let Err(e) = driver.step(m) {
+                                tracing::debug!(error = %e, "peer message refused");
+                            }
+                        }
+                    }
                     Input::Propose(p) => {
                         if let Err((reply, e)) = driver.propose(p.command, p.reply) {
                             let _ = reply.send(Err(e));
@@ -346,8 +386,8 @@ impl Raft {
         loop {
             while let Some(round) = driver.ready()? {
                 let span = round.entries_span();
-                if !round.messages.is_empty() {
-                    tracing::debug!(n = round.messages.len(), "no peers to send messages to");
+                if let Some(peers) = &self.peers {
+                    peers.send(round.messages);
                 }
                 if !round.committed.is_empty() {
                     self.send(ToApply::Entries(round.committed, round.waiters))
@@ -377,8 +417,10 @@ impl Raft {
             if !driver.durable(self.wal.durable_lsn()) {
                 return Ok(());
             }
-            // Persisted messages go to peers once peers exist; a single member has none.
-            drop(driver.take_persisted_messages());
+            let msgs = driver.take_persisted_messages();
+            if let Some(peers) = &self.peers {
+                peers.send(msgs);
+            }
         }
     }
 
@@ -410,7 +452,7 @@ impl Raft {
         };
         free_elsewhere(compaction.gone);
         // The identity again, so that it never lives only in a released segment.
-        let meta = self.identity.encode(self.epoch);
+        let meta = self.identity.encode(self.epoch, &self.members);
         let mut refs: Vec<(RecordType, &[u8])> = vec![(RecordType::METADATA, &meta)];
         refs.extend(compaction.records.iter().map(|(t, p)| (*t, p.as_slice())));
         let marker = self.wal.append_many(&refs).await?.start;
@@ -459,6 +501,10 @@ impl Raft {
     }
 }
 
+/// Entries a member of a cluster keeps behind its compaction point, for a follower that
+/// lags a little (etcd's `SnapshotCatchUpEntries`).
+const RETAIN_ENTRIES: u64 = 5_000;
+
 /// A proposal or read not answered within this gets etcd's "request timed out".
 const REQUEST_TIMEOUT_MS: u64 = 7_000;
 
@@ -472,30 +518,4 @@ fn free_elsewhere(entries: VecDeque<raft::eraftpb::Entry>) {
     let _ = std::thread::Builder::new()
         .name("cairn-free".into())
         .spawn(move || drop(entries));
-}
-
-/// Accepts peer connections on a `--listen-peer-urls` listener and closes them: a single
-/// member has no peers yet. The listener closes as soon as the member stops, before the
-/// rest of the teardown.
-async fn refuse_peers(listener: std::net::TcpListener, stop: Arc<std::sync::atomic::AtomicBool>) {
-    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    loop {
-        let stopped = async {
-            wait_until(super::POLL_IDLE, || stop.load(Ordering::Relaxed)).await;
-            None
-        };
-        let accepted = async { Some(listener.accept().await) };
-        match futures_lite::future::or(accepted, stopped).await {
-            None => return,
-            Some(Ok(stream)) => {
-                tracing::debug!(
-                    peer = ?stream.peer_addr().ok(),
-                    "peer connection closed: this member runs alone"
-                );
-                drop(stream);
-            }
-            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
-        }
-    }
 }

@@ -278,7 +278,14 @@ pub fn raft_records() -> Vec<(u8, Vec<u8>)> {
             member_id: 0xabc,
             cluster_id: 0xdef,
         }
-        .encode(3),
+        .encode(
+            3,
+            &[cairn::server::PeerInfo {
+                id: 0xabc,
+                name: "a".into(),
+                peer_urls: vec!["http://127.0.0.1:2380".into()],
+            }],
+        ),
     ));
     out.push((RecordType::SNAPSHOT.get(), encode_marker(0, 0, &voters)));
     for (i, request) in requests().iter().enumerate() {

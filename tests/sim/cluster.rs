@@ -355,6 +355,7 @@ impl Sim {
                 election_tick: ELECTION_TICKS,
                 request_timeout_ms: REQUEST_TIMEOUT_MS,
                 max_pending: 10_000,
+                retain_entries: 0,
             },
             Box::new(SimClock(self.now.clone())),
             Box::new(SplitMix64::new(self.rng.next_u64())),
