@@ -121,6 +121,14 @@ struct GetCmd {
 enum EndpointCmd {
     /// The status of each endpoint.
     Status,
+    /// Checks that each endpoint is healthy: a linearizable read through it succeeds.
+    Health,
+    /// The hash of each endpoint's key-value history (members agree at equal revisions).
+    Hashkv {
+        /// The revision to hash up to (0 for the current one).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +170,12 @@ enum Command {
     Alarm {
         #[command(subcommand)]
         command: AlarmCmd,
+    },
+    /// Transfers leadership to another member (its ID in hex, as `endpoint status` shows
+    /// it). The current leader must be among the endpoints.
+    MoveLeader {
+        /// The member to lead, in hex.
+        transferee: String,
     },
     /// Verifies a stopped member's data directory without changing it: every WAL record,
     /// every revision page, and the log entries a start would apply; prints a summary as one
@@ -308,9 +322,7 @@ impl From<cairn::cli::CliError> for Failure {
 fn kv(client: &mut cairn::client::Client, req: Request) -> Result<Response, Failure> {
     match client.request(&ClientRequest::Kv(req))? {
         ClientResponse::Kv(r) => Ok(r),
-        ClientResponse::Status(_) | ClientResponse::Alarm(_) => {
-            Err(Failure(EXIT_ERROR, "unexpected reply".into()))
-        }
+        _ => Err(Failure(EXIT_ERROR, "unexpected reply".into())),
     }
 }
 
@@ -436,6 +448,120 @@ fn run_client(
             }
             out.into_bytes()
         }
+        Command::Endpoint {
+            command: EndpointCmd::Health,
+        } => {
+            // As etcdctl: a linearizable read through each endpoint, one line each.
+            let mut out = String::new();
+            let mut failed = 0;
+            for endpoint in endpoints {
+                let mut one = cairn::client::Client::new(
+                    vec![endpoint.clone()],
+                    Duration::from_secs(timeout_s),
+                );
+                let started = std::time::Instant::now();
+                let read = Request::Range(cairn::mvcc::RangeRequest {
+                    key: b"health".to_vec(),
+                    ..Default::default()
+                });
+                match one.request(&ClientRequest::Kv(read)) {
+                    Ok(_) => out.push_str(&format!(
+                        "{endpoint} is healthy: successfully committed proposal: took = {:?}\n",
+                        started.elapsed()
+                    )),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{endpoint} is unhealthy: failed to commit proposal: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                write_out(out.as_bytes()).map_err(|e| Failure(EXIT_ERROR, e))?;
+                return Err(Failure(EXIT_ERROR, "unhealthy cluster".into()));
+            }
+            out.into_bytes()
+        }
+        Command::Endpoint {
+            command: EndpointCmd::Hashkv { rev },
+        } => {
+            let mut rows = Vec::new();
+            let mut failed = 0;
+            for endpoint in endpoints {
+                let mut one = cairn::client::Client::new(
+                    vec![endpoint.clone()],
+                    Duration::from_secs(timeout_s),
+                );
+                match one.request(&ClientRequest::HashKv(rev)) {
+                    Ok(ClientResponse::HashKv(h)) => rows.push((endpoint.clone(), h)),
+                    Ok(_) => return Err(unexpected()),
+                    Err(e) => {
+                        eprintln!("Failed to get the hash of endpoint {endpoint} ({e})");
+                        failed += 1;
+                    }
+                }
+            }
+            let out = match format {
+                OutputFormat::Json => {
+                    let items: Vec<String> = rows
+                        .iter()
+                        .map(|(e, h)| {
+                            format!(
+                                "{{\"Endpoint\":\"{e}\",\"HashKV\":{{\"header\":{{\"revision\":{}}},\"hash\":{},\"compact_revision\":{}}}}}",
+                                h.header.revision, h.hash, h.compact_revision
+                            )
+                        })
+                        .collect();
+                    format!("[{}]\n", items.join(","))
+                }
+                _ => rows
+                    .iter()
+                    .map(|(e, h)| format!("{e}, {}\n", h.hash))
+                    .collect(),
+            };
+            if failed > 0 {
+                write_out(out.as_bytes()).map_err(|e| Failure(EXIT_ERROR, e))?;
+                return Err(Failure(
+                    EXIT_ERROR,
+                    format!("{failed} of {} endpoints did not answer", endpoints.len()),
+                ));
+            }
+            out.into_bytes()
+        }
+        Command::MoveLeader { transferee } => {
+            let to =
+                u64::from_str_radix(transferee.trim_start_matches("0x"), 16).map_err(|_| {
+                    Failure(
+                        EXIT_BAD_ARGS,
+                        format!("move-leader: {transferee:?} is not a member ID in hex"),
+                    )
+                })?;
+            // Find the leader among the endpoints, as etcdctl does.
+            let mut leader = None;
+            for endpoint in endpoints {
+                let mut one = cairn::client::Client::new(
+                    vec![endpoint.clone()],
+                    Duration::from_secs(timeout_s),
+                );
+                if let Ok(ClientResponse::Status(s)) = one.request(&ClientRequest::Status) {
+                    if s.leader == s.member_id && s.leader != 0 {
+                        leader = Some((one, s.member_id));
+                        break;
+                    }
+                }
+            }
+            let Some((mut one, from)) = leader else {
+                return Err(Failure(
+                    EXIT_ERROR,
+                    "no leader endpoint given at [--endpoints]".into(),
+                ));
+            };
+            match one.request(&ClientRequest::MoveLeader(to))? {
+                ClientResponse::MoveLeader => {
+                    format!("Leadership transferred from {from:x} to {to:x}\n").into_bytes()
+                }
+                _ => return Err(unexpected()),
+            }
+        }
         Command::Alarm { command } => {
             use cairn::protocol::{AlarmAction, AlarmRequest};
             let mut alarm = |action, member_id, alarm| match client.request(
@@ -553,6 +679,7 @@ fn main() -> ExitCode {
         | Command::Txn
         | Command::Compact { .. }
         | Command::Endpoint { .. }
+        | Command::MoveLeader { .. }
         | Command::Alarm { .. }) => {
             match run_client(&cli.endpoints, cli.write_out, cli.command_timeout, command) {
                 Ok(mut out) => {

@@ -72,7 +72,10 @@ fn apply_entry(
                 .map_err(|err| bad(err.to_string()))?;
             store.apply(at, std::slice::from_ref(&request), &AcceptAllLeases)?
         }
-        ArchivedClientRequest::Status | ArchivedClientRequest::Alarm(_) => {
+        ArchivedClientRequest::Status
+        | ArchivedClientRequest::Alarm(_)
+        | ArchivedClientRequest::HashKv(_)
+        | ArchivedClientRequest::MoveLeader(_) => {
             return Err(bad("a request that is never logged".into()))
         }
     };

@@ -62,6 +62,12 @@ pub enum ClientRequest {
     Status,
     /// Lists, raises or disarms alarms (etcd's `AlarmRequest`).
     Alarm(AlarmRequest),
+    /// The hash of the member's key-value history up to a revision, 0 for the current one
+    /// (etcd's `HashKVRequest`).
+    HashKv(i64),
+    /// Hands leadership to the member with this id (etcd's `MoveLeaderRequest`); only the
+    /// leader takes it.
+    MoveLeader(u64),
 }
 
 /// etcd's `AlarmType` (without `NONE`, which is `None` where a type is optional).
@@ -143,6 +149,9 @@ pub enum ClientResponse {
     Kv(Response),
     Status(StatusResponse),
     Alarm(AlarmResponse),
+    HashKv(crate::mvcc::HashKvResponse),
+    /// Leadership moved to the member asked for.
+    MoveLeader,
 }
 
 /// Why a request (or, with request id 0, the connection) failed.

@@ -353,6 +353,33 @@ fn dispatch(
             let alarms = shared.alarms.request(member_id, &req);
             or_internal(id, encode_response(id, &ClientResponse::Alarm(alarms)))
         }
+        ClientRequest::HashKv(revision) => match shard.view() {
+            None => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
+            Some(view) => match view.hash_kv(revision) {
+                Ok(h) => or_internal(id, encode_response(id, &ClientResponse::HashKv(h))),
+                Err(e) if !e.is_fatal() => {
+                    error_frame(id, ErrorCode::InvalidRequest, e.to_string())
+                }
+                Err(e) => error_frame(id, ErrorCode::Internal, e.to_string()),
+            },
+        },
+        ClientRequest::MoveLeader(to) => {
+            let inputs = shard.shared.inputs.clone();
+            spawn_reply(out, inflight, async move {
+                let (tx, rx) = flume::bounded(1);
+                match enqueue(&inputs, Input::MoveLeader(to, tx), id) {
+                    Err(refused) => refused,
+                    Ok(()) => match rx.recv_async().await {
+                        Ok(Ok(())) => {
+                            or_internal(id, encode_response(id, &ClientResponse::MoveLeader))
+                        }
+                        Ok(Err(e)) => error_frame(id, ErrorCode::Unavailable, e),
+                        Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
+                    },
+                }
+            });
+            return true;
+        }
         ClientRequest::Kv(req) => {
             if let Err(e) = validate(&req, config.max_txn_ops) {
                 error_frame(id, ErrorCode::InvalidRequest, e.to_string())

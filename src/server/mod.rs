@@ -156,6 +156,8 @@ pub(crate) enum Input {
     Checkpointed(u64),
     /// Raft messages from a peer.
     Peer(Vec<::raft::eraftpb::Message>),
+    /// Hand leadership to this member; answered once it leads, or why not.
+    MoveLeader(u64, flume::Sender<Result<(), String>>),
 }
 
 /// What the raft role hands to the apply role, in log order.
@@ -256,6 +258,9 @@ pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
             }
             Input::Read(waiter) => drop(waiter), // answered Unavailable
             Input::Checkpointed(_) | Input::Peer(_) => {}
+            Input::MoveLeader(_, reply) => {
+                let _ = reply.send(Err(NodeError::Stopping.to_string()));
+            }
         }
     }
 }

@@ -82,6 +82,8 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         epoch: 0,
         members: Vec::new(),
         peers: None,
+        moving: Vec::new(),
+        election_timeout_ms: shared.config.election_timeout_ms,
         releasing: None,
         role,
     };
@@ -150,6 +152,9 @@ struct Raft {
     members: Vec<PeerInfo>,
     /// The transport to the other members, once started.
     peers: Option<Peers>,
+    /// Leadership transfers waiting to be answered: (transferee, deadline, reply).
+    moving: Vec<(u64, Instant, flume::Sender<Result<(), String>>)>,
+    election_timeout_ms: u64,
     role: RaftRole,
     /// WAL segments being deleted behind the last compaction.
     releasing: Option<glommio::Task<Result<usize, crate::wal::WalError>>>,
@@ -339,16 +344,18 @@ impl Raft {
                 }
             }
             let mut checkpointed = None;
-            for input in first
+            let inputs: Vec<Input> = first
                 .into_iter()
                 .chain(self.role.inputs.try_iter().take(max_batch))
-            {
+                .collect();
+            for input in inputs {
                 match input {
                     Input::Read(waiter) => {
                         // Refused: the waiter is dropped and the read answered Unavailable.
                         let _ = driver.read(waiter);
                     }
                     Input::Checkpointed(index) => checkpointed = Some(index),
+                    Input::MoveLeader(to, reply) => self.move_leader(driver, to, reply),
                     Input::Peer(msgs) => {
                         for m in msgs {
                             if let Err(e) = driver.step(m) {
@@ -369,6 +376,7 @@ impl Raft {
             }
             self.rounds(driver).await?;
             self.publish(driver, shared);
+            self.answer_move_leader(driver);
             if let Some(index) = checkpointed {
                 self.compact(driver, index).await?;
             }
@@ -478,6 +486,58 @@ impl Raft {
             Ok(released)
         }));
         Ok(())
+    }
+
+    /// Starts handing leadership to `to` (etcd's MoveLeader); answered once `to` leads, or
+    /// after an election timeout.
+    fn move_leader(
+        &mut self,
+        driver: &mut RaftDriver,
+        to: u64,
+        reply: flume::Sender<Result<(), String>>,
+    ) {
+        let me = self.identity.member_id;
+        let refusal = if !driver.is_leader() {
+            Some(format!(
+                "etcdserver: not leader: member {me:x} cannot move leadership; ask the leader ({:x})",
+                driver.leader_id()
+            ))
+        } else if !self.members.iter().any(|m| m.id == to) {
+            Some(format!(
+                "etcdserver: bad leader transferee: {to:x} is not a member"
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if to == me {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        driver.transfer_leader(to);
+        let timeout = Duration::from_millis(self.election_timeout_ms * 2);
+        self.moving.push((to, Instant::now() + timeout, reply));
+    }
+
+    fn answer_move_leader(&mut self, driver: &RaftDriver) {
+        let leader = driver.leader_id();
+        let now = Instant::now();
+        self.moving.retain(|(to, deadline, reply)| {
+            if leader == *to {
+                let _ = reply.send(Ok(()));
+                false
+            } else if now >= *deadline {
+                let _ = reply.send(Err(format!(
+                    "etcdserver: request timed out, leader transfer took too long ({to:x} does not lead)"
+                )));
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Waits for the apply role's final checkpoint (or its failure), which it reports on
