@@ -139,6 +139,9 @@ pub(crate) fn tree_meets_log(
     Ok(())
 }
 
+/// Answers a leadership transfer.
+type MoveReply = flume::Sender<Result<(), String>>;
+
 /// Proposals wait with the reply their net shard awaits; reads with the signal that
 /// releases them.
 type RaftDriver = Driver<Reply, flume::Sender<()>>;
@@ -153,7 +156,7 @@ struct Raft {
     /// The transport to the other members, once started.
     peers: Option<Peers>,
     /// Leadership transfers waiting to be answered: (transferee, deadline, reply).
-    moving: Vec<(u64, Instant, flume::Sender<Result<(), String>>)>,
+    moving: Vec<(u64, Instant, MoveReply)>,
     election_timeout_ms: u64,
     role: RaftRole,
     /// WAL segments being deleted behind the last compaction.
@@ -494,7 +497,7 @@ impl Raft {
         &mut self,
         driver: &mut RaftDriver,
         to: u64,
-        reply: flume::Sender<Result<(), String>>,
+        reply: MoveReply,
     ) {
         let me = self.identity.member_id;
         let refusal = if !driver.is_leader() {
