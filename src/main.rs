@@ -282,6 +282,10 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_count: u64,
+    /// Entries a member of a cluster keeps in its log behind a checkpoint, for followers
+    /// that lag a little; one further behind is sent a snapshot (the tree file).
+    #[arg(long, env = "CAIRN_SNAPSHOT_CATCH_UP_ENTRIES", default_value_t = 5_000)]
+    snapshot_catch_up_entries: u64,
     /// Size in bytes of each WAL segment file (a multiple of 4096, at least 8 MiB).
     #[arg(long, env = "CAIRN_WAL_SEGMENT_BYTES", default_value_t = 64 << 20,
           value_parser = clap::value_parser!(u64).range((8 << 20)..))]
@@ -651,6 +655,7 @@ fn main() -> ExitCode {
                     executors: args.executors,
                 },
                 snapshot_count: args.snapshot_count,
+                snapshot_catch_up_entries: args.snapshot_catch_up_entries,
                 wal_segment_bytes: args.wal_segment_bytes,
                 quota_backend_bytes: if args.quota_backend_bytes == 0 {
                     DEFAULT_QUOTA_BACKEND_BYTES

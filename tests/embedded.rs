@@ -27,6 +27,7 @@ fn config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
             executors: 1,
         },
         snapshot_count: 100_000,
+        snapshot_catch_up_entries: 5_000,
         wal_segment_bytes: 8 << 20,
         quota_backend_bytes: 8 << 30,
         cluster: cairn::server::ClusterConfig {

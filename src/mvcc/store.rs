@@ -341,6 +341,12 @@ impl Store {
         self.db.uncommitted_bytes()
     }
 
+    /// The tree file up to its last durable checkpoint, as a byte stream (a snapshot for a
+    /// lagging member): a valid tree file whose newest commit is that checkpoint.
+    pub fn snapshot(&self) -> crate::btree::Snapshot {
+        self.db.snapshot()
+    }
+
     /// File size and live bytes of the tree file.
     pub fn stats(&self) -> crate::btree::Stats {
         self.db.stats()

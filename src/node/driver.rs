@@ -61,6 +61,11 @@ pub struct Round<P, Q> {
     /// Committed entries, in log order: apply them all before reading the store at their
     /// indexes.
     pub committed: Vec<Entry>,
+    /// A snapshot from the leader (index, term): install its store (its tree file arrived
+    /// beside the raft message) before queuing `records`, which make it the log's start.
+    pub snapshot: Option<(u64, u64)>,
+    /// Entries the snapshot replaced (to free where it does not hold up the shell).
+    pub dropped: VecDeque<Entry>,
     /// Waiters owed the result of a proposal among `committed`, in log order.
     pub waiters: Vec<(ProposalId, P)>,
     /// Reads to release once the store has applied this index.
@@ -271,10 +276,15 @@ impl<P, Q> Driver<P, Q> {
             records,
             persisted_messages,
             committed,
+            snapshot,
+            dropped,
             reads,
             appended,
             span,
         } = work;
+        if let Some((index, _)) = snapshot {
+            self.covered_by_snapshot(index);
+        }
         for (index, id) in appended {
             self.seen_in_log(index, id);
         }
@@ -294,6 +304,8 @@ impl<P, Q> Driver<P, Q> {
             records,
             persisted_messages,
             committed,
+            snapshot,
+            dropped,
             waiters,
             reads,
             span,
@@ -390,6 +402,35 @@ impl<P, Q> Driver<P, Q> {
         self.batches
             .front()
             .map_or(marker, |&(_, _, lsn)| lsn.min(marker))
+    }
+
+    /// The store is durable through `index` of `term`: snapshots sent to lagging
+    /// followers hold this.
+    pub fn set_snapshot_point(&mut self, index: u64, term: u64) {
+        self.node.set_snapshot_point(index, term);
+    }
+
+    /// The snapshot sent to `to` arrived and was installed (or failed).
+    pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        self.node.report_snapshot(to, ok);
+    }
+
+    /// `to` could not be reached.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.node.report_unreachable(to);
+    }
+
+    /// Entries up to `index` arrived as a snapshot, not one by one: which of ours were
+    /// among them cannot be told.
+    fn covered_by_snapshot(&mut self, index: u64) {
+        let covered: Vec<u64> = self.expected.range(..=index).map(|(&i, _)| i).collect();
+        for i in covered {
+            if let Some(seq) = self.expected.remove(&i) {
+                if let Some(p) = self.proposals.remove(&seq) {
+                    self.failed.push((p.waiter, NodeError::LeaderChanged));
+                }
+            }
+        }
     }
 
     fn flush_reads(&mut self) {

@@ -33,6 +33,7 @@ use crate::raftlog::{encode_entry, encode_hard_state, RaftLog};
 use crate::wal::RecordType;
 use raft::eraftpb::{Entry, Message};
 use raft::{Config, RawNode, Storage};
+use std::collections::VecDeque;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -68,6 +69,11 @@ pub enum NodeError {
     BadEntry { index: u64, reason: String },
 }
 
+/// Appends in flight to one follower before the leader waits for acknowledgements.
+pub const MAX_INFLIGHT_MSGS: usize = 256;
+/// Bytes of entries in one append message (one larger entry still goes alone).
+pub const MAX_SIZE_PER_MSG: u64 = 1 << 20;
+
 /// What one round asks of the shell.
 pub struct Work {
     /// Give to [`Node::on_persisted`] once `records` (and every earlier round's) are durable.
@@ -81,6 +87,11 @@ pub struct Work {
     pub persisted_messages: Vec<Message>,
     /// Committed entries, in log order, for [`apply_committed`]: they are durable already.
     pub committed: Vec<Entry>,
+    /// A snapshot from the leader (index, term): the shell installs its store (received
+    /// beside the raft message) before writing `records`, which make it the log's start.
+    pub snapshot: Option<(u64, u64)>,
+    /// Entries the snapshot replaced.
+    pub dropped: VecDeque<Entry>,
     /// Confirmed read indexes: (id given to [`Node::read_index`], index). A read may be
     /// served once the store has applied the index.
     pub reads: Vec<(ProposalId, u64)>,
@@ -99,6 +110,8 @@ impl Work {
 pub struct Node {
     raw: RawNode<RaftLog>,
     log: RaftLog,
+    /// A snapshot handed out in round `.0`, to count as applied once that round is durable.
+    snapshot_applied: Option<(u64, u64)>,
 }
 
 impl Node {
@@ -127,10 +140,17 @@ impl Node {
             heartbeat_tick: 1,
             pre_vote: true,
             check_quorum: true,
+            // Flow control: appends in flight to one follower, and bytes in one append.
+            max_inflight_msgs: MAX_INFLIGHT_MSGS,
+            max_size_per_msg: MAX_SIZE_PER_MSG,
             ..Default::default()
         };
         let raw = RawNode::new(&config, log.clone(), logger)?;
-        Ok(Node { raw, log })
+        Ok(Node {
+            raw,
+            log,
+            snapshot_applied: None,
+        })
     }
 
     pub fn tick(&mut self) -> bool {
@@ -212,6 +232,18 @@ impl Node {
             .filter_map(|r| ProposalId::decode(&r.request_ctx).map(|id| (id, r.index)))
             .collect();
         let committed = ready.take_committed_entries();
+        // A snapshot from the leader replaces the log (and, once the shell installs its
+        // tree file, the store); its records come before any entries that follow it.
+        let mut records: Vec<(RecordType, Vec<u8>)> = Vec::new();
+        let mut snapshot = None;
+        let mut dropped = VecDeque::new();
+        if ready.snapshot().get_metadata().index > 0 {
+            let meta = ready.snapshot().get_metadata();
+            snapshot = Some((meta.index, meta.term));
+            let (recs, gone) = self.log.apply_snapshot(ready.snapshot());
+            records.extend(recs);
+            dropped = gone;
+        }
         let ents = ready.entries();
         let appended = ents
             .iter()
@@ -221,10 +253,7 @@ impl Node {
             .first()
             .zip(ents.last())
             .map(|(f, l)| (f.index, l.index));
-        let mut records: Vec<(RecordType, Vec<u8>)> = ents
-            .iter()
-            .map(|e| (RecordType::ENTRY, encode_entry(e)))
-            .collect();
+        records.extend(ents.iter().map(|e| (RecordType::ENTRY, encode_entry(e))));
         self.log.append(ents)?;
         if let Some(hs) = ready.hs() {
             // Term and vote must be durable before anything is sent, and go to the WAL at
@@ -244,12 +273,17 @@ impl Node {
         if let Some(last) = committed.last() {
             self.raw.advance_apply_to(last.index);
         }
+        if let Some((index, _)) = snapshot {
+            self.snapshot_applied = Some((number, index));
+        }
         Ok(Some(Work {
             number,
             messages,
             records,
             persisted_messages,
             committed,
+            snapshot,
+            dropped,
             reads,
             appended,
             span,
@@ -259,6 +293,34 @@ impl Node {
     /// The records of every round up to `number` are durable.
     pub fn on_persisted(&mut self, number: u64) {
         self.raw.on_persist_ready(number);
+        // A snapshot counts as applied once durable (the shell installed its store before
+        // writing its records).
+        if let Some((n, index)) = self.snapshot_applied {
+            if n <= number {
+                self.snapshot_applied = None;
+                self.raw.advance_apply_to(index);
+            }
+        }
+    }
+
+    /// Raft's snapshot point: the store is durable through `index` of `term`.
+    pub fn set_snapshot_point(&mut self, index: u64, term: u64) {
+        self.log.set_snapshot_point(index, term);
+    }
+
+    /// The outcome of sending a snapshot to `to`.
+    pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// A peer could not be reached: raft stops streaming appends to it and probes.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
     }
 
     /// The log, to compact once the store has checkpointed.

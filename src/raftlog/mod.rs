@@ -51,6 +51,9 @@ struct LogCore {
     /// Replay began mid-log (the WAL's older segments were released after a compaction):
     /// the start is provisional until the compaction's marker, later in the WAL, sets it.
     provisional_start: bool,
+    /// The newest durable store checkpoint (index, term): what a snapshot sent to a
+    /// lagging follower holds.
+    snapshot_point: Option<(u64, u64)>,
 }
 
 impl LogCore {
@@ -251,6 +254,43 @@ impl RaftLog {
         Ok((records, gone))
     }
 
+    /// The store is durable up to `index` (of `term`): a lagging follower can be sent a
+    /// snapshot of it.
+    pub fn set_snapshot_point(&self, index: u64, term: u64) {
+        self.core.borrow_mut().snapshot_point = Some((index, term));
+    }
+
+    /// Takes a snapshot received from the leader: the log now starts after it, with its
+    /// configuration, and holds nothing before. Returns the records that make it durable
+    /// (write them once the snapshot's store is installed) and the entries dropped.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> (StartRecords, VecDeque<Entry>) {
+        let mut core = self.core.borrow_mut();
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        // Entries after the snapshot that agree with it could be kept; raft sends a
+        // snapshot only to a follower missing entries, so nothing is worth keeping.
+        let gone = std::mem::take(&mut core.entries);
+        core.set_start(index, term, meta.get_conf_state().clone());
+        if core.hard_state.commit < index {
+            core.hard_state.commit = index;
+        }
+        if core.hard_state.term < term {
+            core.hard_state.term = term;
+        }
+        core.snapshot_point = Some((index, term));
+        let records = [
+            (
+                RecordType::SNAPSHOT,
+                codec::encode_marker(index, term, &core.conf_state),
+            ),
+            (
+                RecordType::HARD_STATE,
+                codec::encode_hard_state(&core.hard_state),
+            ),
+        ];
+        (records, gone)
+    }
+
     /// The start marker record for the current configuration (written once at bootstrap).
     pub fn marker_record(&self) -> (RecordType, Vec<u8>) {
         let core = self.core.borrow();
@@ -303,12 +343,23 @@ impl raft::Storage for RaftLog {
         Ok(self.core.borrow().last_index())
     }
 
+    /// The newest durable store checkpoint, as a snapshot whose data is empty: the shell
+    /// streams the tree file itself beside the raft message.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Sending the B+tree file to a lagging follower comes with replication; until then a
-        // single member never needs a snapshot.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let core = self.core.borrow();
+        match core.snapshot_point {
+            Some((index, term)) if index >= core.start_index => {
+                let mut snap = Snapshot::default();
+                let meta = snap.mut_metadata();
+                meta.index = index;
+                meta.term = term;
+                meta.set_conf_state(core.conf_state.clone());
+                Ok(snap)
+            }
+            _ => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
     }
 }
 

@@ -126,6 +126,23 @@ async fn apply_loop(
                     answers.push((out.results, replies));
                 }
                 ToApply::Reads(index, waiters) => reads.push((index, waiters)),
+                ToApply::Install(file, index, done) => {
+                    let installed = install(store, &file, index, shared);
+                    if let Err(e) = &installed {
+                        tracing::error!(error = %e, "installing a snapshot failed");
+                    } else {
+                        applied = index;
+                        checkpointed = index;
+                        log_bytes = 0;
+                    }
+                    let failed = installed.is_err();
+                    let _ = done.send(installed);
+                    if failed {
+                        return Err(ServerError::Apply(
+                            "a snapshot from the leader could not be installed".into(),
+                        ));
+                    }
+                }
                 ToApply::Stop => stop = true,
             }
         }
@@ -264,8 +281,45 @@ fn report_durable(store: &mut Store, shared: &Shared) -> Result<bool, ServerErro
         return Ok(false);
     };
     tracing::debug!(applied = durable.index, "tree checkpoint durable");
-    let _ = shared.inputs.try_send(Input::Checkpointed(durable.index));
+    *shared.snapshot.lock() = Some(Arc::new(store.snapshot()));
+    let _ = shared
+        .inputs
+        .try_send(Input::Checkpointed(durable.index, durable.term));
     Ok(true)
+}
+
+/// Replaces the store with a snapshot's tree file: the old file is replaced by a rename (as
+/// readers of the old views still hold it open, they go on reading it), and the store is
+/// opened over the new one (rebuilding its key index).
+fn install(
+    store: &mut Store,
+    file: &std::path::Path,
+    index: u64,
+    shared: &Shared,
+) -> Result<(), String> {
+    let path = shared.config.data_dir.join("db").join("cairn.db");
+    let opened = Store::open(file, DbOptions::default()).map_err(|e| e.to_string())?;
+    let at = opened.applied();
+    if at.index != index {
+        return Err(format!(
+            "the snapshot's tree holds entries up to {}, its raft message says {index}",
+            at.index
+        ));
+    }
+    drop(opened);
+    std::fs::rename(file, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut fresh = Store::open(&path, DbOptions::default()).map_err(|e| e.to_string())?;
+    fresh.set_background_checkpoints(true);
+    *store = fresh;
+    publish(store, index, shared);
+    *shared.snapshot.lock() = Some(Arc::new(store.snapshot()));
+    tracing::info!(index, "installed a snapshot from the leader");
+    Ok(())
 }
 
 /// Sends each proposal's result to whoever waits for it. Both lists are in log order, and

@@ -68,6 +68,9 @@ pub struct ServeConfig {
     /// Applied entries after which the tree is checkpointed (and the log compacted), as
     /// etcd's `--snapshot-count`; the tree's memory budget may checkpoint sooner.
     pub snapshot_count: u64,
+    /// Entries a member of a cluster keeps behind a checkpoint for followers that lag a
+    /// little (etcd's `SnapshotCatchUpEntries`, 5,000); further behind, they get a snapshot.
+    pub snapshot_catch_up_entries: u64,
     /// Size of each new WAL segment file.
     pub wal_segment_bytes: u64,
     /// Writes that add data are refused once the tree's live bytes exceed this (0: no
@@ -152,8 +155,11 @@ pub(crate) enum Input {
     /// A linearizable read: signalled once the published view holds everything committed
     /// before the read arrived (ReadIndex, one per batch of waiting reads).
     Read(flume::Sender<()>),
-    /// The store is durable up to this index: the log and the WAL before it may go.
-    Checkpointed(u64),
+    /// The store is durable up to this index and term: the log and the WAL before it may
+    /// go, and snapshots for lagging followers hold it.
+    Checkpointed(u64, u64),
+    /// A snapshot sent to this member finished (true) or failed.
+    SnapshotSent(u64, bool),
     /// Raft messages from a peer.
     Peer(Vec<::raft::eraftpb::Message>),
     /// Hand leadership to this member; answered once it leads, or why not.
@@ -169,6 +175,9 @@ pub(crate) enum ToApply {
     ),
     /// Reads to release once the published view has applied this index.
     Reads(u64, Vec<flume::Sender<()>>),
+    /// Replace the store with a snapshot's tree file (received from the leader) that holds
+    /// everything through this index; answered once it is installed and durable.
+    Install(PathBuf, u64, flume::Sender<Result<(), String>>),
     /// Checkpoint and stop.
     Stop,
 }
@@ -200,6 +209,8 @@ pub(crate) struct Shared {
     /// not yet checkpointed.
     pub quota_used: AtomicU64,
     pub alarms: alarm::Alarms,
+    /// The tree file up to its last durable checkpoint, for followers that need a snapshot.
+    pub snapshot: Mutex<Option<Arc<crate::btree::Snapshot>>>,
     /// Set to stop the member (by its owner, a signal, or a failed role): it drains, syncs
     /// and exits.
     pub stop: Arc<AtomicBool>,
@@ -257,7 +268,7 @@ pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
                 let _ = p.reply.send(Err(NodeError::Stopping));
             }
             Input::Read(waiter) => drop(waiter), // answered Unavailable
-            Input::Checkpointed(_) | Input::Peer(_) => {}
+            Input::Checkpointed(..) | Input::Peer(_) | Input::SnapshotSent(..) => {}
             Input::MoveLeader(_, reply) => {
                 let _ = reply.send(Err(NodeError::Stopping.to_string()));
             }
@@ -361,6 +372,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         status: Mutex::new(StatusResponse::default()),
         quota_used: AtomicU64::new(0),
         alarms: alarm::Alarms::default(),
+        snapshot: Mutex::new(None),
         stop,
     });
     let (store_tx, store_rx) = flume::bounded(1);

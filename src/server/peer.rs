@@ -18,21 +18,41 @@
 //! Many messages go in one frame (one write). Each peer has a bounded queue: when it is
 //! full (the peer is slow or gone) messages are dropped, and raft sends again what still
 //! matters. A lost connection is dialed again with a backoff.
+//!
+//! A snapshot (raft's `MsgSnapshot`) goes on a connection of its own, opened with the
+//! same hello under another magic, beside the tree file it stands for:
+//!
+//! ```text
+//! offer  (dialer):   index u64 | term u64 | bytes u64 | source u64 | msg len u32 | msg
+//! have   (listener): bytes u64 it already holds of `source` (an interrupted transfer)
+//! chunks (dialer):   len u32 | crc32c u32 | bytes ..., then len 0
+//! done   (listener): status u8 (0 installed-ready) | reason len u16 | reason
+//! ```
+//!
+//! `source` names the leader's tree file: snapshots of one source are prefixes of one
+//! append-only file, so a transfer cut short resumes where it stopped. The follower keeps
+//! the bytes in `snap/<source>.part`, checks every chunk, then the whole file (its newest
+//! commit must be the snapshot's index), makes it durable as `snap/<index>.db`, and only
+//! then hands the raft message to its raft role, which has the apply role install it.
 
 use super::cluster::{listen_addr, PeerInfo};
-use super::{wait_until, Input, POLL_IDLE};
+use super::{wait_until, Input, Shared, POLL_IDLE};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
-use raft::eraftpb::Message;
-use std::cell::Cell;
+use raft::eraftpb::{Message, MessageType};
+use std::cell::{Cell, RefCell};
 use std::os::unix::io::{FromRawFd, IntoRawFd};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"cairnpr\0");
+const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"cairnsn\0");
+/// Bytes of the tree file in one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const VERSION: u32 = 1;
 const HELLO_BYTES: usize = 36;
 /// Messages waiting to be sent to one peer, at most.
@@ -49,7 +69,12 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The member's side of the transport, held by the raft role.
 pub(crate) struct Peers {
+    me: Me,
     queues: Vec<(u64, PeerQueue)>,
+    addrs: Vec<(u64, Vec<String>)>,
+    shared: Arc<Shared>,
+    /// Peers a snapshot is being sent to (one at a time each).
+    sending: Rc<RefCell<Vec<u64>>>,
 }
 
 struct PeerQueue {
@@ -71,27 +96,40 @@ impl Peers {
         me: Me,
         members: &[PeerInfo],
         listeners: Vec<std::net::TcpListener>,
-        inputs: flume::Sender<Input>,
-        stop: Arc<AtomicBool>,
+        shared: Arc<Shared>,
     ) -> Peers {
+        let stop = shared.stop.clone();
         for l in listeners {
-            glommio::spawn_local(accept(l, me, inputs.clone(), stop.clone())).detach();
+            glommio::spawn_local(accept(l, me, shared.clone())).detach();
         }
         let mut queues = Vec::new();
+        let mut peer_addrs = Vec::new();
         for m in members.iter().filter(|m| m.id != me.member_id) {
             let (tx, rx) = flume::bounded(QUEUE_MESSAGES_MAX);
             let bytes = Rc::new(Cell::new(0));
             let dropped = Rc::new(Cell::new(0));
             let addrs: Vec<String> = m.peer_urls.iter().map(|u| listen_addr(u)).collect();
+            peer_addrs.push((m.id, addrs.clone()));
             glommio::spawn_local(dial(me, m.id, addrs, rx, bytes.clone(), stop.clone())).detach();
             queues.push((m.id, PeerQueue { tx, bytes, dropped }));
         }
-        Peers { queues }
+        Peers {
+            me,
+            queues,
+            addrs: peer_addrs,
+            shared,
+            sending: Rc::new(RefCell::new(Vec::new())),
+        }
     }
 
-    /// Queues messages for their peers; drops what a full queue cannot take.
+    /// Queues messages for their peers; drops what a full queue cannot take. Snapshots go
+    /// on connections of their own, with the tree file.
     pub fn send(&self, msgs: Vec<Message>) {
         for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(m);
+                continue;
+            }
             let Some((_, q)) = self.queues.iter().find(|(id, _)| *id == m.to) else {
                 tracing::debug!(to = %format!("{:x}", m.to), "message for an unknown member dropped");
                 continue;
@@ -104,6 +142,229 @@ impl Peers {
             q.bytes.set(q.bytes.get() + size);
         }
     }
+}
+
+impl Peers {
+    /// Streams the newest durable checkpoint of the tree to `m.to`, with `m`; reports the
+    /// outcome to the raft role (which reports it to raft).
+    fn send_snapshot(&self, mut m: Message) {
+        let to = m.to;
+        if self.sending.borrow().contains(&to) {
+            return; // raft waits for the transfer under way
+        }
+        let Some(snapshot) = self.shared.snapshot.lock().clone() else {
+            let _ = self.shared.inputs.try_send(Input::SnapshotSent(to, false));
+            return;
+        };
+        // The newest checkpoint may be newer than the one raft chose: send what the file
+        // holds, under its own index and term.
+        let meta = m.mut_snapshot().mut_metadata();
+        meta.index = snapshot.meta().applied_index;
+        meta.term = snapshot.meta().applied_term;
+        let addrs = self
+            .addrs
+            .iter()
+            .find(|(id, _)| *id == to)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default();
+        self.sending.borrow_mut().push(to);
+        let (me, shared, sending) = (self.me, self.shared.clone(), self.sending.clone());
+        glommio::spawn_local(async move {
+            let started = std::time::Instant::now();
+            let mut result = Err(std::io::Error::other("no address"));
+            for addr in &addrs {
+                result = stream_snapshot(me, to, addr, &snapshot, &m).await;
+                if result.is_ok() {
+                    break;
+                }
+            }
+            match &result {
+                Ok(sent) => tracing::info!(
+                    peer = %format!("{to:x}"),
+                    index = snapshot.meta().applied_index,
+                    bytes = snapshot.len(),
+                    sent,
+                    ms = started.elapsed().as_millis() as u64,
+                    "sent a snapshot"
+                ),
+                Err(e) => tracing::warn!(peer = %format!("{to:x}"), error = %e, "sending a snapshot failed"),
+            }
+            sending.borrow_mut().retain(|&p| p != to);
+            let _ = shared
+                .inputs
+                .send_async(Input::SnapshotSent(to, result.is_ok()))
+                .await;
+        })
+        .detach();
+    }
+}
+
+/// Sends one snapshot on a connection of its own; returns the bytes sent (less than the
+/// file when the follower held a prefix of it).
+async fn stream_snapshot(
+    me: Me,
+    to: u64,
+    addr: &str,
+    snapshot: &crate::btree::Snapshot,
+    m: &Message,
+) -> std::io::Result<u64> {
+    let mut stream = connect_kind(me, to, addr, SNAPSHOT_MAGIC).await?;
+    let msg = m.write_to_bytes().map_err(std::io::Error::other)?;
+    let mut offer = Vec::with_capacity(36 + msg.len());
+    offer.extend_from_slice(&snapshot.meta().applied_index.to_le_bytes());
+    offer.extend_from_slice(&snapshot.meta().applied_term.to_le_bytes());
+    offer.extend_from_slice(&snapshot.len().to_le_bytes());
+    offer.extend_from_slice(&(snapshot.file_id() ^ me.member_id).to_le_bytes());
+    offer.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    offer.extend_from_slice(&msg);
+    stream.write_all(&offer).await?;
+    let mut have = [0u8; 8];
+    stream.read_exact(&mut have).await?;
+    let mut at = u64::from_le_bytes(have).min(snapshot.len());
+    let from = at;
+    let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES + 8];
+    while at < snapshot.len() {
+        let n = snapshot
+            .read_at(at, &mut chunk[8..])
+            .map_err(std::io::Error::other)?;
+        if n == 0 {
+            return Err(std::io::Error::other("the snapshot file ended early"));
+        }
+        let crc = crc32c::crc32c(&chunk[8..8 + n]);
+        chunk[0..4].copy_from_slice(&(n as u32).to_le_bytes());
+        chunk[4..8].copy_from_slice(&crc.to_le_bytes());
+        stream.write_all(&chunk[..8 + n]).await?;
+        at += n as u64;
+    }
+    stream.write_all(&[0u8; 8]).await?;
+    let mut status = [0u8; 3];
+    stream.read_exact(&mut status).await?;
+    if status[0] == 0 {
+        return Ok(at - from);
+    }
+    let len = u16::from_le_bytes([status[1], status[2]]) as usize;
+    let mut reason = vec![0u8; len];
+    stream.read_exact(&mut reason).await?;
+    Err(std::io::Error::other(format!(
+        "the follower refused the snapshot: {}",
+        String::from_utf8_lossy(&reason)
+    )))
+}
+
+/// Where a received snapshot's tree file waits to be installed.
+pub(crate) fn snapshot_file(data_dir: &Path, index: u64) -> PathBuf {
+    data_dir.join("snap").join(format!("{index:016x}.db"))
+}
+
+/// Receives one snapshot: the tree file, checked, made durable, then the raft message.
+async fn receive_snapshot(
+    stream: &mut TcpStream,
+    from: u64,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let mut head = [0u8; 36];
+    stream.read_exact(&mut head).await?;
+    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or([0; 8]));
+    let (index, term, total, source) = (word(0), word(8), word(16), word(24));
+    let msg_len = u32::from_le_bytes(head[32..36].try_into().unwrap_or([0; 4])) as usize;
+    if msg_len > FRAME_BYTES_MAX {
+        return Err(invalid(format!("a snapshot message of {msg_len} bytes")));
+    }
+    let mut msg = vec![0u8; msg_len];
+    stream.read_exact(&mut msg).await?;
+    let msg = Message::parse_from_bytes(&msg).map_err(|e| invalid(e.to_string()))?;
+    if msg.from != from || msg.get_msg_type() != MessageType::MsgSnapshot {
+        return Err(invalid(
+            "not a snapshot from the member that said hello".into(),
+        ));
+    }
+    let dir = shared.config.data_dir.join("snap");
+    std::fs::create_dir_all(&dir)?;
+    let part = dir.join(format!("{source:016x}.part"));
+    // Only the newest source's bytes are worth keeping.
+    for e in std::fs::read_dir(&dir)?.flatten() {
+        let p = e.path();
+        if p != part && p.extension().is_some_and(|x| x == "part") {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part)?;
+    let mut have = file.metadata()?.len();
+    if have > total {
+        file.set_len(0)?;
+        have = 0;
+    }
+    stream.write_all(&have.to_le_bytes()).await?;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    loop {
+        let mut h = [0u8; 8];
+        stream.read_exact(&mut h).await?;
+        let n = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if n == 0 {
+            break;
+        }
+        if n > SNAPSHOT_CHUNK_BYTES || have + n as u64 > total {
+            return Err(invalid(format!("a snapshot chunk of {n} bytes at {have}")));
+        }
+        stream.read_exact(&mut buf[..n]).await?;
+        if crc32c::crc32c(&buf[..n]) != u32::from_le_bytes([h[4], h[5], h[6], h[7]]) {
+            return Err(invalid(format!(
+                "snapshot chunk checksum mismatch at byte {have}"
+            )));
+        }
+        std::io::Write::write_all(&mut file, &buf[..n])?;
+        have += n as u64;
+    }
+    let verdict = if have != total {
+        Err(format!("the snapshot ended at byte {have} of {total}"))
+    } else {
+        file.sync_all()?;
+        drop(file);
+        check_snapshot_file(&part, index, term)
+    };
+    let verdict = verdict.and_then(|()| {
+        let ready = snapshot_file(&shared.config.data_dir, index);
+        std::fs::rename(&part, &ready)
+            .and_then(|()| std::fs::File::open(&dir)?.sync_all())
+            .map_err(|e| format!("{}: {e}", ready.display()))
+    });
+    match verdict {
+        Ok(()) => {
+            stream.write_all(&[0, 0, 0]).await?;
+            tracing::info!(peer = %format!("{from:x}"), index, bytes = total, "received a snapshot");
+            shared
+                .inputs
+                .send_async(Input::Peer(vec![msg]))
+                .await
+                .map_err(|_| std::io::Error::other("the raft role stopped"))
+        }
+        Err(reason) => {
+            let _ = std::fs::remove_file(&part);
+            tracing::warn!(peer = %format!("{from:x}"), "refused a snapshot: {reason}");
+            let b = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
+            let mut answer = vec![1u8];
+            answer.extend_from_slice(&(b.len() as u16).to_le_bytes());
+            answer.extend_from_slice(b);
+            stream.write_all(&answer).await?;
+            Err(invalid(reason))
+        }
+    }
+}
+
+/// A received tree file must end with the commit the raft message names.
+fn check_snapshot_file(path: &Path, index: u64, term: u64) -> Result<(), String> {
+    let inspected = crate::btree::Db::inspect(path).map_err(|e| e.to_string())?;
+    let c = &inspected.commit;
+    if c.applied_index != index || c.applied_term != term {
+        return Err(format!(
+            "its newest commit holds ({}, {}), the message says ({index}, {term})",
+            c.applied_index, c.applied_term
+        ));
+    }
+    Ok(())
 }
 
 /// Dials `to` and sends it what its queue holds, until the member stops.
@@ -153,8 +414,12 @@ async fn dial(
     }
 }
 
-/// Opens a connection and says hello; the peer's refusal comes back as the error.
+/// Opens a message connection and says hello; the peer's refusal comes back as the error.
 async fn connect(me: Me, to: u64, addr: &str) -> std::io::Result<TcpStream> {
+    connect_kind(me, to, addr, MAGIC).await
+}
+
+async fn connect_kind(me: Me, to: u64, addr: &str, magic: u64) -> std::io::Result<TcpStream> {
     let connecting = async {
         TcpStream::connect(addr)
             .await
@@ -171,7 +436,7 @@ async fn connect(me: Me, to: u64, addr: &str) -> std::io::Result<TcpStream> {
     let _ = stream.set_nodelay(true);
     let mut stream = stream;
     let mut hello = Vec::with_capacity(HELLO_BYTES);
-    hello.extend_from_slice(&MAGIC.to_le_bytes());
+    hello.extend_from_slice(&magic.to_le_bytes());
     hello.extend_from_slice(&VERSION.to_le_bytes());
     hello.extend_from_slice(&me.cluster_id.to_le_bytes());
     hello.extend_from_slice(&me.member_id.to_le_bytes());
@@ -236,12 +501,8 @@ async fn pump(
 }
 
 /// Accepts peers' connections on a `--listen-peer-urls` listener until the member stops.
-async fn accept(
-    listener: std::net::TcpListener,
-    me: Me,
-    inputs: flume::Sender<Input>,
-    stop: Arc<AtomicBool>,
-) {
+async fn accept(listener: std::net::TcpListener, me: Me, shared: Arc<Shared>) {
+    let stop = shared.stop.clone();
     // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     loop {
@@ -253,7 +514,7 @@ async fn accept(
         match futures_lite::future::or(accepted, stopped).await {
             None => return,
             Some(Ok(stream)) => {
-                glommio::spawn_local(receive(stream, me, inputs.clone(), stop.clone())).detach();
+                glommio::spawn_local(receive(stream, me, shared.clone())).detach();
             }
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
         }
@@ -261,15 +522,14 @@ async fn accept(
 }
 
 /// Reads one peer's frames and hands their messages to the raft role.
-async fn receive(
-    mut stream: TcpStream,
-    me: Me,
-    inputs: flume::Sender<Input>,
-    stop: Arc<AtomicBool>,
-) {
+async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
+    let (inputs, stop) = (shared.inputs.clone(), shared.stop.clone());
     let read = async {
-        let from = hello(&mut stream, me).await?;
+        let (from, kind) = hello(&mut stream, me).await?;
+        if kind == SNAPSHOT_MAGIC {
+            return receive_snapshot(&mut stream, from, &shared).await;
+        }
         let mut frame = Vec::new();
         loop {
             let mut head = [0u8; 8];
@@ -303,13 +563,13 @@ async fn receive(
 }
 
 /// Reads a dialer's hello and answers it: the peer's member id, or why it was refused.
-async fn hello(stream: &mut TcpStream, me: Me) -> std::io::Result<u64> {
+async fn hello(stream: &mut TcpStream, me: Me) -> std::io::Result<(u64, u64)> {
     let mut h = [0u8; HELLO_BYTES];
     stream.read_exact(&mut h).await?;
     let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or([0; 8]));
     let version = u32::from_le_bytes(h[8..12].try_into().unwrap_or([0; 4]));
     let (cluster, from, to) = (word(12), word(20), word(28));
-    let refusal = if word(0) != MAGIC {
+    let refusal = if word(0) != MAGIC && word(0) != SNAPSHOT_MAGIC {
         Some("not a cairn peer connection".to_string())
     } else if version != VERSION {
         Some(format!(
@@ -332,7 +592,7 @@ async fn hello(stream: &mut TcpStream, me: Me) -> std::io::Result<u64> {
     match refusal {
         None => {
             stream.write_all(&[0, 0, 0]).await?;
-            Ok(from)
+            Ok((from, word(0)))
         }
         Some(reason) => {
             tracing::error!(peer = %format!("{from:x}"), "refused a peer: {reason}");

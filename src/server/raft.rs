@@ -84,6 +84,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         peers: None,
         moving: Vec::new(),
         election_timeout_ms: shared.config.election_timeout_ms,
+        data_dir: shared.config.data_dir.clone(),
         releasing: None,
         role,
     };
@@ -158,6 +159,7 @@ struct Raft {
     /// Leadership transfers waiting to be answered: (transferee, deadline, reply).
     moving: Vec<(u64, Instant, MoveReply)>,
     election_timeout_ms: u64,
+    data_dir: std::path::PathBuf,
     role: RaftRole,
     /// WAL segments being deleted behind the last compaction.
     releasing: Option<glommio::Task<Result<usize, crate::wal::WalError>>>,
@@ -172,7 +174,7 @@ impl Raft {
         replayed: u64,
         identity: Option<Result<Metadata, String>>,
         batches: VecDeque<(u64, u64, Lsn)>,
-        shared: &Shared,
+        shared: &Arc<Shared>,
     ) -> Result<RaftDriver, ServerError> {
         log.finish_replay().map_err(NodeError::from)?;
         let config = &shared.config;
@@ -218,8 +220,7 @@ impl Raft {
             },
             &self.members,
             std::mem::take(&mut self.role.peer_listeners),
-            shared.inputs.clone(),
-            shared.stop.clone(),
+            shared.clone(),
         ));
         // Only now, with the WAL's directory lock held, may the tree file be opened. Its
         // newest commit is read first: opening cuts the file after it, which must not
@@ -249,7 +250,7 @@ impl Raft {
                 request_timeout_ms: REQUEST_TIMEOUT_MS,
                 max_pending: config.max_pending_proposals,
                 retain_entries: if self.members.len() > 1 {
-                    RETAIN_ENTRIES
+                    config.snapshot_catch_up_entries
                 } else {
                     0
                 },
@@ -357,7 +358,11 @@ impl Raft {
                         // Refused: the waiter is dropped and the read answered Unavailable.
                         let _ = driver.read(waiter);
                     }
-                    Input::Checkpointed(index) => checkpointed = Some(index),
+                    Input::Checkpointed(index, term) => {
+                        driver.set_snapshot_point(index, term);
+                        checkpointed = Some(index);
+                    }
+                    Input::SnapshotSent(to, ok) => driver.report_snapshot(to, ok),
                     Input::MoveLeader(to, reply) => self.move_leader(driver, to, reply),
                     Input::Peer(msgs) => {
                         for m in msgs {
@@ -399,6 +404,12 @@ impl Raft {
                 let span = round.entries_span();
                 if let Some(peers) = &self.peers {
                     peers.send(round.messages);
+                }
+                if let Some((index, _)) = round.snapshot {
+                    // The tree file first: the records below make the log start after the
+                    // snapshot, which a restart must find the store holding.
+                    self.install(index).await?;
+                    free_elsewhere(round.dropped);
                 }
                 if !round.committed.is_empty() {
                     self.send(ToApply::Entries(round.committed, round.waiters))
@@ -444,6 +455,18 @@ impl Raft {
                 Some(lsn) => self.wal.wait_durable(lsn).await?,
                 None => return Ok(()),
             }
+        }
+    }
+
+    /// Has the apply role install the snapshot received for `index` as the store.
+    async fn install(&self, index: u64) -> Result<(), ServerError> {
+        let file = super::peer::snapshot_file(&self.data_dir, index);
+        let (tx, rx) = flume::bounded(1);
+        self.send(ToApply::Install(file, index, tx)).await?;
+        match rx.recv_async().await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServerError::Apply(e)),
+            Err(_) => Err(ServerError::RoleLost("apply")),
         }
     }
 
@@ -493,12 +516,7 @@ impl Raft {
 
     /// Starts handing leadership to `to` (etcd's MoveLeader); answered once `to` leads, or
     /// after an election timeout.
-    fn move_leader(
-        &mut self,
-        driver: &mut RaftDriver,
-        to: u64,
-        reply: MoveReply,
-    ) {
+    fn move_leader(&mut self, driver: &mut RaftDriver, to: u64, reply: MoveReply) {
         let me = self.identity.member_id;
         let refusal = if !driver.is_leader() {
             Some(format!(
@@ -563,10 +581,6 @@ impl Raft {
         status.raft_index = index;
     }
 }
-
-/// Entries a member of a cluster keeps behind its compaction point, for a follower that
-/// lags a little (etcd's `SnapshotCatchUpEntries`).
-const RETAIN_ENTRIES: u64 = 5_000;
 
 /// A proposal or read not answered within this gets etcd's "request timed out".
 const REQUEST_TIMEOUT_MS: u64 = 7_000;
