@@ -61,6 +61,10 @@ pub struct Report {
     /// The store as the member would serve it once started (`None` when the start would
     /// refuse, or there is no tree file yet).
     pub store: Option<StoreSummary>,
+    /// A snapshot received from the leader (in `snap/`) that the log already starts after:
+    /// a start makes it the tree file before anything else (the member stopped between
+    /// the two). The rest of the report describes that file as the tree.
+    pub snapshot_to_install: Option<PathBuf>,
 }
 
 /// The store after the log's entries were applied in memory.
@@ -107,6 +111,18 @@ impl Report {
 
     fn actions(&self, data_dir: &Path, cuts: &str, deletes: &str) -> Vec<String> {
         let mut lines = Vec::new();
+        if let Some(snap) = &self.snapshot_to_install {
+            let verb = if cuts == "cut" {
+                "installed"
+            } else {
+                "a start installs"
+            };
+            lines.push(format!(
+                "{}: {verb} this snapshot from the leader as {} (the log starts after it)",
+                snap.display(),
+                db_path(data_dir).display()
+            ));
+        }
         if let Some(torn) = self.wal.as_ref().and_then(|w| w.torn.as_ref()) {
             let records = torn.records.map_or_else(
                 || "unreadable header".to_owned(),
@@ -309,8 +325,15 @@ async fn check_on_executor(data_dir: &Path) -> Result<Report, CheckError> {
             "the WAL holds no member metadata record (was it written by another program?)".into(),
         ));
     }
-    let db = db_path(data_dir);
-    let tree = Db::inspect(&db)?;
+    let mut db = db_path(data_dir);
+    let mut tree = Db::inspect(&db)?;
+    let mut snapshot_to_install = None;
+    let pending = crate::server::snapshot_file(data_dir, log.start_index());
+    if tree.commit.applied_index < log.start_index() && pending.exists() {
+        tree = Db::inspect(&pending)?;
+        db = pending.clone();
+        snapshot_to_install = Some(pending);
+    }
     let applied = tree.commit.applied_index;
     let mut refusal = tree_meets_log(applied, &log, &db)
         .err()
@@ -335,6 +358,7 @@ async fn check_on_executor(data_dir: &Path) -> Result<Report, CheckError> {
         tree,
         refusal,
         store,
+        snapshot_to_install,
     })
 }
 
@@ -416,7 +440,8 @@ pub fn repair(data_dir: &Path) -> Result<Repaired, CheckError> {
         .as_ref()
         .is_some_and(|w| w.torn.is_some() || !w.leftovers.is_empty());
     let tree_work = report.tree.cut.is_some() || !report.tree.leftovers.is_empty();
-    if !wal_work && !tree_work {
+    let install = report.snapshot_to_install.is_some();
+    if !wal_work && !tree_work && !install {
         return Ok(Repaired {
             report,
             changed: false,
@@ -437,6 +462,18 @@ pub fn repair(data_dir: &Path) -> Result<Repaired, CheckError> {
             None
         };
         let db = db_path(&data_dir);
+        if let Some(snap) = &report.snapshot_to_install {
+            let io = |source| crate::btree::BtreeError::Io {
+                path: db.clone(),
+                source,
+            };
+            std::fs::rename(snap, &db).map_err(io)?;
+            if let Some(dir) = db.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
+        }
         let opened = if tree_work && report.tree.exists {
             Db::open(&db, DbOptions::default()).map(drop)
         } else {

@@ -30,6 +30,7 @@ pub(crate) use raft::tree_meets_log;
 pub use cluster::{
     cluster_id, member_id, ClusterConfig, ClusterState, Identity, Metadata, PeerInfo,
 };
+pub use peer::snapshot_file;
 pub use placement::{usable_cpus, ExecutorPlan, Placement, PlacementMode};
 
 use crate::mvcc::{ReadView, Response};

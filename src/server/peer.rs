@@ -252,7 +252,7 @@ async fn stream_snapshot(
 }
 
 /// Where a received snapshot's tree file waits to be installed.
-pub(crate) fn snapshot_file(data_dir: &Path, index: u64) -> PathBuf {
+pub fn snapshot_file(data_dir: &Path, index: u64) -> PathBuf {
     data_dir.join("snap").join(format!("{index:016x}.db"))
 }
 

@@ -120,6 +120,32 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
     Ok(())
 }
 
+/// A start whose log begins after what the tree holds: a snapshot from the leader was made
+/// the log's start, and the member stopped before its tree file (kept in `snap/`) became
+/// the store. It becomes the store now; without it, the tree does not meet the log.
+fn recover_snapshot(
+    data_dir: &std::path::Path,
+    start: u64,
+    db: &std::path::Path,
+) -> Result<(), ServerError> {
+    let file = super::peer::snapshot_file(data_dir, start);
+    if !file.exists() {
+        return Ok(());
+    }
+    tracing::info!(index = start, file = %file.display(), "installing the snapshot received before the last stop");
+    let io = |e: std::io::Error| ServerError::DataDir {
+        path: db.to_path_buf(),
+        source: e,
+    };
+    std::fs::rename(&file, db).map_err(io)?;
+    if let Some(dir) = db.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 /// The tree and the log must meet: the tree holds everything up to `applied`, the log
 /// everything after its start. Anything else is a damaged data directory (a tree file, a
 /// tree commit or WAL segments lost), and starting would serve less than was acknowledged.
@@ -227,7 +253,11 @@ impl Raft {
         // happen before the tree is known to meet the log (a newer commit whose record was
         // damaged would be cut away while the log no longer holds its entries).
         let db = config.data_dir.join("db").join("cairn.db");
-        let tree = crate::btree::Db::inspect(&db).map_err(crate::mvcc::MvccError::from)?;
+        let mut tree = crate::btree::Db::inspect(&db).map_err(crate::mvcc::MvccError::from)?;
+        if tree.commit.applied_index < log.start_index() {
+            recover_snapshot(&config.data_dir, log.start_index(), &db)?;
+            tree = crate::btree::Db::inspect(&db).map_err(crate::mvcc::MvccError::from)?;
+        }
         tree_meets_log(tree.commit.applied_index, log, &db)?;
         if let Some(opened) = self.role.wal_opened.take() {
             let _ = opened.send_async(()).await;
@@ -405,19 +435,6 @@ impl Raft {
                 if let Some(peers) = &self.peers {
                     peers.send(round.messages);
                 }
-                if let Some((index, _)) = round.snapshot {
-                    // The tree file first: the records below make the log start after the
-                    // snapshot, which a restart must find the store holding.
-                    self.install(index).await?;
-                    free_elsewhere(round.dropped);
-                }
-                if !round.committed.is_empty() {
-                    self.send(ToApply::Entries(round.committed, round.waiters))
-                        .await?;
-                }
-                for (index, waiters) in round.reads {
-                    self.send(ToApply::Reads(index, waiters)).await?;
-                }
                 let lsns = if round.records.is_empty() {
                     let next = self.wal.next_lsn();
                     next..next
@@ -429,6 +446,22 @@ impl Raft {
                         .collect();
                     self.wal.enqueue(&records).await?
                 };
+                if let Some((index, _)) = round.snapshot {
+                    // The log starts after the snapshot once its records are durable; only
+                    // then does its tree file (durable in snap/ already) become the store,
+                    // before anything after it is applied. A crash in between leaves the
+                    // file in snap/, where the next start finds it (`recover_snapshot`).
+                    self.wal.wait_durable(lsns.end - 1).await?;
+                    self.install(index).await?;
+                    free_elsewhere(round.dropped);
+                }
+                if !round.committed.is_empty() {
+                    self.send(ToApply::Entries(round.committed, round.waiters))
+                        .await?;
+                }
+                for (index, waiters) in round.reads {
+                    self.send(ToApply::Reads(index, waiters)).await?;
+                }
                 driver.queued(round.number, span, lsns, round.persisted_messages);
             }
             for (reply, e) in driver.take_failed() {
