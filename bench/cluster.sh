@@ -42,9 +42,9 @@ leader() {
     "$BIN/cairn" --endpoints "$ENDPOINTS" endpoint status -w json 2>/dev/null |
         python3 -c 'import json,sys
 for e in json.load(sys.stdin):
-    s = e["Status"]
-    if s["leader"] and s["leader"] == s["header"]["member_id"]:
-        print(e["Endpoint"])'
+    s = e.get("Status", {})
+    if s.get("leader") and s.get("leader") == s.get("header", {}).get("member_id"):
+        print(e["Endpoint"])' 2>/dev/null || true
 }
 until [ -n "$(leader)" ]; do sleep 0.1; done
 LEADER=$(leader)
