@@ -218,8 +218,8 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 impl Db {
     /// Opens (or creates) the database file at `path`, at its newest valid commit. Anything
     /// after that commit (a commit torn by a crash) is cut off and reported, and leftover
-    /// `.tmp` and `.reclaim` files are deleted. With [`DbOptions::mem_disk`], `path` names
-    /// a file of that in-memory disk.
+    /// `.tmp`, `.reclaim` and `.reclaim.new` files are deleted. With
+    /// [`DbOptions::mem_disk`], `path` names a file of that in-memory disk.
     pub fn open(path: impl AsRef<Path>, opts: DbOptions) -> Result<Db> {
         let path = path.as_ref().to_path_buf();
         let dir = Dir::of(&opts);
@@ -834,7 +834,9 @@ pub struct Inspection {
 
 fn leftovers(dir: &Dir, path: &Path) -> Result<Vec<Leftover>> {
     let mut found = Vec::new();
-    for leftover in [suffixed(path, ".tmp"), suffixed(path, ".reclaim")] {
+    // A reclamation creates its file as `.reclaim.new` and renames it to `.reclaim`.
+    let names = [".tmp", ".reclaim", ".reclaim.new"];
+    for leftover in names.map(|name| suffixed(path, name)) {
         match dir.len_of(&leftover) {
             Ok(bytes) => found.push(Leftover {
                 path: leftover,
