@@ -10,17 +10,18 @@
 //! covered). What it adds is the disk's misbehaviour, on demand:
 //!
 //! - [`MemDisk::fail_after`]: the power fails after that many more operations (writes,
-//!   syncs, length changes, creates, renames, removes, on any file of the disk). Each
-//!   operation from then on fails with an I/O error and changes nothing, so a writer stops
-//!   exactly there, half way through a commit if it was in one.
+//!   syncs, length changes, creates, renames, removes, directory syncs, on any file of the
+//!   disk; opening and reading do not count). Each operation from then on fails with an
+//!   I/O error and changes nothing, so a writer stops exactly there, half way through a
+//!   commit if it was in one.
 //! - [`MemDisk::crash`]: power loss. In every file, each write not covered by a completed
 //!   sync reached the disk or not, 512-byte sector by sector ([`SECTOR_BYTES`], aligned to
 //!   the file), as `keep` says for each sector: in any order, a later sector may survive an
 //!   earlier one. A `set_len` not covered by a sync survives or not, as `keep` says. A file
-//!   then holds what reached the disk; its length is the furthest byte that did, and a lost
-//!   sector before that reads as what the disk held there before (zeros past the old end).
-//!   Handles opened before the crash are dead (their process is gone): every operation on
-//!   them fails.
+//!   then holds what reached the disk: a sector that reached it past the file's end
+//!   lengthens the file, a lost sector holds what the disk held there before (zeros past
+//!   the old end). Handles opened before the crash are dead (their process is gone): every
+//!   operation on them fails.
 //! - [`MemFile::flip_bit`]: one stored bit changes.
 //!
 //! Directory operations (create, rename, remove) are durable at once: a crash never undoes
@@ -166,8 +167,10 @@ impl MemFile {
 
     pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let image = self.live()?;
-        let start = offset as usize;
-        match image.cached.get(start..start + buf.len()) {
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(buf.len())?));
+        match range.and_then(|r| image.cached.get(r)) {
             Some(bytes) => {
                 buf.copy_from_slice(bytes);
                 Ok(())
