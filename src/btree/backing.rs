@@ -57,7 +57,7 @@ impl Backing {
     pub fn len(&self) -> io::Result<u64> {
         match self {
             Backing::Disk(f) => Ok(f.metadata()?.len()),
-            Backing::Mem(m) => Ok(m.len()),
+            Backing::Mem(m) => m.live_len(),
         }
     }
 

@@ -165,6 +165,11 @@ impl MemFile {
         Ok(image)
     }
 
+    /// The length as the tree sees it: fails on a handle a crash killed.
+    pub(crate) fn live_len(&self) -> io::Result<u64> {
+        Ok(self.live()?.cached.len() as u64)
+    }
+
     pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let image = self.live()?;
         let range = usize::try_from(offset)
