@@ -9,7 +9,9 @@
 //!   with a disk's faults (lost and torn writes, flipped bits) for simulations.
 //! - [`btree`]: the append-only copy-on-write B+tree file. Checksummed fixed-size pages,
 //!   commit records, readers on any thread, online space reclamation, consistent snapshots
-//!   as byte streams. Format: `docs/btree.md`.
+//!   as byte streams. Format: `docs/btree.md`. `MemDisk` is its in-memory twin with a
+//!   disk's faults (a power failure at any step, unsynced writes lost or torn by sector,
+//!   flipped bits) for simulations and crash tests.
 //! - [`mvcc`]: the etcd v3 data model on top of the tree: revisions, versions, Range, Put,
 //!   DeleteRange, Txn, Compact, HashKV, batched apply with a durable applied-index checkpoint.
 //! - [`node`]: one member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the

@@ -17,6 +17,7 @@ fn open(path: &Path) -> Db {
         path,
         DbOptions {
             branch_cache_pages: 64,
+            ..Default::default()
         },
     )
     .expect("open")

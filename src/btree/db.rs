@@ -1,6 +1,7 @@
 //! The single writer of a database file: open and recovery, copy-on-write changes, commits,
 //! published views, durable snapshots, and the switch to a reclaimed file.
 
+use super::backing::Dir;
 use super::file::{io_err, Appender, FileShared};
 use super::node::{BranchEntry, LeafEntry, Node, NodeRef, Val};
 use super::page::{
@@ -11,10 +12,7 @@ use super::snapshot::Snapshot;
 use super::view::{RangeIter, Roots};
 use super::write::{self, Ctx};
 use super::{BtreeError, CommitMeta, DbOptions, Result, Stats, TreeId, KEY_BYTES_MAX, MAX_TREES};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::ops::Bound;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -200,24 +198,15 @@ pub(crate) fn empty_commit() -> CommitRecord {
     }
 }
 
-pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, e))
-}
-
-/// Creates a new file holding only the header page, atomically (temp file, fsync, rename).
-pub(crate) fn create_file(path: &Path, tmp: &Path) -> Result<()> {
-    let mut f = File::create(tmp).map_err(|e| io_err(tmp, e))?;
-    f.write_all(&page::encode_file_header())
+/// Creates a new file holding only the header page, atomically (temp file, fsync, rename,
+/// directory fsync).
+pub(crate) fn create_file(dir: &Dir, path: &Path, tmp: &Path) -> Result<()> {
+    let f = dir.create(tmp).map_err(|e| io_err(tmp, e))?;
+    f.write_all_at(&page::encode_file_header(), 0)
         .map_err(|e| io_err(tmp, e))?;
     f.sync_all().map_err(|e| io_err(tmp, e))?;
-    std::fs::rename(tmp, path).map_err(|e| io_err(path, e))?;
-    sync_dir(path)
+    dir.rename(tmp, path).map_err(|e| io_err(path, e))?;
+    dir.sync_dir(path)
 }
 
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
@@ -229,21 +218,20 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 impl Db {
     /// Opens (or creates) the database file at `path`, at its newest valid commit. Anything
     /// after that commit (a commit torn by a crash) is cut off and reported, and leftover
-    /// `.tmp` and `.reclaim` files are deleted.
+    /// `.tmp`, `.reclaim` and `.reclaim.new` files are deleted. With
+    /// [`DbOptions::mem_disk`], `path` names a file of that in-memory disk.
     pub fn open(path: impl AsRef<Path>, opts: DbOptions) -> Result<Db> {
         let path = path.as_ref().to_path_buf();
-        for leftover in leftovers(&path)? {
+        let dir = Dir::of(&opts);
+        for leftover in leftovers(&dir, &path)? {
             tracing::warn!(path = %leftover.path.display(), bytes = leftover.bytes, "removing an unfinished database file");
-            std::fs::remove_file(&leftover.path).map_err(|e| io_err(&leftover.path, e))?;
+            dir.remove(&leftover.path)
+                .map_err(|e| io_err(&leftover.path, e))?;
         }
-        if !path.exists() {
-            create_file(&path, &suffixed(&path, ".tmp"))?;
+        if !dir.exists(&path) {
+            create_file(&dir, &path, &suffixed(&path, ".tmp"))?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
+        let file = dir.open(&path, true).map_err(|e| io_err(&path, e))?;
         let shared = Arc::new(FileShared::new(file, path.clone(), opts.branch_cache_pages));
         let (state, cut) = recover(shared)?;
         if let Some(cut) = cut {
@@ -267,7 +255,9 @@ impl Db {
     /// commits (and space reclamation) fail with [`BtreeError::ReadOnly`].
     pub fn open_read_only(path: impl AsRef<Path>, opts: DbOptions) -> Result<Db> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| io_err(&path, e))?;
+        let file = Dir::of(&opts)
+            .open(&path, false)
+            .map_err(|e| io_err(&path, e))?;
         let shared = Arc::new(FileShared::new(file, path.clone(), opts.branch_cache_pages));
         let (state, _) = recover(shared)?;
         Ok(Db::new(path, opts, state, true))
@@ -278,9 +268,16 @@ impl Db {
     /// Cheap: reads the file's header, scans back to the newest commit record and reads the
     /// pages of that commit, nothing else.
     pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection> {
+        Db::inspect_with(path, &DbOptions::default())
+    }
+
+    /// As [`Db::inspect`], where `opts` says the files are (the file system, or
+    /// [`DbOptions::mem_disk`]).
+    pub fn inspect_with(path: impl AsRef<Path>, opts: &DbOptions) -> Result<Inspection> {
         let path = path.as_ref();
-        let leftovers = leftovers(path)?;
-        let file = match File::open(path) {
+        let dir = Dir::of(opts);
+        let leftovers = leftovers(&dir, path)?;
+        let file = match dir.open(path, false) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Inspection {
@@ -612,7 +609,12 @@ impl Db {
         if self.reclaim.is_none() {
             let src = self.state.cur.clone();
             let tmp = suffixed(&self.path, ".reclaim");
-            self.reclaim = Some(Reclaim::start(src, tmp, self.opts.branch_cache_pages));
+            self.reclaim = Some(Reclaim::start(
+                src,
+                Dir::of(&self.opts),
+                tmp,
+                self.opts.branch_cache_pages,
+            ));
         }
         Ok(())
     }
@@ -651,15 +653,16 @@ impl Db {
             // The live file is untouched: drop the new one (giving its space back) and stay.
             let tmp = next.cur.file.path.clone();
             drop(next);
-            if let Err(remove) = std::fs::remove_file(&tmp) {
+            if let Err(remove) = Dir::of(&self.opts).remove(&tmp) {
                 tracing::warn!(error = %remove, path = %tmp.display(), "removing a failed reclamation file");
             }
             tracing::warn!(error = %e, "space reclamation failed for lack of space; keeping the current file");
             return Err(e);
         }
-        std::fs::rename(&next.cur.file.path, &self.path)
+        let dir = Dir::of(&self.opts);
+        dir.rename(&next.cur.file.path, &self.path)
             .map_err(|e| self.poison_on_io(io_err(&self.path, e)))?;
-        sync_dir(&self.path).map_err(|e| self.poison_on_io(e))?;
+        dir.sync_dir(&self.path).map_err(|e| self.poison_on_io(e))?;
         let new_file = reopen_shared(&self.path, &next.cur.file, self.opts.branch_cache_pages)
             .map_err(|e| self.poison_on_io(e))?;
         next.cur.file = new_file;
@@ -829,13 +832,15 @@ pub struct Inspection {
     pub leftovers: Vec<Leftover>,
 }
 
-fn leftovers(path: &Path) -> Result<Vec<Leftover>> {
+fn leftovers(dir: &Dir, path: &Path) -> Result<Vec<Leftover>> {
     let mut found = Vec::new();
-    for leftover in [suffixed(path, ".tmp"), suffixed(path, ".reclaim")] {
-        match std::fs::metadata(&leftover) {
-            Ok(m) => found.push(Leftover {
+    // A reclamation creates its file as `.reclaim.new` and renames it to `.reclaim`.
+    let names = [".tmp", ".reclaim", ".reclaim.new"];
+    for leftover in names.map(|name| suffixed(path, name)) {
+        match dir.len_of(&leftover) {
+            Ok(bytes) => found.push(Leftover {
                 path: leftover,
-                bytes: m.len(),
+                bytes,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&leftover, e)),
@@ -870,7 +875,7 @@ fn recover(file: Arc<FileShared>) -> Result<(FileState, Option<Cut>)> {
 /// holding only its header), the file's length, and what lies after that commit.
 fn find_state(file: &FileShared) -> Result<(CommitRecord, u64, Option<Cut>)> {
     let path = &file.path;
-    let len = file.file.metadata().map_err(|e| io_err(path, e))?.len();
+    let len = file.file.len().map_err(|e| io_err(path, e))?;
     let pages = len / PAGE_SIZE as u64;
     if pages == 0 {
         return Err(BtreeError::Corrupt {

@@ -1,19 +1,18 @@
 //! The database file shared by the writer and every reader: positioned reads of pages
 //! (`pread`, safe from any thread), a bounded cache of branch pages, and the append path.
 
+use super::backing::Backing;
 use super::page::{self, PageBuf, PAGE_SIZE};
 use super::{BtreeError, Result};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const CACHE_SHARDS: usize = 16;
 
 pub struct FileShared {
-    pub file: File,
+    pub file: Backing,
     pub path: PathBuf,
     cache: Vec<Mutex<HashMap<u64, Arc<PageBuf>>>>,
     cache_per_shard: usize,
@@ -27,7 +26,7 @@ pub fn io_err(path: &Path, source: std::io::Error) -> BtreeError {
 }
 
 impl FileShared {
-    pub fn new(file: File, path: PathBuf, cache_pages: usize) -> FileShared {
+    pub fn new(file: Backing, path: PathBuf, cache_pages: usize) -> FileShared {
         FileShared {
             file,
             path,
@@ -166,15 +165,7 @@ impl Appender {
 /// Starts writeback of a written range and waits for it (no cache flush: the commit's
 /// `fdatasync` still makes it durable).
 fn write_out(file: &FileShared, offset: u64, len: usize) -> Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
-    let r =
-        unsafe { libc::sync_file_range(file.file.as_raw_fd(), offset as i64, len as i64, flags) };
-    if r != 0 {
-        return Err(io_err(&file.path, std::io::Error::last_os_error()));
-    }
-    Ok(())
+    file.file
+        .write_out(offset, len)
+        .map_err(|e| io_err(&file.path, e))
 }

@@ -10,6 +10,10 @@
 //! - [`Db::snapshot`] streams the file up to the last commit while writes go on.
 //! - [`Db::start_reclaim`] rewrites the live entries into a fresh, packed file in the
 //!   background; the next commit after it is built switches files.
+//! - [`MemDisk`] is the file's in-memory twin for simulations and crash tests: with
+//!   [`DbOptions::mem_disk`] set, every file the tree opens, creates, renames or deletes is
+//!   one of its [`MemFile`]s, which lose unsynced writes sector by sector on
+//!   [`MemDisk::crash`].
 //!
 //! ```
 //! use cairn::btree::{CommitMeta, Db, DbOptions};
@@ -27,8 +31,10 @@
 //! assert_eq!(db.get(0, b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
 //! ```
 
+mod backing;
 mod db;
 mod file;
+mod mem;
 mod node;
 mod page;
 mod reclaim;
@@ -37,12 +43,14 @@ mod view;
 mod write;
 
 pub use db::{Cut, Db, Inspection, Leftover, View};
+pub use mem::{CrashLoss, MemDisk, MemFile};
 pub use page::{COMMIT_USER_BYTES_MAX, PAGE_SIZE};
 pub use reclaim::RECLAIM_TOUCHED_KEYS_MAX;
 pub use snapshot::Snapshot;
 pub use view::RangeIter;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Identifies one of the trees inside a database file (0..MAX_TREES).
 pub type TreeId = u8;
@@ -106,12 +114,17 @@ pub struct CommitMeta {
 pub struct DbOptions {
     /// Branch pages cached in memory, shared by all readers.
     pub branch_cache_pages: usize,
+    /// Where the files are: `None` (the default) for the file system, or an in-memory
+    /// disk, whose files then stand for every path the tree uses (the database, its
+    /// temporary and reclamation files).
+    pub mem_disk: Option<Arc<MemDisk>>,
 }
 
 impl Default for DbOptions {
     fn default() -> Self {
         DbOptions {
             branch_cache_pages: 8192,
+            mem_disk: None,
         }
     }
 }

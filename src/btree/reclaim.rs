@@ -4,6 +4,7 @@
 //! that switches files replays just those keys from the current state into the new file, so
 //! the pause is proportional to the writes made during the copy, not to the database size.
 
+use super::backing::Dir;
 use super::db::{create_file, empty_commit, FileState};
 use super::file::{io_err, Appender, FileShared};
 use super::node::NodeRef;
@@ -12,7 +13,6 @@ use super::page::{self, PageBuilder, HEADER_BYTES, KIND_BRANCH, KIND_LEAF, PAGE_
 use super::view::Roots;
 use super::{BtreeError, Result, TreeId, MAX_TREES};
 use std::collections::BTreeSet;
-use std::fs::OpenOptions;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,17 +29,19 @@ pub(crate) struct Reclaim {
     handle: Option<JoinHandle<Result<FileState>>>,
     touched: Touched,
     cancel: Arc<AtomicBool>,
+    dir: Dir,
     tmp: PathBuf,
 }
 
 impl Reclaim {
-    pub fn start(src: Roots, tmp: PathBuf, cache_pages: usize) -> Reclaim {
+    pub fn start(src: Roots, dir: Dir, tmp: PathBuf, cache_pages: usize) -> Reclaim {
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = cancel.clone();
         let path = tmp.clone();
+        let files = dir.clone();
         let handle = std::thread::Builder::new()
             .name("cairn-reclaim".into())
-            .spawn(move || build(&src, path, cache_pages, &stop));
+            .spawn(move || build(&src, &files, path, cache_pages, &stop));
         let handle = match handle {
             Ok(h) => Some(h),
             Err(e) => {
@@ -51,6 +53,7 @@ impl Reclaim {
             handle,
             touched: BTreeSet::new(),
             cancel,
+            dir,
             tmp,
         }
     }
@@ -89,7 +92,7 @@ impl Drop for Reclaim {
         self.cancel.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
-            let _ = std::fs::remove_file(&self.tmp);
+            let _ = self.dir.remove(&self.tmp);
         }
     }
 }
@@ -227,18 +230,20 @@ impl Loader<'_> {
     }
 }
 
-fn build(src: &Roots, tmp: PathBuf, cache_pages: usize, cancel: &AtomicBool) -> Result<FileState> {
+fn build(
+    src: &Roots,
+    dir: &Dir,
+    tmp: PathBuf,
+    cache_pages: usize,
+    cancel: &AtomicBool,
+) -> Result<FileState> {
     let scratch = {
         let mut s = tmp.as_os_str().to_owned();
         s.push(".new");
         PathBuf::from(s)
     };
-    create_file(&tmp, &scratch)?;
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
+    create_file(dir, &tmp, &scratch)?;
+    let f = dir.open(&tmp, true).map_err(|e| io_err(&tmp, e))?;
     let file = Arc::new(FileShared::new(f, tmp.clone(), cache_pages));
     let mut roots = [None, None, None, None, None, None, None, None];
     let mut loader = Loader {

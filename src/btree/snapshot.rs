@@ -6,7 +6,6 @@
 use super::file::{io_err, FileShared};
 use super::{CommitMeta, Result};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 pub struct Snapshot {

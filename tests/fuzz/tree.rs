@@ -33,6 +33,7 @@ const TREE_BOUND: Bound = Bound {
 fn options() -> DbOptions {
     DbOptions {
         branch_cache_pages: 64,
+        ..Default::default()
     }
 }
 

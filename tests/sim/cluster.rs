@@ -1,9 +1,10 @@
 //! N members of the real consensus core ([`Driver`] over raft-rs, the MVCC [`Store`], the
-//! WAL's in-memory twin [`MemWal`]) in one thread, on a simulated clock, network and disk.
+//! WAL's in-memory twin [`MemWal`], the tree file's [`MemDisk`]) in one thread, on a
+//! simulated clock, network and disk.
 //! Everything random is drawn from one seed, so one seed replays one run.
 
 use crate::checker::{Kind, Op};
-use cairn::btree::DbOptions;
+use cairn::btree::{DbOptions, MemDisk};
 use cairn::mvcc::{PutRequest, RangeRequest, Request, Response, Store};
 use cairn::node::{
     apply_committed, command, Clock, Driver, DriverConfig, Node, NodeError, Random, SplitMix64,
@@ -15,6 +16,7 @@ use raft::eraftpb::{ConfState, Message};
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// A bug planted on purpose, to show the checks catch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +95,8 @@ struct Member {
     life: u64,
     wal: MemWal,
     writing: Option<WriteToken>,
-    dir: tempfile::TempDir,
+    /// Holds the member's store file.
+    disk: Arc<MemDisk>,
     up: Option<Up>,
     /// Cut off from every peer until healed.
     isolated: bool,
@@ -160,7 +163,7 @@ impl Sim {
                 life: 0,
                 wal: MemWal::new(),
                 writing: None,
-                dir: scratch_dir(),
+                disk: Arc::new(MemDisk::new()),
                 up: None,
                 isolated: false,
             })
@@ -342,8 +345,11 @@ impl Sim {
             .wal
             .enqueue(&[(RecordType::METADATA, &epoch.to_le_bytes())]);
         member.wal.flush();
-        let store = Store::open(member.dir.path().join("db"), DbOptions::default())
-            .expect("the store file");
+        let options = DbOptions {
+            mem_disk: Some(member.disk.clone()),
+            ..DbOptions::default()
+        };
+        let store = Store::open("db", options).expect("the store file");
         let applied = store.applied().index;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let node = Node::open(member.id, ELECTION_TICKS, applied, log, &logger).expect("open");
@@ -371,7 +377,8 @@ impl Sim {
         self.schedule(first_tick, Event::Tick { member: m });
     }
 
-    /// Power loss on one member: queued WAL records are lost, the write in flight torn.
+    /// Power loss on one member: queued WAL records are lost, the write in flight torn,
+    /// and the store file loses the sectors of its writes no sync covered.
     fn crash(&mut self, m: usize) {
         let Some(up) = self.members[m].up.take() else {
             return;
@@ -381,6 +388,7 @@ impl Sim {
         member.life += 1;
         member.writing = None;
         member.wal.crash(|| rng.below(2) == 0);
+        member.disk.crash(|| rng.below(2) == 0);
         drop(up);
         self.stats.crashes += 1;
         self.abandon_waiters(m);
@@ -812,12 +820,4 @@ fn decode_value(v: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&v[..8]);
     u64::from_le_bytes(b)
-}
-
-/// A directory for one member's store file: in memory when /dev/shm exists (the tree's
-/// syncs then cost nothing), else under the system's temporary directory.
-fn scratch_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("a temporary directory")
 }
