@@ -63,6 +63,18 @@ impl Backing {
 
     /// Another handle on the same file (a reclaimed file keeps its descriptor across the
     /// rename that puts it in place).
+    /// Identifies the file while it exists: its inode on the disk, the address of the
+    /// shared in-memory file for the twin.
+    pub fn file_id(&self) -> u64 {
+        match self {
+            Backing::Disk(f) => {
+                use std::os::unix::fs::MetadataExt;
+                f.metadata().map_or(0, |m| m.ino())
+            }
+            Backing::Mem(m) => Arc::as_ptr(m) as usize as u64,
+        }
+    }
+
     pub fn try_clone(&self) -> io::Result<Backing> {
         match self {
             Backing::Disk(f) => Ok(Backing::Disk(f.try_clone()?)),

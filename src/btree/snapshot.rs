@@ -37,8 +37,7 @@ impl Snapshot {
     /// Identifies the file the snapshot reads (its inode): snapshots with the same id are
     /// prefixes of one append-only file, so bytes received of one are bytes of the other.
     pub fn file_id(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        self.file.file.metadata().map_or(0, |m| m.ino())
+        self.file.file.file_id()
     }
 
     /// The commit this snapshot ends with.
