@@ -33,6 +33,12 @@ pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), Serv
         }
     };
     let _ = role.store_opened.send(Ok(store.applied().index));
+    // What the store holds durably can be sent to a lagging follower at once.
+    *shared.snapshot.lock() = Some(Arc::new(store.snapshot()));
+    let at = store.applied();
+    let _ = shared
+        .inputs
+        .try_send(Input::Checkpointed(at.index, at.term));
     let result = apply_loop(&mut store, &role, &shared).await;
     if result.is_err() {
         shared.request_stop();

@@ -12,7 +12,7 @@ use cairn::node::{
 use cairn::protocol::{encode_request, ClientRequest, HEADER_BYTES};
 use cairn::raftlog::RaftLog;
 use cairn::wal::{Lsn, MemWal, RecordType, WriteToken};
-use raft::eraftpb::{ConfState, Message};
+use raft::eraftpb::{ConfState, Message, MessageType};
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -42,8 +42,12 @@ const ELECTION_TICKS: usize = 10;
 const REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// After healing, the cluster must answer a read of every key within this.
 const SETTLE_MS: u64 = 5_000;
-/// The store checkpoints after this many applied entries.
+/// The store checkpoints after this many applied entries (and the log is compacted).
 const CHECKPOINT_ENTRIES: u64 = 40;
+/// Entries kept behind a compaction: a member further behind needs a snapshot.
+const RETAIN_ENTRIES: u64 = 10;
+/// Where a member keeps the snapshot it received until it is installed.
+const SNAPSHOT_PATH: &str = "snap";
 
 struct SimClock(Rc<Cell<u64>>);
 
@@ -54,6 +58,20 @@ impl Clock for SimClock {
 }
 
 enum Event {
+    /// A snapshot and the tree file it stands for, streamed from `from`.
+    DeliverSnapshot {
+        to: usize,
+        from: usize,
+        msg: Message,
+        file: Vec<u8>,
+    },
+    /// The leader learns how sending a snapshot went.
+    SnapshotReport {
+        leader: usize,
+        life: u64,
+        to: u64,
+        ok: bool,
+    },
     Deliver {
         to: usize,
         msg: Message,
@@ -146,6 +164,10 @@ pub struct Stats {
     pub partitions: u64,
     pub messages: u64,
     pub leaders: u64,
+    pub snapshots: u64,
+    pub installs: u64,
+    pub crashes_mid_install: u64,
+    pub installs_at_start: u64,
 }
 
 impl Sim {
@@ -260,6 +282,46 @@ impl Sim {
 
     fn handle(&mut self, e: Event) -> Result<(), String> {
         match e {
+            Event::DeliverSnapshot {
+                to,
+                from,
+                msg,
+                file,
+            } => {
+                let life = self.members[from].life;
+                let ok = self.members[to].up.is_some();
+                if ok {
+                    // Durable in snap/ before raft sees the message (as the server does).
+                    self.members[to].disk.write_file(SNAPSHOT_PATH, &file);
+                    if let Some(up) = self.members[to].up.as_mut() {
+                        let _ = up.driver.step(msg);
+                    }
+                    self.pump(to)?;
+                }
+                self.stats.snapshots += 1;
+                self.schedule(
+                    1,
+                    Event::SnapshotReport {
+                        leader: from,
+                        life,
+                        to: to as u64 + 1,
+                        ok,
+                    },
+                );
+            }
+            Event::SnapshotReport {
+                leader,
+                life,
+                to,
+                ok,
+            } => {
+                if self.members[leader].life == life {
+                    if let Some(up) = self.members[leader].up.as_mut() {
+                        up.driver.report_snapshot(to, ok);
+                        self.pump(leader)?;
+                    }
+                }
+            }
             Event::Deliver { to, msg } => {
                 if let Some(up) = self.members[to].up.as_mut() {
                     // A stale or unknown sender's message is refused; raft carries on.
@@ -349,11 +411,23 @@ impl Sim {
             mem_disk: Some(member.disk.clone()),
             ..DbOptions::default()
         };
-        let store = Store::open("db", options).expect("the store file");
+        let mut store = Store::open("db", options.clone()).expect("the store file");
+        if store.applied().index < log.start_index() {
+            // Stopped between making a snapshot the log's start and installing its file.
+            let file = member
+                .disk
+                .file(SNAPSHOT_PATH)
+                .map(|f| f.contents())
+                .expect("the snapshot the log starts after");
+            drop(store);
+            member.disk.write_file("db", &file);
+            store = Store::open("db", options).expect("the snapshot's store");
+            self.stats.installs_at_start += 1;
+        }
         let applied = store.applied().index;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let node = Node::open(member.id, ELECTION_TICKS, applied, log, &logger).expect("open");
-        let driver = Driver::new(
+        let mut driver = Driver::new(
             node,
             DriverConfig {
                 member: member.id,
@@ -361,12 +435,15 @@ impl Sim {
                 election_tick: ELECTION_TICKS,
                 request_timeout_ms: REQUEST_TIMEOUT_MS,
                 max_pending: 10_000,
-                retain_entries: 0,
+                retain_entries: RETAIN_ENTRIES,
             },
             Box::new(SimClock(self.now.clone())),
             Box::new(SplitMix64::new(self.rng.next_u64())),
             batches,
         );
+        // What the store holds durably can be sent as a snapshot at once.
+        let at = store.applied();
+        driver.set_snapshot_point(at.index, at.term);
         member.up = Some(Up {
             driver,
             store,
@@ -439,6 +516,35 @@ impl Sim {
                 let Some(round) = round else { break };
                 let span = round.entries_span();
                 self.send(m, round.messages);
+                if let Some((index, _)) = round.snapshot {
+                    // The log's new start durable first, then the tree file becomes the
+                    // store (a crash in between is repaired by the next start).
+                    let member = &mut self.members[m];
+                    let recs: Vec<(RecordType, &[u8])> = round
+                        .records
+                        .iter()
+                        .map(|(t, p)| (*t, p.as_slice()))
+                        .collect();
+                    let lsns = member.wal.enqueue(&recs);
+                    member.wal.flush();
+                    member.writing = None;
+                    if self.opts.faults && self.rng.below(4) == 0 {
+                        // Power fails between the two: the next start installs the file.
+                        self.crash(m);
+                        self.stats.crashes_mid_install += 1;
+                        let after = 20 + self.rng.below(200);
+                        self.schedule(after, Event::Restart { member: m });
+                        return Ok(());
+                    }
+                    self.install(m, index)?;
+                    if let Some(up) = self.members[m].up.as_mut() {
+                        up.driver
+                            .queued(round.number, span, lsns, round.persisted_messages);
+                        up.reads.extend(round.reads);
+                    }
+                    self.serve_reads(m)?;
+                    continue;
+                }
                 if !round.committed.is_empty() {
                     self.apply(m, &round.committed, round.waiters)?;
                 }
@@ -481,6 +587,35 @@ impl Sim {
         }
     }
 
+    /// Makes the received snapshot the member's store.
+    fn install(&mut self, m: usize, index: u64) -> Result<(), String> {
+        let member = &mut self.members[m];
+        let id = member.id;
+        let Some(up) = member.up.as_mut() else {
+            return Ok(());
+        };
+        let file = member
+            .disk
+            .file(SNAPSHOT_PATH)
+            .map(|f| f.contents())
+            .ok_or_else(|| format!("member {id}: a snapshot to install but no file"))?;
+        member.disk.write_file("db", &file);
+        let options = DbOptions {
+            mem_disk: Some(member.disk.clone()),
+            ..DbOptions::default()
+        };
+        up.store = Store::open("db", options).map_err(|e| format!("member {id}: install: {e}"))?;
+        if up.store.applied().index != index {
+            return Err(format!(
+                "member {id}: the snapshot's store holds {} not {index}",
+                up.store.applied().index
+            ));
+        }
+        up.since_checkpoint = 0;
+        self.stats.installs += 1;
+        Ok(())
+    }
+
     fn start_write(&mut self, m: usize) {
         let member = &mut self.members[m];
         if member.writing.is_some() {
@@ -502,10 +637,49 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, msgs: Vec<Message>) {
-        for msg in msgs {
+        for mut msg in msgs {
             self.stats.messages += 1;
             let to = msg.to as usize - 1;
-            if self.members[from].isolated || self.members[to].isolated {
+            let cut_off = self.members[from].isolated || self.members[to].isolated;
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                // Streamed beside the message: the leader's tree file up to its last
+                // durable checkpoint, under that checkpoint's index and term.
+                let Some(up) = self.members[from].up.as_ref() else {
+                    continue;
+                };
+                let snap = up.store.snapshot();
+                let mut file = vec![0u8; snap.len() as usize];
+                let read = snap.read_at(0, &mut file).map(|n| n == file.len());
+                let meta = msg.mut_snapshot().mut_metadata();
+                meta.index = snap.meta().applied_index;
+                meta.term = snap.meta().applied_term;
+                if cut_off || !matches!(read, Ok(true)) {
+                    let life = self.members[from].life;
+                    let after = 50 + self.rng.below(50);
+                    self.schedule(
+                        after,
+                        Event::SnapshotReport {
+                            leader: from,
+                            life,
+                            to: to as u64 + 1,
+                            ok: false,
+                        },
+                    );
+                    continue;
+                }
+                let delay = 5 + self.rng.below(20);
+                self.schedule(
+                    delay,
+                    Event::DeliverSnapshot {
+                        to,
+                        from,
+                        msg,
+                        file,
+                    },
+                );
+                continue;
+            }
+            if cut_off {
                 continue;
             }
             if self.rng.below(1000) < self.drop_per_mille {
@@ -550,6 +724,18 @@ impl Sim {
                 .checkpoint()
                 .map_err(|e| format!("member {id}: checkpoint: {e}"))?;
             up.since_checkpoint = 0;
+            let at = up.store.applied();
+            up.driver.set_snapshot_point(at.index, at.term);
+            let compaction = up
+                .driver
+                .compact(at.index)
+                .map_err(|e| format!("member {id}: compact: {e}"))?;
+            if let Some(c) = compaction {
+                let recs: Vec<(RecordType, &[u8])> =
+                    c.records.iter().map(|(t, p)| (*t, p.as_slice())).collect();
+                let lsns = member.wal.enqueue(&recs);
+                up.driver.compacted(c.to, lsns.start);
+            }
         }
         let hash = up
             .store
@@ -756,9 +942,34 @@ impl Sim {
         }
         Err(format!(
             "no member answered a read of key {key} within {SETTLE_MS} ms after healing \
-             (leaders by term: {:?})",
-            self.leaders
+             (leaders by term: {:?}; members: {})",
+            self.leaders,
+            self.describe()
         ))
+    }
+
+    /// Each member's raft state, for failure messages.
+    fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for m in &self.members {
+            match &m.up {
+                None => out.push(format!("{}: down", m.id)),
+                Some(up) => {
+                    let n = up.driver.node();
+                    out.push(format!(
+                        "{}: term {} leader {} applied {} last {:?} start {} store {}",
+                        m.id,
+                        n.term(),
+                        n.leader_id(),
+                        n.applied_index(),
+                        n.last_log(),
+                        n.log().start_index(),
+                        up.store.applied().index
+                    ))
+                }
+            }
+        }
+        out.join("; ")
     }
 
     fn check_leaders(&mut self) {

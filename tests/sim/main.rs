@@ -91,12 +91,22 @@ fn seeds() {
                 total.leaders += s.leaders;
                 total.messages += s.messages;
                 total.refused += s.refused;
+                total.snapshots += s.snapshots;
+                total.installs += s.installs;
+                total.crashes_mid_install += s.crashes_mid_install;
+                total.installs_at_start += s.installs_at_start;
             }
             Err(e) => panic!("{e}"),
         }
     }
     println!("{count} seeds from {first}: {total:?}");
     assert!(total.puts_ok > count * 10, "the runs did work: {total:?}");
+    if count >= 100 {
+        assert!(
+            total.installs > 0,
+            "members caught up by snapshot: {total:?}"
+        );
+    }
 }
 
 /// The planted bug (members tell raft their records are durable before the WAL write
