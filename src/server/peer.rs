@@ -502,6 +502,7 @@ async fn pump(
 
 /// Accepts peers' connections on a `--listen-peer-urls` listener until the member stops.
 async fn accept(listener: std::net::TcpListener, me: Me, shared: Arc<Shared>) {
+    let refusals = Rc::new(RefusalLog::default());
     let stop = shared.stop.clone();
     // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -514,7 +515,8 @@ async fn accept(listener: std::net::TcpListener, me: Me, shared: Arc<Shared>) {
         match futures_lite::future::or(accepted, stopped).await {
             None => return,
             Some(Ok(stream)) => {
-                glommio::spawn_local(receive(stream, me, shared.clone())).detach();
+                glommio::spawn_local(receive(stream, me, shared.clone(), refusals.clone()))
+                    .detach();
             }
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
         }
@@ -522,11 +524,11 @@ async fn accept(listener: std::net::TcpListener, me: Me, shared: Arc<Shared>) {
 }
 
 /// Reads one peer's frames and hands their messages to the raft role.
-async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>) {
+async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: Rc<RefusalLog>) {
     let peer = stream.peer_addr().ok();
     let (inputs, stop) = (shared.inputs.clone(), shared.stop.clone());
     let read = async {
-        let (from, kind) = hello(&mut stream, me).await?;
+        let (from, kind) = hello(&mut stream, me, &refusals).await?;
         if kind == SNAPSHOT_MAGIC {
             return receive_snapshot(&mut stream, from, &shared).await;
         }
@@ -563,7 +565,35 @@ async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>) {
 }
 
 /// Reads a dialer's hello and answers it: the peer's member id, or why it was refused.
-async fn hello(stream: &mut TcpStream, me: Me) -> std::io::Result<(u64, u64)> {
+/// Refusals are logged once per peer and reason every [`REFUSAL_LOG_EVERY`], not on every
+/// redial.
+#[derive(Default)]
+struct RefusalLog {
+    last: RefCell<Vec<(u64, String, std::time::Instant)>>,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    fn log(&self, from: u64, reason: &str) {
+        let now = std::time::Instant::now();
+        let mut last = self.last.borrow_mut();
+        last.retain(|(_, _, at)| now.duration_since(*at) < REFUSAL_LOG_EVERY);
+        if last.iter().any(|(f, r, _)| *f == from && r == reason) {
+            return;
+        }
+        if last.len() < 64 {
+            last.push((from, reason.to_string(), now));
+        }
+        tracing::error!(peer = %format!("{from:x}"), "refused a peer: {reason}");
+    }
+}
+
+async fn hello(
+    stream: &mut TcpStream,
+    me: Me,
+    refusals: &RefusalLog,
+) -> std::io::Result<(u64, u64)> {
     let mut h = [0u8; HELLO_BYTES];
     stream.read_exact(&mut h).await?;
     let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or([0; 8]));
@@ -595,7 +625,7 @@ async fn hello(stream: &mut TcpStream, me: Me) -> std::io::Result<(u64, u64)> {
             Ok((from, word(0)))
         }
         Some(reason) => {
-            tracing::error!(peer = %format!("{from:x}"), "refused a peer: {reason}");
+            refusals.log(from, &reason);
             let b = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
             let mut answer = vec![1u8];
             answer.extend_from_slice(&(b.len() as u16).to_le_bytes());
