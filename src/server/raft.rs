@@ -146,6 +146,22 @@ fn recover_snapshot(
     Ok(())
 }
 
+/// Received snapshots that never became the log's start (raft found it did not need them,
+/// or the member stopped first) are of no further use: raft sends a new one if needed.
+/// Interrupted transfers (`.part`) stay, to be resumed.
+fn remove_stale_snapshots(data_dir: &std::path::Path) {
+    let Ok(dir) = std::fs::read_dir(data_dir.join("snap")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "db") {
+            tracing::debug!(file = %p.display(), "removing a snapshot that was not installed");
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
 /// The tree and the log must meet: the tree holds everything up to `applied`, the log
 /// everything after its start. Anything else is a damaged data directory (a tree file, a
 /// tree commit or WAL segments lost), and starting would serve less than was acknowledged.
@@ -258,6 +274,7 @@ impl Raft {
             recover_snapshot(&config.data_dir, log.start_index(), &db)?;
             tree = crate::btree::Db::inspect(&db).map_err(crate::mvcc::MvccError::from)?;
         }
+        remove_stale_snapshots(&config.data_dir);
         tree_meets_log(tree.commit.applied_index, log, &db)?;
         if let Some(opened) = self.role.wal_opened.take() {
             let _ = opened.send_async(()).await;
