@@ -493,12 +493,7 @@ impl Raft {
 
     /// Starts handing leadership to `to` (etcd's MoveLeader); answered once `to` leads, or
     /// after an election timeout.
-    fn move_leader(
-        &mut self,
-        driver: &mut RaftDriver,
-        to: u64,
-        reply: MoveReply,
-    ) {
+    fn move_leader(&mut self, driver: &mut RaftDriver, to: u64, reply: MoveReply) {
         let me = self.identity.member_id;
         let refusal = if !driver.is_leader() {
             Some(format!(
