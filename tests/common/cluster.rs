@@ -161,7 +161,9 @@ impl Cluster {
             ])
             .args(["--election-timeout", &self.options.election_ms.to_string()])
             // Several members share this machine's cores.
-            .args(["--placement", "unpinned", "--log-level", "info"]);
+            .args(["--placement", "unpinned", "--log-level", "info"])
+            // Plain text in the log files.
+            .env("NO_COLOR", "1");
         cmd
     }
 
