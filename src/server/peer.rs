@@ -17,7 +17,9 @@
 //!
 //! Many messages go in one frame (one write). Each peer has a bounded queue: when it is
 //! full (the peer is slow or gone) messages are dropped, and raft sends again what still
-//! matters. A lost connection is dialed again with a backoff.
+//! matters. A lost connection is dialed again with a backoff; a dialed connection is
+//! watched while nothing is sent on it (the listener never writes after its answer), so
+//! that a peer that stopped or restarted is dialed again before the next message.
 //!
 //! A snapshot (raft's `MsgSnapshot`) goes on a connection of its own, opened with the
 //! same hello under another magic, beside the tree file it stands for:
@@ -468,11 +470,17 @@ async fn pump(
 ) -> std::io::Result<()> {
     let mut frame = Vec::new();
     loop {
-        let first = futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
-            wait_until(POLL_IDLE, || stop.load(Ordering::Relaxed)).await;
-            None
+        let first = futures_lite::future::or(async { Ok(rx.recv_async().await.ok()) }, async {
+            futures_lite::future::or(
+                async {
+                    wait_until(POLL_IDLE, || stop.load(Ordering::Relaxed)).await;
+                    Ok(None)
+                },
+                async { Err(closed(&stream).await) },
+            )
+            .await
         })
-        .await;
+        .await?;
         let Some(first) = first else {
             return Ok(());
         };
@@ -497,6 +505,24 @@ async fn pump(
         frame[0..4].copy_from_slice(&body.to_le_bytes());
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
         stream.write_all(&frame).await?;
+    }
+}
+
+/// Waits until the connection cannot be sent on. The listener sends nothing after its
+/// answer, so anything to read (its end, an error, or stray bytes) means the peer closed
+/// it or broke the protocol. Watched while the queue is empty: a link that is quiet for
+/// long (between two followers, until an election) would otherwise learn of its peer's
+/// restart only by writing into the dead connection, and the first two frames written
+/// after it (one taken by the kernel, one failing) would be lost.
+async fn closed(stream: &TcpStream) -> std::io::Error {
+    let mut byte = [0u8; 1];
+    match stream.peek(&mut byte).await {
+        Ok(0) => std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the peer closed the connection",
+        ),
+        Ok(_) => invalid("the peer sent bytes after its answer".into()),
+        Err(e) => e.into(),
     }
 }
 
@@ -674,4 +700,111 @@ fn decode_messages(frame: &[u8], from: u64) -> std::io::Result<Vec<Message>> {
 
 fn invalid(reason: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+
+    /// What the fake peer saw: a connection accepted, or a message's index on it.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Accepted(usize),
+        Message(usize, u64),
+    }
+
+    /// A peer on a plain listener that answers hellos and reports what comes: it reads
+    /// one frame on its first connection and closes it (a member that stopped, as far as
+    /// the dialer can tell), then one frame on its second.
+    fn fake_peer(listener: std::net::TcpListener, seen: mpsc::Sender<Seen>) -> std::net::TcpStream {
+        let mut kept = None;
+        for n in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            seen.send(Seen::Accepted(n)).unwrap();
+            let mut hello = [0u8; HELLO_BYTES];
+            s.read_exact(&mut hello).unwrap();
+            s.write_all(&[0, 0, 0]).unwrap();
+            let mut head = [0u8; 8];
+            s.read_exact(&mut head).unwrap();
+            let mut frame = vec![0u8; u32::from_le_bytes(head[..4].try_into().unwrap()) as usize];
+            s.read_exact(&mut frame).unwrap();
+            for m in decode_messages(&frame, 1).unwrap() {
+                seen.send(Seen::Message(n, m.index)).unwrap();
+            }
+            if n == 1 {
+                kept = Some(s);
+            }
+        }
+        kept.unwrap()
+    }
+
+    /// A peer's queue, as `Peers::send` fills it.
+    struct FakeQueue(flume::Sender<(Message, usize)>);
+
+    impl FakeQueue {
+        fn send(&self, msgs: Vec<Message>) {
+            for m in msgs {
+                let size = m.compute_size() as usize;
+                self.0.try_send((m, size)).unwrap();
+            }
+        }
+    }
+
+    /// The next thing the fake peer saw, within 5 s.
+    async fn next(seen: &mpsc::Receiver<Seen>) -> Option<Seen> {
+        for _ in 0..500 {
+            if let Ok(s) = seen.try_recv() {
+                return Some(s);
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    #[test]
+    fn a_connection_the_peer_closed_while_idle_is_dialed_again_before_the_next_message() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, seen) = mpsc::channel();
+        let peer = std::thread::spawn(move || fake_peer(listener, tx));
+        glommio::LocalExecutor::default().run(async move {
+            let stop = Arc::new(AtomicBool::new(false));
+            let me = Me {
+                cluster_id: 7,
+                member_id: 1,
+            };
+            // The dialer of peer 2, fed as `Peers::send` feeds it.
+            let (tx, rx) = flume::bounded(QUEUE_MESSAGES_MAX);
+            let bytes = Rc::new(Cell::new(0));
+            glommio::spawn_local(dial(
+                me,
+                2,
+                vec![listen_addr(&url)],
+                rx,
+                bytes,
+                stop.clone(),
+            ))
+            .detach();
+            let peers = FakeQueue(tx);
+            let message = |index| Message {
+                from: 1,
+                to: 2,
+                index,
+                ..Default::default()
+            };
+            peers.send(vec![message(1)]);
+            assert_eq!(next(&seen).await, Some(Seen::Accepted(0)));
+            assert_eq!(next(&seen).await, Some(Seen::Message(0, 1)));
+            // The peer closed that connection while nothing was to be sent: the member
+            // dials again at once, rather than write its next message (a vote request
+            // after a quiet spell, say) into the dead connection, where it would be lost.
+            assert_eq!(next(&seen).await, Some(Seen::Accepted(1)));
+            peers.send(vec![message(2)]);
+            assert_eq!(next(&seen).await, Some(Seen::Message(1, 2)));
+            stop.store(true, Ordering::Relaxed);
+        });
+        drop(peer.join().unwrap());
+    }
 }

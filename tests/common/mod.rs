@@ -1,5 +1,10 @@
 //! Helpers shared by the tests that run `cairn serve`.
 
+#[allow(dead_code)]
+pub mod cluster;
+#[allow(dead_code)]
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};

@@ -1,0 +1,922 @@
+//! Clusters of real `cairn serve` processes on loopback under faults: a leader killed,
+//! stopped or cut off in a minority, members restarted one by one under load, and a member
+//! of another cluster knocking. Peer links go through a proxy the test controls
+//! (`common/proxy.rs`); each test records every acknowledged write (and every write whose
+//! outcome is unknown) and checks them on every member once the cluster converges (same
+//! applied index, same `endpoint hashkv`), and the rolling-restart test checks a history of
+//! puts and linearizable reads with the linearizability checker of the simulator.
+
+#[path = "sim/checker.rs"]
+mod checker;
+mod common;
+
+use cairn::client::{Client, ClientError};
+use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
+use cairn::protocol::{ClientRequest, ClientResponse, ErrorCode};
+use common::cluster::{poll, status_of, Cluster};
+use common::free_addr;
+use common::proxy::Proxy;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The client timeout of the tests' writers and readers.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The bound on an election after the leader dies, at the default timeouts (heartbeat
+/// 100 ms, election 1000 ms: raft's randomized timeout is under 2 s, plus a pre-vote).
+const ELECTION_BOUND: Duration = Duration::from_secs(3);
+const CONVERGE: Duration = Duration::from_secs(30);
+/// A client's pause after a failed request (no leader yet, a member gone).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// One cluster at a time: the tests measure elections on a machine of few cores, and two
+/// clusters under load at once would measure each other.
+fn one_cluster_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn put_request(key: &str, value: &str) -> ClientRequest {
+    ClientRequest::Kv(Request::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    }))
+}
+
+/// A put's outcome: Ok, or the error (its outcome unknown, unless the request was invalid,
+/// which fails the test: the tests only send valid puts).
+fn put(client: &mut Client, key: &str, value: &str) -> Result<(), ClientError> {
+    match client.request(&put_request(key, value)) {
+        Ok(ClientResponse::Kv(Response::Put(_))) => Ok(()),
+        Ok(other) => panic!("put {key}: answered {other:?}"),
+        Err(ClientError::Server {
+            code: code @ (ErrorCode::InvalidRequest | ErrorCode::Malformed | ErrorCode::NoSpace),
+            message,
+        }) => panic!("put {key}: refused as {code:?}: {message}"),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("a prefix") += 1;
+    end
+}
+
+/// A linearizable read of every key starting with `prefix`: (key, value, mod revision).
+fn read_prefix(client: &mut Client, prefix: &str) -> Result<Vec<(String, String, i64)>, String> {
+    let range = RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        range_end: prefix_end(prefix),
+        ..Default::default()
+    };
+    match client.request(&ClientRequest::Kv(Request::Range(range))) {
+        Ok(ClientResponse::Kv(Response::Range(r))) => Ok(r
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                    kv.mod_revision,
+                )
+            })
+            .collect()),
+        Ok(other) => Err(format!("answered {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A linearizable get of one key: its value, None if absent.
+fn get(client: &mut Client, key: &str) -> Result<Option<String>, String> {
+    let range = RangeRequest {
+        key: key.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    match client.request(&ClientRequest::Kv(Request::Range(range))) {
+        Ok(ClientResponse::Kv(Response::Range(r))) => Ok(r
+            .kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())),
+        Ok(other) => Err(format!("answered {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether `cond` holds within `limit` (polled every 20 ms).
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Puts whose outcome the client knows (acknowledged) and does not (an error, a timeout,
+/// a lost connection: applied or not). Keys are written once each.
+#[derive(Default)]
+struct Writes {
+    acked: Vec<(String, String)>,
+    unknown: Vec<(String, String)>,
+}
+
+impl Writes {
+    fn record(&mut self, key: &str, value: &str, outcome: &Result<(), ClientError>) {
+        let entry = (key.to_string(), value.to_string());
+        match outcome {
+            Ok(()) => self.acked.push(entry),
+            Err(_) => self.unknown.push(entry),
+        }
+    }
+
+    fn extend(&mut self, other: Writes) {
+        self.acked.extend(other.acked);
+        self.unknown.extend(other.unknown);
+    }
+}
+
+/// Threads putting unique keys through clients that know every endpoint.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<Writes>>,
+}
+
+impl Writers {
+    fn start(n: usize, endpoints: &[String], prefix: &str, pause: Duration) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let threads = (0..n)
+            .map(|w| {
+                // Each writer starts on another member.
+                let mut endpoints = endpoints.to_vec();
+                let first = w % endpoints.len();
+                endpoints.rotate_left(first);
+                let (stop, acked, prefix) = (stop.clone(), acked.clone(), prefix.to_string());
+                std::thread::spawn(move || {
+                    let mut client = Client::new(endpoints, CLIENT_TIMEOUT);
+                    let mut writes = Writes::default();
+                    let mut seq = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("{prefix}{w:02}-{seq:06}");
+                        let value = format!("value-{w}-{seq}");
+                        seq += 1;
+                        let outcome = put(&mut client, &key, &value);
+                        writes.record(&key, &value, &outcome);
+                        match outcome {
+                            Ok(()) => {
+                                acked.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(pause);
+                            }
+                            Err(_) => std::thread::sleep(RETRY_PAUSE),
+                        }
+                    }
+                    writes
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` writes beyond the current count are acknowledged.
+    fn wait_for_more(&self, more: u64, limit: Duration) {
+        let target = self.acked() + more;
+        poll(limit, &format!("{more} more acknowledged writes"), || {
+            (self.acked() >= target).then_some(())
+        });
+    }
+
+    fn stop(mut self) -> Writes {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Writes::default();
+        for t in std::mem::take(&mut self.threads) {
+            all.extend(t.join().expect("writer thread"));
+        }
+        all
+    }
+}
+
+impl Drop for Writers {
+    /// A failed test's writers stop too (they are not joined: the test is unwinding).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Raises a stop flag when dropped, also when a test fails.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Every running member serves, through a linearizable read of the prefix, every
+/// acknowledged write with its value, and nothing that was not written (a key of unknown
+/// outcome may be there or not); each key at a revision of its own. `never`: writes that
+/// must not be there.
+fn check_writes(c: &Cluster, writes: &Writes, never: &[(String, String)], prefix: &str) {
+    let acked: HashMap<&str, &str> = writes
+        .acked
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let unknown: HashMap<&str, &str> = writes
+        .unknown
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert!(!acked.is_empty(), "no write was acknowledged");
+    for (i, m) in c.members.iter().enumerate() {
+        if !c.is_running(i) {
+            continue;
+        }
+        let mut client = Client::new(vec![m.client_addr.clone()], Duration::from_secs(5));
+        let kvs = poll(
+            Duration::from_secs(20),
+            &format!("a linearizable read of {prefix} through member {i}"),
+            || read_prefix(&mut client, prefix).ok(),
+        );
+        let stored: HashMap<&str, (&str, i64)> = kvs
+            .iter()
+            .map(|(k, v, r)| (k.as_str(), (v.as_str(), *r)))
+            .collect();
+        let mut problems = Vec::new();
+        for (k, v) in &acked {
+            match stored.get(k) {
+                Some((sv, _)) if sv == v => {}
+                Some((sv, _)) => problems.push(format!("{k}: acknowledged {v:?}, read {sv:?}")),
+                None => problems.push(format!("{k}: acknowledged {v:?}, missing")),
+            }
+        }
+        for (k, (v, _)) in &stored {
+            if acked.get(k) != Some(v) && unknown.get(k) != Some(v) {
+                problems.push(format!("{k}: {v:?} was never written"));
+            }
+        }
+        for (k, v) in never {
+            if stored.contains_key(k.as_str()) {
+                problems.push(format!("{k}: {v:?} was refused, yet it is there"));
+            }
+        }
+        let mut revisions: Vec<i64> = stored.values().map(|(_, r)| *r).collect();
+        revisions.sort_unstable();
+        revisions.dedup();
+        if revisions.len() != stored.len() {
+            problems.push("two keys at one revision".into());
+        }
+        problems.sort();
+        assert!(
+            problems.is_empty(),
+            "member {i} ({}): {} problems among {} acknowledged and {} unknown writes, the first: {:#?}",
+            m.client_addr,
+            problems.len(),
+            acked.len(),
+            unknown.len(),
+            &problems[..problems.len().min(20)]
+        );
+    }
+    eprintln!(
+        "{prefix}: {} acknowledged writes (and {} of unknown outcome) checked on every member",
+        acked.len(),
+        unknown.len()
+    );
+}
+
+/// Waits for the cluster to converge; then every member must have one hash at one
+/// revision.
+fn converge_and_compare_hashes(c: &Cluster) {
+    let rev = c.wait_converged(CONVERGE);
+    let hashes = c.hashkv(rev);
+    assert!(
+        hashes.iter().all(|(_, h)| *h == hashes[0].1),
+        "members differ at revision {rev}: {hashes:?}"
+    );
+}
+
+#[test]
+fn leader_sigkill_under_load() {
+    let _one = one_cluster_at_a_time();
+    let mut c = Cluster::start(3);
+    let all = [0, 1, 2];
+    c.wait_leader(&all, Duration::from_secs(20));
+    let writers = Writers::start(4, &c.endpoints(), "a/", Duration::ZERO);
+    let history = History::start(2, &c.endpoints());
+    // Three times: a leader killed under load, the others elect, the old one comes back.
+    for _ in 0..3 {
+        let old = c.wait_leader(&all, Duration::from_secs(20));
+        writers.wait_for_more(100, Duration::from_secs(20));
+        let term = c.status(old).map_or(0, |s| s.raft_term);
+        c.kill(old);
+        let killed = Instant::now();
+        let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
+        let new = c.wait_leader(&survivors, Duration::from_secs(20));
+        let election = killed.elapsed();
+        let new_term = c.status(new).map_or(0, |s| s.raft_term);
+        eprintln!(
+            "member {new} leads {election:?} after the leader (member {old}) was killed \
+             (term {term} -> {new_term})"
+        );
+        assert!(
+            election < ELECTION_BOUND,
+            "a new leader after {election:?} (bound {ELECTION_BOUND:?})"
+        );
+        // The survivors take writes for a second; then the old leader comes back and
+        // catches up under load.
+        writers.wait_for_more(50, Duration::from_secs(10));
+        std::thread::sleep(Duration::from_secs(1));
+        c.start_member(old);
+        let target = c
+            .status(new)
+            .expect("the leader answers")
+            .raft_applied_index;
+        poll(CONVERGE, "the old leader catches up", || {
+            c.status(old)
+                .filter(|s| s.raft_applied_index >= target && s.leader != 0)
+        });
+    }
+    let writes = writers.stop();
+    history.stop_and_check();
+    converge_and_compare_hashes(&c);
+    check_writes(&c, &writes, &[], "a/");
+}
+
+#[test]
+fn sigstop_of_the_leader() {
+    let _one = one_cluster_at_a_time();
+    let c = Cluster::start(3);
+    let old = c.wait_leader(&[0, 1, 2], Duration::from_secs(20));
+    let old_id = c.members[old].id;
+    let writers = Writers::start(1, &c.endpoints(), "b/", Duration::from_millis(20));
+    let history = History::start(2, &c.endpoints());
+    writers.wait_for_more(20, Duration::from_secs(20));
+    c.pause(old);
+    let stopped = Instant::now();
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new = c.wait_leader(&others, Duration::from_secs(20));
+    eprintln!(
+        "member {new} leads {:?} after the leader (member {old}) was stopped",
+        stopped.elapsed()
+    );
+    // A write the stopped leader cannot know of...
+    let mut through_new = Client::new(vec![c.members[new].client_addr.clone()], CLIENT_TIMEOUT);
+    let mut probe = Writes::default();
+    poll(
+        Duration::from_secs(10),
+        "a put through the new leader",
+        || {
+            let outcome = put(&mut through_new, "b-probe", "written-while-stopped");
+            probe.record("b-probe", "written-while-stopped", &outcome);
+            outcome.ok()
+        },
+    );
+    // ...and a linearizable read of it sent to the stopped leader (the kernel takes it):
+    // the old leader sees it the moment it wakes, before it hears of the new term. It
+    // must fail or see the write, never answer from its old state.
+    let old_addr = c.members[old].client_addr.clone();
+    let read = std::thread::spawn(move || {
+        let mut client = Client::new(vec![old_addr], Duration::from_secs(5));
+        get(&mut client, "b-probe")
+    });
+    // The fault lasts about 3 s (and the read is sent by then).
+    std::thread::sleep(
+        Duration::from_secs(3)
+            .saturating_sub(stopped.elapsed())
+            .max(Duration::from_millis(300)),
+    );
+    c.resume(old);
+    match read.join().expect("reader thread") {
+        Ok(Some(v)) => assert_eq!(v, "written-while-stopped"),
+        Ok(None) => panic!("the old leader answered a linearizable read without a newer write"),
+        Err(e) => eprintln!("the old leader refused the read it took while stopped: {e}"),
+    }
+    poll(Duration::from_secs(10), "the old leader steps down", || {
+        c.status(old)
+            .filter(|s| s.leader != old_id && s.leader != 0)
+    });
+    writers.wait_for_more(20, Duration::from_secs(10));
+    let mut writes = writers.stop();
+    writes.extend(probe);
+    history.stop_and_check();
+    converge_and_compare_hashes(&c);
+    check_writes(&c, &writes, &[], "b");
+}
+
+/// What a minority member answers, tried at once through each member of `minority` in
+/// parallel: puts of fresh keys and linearizable gets of `probe`. Returns the puts tried.
+fn through_the_minority(
+    c: &Cluster,
+    minority: &[usize],
+    round: &str,
+    attempt: usize,
+    probe: &str,
+) -> Vec<(String, String)> {
+    let threads: Vec<_> = minority
+        .iter()
+        .map(|&i| {
+            let addr = c.members[i].client_addr.clone();
+            let key = format!("c/{round}-minority-{attempt}-{i}");
+            let probe = probe.to_string();
+            std::thread::spawn(move || {
+                let put_thread = {
+                    let (addr, key) = (addr.clone(), key.clone());
+                    std::thread::spawn(move || {
+                        put(
+                            &mut Client::new(vec![addr], CLIENT_TIMEOUT),
+                            &key,
+                            "minority",
+                        )
+                    })
+                };
+                let read = get(&mut Client::new(vec![addr], CLIENT_TIMEOUT), &probe);
+                let put = put_thread.join().expect("put thread");
+                (i, key, put, read)
+            })
+        })
+        .collect();
+    let mut tried = Vec::new();
+    for t in threads {
+        let (i, key, put, read) = t.join().expect("minority thread");
+        assert!(
+            put.is_err(),
+            "{round}: a put through member {i} of the minority succeeded"
+        );
+        assert!(
+            read.is_err(),
+            "{round}: a linearizable read through member {i} of the minority answered {read:?}"
+        );
+        eprintln!(
+            "{round}: through member {i} of the minority: put {}; read {}",
+            put.err().map_or_else(String::new, |e| e.to_string()),
+            read.err().unwrap_or_default()
+        );
+        tried.push((key, "minority".to_string()));
+    }
+    tried
+}
+
+#[test]
+fn minority_partition_of_five() {
+    let _one = one_cluster_at_a_time();
+    let c = Cluster::start(5);
+    let all: Vec<usize> = (0..5).collect();
+    let mut writes = Writes::default();
+    let mut never = Vec::new();
+    for round in ["leader-in-minority", "leader-in-majority"] {
+        let leader = c.wait_leader(&all, Duration::from_secs(20));
+        let others: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+        let minority: Vec<usize> = if round == "leader-in-minority" {
+            vec![leader, others[0]]
+        } else {
+            others[..2].to_vec()
+        };
+        let majority: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|i| !minority.contains(i))
+            .collect();
+        let mut everyone = Client::new(c.endpoints(), CLIENT_TIMEOUT);
+        let probe = format!("c/{round}-probe");
+        let outcome = put(&mut everyone, &probe, "before");
+        writes.record(&probe, "before", &outcome);
+        outcome.expect("a put before the partition");
+        let ids = |of: &[usize]| of.iter().map(|&i| c.members[i].id).collect::<Vec<_>>();
+        c.proxy.partition(&ids(&minority), &ids(&majority));
+        eprintln!("{round}: partitioned {minority:?} from {majority:?}");
+        // At once, while a minority leader may still believe it leads...
+        let tried = through_the_minority(&c, &minority, round, 0, &probe);
+        // ...the minority cannot commit. Its leader's entries never reach the majority (the
+        // messages it sent are refused there once the majority elected a leader of a later
+        // term), so they can never be committed. A minority follower may have forwarded a
+        // put to a majority leader, delayed in the proxy until healed: its outcome is
+        // unknown.
+        if round == "leader-in-minority" {
+            never.extend(tried);
+        } else {
+            writes.unknown.extend(tried);
+        }
+        // The majority goes on (after electing a leader of its own if needed).
+        let endpoints: Vec<String> = majority
+            .iter()
+            .map(|&i| c.members[i].client_addr.clone())
+            .collect();
+        let mut through_majority = Client::new(endpoints, CLIENT_TIMEOUT);
+        poll(
+            Duration::from_secs(20),
+            "a put through the majority",
+            || {
+                let outcome = put(&mut through_majority, &probe, "during");
+                writes.record(&probe, "during", &outcome);
+                outcome.ok()
+            },
+        );
+        for n in 0..20 {
+            let key = format!("c/{round}-majority-{n:02}");
+            let outcome = put(&mut through_majority, &key, "majority");
+            writes.record(&key, "majority", &outcome);
+            outcome.unwrap_or_else(|e| panic!("{round}: a put through the majority: {e}"));
+        }
+        for &i in &majority {
+            let mut client = Client::new(vec![c.members[i].client_addr.clone()], CLIENT_TIMEOUT);
+            assert_eq!(
+                get(&mut client, &probe),
+                Ok(Some("during".into())),
+                "member {i}"
+            );
+            let last = format!("c/{round}-majority-19");
+            assert_eq!(
+                get(&mut client, &last),
+                Ok(Some("majority".into())),
+                "member {i}"
+            );
+        }
+        // The minority still cannot serve: a read of the probe would be stale now.
+        let tried = through_the_minority(&c, &minority, round, 1, &probe);
+        if round == "leader-in-minority" {
+            never.extend(tried);
+        } else {
+            writes.unknown.extend(tried);
+        }
+        c.proxy.heal();
+        converge_and_compare_hashes(&c);
+    }
+    check_writes(&c, &writes, &never, "c/");
+}
+
+/// Clients recording a history of puts (unique values) and linearizable gets on a few
+/// registers (keys `h/<n>`), with call and return times from one monotonic clock; checked
+/// with the linearizability checker once stopped.
+struct History {
+    stop: StopOnDrop,
+    clients: Vec<JoinHandle<Vec<checker::Op>>>,
+}
+
+impl History {
+    const KEYS: u64 = 3;
+
+    fn start(clients: usize, endpoints: &[String]) -> History {
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let epoch = Instant::now();
+        let values = Arc::new(AtomicU64::new(0));
+        let clients = (0..clients)
+            .map(|n| {
+                let mut endpoints = endpoints.to_vec();
+                let first = n % endpoints.len();
+                endpoints.rotate_left(first);
+                let (values, stop) = (values.clone(), stop.0.clone());
+                std::thread::spawn(move || history_client(n, endpoints, epoch, values, stop))
+            })
+            .collect();
+        History { stop, clients }
+    }
+
+    /// Stops the clients and checks their history.
+    fn stop_and_check(self) {
+        self.stop.0.store(true, Ordering::Relaxed);
+        let history: Vec<checker::Op> = self
+            .clients
+            .into_iter()
+            .flat_map(|t| t.join().expect("history client"))
+            .collect();
+        let (all, unknown) = (
+            history.len(),
+            history.iter().filter(|o| o.ret.is_none()).count(),
+        );
+        assert!(all > 50, "a history of {all} operations");
+        let history = without_unobserved_unknown_puts(history);
+        let seen = history.iter().filter(|o| o.ret.is_none()).count();
+        let checked = Instant::now();
+        if let Err(e) = checker::check(&history) {
+            panic!("the history is not linearizable: {e}");
+        }
+        eprintln!(
+            "a history of {all} operations is linearizable ({unknown} puts of unknown outcome, \
+             {seen} of them seen by a read; checked in {:?})",
+            checked.elapsed()
+        );
+    }
+}
+
+/// One client's operations: a random key, then a put or a linearizable get of it.
+fn history_client(
+    client_no: usize,
+    endpoints: Vec<String>,
+    epoch: Instant,
+    values: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Vec<checker::Op> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(client_no as u64);
+    let mut client = Client::new(endpoints, CLIENT_TIMEOUT);
+    let now = || epoch.elapsed().as_micros() as u64;
+    let mut ops = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let key = rng.gen_range(0..History::KEYS);
+        let name = format!("h/{key}");
+        let call = now();
+        let failed = if rng.gen_bool(0.5) {
+            let value = values.fetch_add(1, Ordering::Relaxed) + 1;
+            let outcome = put(&mut client, &name, &value.to_string());
+            ops.push(checker::Op {
+                client: client_no,
+                key,
+                kind: checker::Kind::Put(value),
+                call,
+                // Unknown outcome: it may take effect at any time after its call, or never.
+                ret: outcome.is_ok().then(now),
+            });
+            outcome.is_err()
+        } else {
+            match get(&mut client, &name) {
+                Ok(v) => {
+                    ops.push(checker::Op {
+                        client: client_no,
+                        key,
+                        kind: checker::Kind::Get(v.map(|v| v.parse().expect("a value of ours"))),
+                        call,
+                        ret: Some(now()),
+                    });
+                    false
+                }
+                // A failed read has no effect: left out.
+                Err(_) => true,
+            }
+        };
+        std::thread::sleep(if failed {
+            RETRY_PAUSE
+        } else {
+            Duration::from_millis(5)
+        });
+    }
+    ops
+}
+
+/// The history without the puts of unknown outcome whose value no read returned: such a
+/// put can be linearized at the very end (it never returned), where nothing sees it, so
+/// leaving it out changes no verdict, and the checker need not try it at every point.
+fn without_unobserved_unknown_puts(history: Vec<checker::Op>) -> Vec<checker::Op> {
+    let read: std::collections::HashSet<(u64, u64)> = history
+        .iter()
+        .filter_map(|o| match o.kind {
+            checker::Kind::Get(Some(v)) => Some((o.key, v)),
+            _ => None,
+        })
+        .collect();
+    history
+        .into_iter()
+        .filter(|o| match o.kind {
+            checker::Kind::Put(v) => o.ret.is_some() || read.contains(&(o.key, v)),
+            checker::Kind::Get(_) => true,
+        })
+        .collect()
+}
+
+#[test]
+fn rolling_restart_under_load() {
+    let _one = one_cluster_at_a_time();
+    let mut c = Cluster::start(3);
+    let all = [0, 1, 2];
+    c.wait_leader(&all, Duration::from_secs(20));
+    let writers = Writers::start(2, &c.endpoints(), "d/", Duration::ZERO);
+    let history = History::start(3, &c.endpoints());
+    for i in all {
+        // About a second of load between restarts.
+        writers.wait_for_more(300, Duration::from_secs(20));
+        let exit = c.terminate(i);
+        assert!(exit.success(), "member {i} after SIGTERM: {exit}");
+        c.start_member(i);
+        let leader = c.wait_leader(&all, Duration::from_secs(20));
+        let target = c.status(leader).map_or(0, |s| s.raft_applied_index);
+        poll(CONVERGE, &format!("member {i} catches up"), || {
+            c.status(i)
+                .filter(|s| s.raft_applied_index >= target && s.leader != 0)
+        });
+        eprintln!("member {i} restarted and caught up (leader: member {leader})");
+    }
+    writers.wait_for_more(50, Duration::from_secs(20));
+    let writes = writers.stop();
+    history.stop_and_check();
+    converge_and_compare_hashes(&c);
+    check_writes(&c, &writes, &[], "d/");
+}
+
+/// A process the test started, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_member_of_another_cluster_is_refused() {
+    let _one = one_cluster_at_a_time();
+    let c = Cluster::start(3);
+    let all = [0, 1, 2];
+    c.wait_leader(&all, Duration::from_secs(20));
+    let mut client = Client::new(c.endpoints(), CLIENT_TIMEOUT);
+    put(&mut client, "e/before", "1").expect("a put");
+    let before: Vec<_> = all.iter().map(|&i| c.status(i).expect("status")).collect();
+    // Another cluster (another token) whose --initial-cluster names this cluster's peer
+    // URLs beside its own.
+    let dir = tempfile::tempdir().unwrap();
+    let own = format!("http://{}", free_addr());
+    let mut initial_cluster = format!("intruder={own}");
+    for m in &c.members {
+        initial_cluster.push_str(&format!(",{}={}", m.name, m.peer_url));
+    }
+    let log_path = dir.path().join("intruder.log");
+    let addr = free_addr();
+    let intruder = Process(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("serve")
+            .args(["--name", "intruder", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-native-addr", &addr])
+            .args(["--listen-peer-urls", &own])
+            .args(["--initial-advertise-peer-urls", &own])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-token", "another-cluster"])
+            .args(["--placement", "unpinned"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(20), || log()
+            .contains("refusing to join")),
+        "the intruder never said it was refused; its log:\n{}",
+        log()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || all
+            .iter()
+            .any(|&i| c.log(i).contains("refused a peer"))),
+        "no member said it refused the intruder"
+    );
+    // Two election timeouts of the intruder's campaigning: the cluster does not notice.
+    std::thread::sleep(Duration::from_secs(2));
+    for (&i, b) in all.iter().zip(&before) {
+        let s = c.status(i).expect("status");
+        assert_eq!(
+            (s.cluster_id, s.member_id, s.leader, s.raft_term),
+            (b.cluster_id, b.member_id, b.leader, b.raft_term),
+            "member {i}'s status changed"
+        );
+    }
+    put(&mut client, "e/after", "2").expect("a put after the intruder knocked");
+    for m in &c.members {
+        let mut one = Client::new(vec![m.client_addr.clone()], CLIENT_TIMEOUT);
+        assert_eq!(get(&mut one, "e/after"), Ok(Some("2".into())));
+    }
+    let s = status_of(&addr, CLIENT_TIMEOUT).expect("the intruder serves its own status");
+    assert_ne!(s.cluster_id, before[0].cluster_id);
+    assert_eq!(s.leader, 0, "the intruder found no leader");
+    drop(intruder);
+}
+
+/// A peer connection's hello, as a member dials it (`from` to `to`).
+fn hello(from: u64, to: u64) -> Vec<u8> {
+    let mut h = u64::from_le_bytes(*b"cairnpr\0").to_le_bytes().to_vec();
+    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&7u64.to_le_bytes());
+    h.extend_from_slice(&from.to_le_bytes());
+    h.extend_from_slice(&to.to_le_bytes());
+    h
+}
+
+/// Dials the proxy as member 1 to member 2; the member's side of the connection.
+fn dial_through(proxy_addr: &str, member: &TcpListener) -> (TcpStream, TcpStream) {
+    let mut dialer = TcpStream::connect(proxy_addr).unwrap();
+    dialer.write_all(&hello(1, 2)).unwrap();
+    let (mut accepted, _) = member.accept().unwrap();
+    let mut got = [0u8; 36];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(
+        got.to_vec(),
+        hello(1, 2),
+        "the hello is passed on as it came"
+    );
+    for s in [&dialer, &accepted] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    (dialer, accepted)
+}
+
+/// The test's own tool: a blackholed link stalls its sender and then delivers everything
+/// in order, the other direction flowing meanwhile; a delay delays; a cut closes the
+/// link's connections and lets new ones through; dropping the proxy closes everything.
+#[test]
+fn the_proxy_blackholes_delays_and_cuts_a_link() {
+    let member = TcpListener::bind(free_addr()).unwrap();
+    let front = free_addr();
+    let proxy = Proxy::start(&[(2, front.clone(), member.local_addr().unwrap().to_string())]);
+    let (mut dialer, mut accepted) = dial_through(&front, &member);
+    dialer.write_all(b"abc").unwrap();
+    let mut buf = [0u8; 3];
+    accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"abc");
+
+    proxy.blackhole(1, 2);
+    // The sender fills the socket buffers and stalls: a nonblocking write runs out of room.
+    let pattern = |i: usize| (i % 251) as u8;
+    let chunk: Vec<u8> = (0..64 << 10).map(pattern).collect();
+    dialer.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let stalled = poll(Duration::from_secs(10), "the sender stalls", || {
+        let from = sent % 251;
+        match dialer.write(&chunk[from..]) {
+            Ok(n) => {
+                sent += n;
+                None
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(sent),
+            Err(e) => panic!("{e}"),
+        }
+    });
+    assert!(stalled < 64 << 20, "{stalled} bytes went into a blackhole");
+    dialer.set_nonblocking(false).unwrap();
+    // Nothing arrives meanwhile; the other direction flows.
+    accepted.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        accepted.read(&mut buf).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "bytes went through a blackhole"
+    );
+    accepted.set_nonblocking(false).unwrap();
+    accepted.write_all(b"ok").unwrap();
+    let mut ok = [0u8; 2];
+    dialer.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
+    // Healed: every byte comes, in order.
+    proxy.heal();
+    let mut received = vec![0u8; stalled];
+    accepted.read_exact(&mut received).unwrap();
+    let wrong = received
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b != pattern(i));
+    assert_eq!(wrong, None, "of {stalled} bytes");
+
+    proxy.delay(1, 2, 300);
+    let sent_at = Instant::now();
+    dialer.write_all(b"d").unwrap();
+    accepted.read_exact(&mut buf[..1]).unwrap();
+    assert!(sent_at.elapsed() >= Duration::from_millis(300));
+    proxy.heal();
+
+    proxy.cut(1, 2);
+    assert_eq!(
+        accepted.read(&mut buf).ok(),
+        Some(0),
+        "the member's side is closed"
+    );
+    assert_eq!(
+        dialer.read(&mut buf).ok(),
+        Some(0),
+        "the dialer's side is closed"
+    );
+    let (mut dialer, mut accepted) = dial_through(&front, &member);
+    dialer.write_all(b"again").unwrap();
+    let mut again = [0u8; 5];
+    accepted.read_exact(&mut again).unwrap();
+    assert_eq!(&again, b"again");
+
+    drop(proxy);
+    assert_eq!(
+        accepted.read(&mut buf).ok(),
+        Some(0),
+        "closed with the proxy"
+    );
+    assert!(
+        TcpStream::connect(&front).is_err(),
+        "the proxy still listens"
+    );
+}
