@@ -13,7 +13,7 @@ mod common;
 use cairn::client::{Client, ClientError};
 use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
 use cairn::protocol::{ClientRequest, ClientResponse, ErrorCode};
-use common::cluster::{poll, status_of, Cluster};
+use common::cluster::{poll, status_of, Cluster, Options};
 use common::free_addr;
 use common::proxy::Proxy;
 use std::collections::HashMap;
@@ -360,6 +360,61 @@ fn leader_sigkill_under_load() {
     history.stop_and_check();
     converge_and_compare_hashes(&c);
     check_writes(&c, &writes, &[], "a/");
+}
+
+/// A follower cut off (blackholed both ways) while the others write far past what they keep
+/// in their logs is sent a snapshot once healed: it catches up by installing the leader's
+/// tree file, and then serves every acknowledged write.
+#[test]
+fn a_blackholed_follower_catches_up_by_snapshot() {
+    let _one = one_cluster_at_a_time();
+    let options = Options {
+        extra: [
+            "--snapshot-count",
+            "300",
+            "--snapshot-catch-up-entries",
+            "100",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    };
+    let mut c = Cluster::start_with(3, options);
+    let all = [0, 1, 2];
+    let leader = c.wait_leader(&all, Duration::from_secs(20));
+    let behind = (leader + 1) % 3;
+    let others: Vec<u64> = all
+        .iter()
+        .filter(|&&i| i != behind)
+        .map(|&i| c.members[i].id)
+        .collect();
+    c.proxy.partition(&[c.members[behind].id], &others);
+    let endpoints: Vec<String> = all
+        .iter()
+        .filter(|&&i| i != behind)
+        .map(|&i| c.members[i].client_addr.clone())
+        .collect();
+    let writers = Writers::start(4, &endpoints, "s/", Duration::ZERO);
+    // Well past a checkpoint and the entries kept behind it.
+    writers.wait_for_more(1_500, Duration::from_secs(60));
+    let lagging = c.status(behind).map_or(0, |s| s.raft_applied_index);
+    c.proxy.heal();
+    writers.wait_for_more(200, Duration::from_secs(30));
+    let writes = writers.stop();
+    let target = c
+        .status(c.wait_leader(&all, Duration::from_secs(20)))
+        .expect("the leader answers")
+        .raft_applied_index;
+    poll(CONVERGE, "the cut-off follower catches up", || {
+        c.status(behind).filter(|s| s.raft_applied_index >= target)
+    });
+    let log = c.log(behind);
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "member {behind} (applied {lagging} when healed) caught up without a snapshot:\n{log}"
+    );
+    converge_and_compare_hashes(&c);
+    check_writes(&c, &writes, &[], "s/");
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub struct Options {
     pub heartbeat_ms: u64,
     pub election_ms: u64,
     pub token: String,
+    /// More `cairn serve` flags, for every member.
+    pub extra: Vec<String>,
 }
 
 impl Default for Options {
@@ -29,6 +31,7 @@ impl Default for Options {
             heartbeat_ms: 100,
             election_ms: 1000,
             token: "cairn-proc-tests".into(),
+            extra: Vec::new(),
         }
     }
 }
@@ -162,6 +165,7 @@ impl Cluster {
             .args(["--election-timeout", &self.options.election_ms.to_string()])
             // Several members share this machine's cores.
             .args(["--placement", "unpinned", "--log-level", "info"])
+            .args(&self.options.extra)
             // Plain text in the log files.
             .env("NO_COLOR", "1");
         cmd
