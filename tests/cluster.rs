@@ -379,7 +379,7 @@ fn a_blackholed_follower_catches_up_by_snapshot() {
         .to_vec(),
         ..Options::default()
     };
-    let mut c = Cluster::start_with(3, options);
+    let c = Cluster::start_with(3, options);
     let all = [0, 1, 2];
     let leader = c.wait_leader(&all, Duration::from_secs(20));
     let behind = (leader + 1) % 3;
