@@ -964,6 +964,27 @@ fn the_proxy_blackholes_delays_and_cuts_a_link() {
     accepted.read_exact(&mut again).unwrap();
     assert_eq!(&again, b"again");
 
+    // Isolated: a blackhole both ways.
+    proxy.isolate(1);
+    dialer.write_all(b"i").unwrap();
+    accepted.write_all(b"j").unwrap();
+    for s in [&accepted, &dialer] {
+        s.set_nonblocking(true).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for mut s in [&accepted, &dialer] {
+        assert_eq!(
+            s.read(&mut buf).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "bytes went through an isolated member's link"
+        );
+        s.set_nonblocking(false).unwrap();
+    }
+    proxy.heal();
+    accepted.read_exact(&mut buf[..1]).unwrap();
+    dialer.read_exact(&mut buf[1..2]).unwrap();
+    assert_eq!(&buf[..2], b"ij");
+
     drop(proxy);
     assert_eq!(
         accepted.read(&mut buf).ok(),

@@ -129,17 +129,6 @@ impl Cluster {
         cluster
     }
 
-    pub fn ids(&self) -> Vec<u64> {
-        self.members.iter().map(|m| m.id).collect()
-    }
-
-    pub fn index_of(&self, id: u64) -> usize {
-        self.members
-            .iter()
-            .position(|m| m.id == id)
-            .unwrap_or_else(|| panic!("{id:x} is not a member"))
-    }
-
     /// Every member's native address.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_addr.clone()).collect()
