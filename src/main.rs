@@ -239,8 +239,8 @@ struct ServeArgs {
     /// one pinned executor) or unpinned (the spread layout, not pinned). See tuning.md.
     #[arg(long, env = "CAIRN_PLACEMENT", default_value = "spread")]
     placement: cairn::server::PlacementMode,
-    /// Initial cluster configuration for bootstrapping: name=peer-url,... (only this member,
-    /// until replication). Ignored once the data directory holds a member.
+    /// Initial cluster configuration for bootstrapping: name=peer-url,... (every member of
+    /// the new cluster, this one included). Ignored once the data directory holds a member.
     #[arg(
         long,
         env = "CAIRN_INITIAL_CLUSTER",

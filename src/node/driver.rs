@@ -510,10 +510,16 @@ impl<P, Q> Driver<P, Q> {
         if now == self.seen && self.drawn {
             return;
         }
+        // Becoming a pre-candidate keeps the timeout (raft draws none then): a pre-vote
+        // that followers ignore, their leader's lease not yet expired, is tried again after
+        // this member's own timeout, not a fresh and perhaps longer one.
+        let pre_vote = now.2 == raft::StateRole::PreCandidate && now.0 == self.seen.0;
+        if !(pre_vote && self.drawn) {
+            let base = self.config.election_tick.max(1);
+            let ticks = base + self.random.below(base as u64) as usize;
+            self.node.set_election_timeout(ticks);
+        }
         self.drawn = true;
-        let base = self.config.election_tick.max(1);
-        let ticks = base + self.random.below(base as u64) as usize;
-        self.node.set_election_timeout(ticks);
         let leader_changed = now.0 != self.seen.0 || now.1 != self.seen.1;
         self.seen = now;
         if !leader_changed {
