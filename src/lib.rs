@@ -21,9 +21,10 @@
 //! - [`raftlog`]: the Raft log as raft-rs's `Storage`, written to and rebuilt from the WAL.
 //! - [`server`]: `cairn serve`: the glommio shell around [`node`], thread-per-core: `net`
 //!   shards (SO_REUSEPORT listeners, native protocol, serializable reads from published
-//!   views), the `raft` role (WAL group commit, ReadIndex, log compaction) and the `apply`
-//!   role (the store), mapped onto cores by a placement; cluster flags and member identity;
-//!   clean shutdown.
+//!   views), the `raft` role (the shell around the driver: WAL group commit, the peer
+//!   transport, snapshots sent and received) and the `apply` role (the store, snapshot
+//!   installs), mapped onto cores by a placement; cluster flags, member identity and the
+//!   members; clean shutdown. Replication: `docs/cluster.md`.
 //! - [`check`]: `cairn check` (what a start would do to a data directory, found without
 //!   changing it) and `cairn repair` (doing it).
 //! - [`client`]: native-protocol clients with timeouts and endpoint failover: blocking, and
