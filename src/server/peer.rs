@@ -63,6 +63,9 @@ pub const QUEUE_MESSAGES_MAX: usize = 4096;
 pub const QUEUE_BYTES_MAX: usize = 64 << 20;
 /// A frame, at most: a few appends of raft's largest size.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Peer connections (messages and snapshots) one listener serves at once; more are closed
+/// on arrival.
+const PEER_CONNECTIONS_MAX: usize = 256;
 /// Messages written in one frame, at most.
 const FRAME_MESSAGES_MAX: usize = 512;
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -529,6 +532,7 @@ async fn closed(stream: &TcpStream) -> std::io::Error {
 /// Accepts peers' connections on a `--listen-peer-urls` listener until the member stops.
 async fn accept(listener: std::net::TcpListener, me: Me, shared: Arc<Shared>) {
     let refusals = Rc::new(RefusalLog::default());
+    let open = Rc::new(Cell::new(0usize));
     let stop = shared.stop.clone();
     // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -541,8 +545,17 @@ async fn accept(listener: std::net::TcpListener, me: Me, shared: Arc<Shared>) {
         match futures_lite::future::or(accepted, stopped).await {
             None => return,
             Some(Ok(stream)) => {
-                glommio::spawn_local(receive(stream, me, shared.clone(), refusals.clone()))
-                    .detach();
+                if open.get() >= PEER_CONNECTIONS_MAX {
+                    drop(stream); // bounded: each may hold a frame of FRAME_BYTES_MAX
+                    continue;
+                }
+                open.set(open.get() + 1);
+                let (shared, refusals, open) = (shared.clone(), refusals.clone(), open.clone());
+                glommio::spawn_local(async move {
+                    receive(stream, me, shared, refusals).await;
+                    open.set(open.get() - 1);
+                })
+                .detach();
             }
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
         }
