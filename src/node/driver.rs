@@ -100,7 +100,14 @@ struct Pending<P> {
 struct Reads<Q> {
     waiters: Vec<Q>,
     deadline_ms: u64,
+    /// Ticks since the read index was asked for.
+    ticks: u32,
 }
+
+/// Ticks after which a read index request with no answer is asked again: raft drops one
+/// that reaches a leader which has not yet committed an entry of its term (just elected),
+/// without a word.
+const READ_RETRY_TICKS: u32 = 3;
 
 pub struct Driver<P, Q> {
     node: Node,
@@ -233,11 +240,45 @@ impl<P, Q> Driver<P, Q> {
         r
     }
 
-    /// One heartbeat interval passed; also answers the waiters past their deadline.
+    /// One heartbeat interval passed; also answers the waiters past their deadline, and
+    /// asks again for read indexes that got no answer.
     pub fn tick(&mut self) {
         self.node.tick();
         self.observe();
         self.expire();
+        self.retry_reads();
+    }
+
+    /// Read index requests unanswered for [`READ_RETRY_TICKS`] are asked again under a new
+    /// id (an answer to the old one is then ignored); their deadline stays.
+    fn retry_reads(&mut self) {
+        let stale: Vec<u64> = self
+            .reads
+            .iter_mut()
+            .filter_map(|(&seq, r)| {
+                r.ticks += 1;
+                (r.ticks >= READ_RETRY_TICKS).then_some(seq)
+            })
+            .collect();
+        for seq in stale {
+            let Some(r) = self.reads.remove(&seq) else {
+                continue;
+            };
+            let id = self.ids.next_id();
+            match self.node.read_index(id) {
+                Ok(()) => {
+                    self.reads.insert(
+                        id.seq,
+                        Reads {
+                            waiters: r.waiters,
+                            deadline_ms: r.deadline_ms,
+                            ticks: 0,
+                        },
+                    );
+                }
+                Err(e) => self.fail_reads(r.waiters, e),
+            }
+        }
     }
 
     /// Starts an election now (a single member's start).
@@ -380,7 +421,7 @@ impl<P, Q> Driver<P, Q> {
         let to = checkpointed
             .min(self.node.applied_index())
             .saturating_sub(self.config.retain_entries);
-        if to <= self.compacted {
+        if to <= self.compacted || to <= self.node.log().start_index() {
             return Ok(None);
         }
         let (records, gone) = self.node.log().compact_detached(to)?;
@@ -423,6 +464,10 @@ impl<P, Q> Driver<P, Q> {
     /// Entries up to `index` arrived as a snapshot, not one by one: which of ours were
     /// among them cannot be told.
     fn covered_by_snapshot(&mut self, index: u64) {
+        // The log starts after the snapshot now: compactions and segment releases go
+        // from there.
+        self.compacted = self.compacted.max(index);
+        self.batches.retain(|&(_, last, _)| last > index);
         let covered: Vec<u64> = self.expected.range(..=index).map(|(&i, _)| i).collect();
         for i in covered {
             if let Some(seq) = self.expected.remove(&i) {
@@ -447,6 +492,7 @@ impl<P, Q> Driver<P, Q> {
                     Reads {
                         waiters,
                         deadline_ms,
+                        ticks: 0,
                     },
                 );
             }
@@ -558,12 +604,18 @@ impl<P, Q> Driver<P, Q> {
             }
             self.failed.push((p.waiter, NodeError::Timeout));
         }
-        while let Some(entry) = self.reads.first_entry() {
-            if entry.get().deadline_ms > now {
-                break;
+        // Read requests are few (one per batch), and one asked again keeps its deadline
+        // under a newer id: look at them all.
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline_ms <= now)
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in expired {
+            if let Some(r) = self.reads.remove(&seq) {
+                self.fail_reads(r.waiters, NodeError::Timeout);
             }
-            let r = entry.remove();
-            self.fail_reads(r.waiters, NodeError::Timeout);
         }
     }
 }

@@ -26,7 +26,9 @@
 //!
 //! ```text
 //! offer  (dialer):   index u64 | term u64 | bytes u64 | source u64 | msg len u32 | msg
-//! have   (listener): bytes u64 it already holds of `source` (an interrupted transfer)
+//! have   (listener): bytes u64 it holds of `source` (an interrupted transfer)
+//!                    | crc32c of their first 64 KiB u32 | crc32c of their last 1 MiB u32
+//! start  (dialer):   offset u64: the bytes held if the checksums match its file, else 0
 //! chunks (dialer):   len u32 | crc32c u32 | bytes ..., then len 0
 //! done   (listener): status u8 (0 installed-ready) | reason len u16 | reason
 //! ```
@@ -71,6 +73,8 @@ const FRAME_MESSAGES_MAX: usize = 512;
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection that says no hello within this is closed.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The member's side of the transport, held by the raft role.
 pub(crate) struct Peers {
@@ -178,7 +182,18 @@ impl Peers {
             let started = std::time::Instant::now();
             let mut result = Err(std::io::Error::other("no address"));
             for addr in &addrs {
-                result = stream_snapshot(me, to, addr, &snapshot, &m).await;
+                let limit = snapshot_timeout(snapshot.len());
+                result = futures_lite::future::or(
+                    stream_snapshot(me, to, addr, &snapshot, &m),
+                    async {
+                        glommio::timer::sleep(limit).await;
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the transfer took longer than {limit:?}"),
+                        ))
+                    },
+                )
+                .await;
                 if result.is_ok() {
                     break;
                 }
@@ -223,9 +238,25 @@ async fn stream_snapshot(
     offer.extend_from_slice(&(msg.len() as u32).to_le_bytes());
     offer.extend_from_slice(&msg);
     stream.write_all(&offer).await?;
-    let mut have = [0u8; 8];
+    let mut have = [0u8; 16];
     stream.read_exact(&mut have).await?;
-    let mut at = u64::from_le_bytes(have).min(snapshot.len());
+    let held = u64::from_le_bytes(have[..8].try_into().unwrap_or([0; 8]));
+    let crcs = (
+        u32::from_le_bytes(have[8..12].try_into().unwrap_or([0; 4])),
+        u32::from_le_bytes(have[12..16].try_into().unwrap_or([0; 4])),
+    );
+    // Resume only if the bytes held are this file's (an inode number can be reused by a
+    // later file, and a follower's unsynced bytes can be lost).
+    let mut at = 0;
+    if held > 0 && held <= snapshot.len() {
+        let ours = prefix_checks(held, |off, buf| {
+            snapshot.read_at(off, buf).map_err(std::io::Error::other)
+        })?;
+        if ours == crcs {
+            at = held;
+        }
+    }
+    stream.write_all(&at.to_le_bytes()).await?;
     let from = at;
     let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES + 8];
     while at < snapshot.len() {
@@ -256,6 +287,31 @@ async fn stream_snapshot(
     )))
 }
 
+/// CRC32C of the first 64 KiB and of the last 1 MiB of a file's first `len` bytes: what a
+/// follower and the leader compare before a transfer resumes.
+fn prefix_checks(
+    len: u64,
+    mut read_at: impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<(u32, u32)> {
+    let mut crc = |from: u64, n: u64| -> std::io::Result<u32> {
+        let mut buf = vec![0u8; n as usize];
+        let got = read_at(from, &mut buf)?;
+        if got != buf.len() {
+            return Err(std::io::Error::other("the file ended early"));
+        }
+        Ok(crc32c::crc32c(&buf))
+    };
+    let head = crc(0, len.min(64 << 10))?;
+    let tail_len = len.min(SNAPSHOT_CHUNK_BYTES as u64);
+    let tail = crc(len - tail_len, tail_len)?;
+    Ok((head, tail))
+}
+
+/// How long one snapshot transfer may take: a base, plus the file at 8 MiB/s.
+fn snapshot_timeout(bytes: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_secs(bytes / (8 << 20))
+}
+
 /// Where a received snapshot's tree file waits to be installed.
 pub fn snapshot_file(data_dir: &Path, index: u64) -> PathBuf {
     data_dir.join("snap").join(format!("{index:016x}.db"))
@@ -283,13 +339,23 @@ async fn receive_snapshot(
             "not a snapshot from the member that said hello".into(),
         ));
     }
+    let meta = msg.get_snapshot().get_metadata();
+    if (meta.index, meta.term) != (index, term) {
+        return Err(invalid(format!(
+            "the offer names ({index}, {term}), its raft message ({}, {})",
+            meta.index, meta.term
+        )));
+    }
     let dir = shared.config.data_dir.join("snap");
     std::fs::create_dir_all(&dir)?;
     let part = dir.join(format!("{source:016x}.part"));
-    // Only the newest source's bytes are worth keeping.
+    // Only the newest source's bytes are worth keeping, and received files raft did not
+    // take are of no more use.
     for e in std::fs::read_dir(&dir)?.flatten() {
         let p = e.path();
-        if p != part && p.extension().is_some_and(|x| x == "part") {
+        let stale_part = p != part && p.extension().is_some_and(|x| x == "part");
+        let stale_db = p.extension().is_some_and(|x| x == "db");
+        if stale_part || stale_db {
             let _ = std::fs::remove_file(&p);
         }
     }
@@ -297,12 +363,29 @@ async fn receive_snapshot(
         .create(true)
         .append(true)
         .open(&part)?;
-    let mut have = file.metadata()?.len();
-    if have > total {
-        file.set_len(0)?;
-        have = 0;
+    let held = file.metadata()?.len();
+    let (head, tail) = if held > 0 && held <= total {
+        let reader = std::fs::File::open(&part)?;
+        prefix_checks(held, |off, buf| {
+            std::os::unix::fs::FileExt::read_exact_at(&reader, buf, off).map(|()| buf.len())
+        })?
+    } else {
+        (0, 0)
+    };
+    let mut answer = held.min(total).to_le_bytes().to_vec();
+    answer.extend_from_slice(&head.to_le_bytes());
+    answer.extend_from_slice(&tail.to_le_bytes());
+    stream.write_all(&answer).await?;
+    // Where the leader starts: what was held, or 0.
+    let mut start = [0u8; 8];
+    stream.read_exact(&mut start).await?;
+    let mut have = u64::from_le_bytes(start);
+    if have > held {
+        return Err(invalid(format!(
+            "the leader resumes at {have}, past the {held} bytes held"
+        )));
     }
-    stream.write_all(&have.to_le_bytes()).await?;
+    file.set_len(have)?;
     let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
     loop {
         let mut h = [0u8; 8];
@@ -567,9 +650,26 @@ async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: R
     let peer = stream.peer_addr().ok();
     let (inputs, stop) = (shared.inputs.clone(), shared.stop.clone());
     let read = async {
-        let (from, kind) = hello(&mut stream, me, &refusals).await?;
+        let greeted = futures_lite::future::or(hello(&mut stream, me, &refusals), async {
+            glommio::timer::sleep(HELLO_TIMEOUT).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no hello within the timeout",
+            ))
+        })
+        .await;
+        let (from, kind) = greeted?;
         if kind == SNAPSHOT_MAGIC {
-            return receive_snapshot(&mut stream, from, &shared).await;
+            // Bounded like the sender's side, for a file of up to 64 GiB.
+            let limit = snapshot_timeout(64 << 30);
+            return futures_lite::future::or(receive_snapshot(&mut stream, from, &shared), async {
+                glommio::timer::sleep(limit).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the snapshot transfer took too long",
+                ))
+            })
+            .await;
         }
         let mut frame = Vec::new();
         loop {
@@ -751,6 +851,33 @@ mod tests {
             }
         }
         kept.unwrap()
+    }
+
+    #[test]
+    fn a_transfer_resumes_only_over_bytes_of_the_same_file() {
+        let file: Vec<u8> = (0..3 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let read = |data: &[u8]| {
+            let data = data.to_vec();
+            move |off: u64, buf: &mut [u8]| {
+                let off = off as usize;
+                buf.copy_from_slice(&data[off..off + buf.len()]);
+                Ok(buf.len())
+            }
+        };
+        let held = (2 << 20) + 123;
+        let leader = prefix_checks(held, read(&file)).unwrap();
+        // The same bytes held: resume.
+        assert_eq!(
+            prefix_checks(held, read(&file[..held as usize])).unwrap(),
+            leader
+        );
+        // Another file under the same name (a reused inode), or bytes lost at the end.
+        let mut other = file.clone();
+        other[10] ^= 1;
+        assert_ne!(prefix_checks(held, read(&other)).unwrap(), leader);
+        let mut torn = file.clone();
+        torn[held as usize - 5] ^= 0xff;
+        assert_ne!(prefix_checks(held, read(&torn)).unwrap(), leader);
     }
 
     /// A peer's queue, as `Peers::send` fills it.
