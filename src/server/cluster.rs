@@ -95,6 +95,7 @@ impl Identity {
     /// Members, names and URLs a metadata record may hold (a record is read whole).
     const MEMBERS_MAX: usize = 1024;
     const STRINGS_MAX: usize = 64;
+    const STRING_BYTES_MAX: usize = 4096;
 
     /// The WAL metadata record's payload:
     /// `version u8 | member u64 | cluster u64 | epoch u64 | members u16 |` then per member
@@ -292,6 +293,28 @@ impl ClusterConfig {
                     .into(),
             );
         }
+        // What the metadata record can hold, refused here rather than cut there.
+        if members.len() > Identity::MEMBERS_MAX {
+            return Err(format!(
+                "--initial-cluster lists {} members; at most {} are supported",
+                members.len(),
+                Identity::MEMBERS_MAX
+            ));
+        }
+        for (n, urls) in &members {
+            if n.len() > Identity::STRING_BYTES_MAX
+                || urls.len() > Identity::STRINGS_MAX
+                || urls.iter().any(|u| u.len() > Identity::STRING_BYTES_MAX)
+            {
+                return Err(format!(
+                    "--initial-cluster: member {:?} has a name or URLs too long (at most {} \
+                     URLs of {} bytes each)",
+                    n.chars().take(64).collect::<String>(),
+                    Identity::STRINGS_MAX,
+                    Identity::STRING_BYTES_MAX
+                ));
+            }
+        }
         let peers: Vec<PeerInfo> = members
             .iter()
             .map(|(n, urls)| PeerInfo {
@@ -419,6 +442,11 @@ mod tests {
             ..base.clone()
         };
         assert!(err(&twice, "default").contains("same peer URLs"));
+        let long = ClusterConfig {
+            initial_cluster: format!("{}=http://localhost:2380", "n".repeat(5000)),
+            ..base.clone()
+        };
+        assert!(err(&long, &"n".repeat(5000)).contains("too long"));
         let existing = ClusterConfig {
             state: ClusterState::Existing,
             ..base.clone()
