@@ -330,6 +330,51 @@ fn kv(client: &mut cairn::client::Client, req: Request) -> Result<Response, Fail
     }
 }
 
+/// A client of one endpoint alone: endpoint commands ask each member, as etcdctl does.
+fn endpoint_client(endpoint: &str, timeout_s: u64) -> cairn::client::Client {
+    cairn::client::Client::new(vec![endpoint.to_string()], Duration::from_secs(timeout_s))
+}
+
+/// Asks each endpoint on its own: the replies of those that answer, in order, and how many
+/// did not (each said on stderr, as etcdctl says it: "Failed to get {what} of endpoint").
+fn ask_each<T>(
+    endpoints: &[String],
+    timeout_s: u64,
+    request: &ClientRequest,
+    what: &str,
+    pick: impl Fn(ClientResponse) -> Option<T>,
+) -> Result<(Vec<(String, T)>, usize), Failure> {
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for endpoint in endpoints {
+        match endpoint_client(endpoint, timeout_s).request(request) {
+            Ok(reply) => match pick(reply) {
+                Some(row) => rows.push((endpoint.clone(), row)),
+                None => return Err(Failure(EXIT_ERROR, "unexpected reply".into())),
+            },
+            Err(e) => {
+                eprintln!("Failed to get {what} of endpoint {endpoint} ({e})");
+                failed += 1;
+            }
+        }
+    }
+    Ok((rows, failed))
+}
+
+/// Some endpoints did not answer: what those that did said goes out, and the command
+/// fails (exit code 1) saying how many did not.
+fn some_did_not_answer(answered: Option<&[u8]>, failed: usize, total: usize) -> Failure {
+    if let Some(out) = answered {
+        if let Err(e) = write_out(out) {
+            return Failure(EXIT_ERROR, e);
+        }
+    }
+    Failure(
+        EXIT_ERROR,
+        format!("{failed} of {total} endpoints did not answer"),
+    )
+}
+
 /// Writes a client command's output to stdout as it is.
 fn write_out(out: &[u8]) -> Result<(), String> {
     use std::io::Write;
@@ -417,38 +462,24 @@ fn run_client(
         Command::Endpoint {
             command: EndpointCmd::Status,
         } => {
-            // Each endpoint on its own, as etcdctl: rows for those that answer, a line on
-            // stderr for each that does not, and exit code 1 if any did not.
-            let mut rows = Vec::new();
-            let mut failed = 0;
-            for endpoint in endpoints {
-                let mut one = cairn::client::Client::new(
-                    vec![endpoint.clone()],
-                    Duration::from_secs(timeout_s),
-                );
-                match one.request(&ClientRequest::Status) {
-                    Ok(ClientResponse::Status(s)) => rows.push((endpoint.clone(), s)),
-                    Ok(_) => return Err(unexpected()),
-                    Err(e) => {
-                        eprintln!("Failed to get the status of endpoint {endpoint} ({e})");
-                        failed += 1;
-                    }
-                }
-            }
+            let (rows, failed) = ask_each(
+                endpoints,
+                timeout_s,
+                &ClientRequest::Status,
+                "the status",
+                |r| match r {
+                    ClientResponse::Status(s) => Some(s),
+                    _ => None,
+                },
+            )?;
             let out = match format {
                 OutputFormat::Json => output::status_json(&rows) + "\n",
                 OutputFormat::Table => output::status_table(&rows),
                 OutputFormat::Simple => output::status_simple(&rows),
             };
             if failed > 0 {
-                if !rows.is_empty() {
-                    write_out(out.as_bytes()).map_err(|e| Failure(EXIT_ERROR, e))?;
-                }
-                let total = endpoints.len();
-                return Err(Failure(
-                    EXIT_ERROR,
-                    format!("{failed} of {total} endpoints did not answer"),
-                ));
+                let answered = (!rows.is_empty()).then_some(out.as_bytes());
+                return Err(some_did_not_answer(answered, failed, endpoints.len()));
             }
             out.into_bytes()
         }
@@ -459,10 +490,7 @@ fn run_client(
             let mut out = String::new();
             let mut failed = 0;
             for endpoint in endpoints {
-                let mut one = cairn::client::Client::new(
-                    vec![endpoint.clone()],
-                    Duration::from_secs(timeout_s),
-                );
+                let mut one = endpoint_client(endpoint, timeout_s);
                 let started = std::time::Instant::now();
                 let read = Request::Range(cairn::mvcc::RangeRequest {
                     key: b"health".to_vec(),
@@ -488,22 +516,16 @@ fn run_client(
         Command::Endpoint {
             command: EndpointCmd::Hashkv { rev },
         } => {
-            let mut rows = Vec::new();
-            let mut failed = 0;
-            for endpoint in endpoints {
-                let mut one = cairn::client::Client::new(
-                    vec![endpoint.clone()],
-                    Duration::from_secs(timeout_s),
-                );
-                match one.request(&ClientRequest::HashKv(rev)) {
-                    Ok(ClientResponse::HashKv(h)) => rows.push((endpoint.clone(), h)),
-                    Ok(_) => return Err(unexpected()),
-                    Err(e) => {
-                        eprintln!("Failed to get the hash of endpoint {endpoint} ({e})");
-                        failed += 1;
-                    }
-                }
-            }
+            let (rows, failed) = ask_each(
+                endpoints,
+                timeout_s,
+                &ClientRequest::HashKv(rev),
+                "the hash",
+                |r| match r {
+                    ClientResponse::HashKv(h) => Some(h),
+                    _ => None,
+                },
+            )?;
             let out = match format {
                 OutputFormat::Json => {
                     let items: Vec<String> = rows
@@ -523,10 +545,10 @@ fn run_client(
                     .collect(),
             };
             if failed > 0 {
-                write_out(out.as_bytes()).map_err(|e| Failure(EXIT_ERROR, e))?;
-                return Err(Failure(
-                    EXIT_ERROR,
-                    format!("{failed} of {} endpoints did not answer", endpoints.len()),
+                return Err(some_did_not_answer(
+                    Some(out.as_bytes()),
+                    failed,
+                    endpoints.len(),
                 ));
             }
             out.into_bytes()
@@ -542,10 +564,7 @@ fn run_client(
             // Find the leader among the endpoints, as etcdctl does.
             let mut leader = None;
             for endpoint in endpoints {
-                let mut one = cairn::client::Client::new(
-                    vec![endpoint.clone()],
-                    Duration::from_secs(timeout_s),
-                );
+                let mut one = endpoint_client(endpoint, timeout_s);
                 if let Ok(ClientResponse::Status(s)) = one.request(&ClientRequest::Status) {
                     if s.leader == s.member_id && s.leader != 0 {
                         leader = Some((one, s.member_id));
