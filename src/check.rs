@@ -463,16 +463,12 @@ pub fn repair(data_dir: &Path) -> Result<Repaired, CheckError> {
         };
         let db = db_path(&data_dir);
         if let Some(snap) = &report.snapshot_to_install {
-            let io = |source| crate::btree::BtreeError::Io {
-                path: db.clone(),
-                source,
-            };
-            std::fs::rename(snap, &db).map_err(io)?;
-            if let Some(dir) = db.parent() {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io)?;
-            }
+            crate::server::rename_durably(snap, &db).map_err(|source| {
+                crate::btree::BtreeError::Io {
+                    path: db.clone(),
+                    source,
+                }
+            })?;
         }
         let opened = if tree_work && report.tree.exists {
             Db::open(&db, DbOptions::default()).map(drop)

@@ -34,11 +34,7 @@ pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), Serv
     };
     let _ = role.store_opened.send(Ok(store.applied().index));
     // What the store holds durably can be sent to a lagging follower at once.
-    *shared.snapshot.lock() = Some(Arc::new(store.snapshot()));
-    let at = store.applied();
-    let _ = shared
-        .inputs
-        .try_send(Input::Checkpointed(at.index, at.term));
+    offer_checkpoint(&store, store.applied(), &shared);
     let result = apply_loop(&mut store, &role, &shared).await;
     if result.is_err() {
         shared.request_stop();
@@ -287,11 +283,18 @@ fn report_durable(store: &mut Store, shared: &Shared) -> Result<bool, ServerErro
         return Ok(false);
     };
     tracing::debug!(applied = durable.index, "tree checkpoint durable");
+    offer_checkpoint(store, durable, shared);
+    Ok(true)
+}
+
+/// The store is durable at `at`: snapshots for lagging followers hold it from now on, and
+/// the raft role may compact the log behind it. Best effort: with a full queue, the next
+/// checkpoint says it again.
+fn offer_checkpoint(store: &Store, at: crate::mvcc::RaftPosition, shared: &Shared) {
     *shared.snapshot.lock() = Some(Arc::new(store.snapshot()));
     let _ = shared
         .inputs
-        .try_send(Input::Checkpointed(durable.index, durable.term));
-    Ok(true)
+        .try_send(Input::Checkpointed(at.index, at.term));
 }
 
 /// Replaces the store with a snapshot's tree file: the old file is replaced by a rename (as
@@ -304,21 +307,17 @@ fn install(
     shared: &Shared,
 ) -> Result<(), String> {
     let path = shared.config.data_dir.join("db").join("cairn.db");
-    let opened = Store::open(file, DbOptions::default()).map_err(|e| e.to_string())?;
-    let at = opened.applied();
-    if at.index != index {
+    // Its newest commit only: the store is opened (its key index rebuilt) once, in place.
+    let held = crate::btree::Db::inspect(file)
+        .map_err(|e| e.to_string())?
+        .commit
+        .applied_index;
+    if held != index {
         return Err(format!(
-            "the snapshot's tree holds entries up to {}, its raft message says {index}",
-            at.index
+            "the snapshot's tree holds entries up to {held}, its raft message says {index}"
         ));
     }
-    drop(opened);
-    std::fs::rename(file, &path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
+    super::rename_durably(file, &path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut fresh = Store::open(&path, DbOptions::default()).map_err(|e| e.to_string())?;
     fresh.set_background_checkpoints(true);
     *store = fresh;

@@ -261,6 +261,16 @@ impl Shared {
     }
 }
 
+/// Renames `from` to `to` and makes the rename durable (syncs `to`'s directory): how a
+/// received snapshot's tree file becomes ready, and then the store.
+pub(crate) fn rename_durably(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    match to.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
 /// Answers what waits in the input queue and was never proposed: "stopping".
 pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
     for input in inputs.drain() {

@@ -273,18 +273,37 @@ async fn stream_snapshot(
         at += n as u64;
     }
     stream.write_all(&[0u8; 8]).await?;
+    match read_answer(&mut stream).await? {
+        None => Ok(at - from),
+        Some(reason) => Err(std::io::Error::other(format!(
+            "the follower refused the snapshot: {reason}"
+        ))),
+    }
+}
+
+/// Writes an answer: accepted (`None`), or refused and why.
+async fn write_answer(stream: &mut TcpStream, refusal: Option<&str>) -> std::io::Result<()> {
+    let Some(reason) = refusal else {
+        return stream.write_all(&[0, 0, 0]).await;
+    };
+    let b = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
+    let mut answer = vec![1u8];
+    answer.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    answer.extend_from_slice(b);
+    stream.write_all(&answer).await
+}
+
+/// Reads an answer: `None` when accepted, else the reason given.
+async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
     let mut status = [0u8; 3];
     stream.read_exact(&mut status).await?;
     if status[0] == 0 {
-        return Ok(at - from);
+        return Ok(None);
     }
     let len = u16::from_le_bytes([status[1], status[2]]) as usize;
     let mut reason = vec![0u8; len];
     stream.read_exact(&mut reason).await?;
-    Err(std::io::Error::other(format!(
-        "the follower refused the snapshot: {}",
-        String::from_utf8_lossy(&reason)
-    )))
+    Ok(Some(String::from_utf8_lossy(&reason).into_owned()))
 }
 
 /// CRC32C of the first 64 KiB and of the last 1 MiB of a file's first `len` bytes: what a
@@ -415,13 +434,11 @@ async fn receive_snapshot(
     };
     let verdict = verdict.and_then(|()| {
         let ready = snapshot_file(&shared.config.data_dir, index);
-        std::fs::rename(&part, &ready)
-            .and_then(|()| std::fs::File::open(&dir)?.sync_all())
-            .map_err(|e| format!("{}: {e}", ready.display()))
+        super::rename_durably(&part, &ready).map_err(|e| format!("{}: {e}", ready.display()))
     });
     match verdict {
         Ok(()) => {
-            stream.write_all(&[0, 0, 0]).await?;
+            write_answer(stream, None).await?;
             tracing::info!(peer = %format!("{from:x}"), index, bytes = total, "received a snapshot");
             shared
                 .inputs
@@ -432,11 +449,7 @@ async fn receive_snapshot(
         Err(reason) => {
             let _ = std::fs::remove_file(&part);
             tracing::warn!(peer = %format!("{from:x}"), "refused a snapshot: {reason}");
-            let b = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
-            let mut answer = vec![1u8];
-            answer.extend_from_slice(&(b.len() as u16).to_le_bytes());
-            answer.extend_from_slice(b);
-            stream.write_all(&answer).await?;
+            write_answer(stream, Some(&reason)).await?;
             Err(invalid(reason))
         }
     }
@@ -530,21 +543,13 @@ async fn connect_kind(me: Me, to: u64, addr: &str, magic: u64) -> std::io::Resul
     hello.extend_from_slice(&me.member_id.to_le_bytes());
     hello.extend_from_slice(&to.to_le_bytes());
     stream.write_all(&hello).await?;
-    let mut status = [0u8; 3];
-    stream.read_exact(&mut status).await?;
-    if status[0] == 0 {
-        return Ok(stream);
+    match read_answer(&mut stream).await? {
+        None => Ok(stream),
+        Some(reason) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing to join: member {to:x} at {addr} refused this member: {reason}"),
+        )),
     }
-    let len = u16::from_le_bytes([status[1], status[2]]) as usize;
-    let mut reason = vec![0u8; len];
-    stream.read_exact(&mut reason).await?;
-    Err(std::io::Error::new(
-        std::io::ErrorKind::PermissionDenied,
-        format!(
-            "refusing to join: member {to:x} at {addr} refused this member: {}",
-            String::from_utf8_lossy(&reason)
-        ),
-    ))
 }
 
 /// Writes queued messages in frames until the connection fails or the member stops.
@@ -760,16 +765,12 @@ async fn hello(
     };
     match refusal {
         None => {
-            stream.write_all(&[0, 0, 0]).await?;
+            write_answer(stream, None).await?;
             Ok((from, word(0)))
         }
         Some(reason) => {
             refusals.log(from, &reason);
-            let b = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
-            let mut answer = vec![1u8];
-            answer.extend_from_slice(&(b.len() as u16).to_le_bytes());
-            answer.extend_from_slice(b);
-            stream.write_all(&answer).await?;
+            write_answer(stream, Some(&reason)).await?;
             Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 reason,

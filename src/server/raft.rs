@@ -133,17 +133,10 @@ fn recover_snapshot(
         return Ok(());
     }
     tracing::info!(index = start, file = %file.display(), "installing the snapshot received before the last stop");
-    let io = |e: std::io::Error| ServerError::DataDir {
+    super::rename_durably(&file, db).map_err(|source| ServerError::DataDir {
         path: db.to_path_buf(),
-        source: e,
-    };
-    std::fs::rename(&file, db).map_err(io)?;
-    if let Some(dir) = db.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-    }
-    Ok(())
+        source,
+    })
 }
 
 /// Received snapshots that never became the log's start (raft found it did not need them,
