@@ -57,7 +57,11 @@ fn apply_entry(
         scratch.extend_from_slice(&e.data);
         scratch
     };
-    let Command::Client(request) = command::decode(data).map_err(|err| bad(err.to_string()))?;
+    let request = match command::decode(data).map_err(|err| bad(err.to_string()))? {
+        Command::Client(request) => request,
+        // Applied to the membership by the consensus core when handed out.
+        Command::Member(..) => return Ok(None),
+    };
     let at = RaftPosition {
         index: e.index,
         term: e.term,

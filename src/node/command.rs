@@ -7,10 +7,12 @@
 //!
 //! ```text
 //! byte 0      format version (1)
-//! byte 1      kind (1 = client request)
+//! byte 1      kind (1 = client request, 2 = member attributes)
 //! bytes 2..16 zero (reserved)
 //! bytes 16..  body: for a client request, the archived `ClientRequest` exactly as it came
-//!             off the socket
+//!             off the socket; for member attributes, `fields u8` (1 peer URLs, 2 name
+//!             and client URLs, or both) then the member's attributes
+//!             (`crate::raftlog::MemberInfo::encode`), applied by the consensus core
 //! ```
 //!
 //! The body starts 16 bytes in, so an entry buffer aligned for rkyv keeps the archive
@@ -32,11 +34,21 @@ pub const VERSION: u8 = 1;
 pub enum Kind {
     /// A client's write (`ClientRequest::Kv`), validated by the net shard that took it.
     Client = 1,
+    /// New attributes for a member: a member publishing its name and client URLs at
+    /// start, or `member update` setting its peer URLs.
+    Member = 2,
 }
+
+/// Which of a member's attributes a member command sets.
+pub const SET_PEER_URLS: u8 = 1;
+pub const SET_NAME_AND_CLIENT_URLS: u8 = 2;
 
 /// A decoded command, borrowing the entry's bytes.
 pub enum Command<'a> {
     Client(&'a ArchivedClientRequest),
+    /// `fields` and the encoded attributes: the consensus core applies it to the
+    /// membership; the store has nothing to do.
+    Member(u8, &'a [u8]),
 }
 
 /// Why an entry's data is not a command this version can apply.
@@ -65,6 +77,30 @@ pub fn client(archived_request: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A member command setting `fields` ([`SET_PEER_URLS`], [`SET_NAME_AND_CLIENT_URLS`])
+/// of `member` to the values given.
+pub fn member(fields: u8, member: &crate::raftlog::MemberInfo) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + 64);
+    out.extend_from_slice(&header(Kind::Member));
+    out.push(fields);
+    member.encode(&mut out);
+    out
+}
+
+/// Reads a member command without the alignment [`decode`] asks for (its body is not an
+/// archive); `None` if `data` is not one.
+pub fn decode_member(data: &[u8]) -> Option<(u8, &[u8])> {
+    if data.len() > HEADER_BYTES
+        && data[0] == VERSION
+        && data[1] == Kind::Member as u8
+        && data[2..HEADER_BYTES].iter().all(|&b| b == 0)
+    {
+        Some((data[HEADER_BYTES], &data[HEADER_BYTES + 1..]))
+    } else {
+        None
+    }
+}
+
 fn header(kind: Kind) -> [u8; HEADER_BYTES] {
     let mut h = [0u8; HEADER_BYTES];
     h[0] = VERSION;
@@ -83,6 +119,12 @@ pub fn decode(data: &[u8]) -> Result<Command<'_>, CommandError> {
     }
     if data[2..HEADER_BYTES].iter().any(|&b| b != 0) {
         return Err(CommandError::Reserved);
+    }
+    if data[1] == Kind::Member as u8 {
+        return match decode_member(data) {
+            Some((fields, body)) => Ok(Command::Member(fields, body)),
+            None => Err(CommandError::Body("a member command without its fields".into())),
+        };
     }
     let body = &data[HEADER_BYTES..];
     if !(body.as_ptr() as usize).is_multiple_of(ALIGN) {

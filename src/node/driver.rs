@@ -70,6 +70,11 @@ pub struct Round<P, Q> {
     pub waiters: Vec<(ProposalId, P)>,
     /// Reads to release once the store has applied this index.
     pub reads: Vec<(u64, Vec<Q>)>,
+    /// Outcomes of the membership changes among `committed`, by proposal id (the waiters
+    /// of this member's are in `waiters`).
+    pub changes: Vec<(ProposalId, Result<(), String>)>,
+    /// Whether this round changed the membership.
+    pub membership_changed: bool,
     span: Option<(u64, u64)>,
 }
 
@@ -221,6 +226,36 @@ impl<P, Q> Driver<P, Q> {
         }
     }
 
+    /// Proposes a membership change; like [`Driver::propose`], its waiter comes back in a
+    /// [`Round`] (its outcome in [`Round::changes`]) or with an error.
+    pub fn propose_conf_change(
+        &mut self,
+        cc: raft::eraftpb::ConfChangeV2,
+        waiter: P,
+    ) -> Result<ProposalId, (P, NodeError)> {
+        if self.proposals.len() >= self.config.max_pending {
+            return Err((waiter, NodeError::Overloaded));
+        }
+        let id = self.ids.next_id();
+        let proposed = self.node.propose_conf_change(id, cc);
+        self.observe();
+        match proposed {
+            Ok(()) => {
+                let deadline_ms = self.clock.now_ms() + self.config.request_timeout_ms;
+                self.proposals.insert(
+                    id.seq,
+                    Pending {
+                        waiter,
+                        deadline_ms,
+                        index: None,
+                    },
+                );
+                Ok(id)
+            }
+            Err(e) => Err((waiter, e)),
+        }
+    }
+
     /// Queues a linearizable read: every read queued before the next [`Driver::ready`]
     /// shares one read index request.
     pub fn read(&mut self, waiter: Q) -> Result<(), (Q, NodeError)> {
@@ -321,6 +356,8 @@ impl<P, Q> Driver<P, Q> {
             dropped,
             reads,
             appended,
+            changes,
+            membership_changed,
             span,
         } = work;
         if let Some((index, _)) = snapshot {
@@ -349,6 +386,8 @@ impl<P, Q> Driver<P, Q> {
             dropped,
             waiters,
             reads,
+            changes,
+            membership_changed,
             span,
         }))
     }

@@ -29,9 +29,10 @@ pub use env::{Clock, MonotonicClock, Random, SplitMix64};
 pub use proposal::{IdSource, ProposalId};
 
 use crate::mvcc::MvccError;
-use crate::raftlog::{encode_entry, encode_hard_state, RaftLog};
+use crate::raftlog::{encode_entry, encode_hard_state, MemberInfo, Membership, RaftLog};
 use crate::wal::RecordType;
-use raft::eraftpb::{Entry, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
 use raft::{Config, RawNode, Storage};
 use std::collections::VecDeque;
 
@@ -97,6 +98,10 @@ pub struct Work {
     pub reads: Vec<(ProposalId, u64)>,
     /// Entries with a proposal id that this round appends to the log: (index, id).
     pub appended: Vec<(u64, ProposalId)>,
+    /// Outcomes of the membership changes among `committed` that carry a proposal id.
+    pub changes: Vec<(ProposalId, Result<(), String>)>,
+    /// Whether `committed` (or `snapshot`) changed the membership.
+    pub membership_changed: bool,
     span: Option<(u64, u64)>,
 }
 
@@ -133,9 +138,12 @@ impl Node {
             hs.commit = applied;
             log.set_hard_state(hs);
         }
+        // Raft hands out every committed entry after the log's start again, those the
+        // store holds already included (the apply loop skips them): the membership changes
+        // among them are applied anew to the configuration the start marker holds.
         let config = Config {
             id,
-            applied,
+            applied: log.start_index(),
             election_tick,
             heartbeat_tick: 1,
             pre_vote: true,
@@ -184,6 +192,52 @@ impl Node {
             Err(raft::Error::ProposalDropped) => Err(NodeError::NotLeader),
             other => Ok(other?),
         }
+    }
+
+    /// Proposes a membership change under `id`; its outcome comes back in
+    /// [`Work::changes`] once committed and applied to the configuration. Only the leader
+    /// takes one, and only when no other is in flight ([`Node::conf_change_pending`]):
+    /// raft would otherwise turn it into an empty entry without a word.
+    pub fn propose_conf_change(
+        &mut self,
+        id: ProposalId,
+        cc: ConfChangeV2,
+    ) -> Result<(), NodeError> {
+        if !self.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        match self.raw.propose_conf_change(id.encode(), cc) {
+            Err(raft::Error::ProposalDropped) => Err(NodeError::NotLeader),
+            other => Ok(other?),
+        }
+    }
+
+    /// A membership change is proposed (or a joint configuration is being left) and not yet
+    /// applied: the leader takes no other until it is.
+    pub fn conf_change_pending(&self) -> bool {
+        self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied
+            || self.log.membership().is_joint()
+    }
+
+    /// The membership after every change handed out so far.
+    pub fn membership(&self) -> Membership {
+        self.log.membership()
+    }
+
+    /// This member was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.log.membership().was_removed(self.raw.raft.id)
+    }
+
+    /// On the leader: (entries matched, recently active) of each member it replicates to,
+    /// itself included.
+    pub fn progress(&self) -> Vec<(u64, u64, bool)> {
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(&id, p)| (id, p.matched, p.recent_active || id == self.raw.raft.id))
+            .collect()
     }
 
     /// Asks for a read index (etcd's ReadIndex), on the leader or through it: once the
@@ -270,6 +324,18 @@ impl Node {
         let persisted_messages = ready.take_persisted_messages();
         let number = ready.number();
         self.raw.advance_append_async(ready);
+        // Membership changes take effect as they are handed out, in log order and before
+        // raft counts them applied (which is when a leader leaves a joint configuration).
+        let mut changes = Vec::new();
+        let mut membership_changed = snapshot.is_some();
+        for e in &committed {
+            if let Some(outcome) = self.apply_membership(e)? {
+                membership_changed = true;
+                if let Some(id) = ProposalId::decode(&e.context) {
+                    changes.push((id, outcome));
+                }
+            }
+        }
         if let Some(last) = committed.last() {
             self.raw.advance_apply_to(last.index);
         }
@@ -286,8 +352,100 @@ impl Node {
             dropped,
             reads,
             appended,
+            changes,
+            membership_changed,
             span,
         }))
+    }
+
+    /// Applies a committed entry's membership change, if it is one: `None` for an entry
+    /// that is not, else whether it took effect. The same entries give the same outcome on
+    /// every member; a change that does not decode stops the member, as any entry would.
+    fn apply_membership(&mut self, e: &Entry) -> Result<Option<Result<(), String>>, NodeError> {
+        let bad = |reason: String| NodeError::BadEntry {
+            index: e.index,
+            reason,
+        };
+        let cc = match e.get_entry_type() {
+            EntryType::EntryNormal => {
+                let Some((fields, body)) = command::decode_member(&e.data) else {
+                    return Ok(None);
+                };
+                let m = MemberInfo::from_bytes(body).map_err(|err| bad(err.to_string()))?;
+                let mut ms = self.log.membership();
+                let Some(old) = ms.member(m.id).cloned() else {
+                    return Ok(Some(Err(format!(
+                        "etcdserver: member not found: {:x}",
+                        m.id
+                    ))));
+                };
+                let mut new = old;
+                if fields & command::SET_PEER_URLS != 0 {
+                    new.peer_urls = m.peer_urls;
+                }
+                if fields & command::SET_NAME_AND_CLIENT_URLS != 0 {
+                    new.name = m.name;
+                    new.client_urls = m.client_urls;
+                }
+                ms.upsert(new);
+                self.log.record_membership(e.index, ms);
+                return Ok(Some(Ok(())));
+            }
+            EntryType::EntryConfChange => {
+                // raft's first format (one change): taken as the second's single change.
+                let v1 =
+                    ConfChange::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?;
+                let mut single = raft::eraftpb::ConfChangeSingle::default();
+                single.set_change_type(v1.get_change_type());
+                single.node_id = v1.node_id;
+                let mut cc = ConfChangeV2::default();
+                cc.mut_changes().push(single);
+                cc.context = v1.context;
+                cc
+            }
+            EntryType::EntryConfChangeV2 => {
+                ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| bad(err.to_string()))?
+            }
+        };
+        let mut ms = self.log.membership();
+        // A member added (not a learner promoted) brings its attributes in the context.
+        let mut added = None;
+        for c in cc.get_changes() {
+            let adding = matches!(
+                c.get_change_type(),
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+            );
+            if !adding {
+                continue;
+            }
+            if ms.was_removed(c.node_id) {
+                return Ok(Some(Err(format!(
+                    "etcdserver: ID removed: {:x} was a member and cannot be added again",
+                    c.node_id
+                ))));
+            }
+            if ms.member(c.node_id).is_none() {
+                match MemberInfo::from_bytes(&cc.context) {
+                    Ok(m) if m.id == c.node_id => added = Some(m),
+                    _ => {
+                        return Ok(Some(Err(format!(
+                            "a change adding member {:x} without its attributes",
+                            c.node_id
+                        ))))
+                    }
+                }
+            }
+        }
+        match self.raw.apply_conf_change(&cc) {
+            Ok(conf) => {
+                ms.set_conf(conf, added);
+                self.log.record_membership(e.index, ms);
+                Ok(Some(Ok(())))
+            }
+            Err(err) => Ok(Some(Err(format!(
+                "etcdserver: the configuration change was refused: {err}"
+            )))),
+        }
     }
 
     /// The records of every round up to `number` are durable.

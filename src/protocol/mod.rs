@@ -68,6 +68,51 @@ pub enum ClientRequest {
     /// Hands leadership to the member with this id (etcd's `MoveLeaderRequest`); only the
     /// leader takes it.
     MoveLeader(u64),
+    /// Lists or changes the cluster's members (etcd's `Cluster` service).
+    Member(MemberRequest),
+}
+
+/// etcd's `Cluster` service requests. Changes are taken by the leader only (a follower
+/// answers Unavailable, naming the leader), one at a time.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MemberRequest {
+    /// etcd's `MemberListRequest`: this member's view of the membership.
+    List,
+    /// etcd's `MemberAddRequest`: a new member (voter, or learner) with these peer URLs;
+    /// the leader chooses its id.
+    Add {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    },
+    /// etcd's `MemberRemoveRequest`.
+    Remove { id: u64 },
+    /// etcd's `MemberUpdateRequest`: new peer URLs for a member.
+    Update { id: u64, peer_urls: Vec<String> },
+    /// etcd's `MemberPromoteRequest`: a learner in sync with the leader becomes a voter.
+    Promote { id: u64 },
+}
+
+/// etcd's `Member`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Member {
+    pub id: u64,
+    /// Empty until the member has started.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    /// Empty until the member has started.
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// The answer to every [`MemberRequest`] (etcd's `Member*Response`): the member added (for
+/// `Add`), and the members after the request took effect.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberResponse {
+    pub cluster_id: u64,
+    /// The member that answered.
+    pub member_id: u64,
+    pub member: Option<Member>,
+    pub members: Vec<Member>,
 }
 
 /// etcd's `AlarmType` (without `NONE`, which is `None` where a type is optional).
@@ -152,6 +197,7 @@ pub enum ClientResponse {
     HashKv(crate::mvcc::HashKvResponse),
     /// Leadership moved to the member asked for.
     MoveLeader,
+    Member(MemberResponse),
 }
 
 /// Why a request (or, with request id 0, the connection) failed.

@@ -1,7 +1,7 @@
 //! WAL record payloads of the Raft log: entries (their data carried verbatim), hard state,
 //! and the snapshot marker (where the log starts, with the configuration at that point).
 
-use super::RaftLogError;
+use super::{Membership, RaftLogError};
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 
 fn take<'a>(buf: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], RaftLogError> {
@@ -86,9 +86,12 @@ pub fn decode_hard_state(mut buf: &[u8]) -> Result<HardState, RaftLogError> {
     Ok(hs)
 }
 
-/// Where the log starts: `index u64 | term u64 | auto_leave u8 | four id lists` (voters,
-/// learners, outgoing voters, next learners), each `count u32 | ids u64...`.
-pub fn encode_marker(index: u64, term: u64, cs: &ConfState) -> Vec<u8> {
+/// Where the log starts, and the membership there: `index u64 | term u64 | auto_leave u8 |
+/// four id lists` (voters, learners, outgoing voters, next learners), each `count u32 |
+/// ids u64...`, then the member table ([`Membership::encode_members`]; absent in markers
+/// written before members were kept in the log).
+pub fn encode_marker(index: u64, term: u64, ms: &Membership) -> Vec<u8> {
+    let cs = &ms.conf;
     let mut out = Vec::new();
     out.extend_from_slice(&index.to_le_bytes());
     out.extend_from_slice(&term.to_le_bytes());
@@ -104,10 +107,11 @@ pub fn encode_marker(index: u64, term: u64, cs: &ConfState) -> Vec<u8> {
             out.extend_from_slice(&id.to_le_bytes());
         }
     }
+    ms.encode_members(&mut out);
     out
 }
 
-pub fn decode_marker(mut buf: &[u8]) -> Result<(u64, u64, ConfState), RaftLogError> {
+pub fn decode_marker(mut buf: &[u8]) -> Result<(u64, u64, Membership), RaftLogError> {
     let index = u64_at(&mut buf, "marker index")?;
     if index > INDEX_MAX {
         return Err(RaftLogError::Decode("marker index out of range"));
@@ -128,9 +132,11 @@ pub fn decode_marker(mut buf: &[u8]) -> Result<(u64, u64, ConfState), RaftLogErr
             list.push(u64_at(&mut buf, "marker id")?);
         }
     }
-    if !buf.is_empty() {
-        return Err(RaftLogError::Decode("trailing bytes after marker"));
-    }
+    let (members, removed) = if buf.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        Membership::decode_members(buf)?
+    };
     let [voters, learners, voters_outgoing, learners_next] = lists;
     let cs = ConfState {
         voters,
@@ -140,5 +146,10 @@ pub fn decode_marker(mut buf: &[u8]) -> Result<(u64, u64, ConfState), RaftLogErr
         auto_leave,
         ..Default::default()
     };
-    Ok((index, term, cs))
+    let ms = Membership {
+        conf: cs,
+        members,
+        removed,
+    };
+    Ok((index, term, ms))
 }

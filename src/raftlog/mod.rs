@@ -6,18 +6,23 @@
 //!
 //! - `ENTRY`: one entry, its data verbatim (a client's archived request).
 //! - `HARD_STATE`: term, vote, commit.
-//! - `SNAPSHOT`: a marker: the log starts after (index, term), with this configuration.
+//! - `SNAPSHOT`: a marker: the log starts after (index, term), with this membership (raft's
+//!   configuration and the member table, [`Membership`]).
 //!
 //! A new leader may overwrite uncommitted entries: the WAL is append-only, so the new entry
 //! comes later in the WAL with the same index, and replay drops everything from that index
 //! on before taking it, exactly as [`RaftLog::append`] did.
 
 mod codec;
+mod membership;
 
 pub use codec::{decode_entry, encode_entry, encode_hard_state, encode_marker};
+pub use membership::{MemberInfo, Membership};
 
 use crate::wal::RecordType;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, HardState, Snapshot,
+};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -42,7 +47,11 @@ pub enum RaftLogError {
 #[derive(Debug, Default, Clone, PartialEq)]
 struct LogCore {
     hard_state: HardState,
-    conf_state: ConfState,
+    /// The membership as of `start_index`.
+    membership: Membership,
+    /// Membership changes applied after `start_index`: (index of the entry, membership
+    /// from it on). Only committed entries change it, so it is never cut from the end.
+    changes: Vec<(u64, Membership)>,
     /// The log starts after this entry (a snapshot or compaction point).
     start_index: u64,
     start_term: u64,
@@ -95,7 +104,7 @@ impl LogCore {
     /// Moves the log's start to (index, term): entries up to `index` go, and are returned
     /// (freeing a long log takes a while: the caller chooses where); if the log did not reach
     /// `index` (a snapshot from ahead), nothing of it is left.
-    fn set_start(&mut self, index: u64, term: u64, cs: ConfState) -> VecDeque<Entry> {
+    fn set_start(&mut self, index: u64, term: u64, ms: Membership) -> VecDeque<Entry> {
         let gone = if index >= self.last_index() {
             std::mem::take(&mut self.entries)
         } else if index > self.start_index {
@@ -107,9 +116,23 @@ impl LogCore {
         };
         self.start_index = index;
         self.start_term = term;
-        self.conf_state = cs;
+        self.membership = ms;
+        self.changes.retain(|(at, _)| *at > index);
         self.provisional_start = false;
         gone
+    }
+
+    /// The membership as of `index` (at or after the log's start).
+    fn membership_at(&self, index: u64) -> &Membership {
+        self.changes
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= index)
+            .map_or(&self.membership, |(_, ms)| ms)
+    }
+
+    fn current_membership(&self) -> &Membership {
+        self.changes.last().map_or(&self.membership, |(_, ms)| ms)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -136,11 +159,51 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// An empty log whose configuration is `conf_state` (a new cluster's bootstrap).
-    pub fn new(conf_state: ConfState) -> RaftLog {
+    /// A new cluster's first log, the same on every member: one configuration change per
+    /// member (sorted by id) adding it as a voter with its attributes, all committed at
+    /// term 1, as etcd bootstraps. Returns the log and the records that make it durable.
+    /// Nothing is applied yet: the changes come out as committed entries like any others.
+    pub fn bootstrap(members: &[MemberInfo]) -> (RaftLog, Vec<(RecordType, Vec<u8>)>) {
+        let mut sorted = members.to_vec();
+        sorted.sort_by_key(|m| m.id);
+        let entries: Vec<Entry> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut cc = ConfChangeV2::default();
+                let mut single = ConfChangeSingle::default();
+                single.set_change_type(ConfChangeType::AddNode);
+                single.node_id = m.id;
+                cc.mut_changes().push(single);
+                cc.context = m.to_bytes().into();
+                let mut e = Entry::default();
+                e.set_entry_type(EntryType::EntryConfChangeV2);
+                e.index = i as u64 + 1;
+                e.term = 1;
+                e.data = protobuf::Message::write_to_bytes(&cc)
+                    .unwrap_or_default()
+                    .into();
+                e
+            })
+            .collect();
         let log = RaftLog::default();
-        log.core.borrow_mut().conf_state = conf_state;
-        log
+        let hs = HardState {
+            term: 1,
+            vote: 0,
+            commit: entries.len() as u64,
+            ..Default::default()
+        };
+        let mut records: Vec<(RecordType, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (RecordType::ENTRY, codec::encode_entry(e)))
+            .collect();
+        records.push((RecordType::HARD_STATE, codec::encode_hard_state(&hs)));
+        {
+            let mut core = log.core.borrow_mut();
+            core.entries = entries.into();
+            core.hard_state = hs;
+        }
+        (log, records)
     }
 
     /// Applies one WAL record read back on start.
@@ -211,8 +274,34 @@ impl RaftLog {
         self.core.borrow().hard_state.clone()
     }
 
-    pub fn set_conf_state(&self, cs: ConfState) {
-        self.core.borrow_mut().conf_state = cs;
+    /// The membership after every change applied so far.
+    pub fn membership(&self) -> Membership {
+        self.core.borrow().current_membership().clone()
+    }
+
+    /// The membership as of `index`, which must be at or after the log's start.
+    pub fn membership_at(&self, index: u64) -> Membership {
+        self.core.borrow().membership_at(index).clone()
+    }
+
+    /// The entry at `index` (applied now, in log order) changed the membership to `ms`.
+    pub fn record_membership(&self, index: u64, ms: Membership) {
+        let mut core = self.core.borrow_mut();
+        if index <= core.start_index {
+            return; // the start's membership has it already (a snapshot moved the start)
+        }
+        core.changes.retain(|(at, _)| *at < index);
+        core.changes.push((index, ms));
+    }
+
+    /// Members known from elsewhere, for a data directory written before member tables
+    /// were kept in the log (see [`Membership::fill_from`]).
+    pub fn fill_members(&self, known: &[MemberInfo]) {
+        let mut core = self.core.borrow_mut();
+        core.membership.fill_from(known);
+        for (_, ms) in core.changes.iter_mut() {
+            ms.fill_from(known);
+        }
     }
 
     /// Drops entries up to and including `to` (applied and checkpointed). Returns the
@@ -239,12 +328,12 @@ impl RaftLog {
         let term = core
             .term(to)
             .map_err(|_| RaftLogError::Decode("term of a held entry"))?;
-        let cs = core.conf_state.clone();
-        let gone = core.set_start(to, term, cs);
+        let ms = core.membership_at(to).clone();
+        let gone = core.set_start(to, term, ms);
         let records = [
             (
                 RecordType::SNAPSHOT,
-                codec::encode_marker(to, term, &core.conf_state),
+                codec::encode_marker(to, term, &core.membership),
             ),
             (
                 RecordType::HARD_STATE,
@@ -270,7 +359,18 @@ impl RaftLog {
         // Entries after the snapshot that agree with it could be kept; raft sends a
         // snapshot only to a follower missing entries, so nothing is worth keeping.
         let gone = std::mem::take(&mut core.entries);
-        core.set_start(index, term, meta.get_conf_state().clone());
+        // The member table travels in the snapshot's data (the tree file goes beside it);
+        // a table that does not decode leaves the members' attributes unknown, not the
+        // configuration, which raft checked.
+        let (members, removed) = Membership::decode_members(&snap.data).unwrap_or_default();
+        let mut ms = Membership {
+            conf: meta.get_conf_state().clone(),
+            members,
+            removed,
+        };
+        ms.fill_from(&core.current_membership().members.clone());
+        core.changes.clear();
+        core.set_start(index, term, ms);
         if core.hard_state.commit < index {
             core.hard_state.commit = index;
         }
@@ -281,7 +381,7 @@ impl RaftLog {
         let records = [
             (
                 RecordType::SNAPSHOT,
-                codec::encode_marker(index, term, &core.conf_state),
+                codec::encode_marker(index, term, &core.membership),
             ),
             (
                 RecordType::HARD_STATE,
@@ -290,15 +390,6 @@ impl RaftLog {
         ];
         (records, gone)
     }
-
-    /// The start marker record for the current configuration (written once at bootstrap).
-    pub fn marker_record(&self) -> (RecordType, Vec<u8>) {
-        let core = self.core.borrow();
-        (
-            RecordType::SNAPSHOT,
-            codec::encode_marker(core.start_index, core.start_term, &core.conf_state),
-        )
-    }
 }
 
 impl raft::Storage for RaftLog {
@@ -306,7 +397,7 @@ impl raft::Storage for RaftLog {
         let core = self.core.borrow();
         Ok(RaftState {
             hard_state: core.hard_state.clone(),
-            conf_state: core.conf_state.clone(),
+            conf_state: core.membership.conf.clone(),
         })
     }
 
@@ -353,7 +444,9 @@ impl raft::Storage for RaftLog {
                 let meta = snap.mut_metadata();
                 meta.index = index;
                 meta.term = term;
-                meta.set_conf_state(core.conf_state.clone());
+                let ms = core.membership_at(index);
+                meta.set_conf_state(ms.conf.clone());
+                snap.data = ms.members_bytes().into();
                 Ok(snap)
             }
             _ => Err(raft::Error::Store(

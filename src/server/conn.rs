@@ -380,6 +380,21 @@ fn dispatch(
             });
             return true;
         }
+        ClientRequest::Member(req) => {
+            let inputs = shard.shared.inputs.clone();
+            spawn_reply(out, inflight, async move {
+                let (tx, rx) = flume::bounded(1);
+                match enqueue(&inputs, Input::Member(req, tx), id) {
+                    Err(refused) => refused,
+                    Ok(()) => match rx.recv_async().await {
+                        Ok(Ok(r)) => or_internal(id, encode_response(id, &ClientResponse::Member(r))),
+                        Ok(Err((code, e))) => error_frame(id, code, e),
+                        Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
+                    },
+                }
+            });
+            return true;
+        }
         ClientRequest::Kv(req) => {
             if let Err(e) = validate(&req, config.max_txn_ops) {
                 error_frame(id, ErrorCode::InvalidRequest, e.to_string())

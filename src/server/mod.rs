@@ -165,7 +165,16 @@ pub(crate) enum Input {
     Peer(Vec<::raft::eraftpb::Message>),
     /// Hand leadership to this member; answered once it leads, or why not.
     MoveLeader(u64, flume::Sender<Result<(), String>>),
+    /// List or change the members; answered once the change is applied, or why not.
+    Member(crate::protocol::MemberRequest, MemberReply),
+    /// A peer refused this member's connection because the cluster removed it.
+    Removed(String),
 }
+
+/// Answers a member request.
+pub(crate) type MemberReply = flume::Sender<
+    Result<crate::protocol::MemberResponse, (crate::protocol::ErrorCode, String)>,
+>;
 
 /// What the raft role hands to the apply role, in log order.
 pub(crate) enum ToApply {
@@ -283,6 +292,13 @@ pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
             Input::MoveLeader(_, reply) => {
                 let _ = reply.send(Err(NodeError::Stopping.to_string()));
             }
+            Input::Member(_, reply) => {
+                let _ = reply.send(Err((
+                    crate::protocol::ErrorCode::Unavailable,
+                    NodeError::Stopping.to_string(),
+                )));
+            }
+            Input::Removed(_) => {}
         }
     }
 }
