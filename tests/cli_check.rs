@@ -513,11 +513,14 @@ fn build(dir: &Path) {
                 cluster_id: 9,
             }
             .encode(1, &[]);
-            let conf = raft::eraftpb::ConfState {
-                voters: vec![7],
+            let membership = cairn::raftlog::Membership {
+                conf: raft::eraftpb::ConfState {
+                    voters: vec![7],
+                    ..Default::default()
+                },
                 ..Default::default()
             };
-            let marker = cairn::raftlog::encode_marker(300, 1, &conf);
+            let marker = cairn::raftlog::encode_marker(300, 1, &membership);
             wal.append_many(&[
                 (RecordType::METADATA, &identity),
                 (RecordType::SNAPSHOT, &marker),

@@ -471,7 +471,7 @@ fn cluster_flags_are_checked_and_the_member_gets_etcds_ids() {
     assert!(run(&["--name", "a"]).contains("couldn't find local name \"a\""));
     let twice = "default=http://localhost:2380,b=http://localhost:2380";
     assert!(run(&["--initial-cluster", twice]).contains("same peer URLs"));
-    assert!(run(&["--initial-cluster-state", "existing"]).contains("joining a running cluster"));
+    assert!(run(&["--initial-cluster-state", "existing"]).contains("no member besides"));
     assert!(
         run(&["--initial-advertise-peer-urls", "http://10.0.0.1:2380"])
             .contains("--initial-advertise-peer-urls")

@@ -79,7 +79,8 @@ fn apply_entry(
         ArchivedClientRequest::Status
         | ArchivedClientRequest::Alarm(_)
         | ArchivedClientRequest::HashKv(_)
-        | ArchivedClientRequest::MoveLeader(_) => {
+        | ArchivedClientRequest::MoveLeader(_)
+        | ArchivedClientRequest::Member(_) => {
             return Err(bad("a request that is never logged".into()))
         }
     };

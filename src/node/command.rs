@@ -123,7 +123,9 @@ pub fn decode(data: &[u8]) -> Result<Command<'_>, CommandError> {
     if data[1] == Kind::Member as u8 {
         return match decode_member(data) {
             Some((fields, body)) => Ok(Command::Member(fields, body)),
-            None => Err(CommandError::Body("a member command without its fields".into())),
+            None => Err(CommandError::Body(
+                "a member command without its fields".into(),
+            )),
         };
     }
     let body = &data[HEADER_BYTES..];

@@ -187,6 +187,12 @@ impl<P, Q> Driver<P, Q> {
         &self.node
     }
 
+    /// Entries to keep behind a compaction point from now on (the membership grew or
+    /// shrank).
+    pub fn set_retain_entries(&mut self, n: u64) {
+        self.config.retain_entries = n;
+    }
+
     pub fn is_leader(&self) -> bool {
         self.node.is_leader()
     }

@@ -63,7 +63,9 @@ impl MemberInfo {
     pub fn from_bytes(mut buf: &[u8]) -> Result<MemberInfo, RaftLogError> {
         let m = Self::decode(&mut buf)?;
         if !buf.is_empty() {
-            return Err(RaftLogError::Decode("trailing bytes after member attributes"));
+            return Err(RaftLogError::Decode(
+                "trailing bytes after member attributes",
+            ));
         }
         Ok(m)
     }
@@ -261,9 +263,7 @@ impl Membership {
     }
 
     /// Reads what [`Membership::encode_members`] wrote, taking all of `buf`.
-    pub fn decode_members(
-        mut buf: &[u8],
-    ) -> Result<(Vec<MemberInfo>, Vec<u64>), RaftLogError> {
+    pub fn decode_members(mut buf: &[u8]) -> Result<(Vec<MemberInfo>, Vec<u64>), RaftLogError> {
         let n = u32::from_le_bytes(take::<4>(&mut buf)?) as usize;
         if n > MEMBERS_MAX {
             return Err(RaftLogError::Decode("too many members"));
@@ -310,7 +310,10 @@ mod tests {
         assert_eq!(MemberInfo::from_bytes(&m.to_bytes()).unwrap(), m);
         let bytes = m.to_bytes();
         for cut in 0..bytes.len() {
-            assert!(MemberInfo::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                MemberInfo::from_bytes(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut ms = Membership::default();
         ms.set_conf(
@@ -326,7 +329,10 @@ mod tests {
         let (members, removed) = Membership::decode_members(&bytes).unwrap();
         assert_eq!((members, removed), (ms.members.clone(), vec![9]));
         for cut in 0..bytes.len() {
-            assert!(Membership::decode_members(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                Membership::decode_members(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

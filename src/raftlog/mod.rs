@@ -16,7 +16,7 @@
 mod codec;
 mod membership;
 
-pub use codec::{decode_entry, encode_entry, encode_hard_state, encode_marker};
+pub use codec::{decode_entry, decode_marker, encode_entry, encode_hard_state, encode_marker};
 pub use membership::{MemberInfo, Membership};
 
 use crate::wal::RecordType;
@@ -159,11 +159,29 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
+    /// An empty log whose configuration is `conf_state`, with no member attributes (for
+    /// tests that need no bootstrap entries).
+    pub fn new(conf_state: raft::eraftpb::ConfState) -> RaftLog {
+        let log = RaftLog::default();
+        log.core.borrow_mut().membership.conf = conf_state;
+        log
+    }
+
+    /// The start marker record for the log as it is (what a test writes at its start).
+    pub fn marker_record(&self) -> (RecordType, Vec<u8>) {
+        let core = self.core.borrow();
+        (
+            RecordType::SNAPSHOT,
+            codec::encode_marker(core.start_index, core.start_term, &core.membership),
+        )
+    }
+
     /// A new cluster's first log, the same on every member: one configuration change per
     /// member (sorted by id) adding it as a voter with its attributes, all committed at
-    /// term 1, as etcd bootstraps. Returns the log and the records that make it durable.
-    /// Nothing is applied yet: the changes come out as committed entries like any others.
-    pub fn bootstrap(members: &[MemberInfo]) -> (RaftLog, Vec<(RecordType, Vec<u8>)>) {
+    /// term 1, as etcd bootstraps. Returns the records to write to the WAL and replay into
+    /// an empty log. Nothing is applied yet: the changes come out as committed entries like
+    /// any others.
+    pub fn bootstrap(members: &[MemberInfo]) -> Vec<(RecordType, Vec<u8>)> {
         let mut sorted = members.to_vec();
         sorted.sort_by_key(|m| m.id);
         let entries: Vec<Entry> = sorted
@@ -186,7 +204,6 @@ impl RaftLog {
                 e
             })
             .collect();
-        let log = RaftLog::default();
         let hs = HardState {
             term: 1,
             vote: 0,
@@ -198,12 +215,7 @@ impl RaftLog {
             .map(|e| (RecordType::ENTRY, codec::encode_entry(e)))
             .collect();
         records.push((RecordType::HARD_STATE, codec::encode_hard_state(&hs)));
-        {
-            let mut core = log.core.borrow_mut();
-            core.entries = entries.into();
-            core.hard_state = hs;
-        }
-        (log, records)
+        records
     }
 
     /// Applies one WAL record read back on start.

@@ -1,4 +1,5 @@
 use super::*;
+use raft::eraftpb::ConfState;
 use raft::{Config, RawNode, Storage};
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
@@ -222,8 +223,23 @@ fn every_truncated_record_is_a_typed_error() {
         let log = RaftLog::default();
         assert!(log.replay(RecordType::HARD_STATE, &rec[..cut]).is_err());
     }
-    let rec = encode_marker(4, 2, &voters(&[1, 2]));
-    for cut in 0..rec.len() {
+    let ms = Membership {
+        conf: voters(&[1, 2]),
+        members: vec![MemberInfo {
+            id: 1,
+            name: "a".into(),
+            peer_urls: vec!["http://127.0.0.1:2380".into()],
+            client_urls: vec![],
+        }],
+        removed: vec![3],
+    };
+    let rec = encode_marker(4, 2, &ms);
+    let log = RaftLog::default();
+    log.replay(RecordType::SNAPSHOT, &rec).unwrap();
+    assert_eq!(log.membership(), ms);
+    // A marker written before member tables were kept ends after the configuration.
+    let legacy = 8 + 8 + 1 + 4 * 4 + 2 * 8;
+    for cut in (0..rec.len()).filter(|&cut| cut != legacy) {
         let log = RaftLog::default();
         assert!(
             log.replay(RecordType::SNAPSHOT, &rec[..cut]).is_err(),

@@ -78,6 +78,25 @@ pub struct PeerInfo {
     pub peer_urls: Vec<String>,
 }
 
+impl PeerInfo {
+    pub fn to_member(&self) -> crate::raftlog::MemberInfo {
+        crate::raftlog::MemberInfo {
+            id: self.id,
+            name: self.name.clone(),
+            peer_urls: self.peer_urls.clone(),
+            client_urls: Vec::new(),
+        }
+    }
+
+    pub fn from_member(m: &crate::raftlog::MemberInfo) -> PeerInfo {
+        PeerInfo {
+            id: m.id,
+            name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+        }
+    }
+}
+
 /// What the WAL's metadata record holds: who this member is, its start epoch, and the
 /// cluster's members as bootstrapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +228,7 @@ impl Reader<'_> {
 }
 
 /// Checks a peer URL: `http://host:port` (TLS comes with the security work).
-fn parse_peer_url(url: &str, flag: &str) -> Result<(), String> {
+pub fn parse_peer_url(url: &str, flag: &str) -> Result<(), String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(if url.starts_with("https://") {
             format!("{flag}: {url}: https peer URLs need TLS, which cairn does not have yet")
@@ -254,10 +273,33 @@ impl ClusterConfig {
         Ok(members)
     }
 
+    /// Checks the flags for a member named `name` joining a running cluster
+    /// (`--initial-cluster-state existing`) and returns its own peer URLs and the peer
+    /// addresses of the others, to ask for the membership.
+    pub fn join_targets(&self, name: &str) -> Result<(Vec<String>, Vec<String>), String> {
+        let (_, members) = self.bootstrap(name)?;
+        let mine = members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.peer_urls.clone())
+            .unwrap_or_default();
+        let others: Vec<String> = members
+            .iter()
+            .filter(|m| m.name != name)
+            .flat_map(|m| m.peer_urls.iter().map(|u| listen_addr(u)))
+            .collect();
+        if others.is_empty() {
+            return Err(format!(
+                "--initial-cluster-state existing: --initial-cluster names no member besides \
+                 {name:?} to join (list the running members too, as `cairn member add` prints)"
+            ));
+        }
+        Ok((mine, others))
+    }
+
     /// Checks the flags for a member named `name` starting a new data directory, and
-    /// returns its identity and the cluster's members. Joining an existing cluster needs
-    /// runtime membership changes, which this version does not have: that is refused
-    /// clearly rather than started as something else.
+    /// returns its identity and the cluster's members (as `--initial-cluster` lists them:
+    /// for a new cluster, its members).
     pub fn bootstrap(&self, name: &str) -> Result<(Identity, Vec<PeerInfo>), String> {
         for url in &self.initial_advertise_peer_urls {
             parse_peer_url(url, "--initial-advertise-peer-urls")?;
@@ -284,14 +326,6 @@ impl ClusterConfig {
                 urls.join(","),
                 self.initial_advertise_peer_urls.join(",")
             ));
-        }
-        if self.state == ClusterState::Existing {
-            return Err(
-                "--initial-cluster-state existing: joining a running cluster needs runtime \
-                 membership changes, which this version of cairn does not have yet; start \
-                 every member with --initial-cluster-state new"
-                    .into(),
-            );
         }
         // What the metadata record can hold, refused here rather than cut there.
         if members.len() > Identity::MEMBERS_MAX {
@@ -451,7 +485,11 @@ mod tests {
             state: ClusterState::Existing,
             ..base.clone()
         };
-        assert!(err(&existing, "default").contains("existing"));
+        // Joining needs someone to ask.
+        assert!(existing
+            .join_targets("default")
+            .unwrap_err()
+            .contains("no member besides"));
         let garbage = ClusterConfig {
             initial_cluster: "default".into(),
             ..base.clone()

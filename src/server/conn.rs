@@ -387,7 +387,9 @@ fn dispatch(
                 match enqueue(&inputs, Input::Member(req, tx), id) {
                     Err(refused) => refused,
                     Ok(()) => match rx.recv_async().await {
-                        Ok(Ok(r)) => or_internal(id, encode_response(id, &ClientResponse::Member(r))),
+                        Ok(Ok(r)) => {
+                            or_internal(id, encode_response(id, &ClientResponse::Member(r)))
+                        }
                         Ok(Err((code, e))) => error_frame(id, code, e),
                         Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
                     },

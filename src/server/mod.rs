@@ -106,6 +106,9 @@ pub enum ServerError {
     Node(#[from] NodeError),
     #[error("the log could not be applied at start (this member did not become leader)")]
     CatchUp,
+    /// etcd's words for it.
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
     #[error("the apply role failed: {0}")]
     Apply(String),
     #[error("the {0} role stopped unexpectedly")]
@@ -172,9 +175,8 @@ pub(crate) enum Input {
 }
 
 /// Answers a member request.
-pub(crate) type MemberReply = flume::Sender<
-    Result<crate::protocol::MemberResponse, (crate::protocol::ErrorCode, String)>,
->;
+pub(crate) type MemberReply =
+    flume::Sender<Result<crate::protocol::MemberResponse, (crate::protocol::ErrorCode, String)>>;
 
 /// What the raft role hands to the apply role, in log order.
 pub(crate) enum ToApply {
@@ -221,6 +223,9 @@ pub(crate) struct Shared {
     pub alarms: alarm::Alarms,
     /// The tree file up to its last durable checkpoint, for followers that need a snapshot.
     pub snapshot: Mutex<Option<Arc<crate::btree::Snapshot>>>,
+    /// The membership as applied (published by the raft role): what a joining member is
+    /// told, and who is refused as removed.
+    pub membership: Mutex<crate::raftlog::Membership>,
     /// Set to stop the member (by its owner, a signal, or a failed role): it drains, syncs
     /// and exits.
     pub stop: Arc<AtomicBool>,
@@ -361,10 +366,11 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
     let wal_dir = config.data_dir.join("wal");
     let is_new = std::fs::read_dir(&wal_dir).map_or(true, |mut d| d.next().is_none());
     if is_new {
-        config
-            .cluster
-            .bootstrap(&config.name)
-            .map_err(ServerError::Config)?;
+        match config.cluster.state {
+            ClusterState::New => config.cluster.bootstrap(&config.name).map(|_| ()),
+            ClusterState::Existing => config.cluster.join_targets(&config.name).map(|_| ()),
+        }
+        .map_err(ServerError::Config)?;
     }
     let dir_err = |path: &PathBuf| {
         let path = path.clone();
@@ -400,6 +406,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         quota_used: AtomicU64::new(0),
         alarms: alarm::Alarms::default(),
         snapshot: Mutex::new(None),
+        membership: Mutex::new(Default::default()),
         stop,
     });
     let (store_tx, store_rx) = flume::bounded(1);

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! hello  (dialer → listener): magic u64 | version u32 | cluster u64 | from u64 | to u64
-//! answer (listener → dialer): status u8 (0 accepted) | reason len u16 | reason
+//! answer (listener → dialer): status u8 (0 accepted, 1 refused, 2 refused: the dialer
+//!                             was removed from the cluster) | reason len u16 | reason
 //! frame  (dialer → listener): bytes u32 | crc32c u32 | messages
 //! messages: count u32, then per message: len u32 | a raft Message in protobuf
 //! ```
@@ -20,6 +21,16 @@
 //! matters. A lost connection is dialed again with a backoff; a dialed connection is
 //! watched while nothing is sent on it (the listener never writes after its answer), so
 //! that a peer that stopped or restarted is dialed again before the next message.
+//!
+//! A member joining a running cluster (`--initial-cluster-state existing`) first asks one
+//! of the members it was given for the membership, under a third magic (cluster, from and
+//! to are 0): the answer is followed by `len u32 | cluster u64 | membership` (the layout
+//! of a start marker, `crate::raftlog::encode_marker`, at index 0). It finds itself in it
+//! by its peer URLs, as etcd does.
+//!
+//! The members dialed follow the membership: a member added is dialed from the round that
+//! applies its addition, one removed is no longer; a member the cluster removed is refused
+//! with status 2, on which it stops.
 //!
 //! A snapshot (raft's `MsgSnapshot`) goes on a connection of its own, opened with the
 //! same hello under another magic, beside the tree file it stands for:
@@ -41,6 +52,7 @@
 
 use super::cluster::{listen_addr, PeerInfo};
 use super::{wait_until, Input, Shared, POLL_IDLE};
+use crate::raftlog::{Membership, RaftLog};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
@@ -55,6 +67,13 @@ use std::time::Duration;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"cairnpr\0");
 const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"cairnsn\0");
+const MEMBERS_MAGIC: u64 = u64::from_le_bytes(*b"cairnmq\0");
+/// A membership answer, at most.
+const MEMBERS_BYTES_MAX: usize = 16 << 20;
+/// Answer statuses.
+const ACCEPTED: u8 = 0;
+const REFUSED: u8 = 1;
+const REMOVED: u8 = 2;
 /// Bytes of the tree file in one snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const VERSION: u32 = 1;
@@ -80,8 +99,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Peers {
     me: Me,
     queues: Vec<(u64, PeerQueue)>,
-    addrs: Vec<(u64, Vec<String>)>,
     shared: Arc<Shared>,
+    /// The log, for the membership a snapshot carries.
+    log: RaftLog,
     /// Peers a snapshot is being sent to (one at a time each).
     sending: Rc<RefCell<Vec<u64>>>,
 }
@@ -90,6 +110,10 @@ struct PeerQueue {
     tx: flume::Sender<(Message, usize)>,
     bytes: Rc<Cell<usize>>,
     dropped: Rc<Cell<u64>>,
+    /// Where the peer listens (`host:port`), as the membership says now.
+    addrs: Rc<RefCell<Vec<String>>>,
+    /// Set when the peer leaves the membership: its dialer ends.
+    gone: Rc<Cell<bool>>,
 }
 
 /// Who this member is, for the hellos.
@@ -105,29 +129,58 @@ impl Peers {
         me: Me,
         members: &[PeerInfo],
         listeners: Vec<std::net::TcpListener>,
+        log: RaftLog,
         shared: Arc<Shared>,
     ) -> Peers {
-        let stop = shared.stop.clone();
         for l in listeners {
             glommio::spawn_local(accept(l, me, shared.clone())).detach();
         }
-        let mut queues = Vec::new();
-        let mut peer_addrs = Vec::new();
-        for m in members.iter().filter(|m| m.id != me.member_id) {
-            let (tx, rx) = flume::bounded(QUEUE_MESSAGES_MAX);
-            let bytes = Rc::new(Cell::new(0));
-            let dropped = Rc::new(Cell::new(0));
-            let addrs: Vec<String> = m.peer_urls.iter().map(|u| listen_addr(u)).collect();
-            peer_addrs.push((m.id, addrs.clone()));
-            glommio::spawn_local(dial(me, m.id, addrs, rx, bytes.clone(), stop.clone())).detach();
-            queues.push((m.id, PeerQueue { tx, bytes, dropped }));
-        }
-        Peers {
+        let mut peers = Peers {
             me,
-            queues,
-            addrs: peer_addrs,
+            queues: Vec::new(),
             shared,
+            log,
             sending: Rc::new(RefCell::new(Vec::new())),
+        };
+        peers.set_members(members);
+        peers
+    }
+
+    /// Dials the members given (this one aside) and no others: new ones get a dialer, those
+    /// gone lose theirs, and changed addresses are used from the next dial on.
+    pub fn set_members(&mut self, members: &[PeerInfo]) {
+        let me = self.me.member_id;
+        self.queues.retain(|(id, q)| {
+            let stays = members.iter().any(|m| m.id == *id && m.id != me);
+            if !stays {
+                q.gone.set(true);
+            }
+            stays
+        });
+        for m in members.iter().filter(|m| m.id != me) {
+            let addrs: Vec<String> = m.peer_urls.iter().map(|u| listen_addr(u)).collect();
+            if let Some((_, q)) = self.queues.iter().find(|(id, _)| *id == m.id) {
+                *q.addrs.borrow_mut() = addrs;
+                continue;
+            }
+            let (tx, rx) = flume::bounded(QUEUE_MESSAGES_MAX);
+            let q = PeerQueue {
+                tx,
+                bytes: Rc::new(Cell::new(0)),
+                dropped: Rc::new(Cell::new(0)),
+                addrs: Rc::new(RefCell::new(addrs)),
+                gone: Rc::new(Cell::new(false)),
+            };
+            let link = Link {
+                me: self.me,
+                to: m.id,
+                addrs: q.addrs.clone(),
+                gone: q.gone.clone(),
+                stop: self.shared.stop.clone(),
+                inputs: self.shared.inputs.clone(),
+            };
+            glommio::spawn_local(dial(link, rx, q.bytes.clone())).detach();
+            self.queues.push((m.id, q));
         }
     }
 
@@ -167,14 +220,24 @@ impl Peers {
         };
         // The newest checkpoint may be newer than the one raft chose: send what the file
         // holds, under its own index and term.
-        let meta = m.mut_snapshot().mut_metadata();
-        meta.index = snapshot.meta().applied_index;
+        let index = snapshot.meta().applied_index;
+        if index < self.log.start_index() {
+            // Older than the log's start: the membership as of it is no longer known.
+            let _ = self.shared.inputs.try_send(Input::SnapshotSent(to, false));
+            return;
+        }
+        let membership = self.log.membership_at(index);
+        let snap = m.mut_snapshot();
+        snap.data = membership.members_bytes().into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
         meta.term = snapshot.meta().applied_term;
+        meta.set_conf_state(membership.conf);
         let addrs = self
-            .addrs
+            .queues
             .iter()
             .find(|(id, _)| *id == to)
-            .map(|(_, a)| a.clone())
+            .map(|(_, q)| q.addrs.borrow().clone())
             .unwrap_or_default();
         self.sending.borrow_mut().push(to);
         let (me, shared, sending) = (self.me, self.shared.clone(), self.sending.clone());
@@ -275,7 +338,7 @@ async fn stream_snapshot(
     stream.write_all(&[0u8; 8]).await?;
     match read_answer(&mut stream).await? {
         None => Ok(at - from),
-        Some(reason) => Err(std::io::Error::other(format!(
+        Some((_, reason)) => Err(std::io::Error::other(format!(
             "the follower refused the snapshot: {reason}"
         ))),
     }
@@ -283,27 +346,43 @@ async fn stream_snapshot(
 
 /// Writes an answer: accepted (`None`), or refused and why.
 async fn write_answer(stream: &mut TcpStream, refusal: Option<&str>) -> std::io::Result<()> {
+    write_status(
+        stream,
+        if refusal.is_some() { REFUSED } else { ACCEPTED },
+        refusal,
+    )
+    .await
+}
+
+async fn write_status(
+    stream: &mut TcpStream,
+    status: u8,
+    refusal: Option<&str>,
+) -> std::io::Result<()> {
     let Some(reason) = refusal else {
-        return stream.write_all(&[0, 0, 0]).await;
+        return stream.write_all(&[status, 0, 0]).await;
     };
     let b = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
-    let mut answer = vec![1u8];
+    let mut answer = vec![status];
     answer.extend_from_slice(&(b.len() as u16).to_le_bytes());
     answer.extend_from_slice(b);
     stream.write_all(&answer).await
 }
 
-/// Reads an answer: `None` when accepted, else the reason given.
-async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+/// Reads an answer: `None` when accepted, else the status and the reason given.
+async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Option<(u8, String)>> {
     let mut status = [0u8; 3];
     stream.read_exact(&mut status).await?;
-    if status[0] == 0 {
+    if status[0] == ACCEPTED {
         return Ok(None);
     }
     let len = u16::from_le_bytes([status[1], status[2]]) as usize;
     let mut reason = vec![0u8; len];
     stream.read_exact(&mut reason).await?;
-    Ok(Some(String::from_utf8_lossy(&reason).into_owned()))
+    Ok(Some((
+        status[0],
+        String::from_utf8_lossy(&reason).into_owned(),
+    )))
 }
 
 /// CRC32C of the first 64 KiB and of the last 1 MiB of a file's first `len` bytes: what a
@@ -468,32 +547,56 @@ fn check_snapshot_file(path: &Path, index: u64, term: u64) -> Result<(), String>
     Ok(())
 }
 
-/// Dials `to` and sends it what its queue holds, until the member stops.
-async fn dial(
+/// One peer's dialer: who to dial, where, and when to give up.
+struct Link {
     me: Me,
     to: u64,
-    addrs: Vec<String>,
-    rx: flume::Receiver<(Message, usize)>,
-    bytes: Rc<Cell<usize>>,
+    addrs: Rc<RefCell<Vec<String>>>,
+    /// The peer left the membership.
+    gone: Rc<Cell<bool>>,
     stop: Arc<AtomicBool>,
-) {
+    /// For telling the raft role the cluster removed this member.
+    inputs: flume::Sender<Input>,
+}
+
+impl Link {
+    fn ended(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.gone.get()
+    }
+}
+
+/// Dials the peer and sends it what its queue holds, until the member stops or the peer
+/// leaves the membership.
+async fn dial(link: Link, rx: flume::Receiver<(Message, usize)>, bytes: Rc<Cell<usize>>) {
+    let (me, to) = (link.me, link.to);
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut logged = None::<String>;
     let mut at = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let addr = &addrs[at % addrs.len().max(1)];
+    while !link.ended() {
+        let addr = {
+            let addrs = link.addrs.borrow();
+            match addrs.get(at % addrs.len().max(1)) {
+                Some(a) => a.clone(),
+                None => String::new(),
+            }
+        };
         at += 1;
+        let addr = &addr;
         match connect(me, to, addr).await {
             Ok(stream) => {
                 if logged.take().is_some() {
                     tracing::info!(peer = %format!("{to:x}"), addr, "peer connected");
                 }
                 backoff = DIAL_BACKOFF_MIN;
-                if let Err(e) = pump(stream, &rx, &bytes, &stop).await {
+                if let Err(e) = pump(stream, &rx, &bytes, &link).await {
                     tracing::debug!(peer = %format!("{to:x}"), error = %e, "peer connection lost");
                 }
             }
             Err(e) => {
+                if e.kind() == std::io::ErrorKind::NotConnected {
+                    // The cluster removed this member: it stops.
+                    let _ = link.inputs.try_send(Input::Removed(e.to_string()));
+                }
                 // Said once per kind of failure, not on every retry.
                 let text = e.to_string();
                 if logged.as_deref() != Some(text.as_str()) {
@@ -545,11 +648,47 @@ async fn connect_kind(me: Me, to: u64, addr: &str, magic: u64) -> std::io::Resul
     stream.write_all(&hello).await?;
     match read_answer(&mut stream).await? {
         None => Ok(stream),
-        Some(reason) => Err(std::io::Error::new(
+        Some((REMOVED, reason)) => Err(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!("member {to:x} at {addr} says: {reason}"),
+        )),
+        Some((_, reason)) => Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!("refusing to join: member {to:x} at {addr} refused this member: {reason}"),
         )),
     }
+}
+
+/// Asks a member at `addr` for the cluster's id and membership (a member joining a running
+/// cluster, before it has a log).
+pub(crate) async fn ask_membership(addr: &str) -> std::io::Result<(u64, Membership)> {
+    let asking = async {
+        let none = Me {
+            cluster_id: 0,
+            member_id: 0,
+        };
+        let mut stream = connect_kind(none, 0, addr, MEMBERS_MAGIC).await?;
+        let mut head = [0u8; 4];
+        stream.read_exact(&mut head).await?;
+        let len = u32::from_le_bytes(head) as usize;
+        if !(8..=MEMBERS_BYTES_MAX).contains(&len) {
+            return Err(invalid(format!("a membership answer of {len} bytes")));
+        }
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await?;
+        let cluster = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
+        let (_, _, membership) = crate::raftlog::decode_marker(&body[8..])
+            .map_err(|e| invalid(format!("the membership does not decode: {e}")))?;
+        Ok((cluster, membership))
+    };
+    futures_lite::future::or(asking, async {
+        glommio::timer::sleep(HELLO_TIMEOUT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer within the timeout",
+        ))
+    })
+    .await
 }
 
 /// Writes queued messages in frames until the connection fails or the member stops.
@@ -557,14 +696,14 @@ async fn pump(
     mut stream: TcpStream,
     rx: &flume::Receiver<(Message, usize)>,
     bytes: &Cell<usize>,
-    stop: &AtomicBool,
+    link: &Link,
 ) -> std::io::Result<()> {
     let mut frame = Vec::new();
     loop {
         let first = futures_lite::future::or(async { Ok(rx.recv_async().await.ok()) }, async {
             futures_lite::future::or(
                 async {
-                    wait_until(POLL_IDLE, || stop.load(Ordering::Relaxed)).await;
+                    wait_until(POLL_IDLE, || link.ended()).await;
                     Ok(None)
                 },
                 async { Err(closed(&stream).await) },
@@ -655,7 +794,7 @@ async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: R
     let peer = stream.peer_addr().ok();
     let (inputs, stop) = (shared.inputs.clone(), shared.stop.clone());
     let read = async {
-        let greeted = futures_lite::future::or(hello(&mut stream, me, &refusals), async {
+        let greeted = futures_lite::future::or(hello(&mut stream, me, &shared, &refusals), async {
             glommio::timer::sleep(HELLO_TIMEOUT).await;
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -664,6 +803,14 @@ async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: R
         })
         .await;
         let (from, kind) = greeted?;
+        if kind == MEMBERS_MAGIC {
+            let membership = shared.membership.lock().clone();
+            let mut body = me.cluster_id.to_le_bytes().to_vec();
+            body.extend_from_slice(&crate::raftlog::encode_marker(0, 0, &membership));
+            let mut answer = (body.len() as u32).to_le_bytes().to_vec();
+            answer.extend_from_slice(&body);
+            return stream.write_all(&answer).await;
+        }
         if kind == SNAPSHOT_MAGIC {
             // Bounded like the sender's side, for a file of up to 64 GiB.
             let limit = snapshot_timeout(64 << 30);
@@ -736,6 +883,7 @@ impl RefusalLog {
 async fn hello(
     stream: &mut TcpStream,
     me: Me,
+    shared: &Shared,
     refusals: &RefusalLog,
 ) -> std::io::Result<(u64, u64)> {
     let mut h = [0u8; HELLO_BYTES];
@@ -743,7 +891,25 @@ async fn hello(
     let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or([0; 8]));
     let version = u32::from_le_bytes(h[8..12].try_into().unwrap_or([0; 4]));
     let (cluster, from, to) = (word(12), word(20), word(28));
-    let refusal = if word(0) != MAGIC && word(0) != SNAPSHOT_MAGIC {
+    let magic = word(0);
+    if magic == MEMBERS_MAGIC && version == VERSION {
+        // A member joining: it does not know the cluster yet.
+        write_answer(stream, None).await?;
+        return Ok((from, magic));
+    }
+    if shared.membership.lock().was_removed(from) {
+        let reason = format!(
+            "member {from:x} was removed from the cluster: the member has been permanently \
+             removed from the cluster"
+        );
+        refusals.log(from, &reason);
+        write_status(stream, REMOVED, Some(&reason)).await?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            reason,
+        ));
+    }
+    let refusal = if magic != MAGIC && magic != SNAPSHOT_MAGIC {
         Some("not a cairn peer connection".to_string())
     } else if version != VERSION {
         Some(format!(
@@ -919,15 +1085,16 @@ mod tests {
             // The dialer of peer 2, fed as `Peers::send` feeds it.
             let (tx, rx) = flume::bounded(QUEUE_MESSAGES_MAX);
             let bytes = Rc::new(Cell::new(0));
-            glommio::spawn_local(dial(
+            let (inputs, _removed) = flume::bounded(1);
+            let link = Link {
                 me,
-                2,
-                vec![listen_addr(&url)],
-                rx,
-                bytes,
-                stop.clone(),
-            ))
-            .detach();
+                to: 2,
+                addrs: Rc::new(RefCell::new(vec![listen_addr(&url)])),
+                gone: Rc::new(Cell::new(false)),
+                stop: stop.clone(),
+                inputs,
+            };
+            glommio::spawn_local(dial(link, rx, bytes)).detach();
             let peers = FakeQueue(tx);
             let message = |index| Message {
                 from: 1,

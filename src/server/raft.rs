@@ -6,11 +6,14 @@
 
 use super::cluster::{Identity, Metadata, PeerInfo};
 use super::peer::{Me, Peers};
-use super::{wait_until, Input, Phase, Reply, ServerError, Shared, ToApply, POLL_BRIEF};
-use crate::node::{Driver, DriverConfig, MonotonicClock, Node, NodeError, SplitMix64};
-use crate::raftlog::RaftLog;
+use super::{
+    wait_until, Input, MemberReply, Phase, Reply, ServerError, Shared, ToApply, POLL_BRIEF,
+};
+use crate::node::{command, Driver, DriverConfig, MonotonicClock, Node, NodeError, SplitMix64};
+use crate::protocol::{ErrorCode, Member, MemberRequest, MemberResponse};
+use crate::raftlog::{MemberInfo, Membership, RaftLog};
 use crate::wal::{Lsn, RecordType, Wal, WalOptions};
-use raft::eraftpb::ConfState;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +86,9 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         members: Vec::new(),
         peers: None,
         moving: Vec::new(),
+        leaving: None,
+        publish: Publish::default(),
+        shared: shared.clone(),
         election_timeout_ms: shared.config.election_timeout_ms,
         data_dir: shared.config.data_dir.clone(),
         releasing: None,
@@ -178,9 +184,28 @@ pub(crate) fn tree_meets_log(
 /// Answers a leadership transfer.
 type MoveReply = flume::Sender<Result<(), String>>;
 
-/// Proposals wait with the reply their net shard awaits; reads with the signal that
-/// releases them.
-type RaftDriver = Driver<Reply, flume::Sender<()>>;
+/// What waits for a proposal's outcome.
+enum Waiter {
+    /// A client's write: answered by the apply role once applied to the store.
+    Kv(Reply),
+    /// A membership change: answered here once applied to the membership; with the id of
+    /// the member it adds.
+    Member(MemberReply, Option<u64>),
+    /// This member publishing its name and client URLs.
+    Publish,
+}
+
+/// Proposals wait with their [`Waiter`]; reads with the signal that releases them.
+type RaftDriver = Driver<Waiter, flume::Sender<()>>;
+
+/// This member's name and client URLs, published to the membership once per start (as
+/// etcd's members publish their attributes).
+#[derive(Default)]
+struct Publish {
+    in_flight: bool,
+    /// Not before this (after a failed attempt).
+    next_try: Option<Instant>,
+}
 
 struct Raft {
     wal: Wal,
@@ -193,6 +218,11 @@ struct Raft {
     peers: Option<Peers>,
     /// Leadership transfers waiting to be answered: (transferee, deadline, reply).
     moving: Vec<(u64, Instant, MoveReply)>,
+    /// The cluster removed this member: it stops by this deadline, once it has handed
+    /// leadership on if it led.
+    leaving: Option<Instant>,
+    publish: Publish,
+    shared: Arc<Shared>,
     election_timeout_ms: u64,
     data_dir: std::path::PathBuf,
     role: RaftRole,
@@ -208,7 +238,7 @@ impl Raft {
         log: &RaftLog,
         replayed: u64,
         identity: Option<Result<Metadata, String>>,
-        batches: VecDeque<(u64, u64, Lsn)>,
+        mut batches: VecDeque<(u64, u64, Lsn)>,
         shared: &Arc<Shared>,
     ) -> Result<RaftDriver, ServerError> {
         log.finish_replay().map_err(NodeError::from)?;
@@ -216,19 +246,31 @@ impl Raft {
         let meta =
             match identity {
                 Some(meta) => meta.map_err(ServerError::Config)?,
+                None if replayed == 0
+                    && config.cluster.state == super::cluster::ClusterState::Existing =>
+                {
+                    self.join(&config.cluster, &config.name).await?
+                }
                 None if replayed == 0 => {
                     // A new data directory: the member's identity and the cluster's members
-                    // come from the flags, once.
+                    // come from the flags, once; the members go into the log as its first
+                    // entries (the same on every member), applied like any later change.
                     let (identity, members) = config
                         .cluster
                         .bootstrap(&config.name)
                         .map_err(ServerError::Config)?;
-                    log.set_conf_state(ConfState {
-                        voters: members.iter().map(|m| m.id).collect(),
-                        ..Default::default()
-                    });
-                    let (t, p) = log.marker_record();
-                    self.wal.append_many(&[(t, &p)]).await?;
+                    let infos: Vec<MemberInfo> = members.iter().map(PeerInfo::to_member).collect();
+                    let records = RaftLog::bootstrap(&infos);
+                    let refs: Vec<(RecordType, &[u8])> =
+                        records.iter().map(|(t, p)| (*t, p.as_slice())).collect();
+                    let lsns = self.wal.append_many(&refs).await?;
+                    for ((t, p), lsn) in records.iter().zip(lsns) {
+                        log.replay(*t, p).map_err(NodeError::from)?;
+                        if *t == RecordType::ENTRY {
+                            let index = log.last_index_held();
+                            batches.push_back((index, index, lsn));
+                        }
+                    }
                     Metadata {
                         identity,
                         epoch: 0,
@@ -242,19 +284,30 @@ impl Raft {
             };
         self.identity = meta.identity;
         self.members = meta.members;
+        // A data directory written before member tables were kept in the log knows the
+        // members' attributes from its metadata record only.
+        log.fill_members(
+            &self
+                .members
+                .iter()
+                .map(PeerInfo::to_member)
+                .collect::<Vec<_>>(),
+        );
         // A new epoch for this start, durable before any proposal carries it.
         self.epoch = meta.epoch + 1;
         let record = self.identity.encode(self.epoch, &self.members);
         self.wal
             .append_many(&[(RecordType::METADATA, &record)])
             .await?;
+        *shared.membership.lock() = log.membership();
         self.peers = Some(Peers::start(
             Me {
                 cluster_id: self.identity.cluster_id,
                 member_id: self.identity.member_id,
             },
-            &self.members,
+            &self.peer_list(&log.membership()),
             std::mem::take(&mut self.role.peer_listeners),
+            log.clone(),
             shared.clone(),
         ));
         // Only now, with the WAL's directory lock held, may the tree file be opened. Its
@@ -289,39 +342,28 @@ impl Raft {
                 election_tick,
                 request_timeout_ms: REQUEST_TIMEOUT_MS,
                 max_pending: config.max_pending_proposals,
-                retain_entries: if self.members.len() > 1 {
-                    config.snapshot_catch_up_entries
-                } else {
-                    0
-                },
+                retain_entries: 0,
             },
             Box::new(MonotonicClock::new()),
             Box::new(SplitMix64::from_entropy()),
             batches,
         );
-        // Alone, a member leads at once; in a cluster, the members elect one.
-        let alone = self.members.len() <= 1;
-        if alone {
-            driver.campaign()?;
+        // Apply what this member knows to be committed (the membership changes among it
+        // included) before serving, so that no read sees less than it saw before a restart.
+        self.catch_up(&mut driver, log.hard_state().commit).await?;
+        self.membership_changed(&mut driver, shared);
+        if driver.node().is_removed() {
+            return Err(ServerError::Removed);
         }
-        // Apply what this member knows to be committed (alone: its whole log) before
-        // serving, so that no read sees less than it saw before a restart.
-        let known = if alone {
-            driver.node().last_log().1
-        } else {
-            log.hard_state().commit
-        };
-        for _ in 0..1000 {
-            self.settle(&mut driver).await?;
-            if driver.node().applied_index() >= known {
-                break;
-            }
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+        // Alone, a member leads at once, and applies its whole log; in a cluster, the
+        // members elect one.
+        let ms = driver.node().membership();
+        if ms.conf.voters == [member] && ms.conf.voters_outgoing.is_empty() {
+            driver.campaign()?;
+            let last = driver.node().last_log().1;
+            self.catch_up(&mut driver, last).await?;
         }
         let last = driver.node().applied_index();
-        if last < known {
-            return Err(ServerError::CatchUp);
-        }
         // Serve only once the store has applied the whole log, so that no read (a
         // serializable one included) sees less than was acknowledged before a restart.
         wait_until(POLL_BRIEF, || {
@@ -344,6 +386,140 @@ impl Raft {
         );
         shared.set_phase(Phase::Serving);
         Ok(driver)
+    }
+
+    /// Runs rounds until raft has handed out every entry up to `known`.
+    async fn catch_up(&mut self, driver: &mut RaftDriver, known: u64) -> Result<(), ServerError> {
+        for _ in 0..1000 {
+            self.settle(driver).await?;
+            if driver.node().applied_index() >= known {
+                return Ok(());
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        Err(ServerError::CatchUp)
+    }
+
+    /// A member joining a running cluster (`--initial-cluster-state existing`) with an
+    /// empty data directory: asks the members it was given for the membership and finds
+    /// itself in it by its peer URLs (it was added with `member add`). Its log comes from
+    /// the leader.
+    async fn join(
+        &mut self,
+        cluster: &super::cluster::ClusterConfig,
+        name: &str,
+    ) -> Result<Metadata, ServerError> {
+        let (mut mine, targets) = cluster.join_targets(name).map_err(ServerError::Config)?;
+        mine.sort();
+        let mut errors = Vec::new();
+        for addr in &targets {
+            let (cluster_id, membership) = match super::peer::ask_membership(addr).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    errors.push(format!("{addr}: {e}"));
+                    continue;
+                }
+            };
+            let me = membership.members.iter().find(|m| {
+                let mut urls = m.peer_urls.clone();
+                urls.sort();
+                urls == mine
+            });
+            let Some(me) = me else {
+                return Err(ServerError::Config(format!(
+                    "--initial-cluster-state existing: the cluster ({cluster_id:x}, asked at \
+                     {addr}) has no member with peer URLs {}; add it first with `cairn member \
+                     add {name} --peer-urls={}`",
+                    mine.join(","),
+                    mine.join(",")
+                )));
+            };
+            tracing::info!(
+                member_id = %format!("{:x}", me.id),
+                cluster_id = %format!("{cluster_id:x}"),
+                "joining a running cluster"
+            );
+            return Ok(Metadata {
+                identity: Identity {
+                    member_id: me.id,
+                    cluster_id,
+                },
+                epoch: 0,
+                members: membership
+                    .members
+                    .iter()
+                    .map(PeerInfo::from_member)
+                    .collect(),
+            });
+        }
+        Err(ServerError::Config(format!(
+            "--initial-cluster-state existing: no member of the cluster answered ({})",
+            errors.join("; ")
+        )))
+    }
+
+    /// Every other member to dial, with its addresses: the membership's, or (for one the
+    /// table has no attributes for yet) those known from the metadata record.
+    fn peer_list(&self, ms: &Membership) -> Vec<PeerInfo> {
+        ms.ids()
+            .into_iter()
+            .filter_map(|id| match ms.member(id) {
+                Some(m) => Some(PeerInfo::from_member(m)),
+                None => self.members.iter().find(|p| p.id == id).cloned(),
+            })
+            .collect()
+    }
+
+    /// The membership changed (or the member started): the peers dialed, what is
+    /// published and kept follow it; a member the cluster removed starts leaving.
+    fn membership_changed(&mut self, driver: &mut RaftDriver, shared: &Shared) {
+        let ms = driver.node().membership();
+        let peers = self.peer_list(&ms);
+        if let Some(p) = &mut self.peers {
+            p.set_members(&peers);
+        }
+        // The addresses kept in the metadata record: the members', and those the record
+        // knew of members the table has no attributes for yet.
+        if !peers.is_empty() {
+            self.members = peers;
+        }
+        // Followers that lag a little are sent entries, not a snapshot; alone, nothing is
+        // kept behind the checkpoint.
+        let retain = if ms.ids().len() > 1 {
+            shared.config.snapshot_catch_up_entries
+        } else {
+            0
+        };
+        driver.set_retain_entries(retain);
+        *shared.membership.lock() = ms;
+        if driver.node().is_removed() {
+            self.leave(driver, "the cluster removed this member");
+        }
+    }
+
+    /// The cluster removed this member: a leader hands leadership to the voter most caught
+    /// up first; then it stops.
+    fn leave(&mut self, driver: &mut RaftDriver, why: &str) {
+        if self.leaving.is_some() {
+            return;
+        }
+        tracing::error!(
+            "{why}: the member has been permanently removed from the cluster; stopping"
+        );
+        if driver.is_leader() {
+            let me = self.identity.member_id;
+            let ms = driver.node().membership();
+            let best = driver
+                .node()
+                .progress()
+                .into_iter()
+                .filter(|(id, _, _)| *id != me && ms.is_voter(*id))
+                .max_by_key(|(_, matched, _)| *matched);
+            if let Some((to, _, _)) = best {
+                driver.transfer_leader(to);
+            }
+        }
+        self.leaving = Some(Instant::now() + Duration::from_millis(self.election_timeout_ms * 2));
     }
 
     async fn serve(&mut self, driver: &mut RaftDriver, shared: &Shared) -> Result<(), ServerError> {
@@ -404,6 +580,8 @@ impl Raft {
                     }
                     Input::SnapshotSent(to, ok) => driver.report_snapshot(to, ok),
                     Input::MoveLeader(to, reply) => self.move_leader(driver, to, reply),
+                    Input::Member(req, reply) => self.member_request(driver, req, reply, shared),
+                    Input::Removed(why) => self.leave(driver, &why),
                     Input::Peer(msgs) => {
                         for m in msgs {
                             if let Err(e) = driver.step(m) {
@@ -412,8 +590,8 @@ impl Raft {
                         }
                     }
                     Input::Propose(p) => {
-                        if let Err((reply, e)) = driver.propose(p.command, p.reply) {
-                            let _ = reply.send(Err(e));
+                        if let Err((waiter, e)) = driver.propose(p.command, Waiter::Kv(p.reply)) {
+                            self.fail(waiter, e);
                         }
                     }
                 }
@@ -422,9 +600,16 @@ impl Raft {
                 driver.tick();
                 next_tick = Instant::now() + tick;
             }
-            self.rounds(driver).await?;
+            self.rounds(driver, shared).await?;
             self.publish(driver, shared);
             self.answer_move_leader(driver);
+            self.publish_attributes(driver, shared);
+            if let Some(deadline) = self.leaving {
+                let me = self.identity.member_id;
+                if driver.leader_id() != me || Instant::now() >= deadline {
+                    return Err(ServerError::Removed);
+                }
+            }
             if let Some(index) = checkpointed {
                 self.compact(driver, index).await?;
             }
@@ -438,9 +623,13 @@ impl Raft {
     /// once), its committed entries (with the waiters owed their results) and confirmed
     /// reads go to the apply role, and rounds whose records are durable are reported to
     /// the driver, which may make more rounds.
-    async fn rounds(&mut self, driver: &mut RaftDriver) -> Result<(), ServerError> {
+    async fn rounds(
+        &mut self,
+        driver: &mut RaftDriver,
+        shared: &Shared,
+    ) -> Result<(), ServerError> {
         loop {
-            while let Some(round) = driver.ready()? {
+            while let Some(mut round) = driver.ready()? {
                 let span = round.entries_span();
                 if let Some(peers) = &self.peers {
                     peers.send(round.messages);
@@ -465,17 +654,29 @@ impl Raft {
                     self.install(index).await?;
                     free_elsewhere(round.dropped);
                 }
+                if round.membership_changed {
+                    self.membership_changed(driver, shared);
+                }
+                let mut kv = Vec::with_capacity(round.waiters.len());
+                for (id, waiter) in std::mem::take(&mut round.waiters) {
+                    match waiter {
+                        Waiter::Kv(reply) => kv.push((id, reply)),
+                        other => {
+                            let outcome = round.changes.iter().find(|(c, _)| *c == id);
+                            self.answer_change(driver, other, outcome.map(|(_, o)| o.clone()));
+                        }
+                    }
+                }
                 if !round.committed.is_empty() {
-                    self.send(ToApply::Entries(round.committed, round.waiters))
-                        .await?;
+                    self.send(ToApply::Entries(round.committed, kv)).await?;
                 }
                 for (index, waiters) in round.reads {
                     self.send(ToApply::Reads(index, waiters)).await?;
                 }
                 driver.queued(round.number, span, lsns, round.persisted_messages);
             }
-            for (reply, e) in driver.take_failed() {
-                let _ = reply.send(Err(e));
+            for (waiter, e) in driver.take_failed() {
+                self.fail(waiter, e);
             }
             // A refused read's waiter is dropped: the read is answered Unavailable.
             drop(driver.take_failed_reads());
@@ -493,7 +694,8 @@ impl Raft {
     /// handed to the apply role.
     async fn settle(&mut self, driver: &mut RaftDriver) -> Result<(), ServerError> {
         loop {
-            self.rounds(driver).await?;
+            let shared = self.shared.clone();
+            self.rounds(driver, &shared).await?;
             match driver.awaiting_lsn() {
                 Some(lsn) => self.wal.wait_durable(lsn).await?,
                 None => return Ok(()),
@@ -566,7 +768,7 @@ impl Raft {
                 "etcdserver: not leader: member {me:x} cannot move leadership; ask the leader ({:x})",
                 driver.leader_id()
             ))
-        } else if !self.members.iter().any(|m| m.id == to) {
+        } else if !driver.node().membership().is_voter(to) {
             Some(format!(
                 "etcdserver: bad leader transferee: {to:x} is not a member"
             ))
@@ -604,6 +806,342 @@ impl Raft {
         });
     }
 
+    /// A proposal that will not be applied, or whose outcome is unknown.
+    fn fail(&mut self, waiter: Waiter, e: NodeError) {
+        match waiter {
+            Waiter::Kv(reply) => {
+                let _ = reply.send(Err(e));
+            }
+            Waiter::Member(reply, _) => {
+                let code = match e {
+                    NodeError::Overloaded => ErrorCode::Overloaded,
+                    _ => ErrorCode::Unavailable,
+                };
+                let _ = reply.send(Err((code, e.to_string())));
+            }
+            Waiter::Publish => {
+                self.publish.in_flight = false;
+                self.publish.next_try = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// A membership change of this member's was applied (`Some`: with its outcome) or its
+    /// place in the log taken by an entry that is no change (raft refused it).
+    fn answer_change(
+        &mut self,
+        driver: &RaftDriver,
+        waiter: Waiter,
+        outcome: Option<Result<(), String>>,
+    ) {
+        let outcome = outcome.unwrap_or_else(|| {
+            Err(
+                "etcdserver: the membership change was not taken (another was in progress); \
+                 try again"
+                    .into(),
+            )
+        });
+        match waiter {
+            Waiter::Kv(_) => {}
+            Waiter::Member(reply, added) => {
+                let answer = outcome
+                    .map(|()| self.member_response(&driver.node().membership(), added))
+                    .map_err(|e| (ErrorCode::InvalidRequest, e));
+                let _ = reply.send(answer);
+            }
+            Waiter::Publish => {
+                self.publish.in_flight = false;
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, "publishing this member's name and client URLs failed");
+                    self.publish.next_try = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn member_response(&self, ms: &Membership, added: Option<u64>) -> MemberResponse {
+        let member = |id: u64| {
+            let info = ms.member(id).cloned().unwrap_or(MemberInfo {
+                id,
+                ..Default::default()
+            });
+            Member {
+                id,
+                name: info.name,
+                peer_urls: info.peer_urls,
+                client_urls: info.client_urls,
+                is_learner: ms.is_learner(id),
+            }
+        };
+        MemberResponse {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            member: added.map(member),
+            members: ms.ids().into_iter().map(member).collect(),
+        }
+    }
+
+    /// Publishes this member's name and client URLs to the membership once a leader is
+    /// known, if the membership does not have them yet.
+    fn publish_attributes(&mut self, driver: &mut RaftDriver, shared: &Shared) {
+        if self.publish.in_flight
+            || self.leaving.is_some()
+            || driver.leader_id() == raft::INVALID_ID
+            || self.publish.next_try.is_some_and(|t| Instant::now() < t)
+        {
+            return;
+        }
+        let me = self.identity.member_id;
+        let ms = driver.node().membership();
+        let Some(current) = ms.member(me) else {
+            return; // not in the membership (yet): a joining member learns it first
+        };
+        let client_urls = vec![format!("http://{}", shared.config.listen_native_addr)];
+        if current.name == shared.config.name && current.client_urls == client_urls {
+            return;
+        }
+        let info = MemberInfo {
+            id: me,
+            name: shared.config.name.clone(),
+            peer_urls: Vec::new(),
+            client_urls,
+        };
+        let cmd = command::member(command::SET_NAME_AND_CLIENT_URLS, &info);
+        match driver.propose(cmd, Waiter::Publish) {
+            Ok(_) => self.publish.in_flight = true,
+            Err((waiter, e)) => self.fail(waiter, e),
+        }
+    }
+
+    /// A member list or change (etcd's Cluster service). Changes are taken by the leader
+    /// only, one at a time, and checked as etcd checks them (with its strict
+    /// reconfiguration check: a change must leave a quorum of active voters).
+    fn member_request(
+        &mut self,
+        driver: &mut RaftDriver,
+        req: MemberRequest,
+        reply: MemberReply,
+        shared: &Shared,
+    ) {
+        let ms = driver.node().membership();
+        if let MemberRequest::List = req {
+            let _ = reply.send(Ok(self.member_response(&ms, None)));
+            return;
+        }
+        match self.member_change(driver, &ms, req, shared) {
+            Err((code, e)) => {
+                let _ = reply.send(Err((code, e)));
+            }
+            Ok(Change::Conf(cc, added)) => {
+                if let Err((waiter, e)) =
+                    driver.propose_conf_change(cc, Waiter::Member(reply, added))
+                {
+                    self.fail(waiter, e);
+                }
+            }
+            Ok(Change::Attributes(cmd)) => {
+                if let Err((waiter, e)) = driver.propose(cmd, Waiter::Member(reply, None)) {
+                    self.fail(waiter, e);
+                }
+            }
+        }
+    }
+
+    /// Checks a member change against the membership and the leader's view of the others,
+    /// and builds the entry that makes it.
+    fn member_change(
+        &self,
+        driver: &RaftDriver,
+        ms: &Membership,
+        req: MemberRequest,
+        shared: &Shared,
+    ) -> Result<Change, (ErrorCode, String)> {
+        let invalid = |e: String| Err((ErrorCode::InvalidRequest, e));
+        let me = self.identity.member_id;
+        if self.leaving.is_some() {
+            return Err((ErrorCode::Unavailable, ServerError::Removed.to_string()));
+        }
+        if !driver.is_leader() {
+            return Err((
+                ErrorCode::Unavailable,
+                format!(
+                    "etcdserver: not leader: member changes are taken by the leader ({:x})",
+                    driver.leader_id()
+                ),
+            ));
+        }
+        // Voters the leader heard from within the last election timeout.
+        let progress = driver.node().progress();
+        let active = |voters: &[u64]| {
+            voters
+                .iter()
+                .filter(|v| progress.iter().any(|(id, _, a)| id == *v && *a))
+                .count()
+        };
+        let quorum = |n: usize| n / 2 + 1;
+        let not_enough = || {
+            Err((
+                ErrorCode::Unavailable,
+                "etcdserver: re-configuration failed due to not enough started members".into(),
+            ))
+        };
+        let pending = || {
+            Err((
+                ErrorCode::Unavailable,
+                "etcdserver: another membership change is in progress; try again".into(),
+            ))
+        };
+        let urls_taken = |urls: &[String], except: u64| {
+            ms.members
+                .iter()
+                .filter(|m| m.id != except)
+                .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+        };
+        let check_urls = |urls: &[String]| -> Result<(), (ErrorCode, String)> {
+            if urls.is_empty() {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    "etcdserver: member peer URLs are not provided".into(),
+                ));
+            }
+            for u in urls {
+                super::cluster::parse_peer_url(u, "--peer-urls")
+                    .map_err(|e| (ErrorCode::InvalidRequest, e))?;
+            }
+            let info = MemberInfo {
+                peer_urls: urls.to_vec(),
+                ..Default::default()
+            };
+            if !info.fits() {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    "etcdserver: too many or too long peer URLs".into(),
+                ));
+            }
+            Ok(())
+        };
+        let voters = ms.conf.voters.clone();
+        match req {
+            MemberRequest::List => invalid("not a change".into()),
+            MemberRequest::Add {
+                peer_urls,
+                is_learner,
+            } => {
+                check_urls(&peer_urls)?;
+                if urls_taken(&peer_urls, 0) {
+                    return invalid("etcdserver: Peer URLs already exists".into());
+                }
+                if driver.node().conf_change_pending() {
+                    return pending();
+                }
+                let learners = ms.conf.learners.len() + ms.conf.learners_next.len();
+                if is_learner && learners >= MAX_LEARNERS {
+                    return invalid("etcdserver: too many learner members in cluster".into());
+                }
+                if !is_learner && active(&voters) < quorum(voters.len() + 1) {
+                    return not_enough();
+                }
+                let id = new_member_id(&peer_urls, self.identity.cluster_id, ms);
+                let info = MemberInfo {
+                    id,
+                    name: String::new(),
+                    peer_urls,
+                    client_urls: Vec::new(),
+                };
+                let kind = if is_learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                };
+                Ok(Change::Conf(
+                    conf_change(kind, id, !is_learner, info.to_bytes()),
+                    Some(id),
+                ))
+            }
+            MemberRequest::Remove { id } => {
+                if !ms.contains(id) {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        format!("etcdserver: member not found: {id:x}"),
+                    ));
+                }
+                if driver.node().conf_change_pending() {
+                    return pending();
+                }
+                let voter = ms.is_voter(id);
+                if voter {
+                    let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+                    if rest.is_empty() {
+                        return invalid("etcdserver: cannot remove the last voting member".into());
+                    }
+                    if active(&rest) < quorum(rest.len()) {
+                        return not_enough();
+                    }
+                }
+                let _ = me;
+                Ok(Change::Conf(
+                    conf_change(ConfChangeType::RemoveNode, id, voter, Vec::new()),
+                    None,
+                ))
+            }
+            MemberRequest::Promote { id } => {
+                if !ms.contains(id) {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        format!("etcdserver: member not found: {id:x}"),
+                    ));
+                }
+                if !ms.is_learner(id) {
+                    return invalid("etcdserver: can only promote a learner member".into());
+                }
+                if driver.node().conf_change_pending() {
+                    return pending();
+                }
+                let matched = |who: u64| {
+                    progress
+                        .iter()
+                        .find(|(p, _, _)| *p == who)
+                        .map_or(0, |(_, m, _)| *m)
+                };
+                // etcd's rule: the learner has 90% of what the leader has.
+                if (matched(id) as f64) < matched(driver.leader_id()) as f64 * 0.9 {
+                    return invalid(
+                        "etcdserver: can only promote a learner member which is in sync with leader"
+                            .into(),
+                    );
+                }
+                if active(&voters) < quorum(voters.len() + 1) {
+                    return not_enough();
+                }
+                Ok(Change::Conf(
+                    conf_change(ConfChangeType::AddNode, id, true, Vec::new()),
+                    None,
+                ))
+            }
+            MemberRequest::Update { id, peer_urls } => {
+                let Some(current) = ms.member(id) else {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        format!("etcdserver: member not found: {id:x}"),
+                    ));
+                };
+                check_urls(&peer_urls)?;
+                if urls_taken(&peer_urls, id) {
+                    return invalid("etcdserver: Peer URLs already exists".into());
+                }
+                let info = MemberInfo {
+                    peer_urls,
+                    ..current.clone()
+                };
+                let _ = shared;
+                Ok(Change::Attributes(command::member(
+                    command::SET_PEER_URLS,
+                    &info,
+                )))
+            }
+        }
+    }
+
     /// Waits for the apply role's final checkpoint (or its failure), which it reports on
     /// the channel that said the store was open.
     async fn wait_for_apply(&mut self) -> Result<(), ServerError> {
@@ -622,6 +1160,52 @@ impl Raft {
         status.leader = driver.leader_id();
         status.raft_term = term;
         status.raft_index = index;
+    }
+}
+
+/// Learners at once, at most (etcd's default).
+const MAX_LEARNERS: usize = 1;
+
+/// The entry a member change is made with.
+enum Change {
+    /// A configuration change, and the id of the member it adds.
+    Conf(ConfChangeV2, Option<u64>),
+    /// A member command (new attributes).
+    Attributes(Vec<u8>),
+}
+
+/// One change to raft's configuration. A change of voters goes through a joint
+/// configuration (old and new voters must both agree until it is left, which the leader
+/// does on its own once the change is applied); a learner's is made at once.
+fn conf_change(kind: ConfChangeType, id: u64, voters: bool, context: Vec<u8>) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = id;
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc.set_transition(if voters {
+        ConfChangeTransition::Implicit
+    } else {
+        ConfChangeTransition::Auto
+    });
+    cc.context = context.into();
+    cc
+}
+
+/// A new member's id, as etcd makes one: from its peer URLs, the cluster and the time, so
+/// that a member added again with the same URLs gets another id; never one in use or
+/// removed.
+fn new_member_id(peer_urls: &[String], cluster_id: u64, ms: &Membership) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut salt = now;
+    loop {
+        let id = super::cluster::member_id(peer_urls, &format!("{cluster_id:x}-{salt}"));
+        if id != 0 && !ms.contains(id) && !ms.was_removed(id) {
+            return id;
+        }
+        salt += 1;
     }
 }
 

@@ -177,7 +177,7 @@ fn raft_records_at_the_largest_index_are_refused() {
     assert!(log
         .replay(RecordType::ENTRY, &encode_entry(&entry))
         .is_err());
-    let marker = encode_marker(u64::MAX, 1, &ConfState::default());
+    let marker = encode_marker(u64::MAX, 1, &Default::default());
     assert!(log.replay(RecordType::SNAPSHOT, &marker).is_err());
     let last = Entry {
         index: u64::MAX - 1,

@@ -287,7 +287,10 @@ pub fn raft_records() -> Vec<(u8, Vec<u8>)> {
             }],
         ),
     ));
-    out.push((RecordType::SNAPSHOT.get(), encode_marker(0, 0, &voters)));
+    out.push((
+        RecordType::SNAPSHOT.get(),
+        encode_marker(0, 0, &membership(&voters)),
+    ));
     for (i, request) in requests().iter().enumerate() {
         let data = rkyv::to_bytes::<rkyv::rancor::Error>(request).expect("archive");
         let id = ProposalId {
@@ -315,7 +318,10 @@ pub fn raft_records() -> Vec<(u8, Vec<u8>)> {
         };
         out.push((RecordType::HARD_STATE.get(), encode_hard_state(&hs)));
     }
-    out.push((RecordType::SNAPSHOT.get(), encode_marker(3, 1, &voters)));
+    out.push((
+        RecordType::SNAPSHOT.get(),
+        encode_marker(3, 1, &membership(&voters)),
+    ));
     out
 }
 
@@ -421,4 +427,12 @@ fn fuzz_raft_records() {
     }
     assert!(!packed.is_empty());
     println!("raft_records: {} cases", fuzz.cases());
+}
+
+/// A membership of these voters, with no member attributes (as a test's start marker).
+fn membership(conf: &ConfState) -> cairn::raftlog::Membership {
+    cairn::raftlog::Membership {
+        conf: conf.clone(),
+        ..Default::default()
+    }
 }
