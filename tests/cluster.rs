@@ -12,7 +12,7 @@ mod common;
 
 use cairn::client::{Client, ClientError};
 use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
-use cairn::protocol::{ClientRequest, ClientResponse, ErrorCode};
+use cairn::protocol::{ClientRequest, ClientResponse, ErrorCode, MemberRequest, MemberResponse};
 use common::cluster::{poll, status_of, Cluster, Options};
 use common::free_addr;
 use common::proxy::Proxy;
@@ -998,4 +998,216 @@ fn the_proxy_blackholes_delays_and_cuts_a_link() {
         TcpStream::connect(&front).is_err(),
         "the proxy still listens"
     );
+}
+
+/// Sends a member request to the leader among `among` (asking again while leadership
+/// moves); the server's answer.
+fn member_request(
+    c: &Cluster,
+    among: &[usize],
+    req: MemberRequest,
+) -> Result<MemberResponse, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = c.wait_leader(among, Duration::from_secs(20));
+        let mut client = Client::new(vec![c.members[leader].client_addr.clone()], CLIENT_TIMEOUT);
+        match client.request(&ClientRequest::Member(req.clone())) {
+            Ok(ClientResponse::Member(r)) => return Ok(r),
+            Ok(other) => panic!("a member reply, not {other:?}"),
+            Err(ClientError::Server { code, message })
+                if code == ErrorCode::InvalidRequest || Instant::now() >= deadline =>
+            {
+                return Err(message)
+            }
+            // Not (or no longer) the leader, a change in progress, a timeout: again.
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Member `i`'s view of the membership.
+fn member_list(c: &Cluster, i: usize) -> Vec<cairn::protocol::Member> {
+    let mut client = Client::new(vec![c.members[i].client_addr.clone()], CLIENT_TIMEOUT);
+    match client.request(&ClientRequest::Member(MemberRequest::List)) {
+        Ok(ClientResponse::Member(r)) => r.members,
+        other => panic!("member list of member {i}: {other:?}"),
+    }
+}
+
+/// Adds a learner with an empty data directory to the running members `with`, starts it
+/// (`--initial-cluster-state existing`), waits until it has caught up, and promotes it.
+fn add_and_promote(c: &mut Cluster, name: &str, with: &[usize]) -> usize {
+    let i = c.new_member(name);
+    let added = member_request(
+        c,
+        with,
+        MemberRequest::Add {
+            peer_urls: vec![c.members[i].peer_url.clone()],
+            is_learner: true,
+        },
+    )
+    .expect("member add");
+    let id = added.member.as_ref().expect("the member added").id;
+    assert!(
+        added
+            .members
+            .iter()
+            .any(|m| m.id == id && m.is_learner && m.name.is_empty()),
+        "{added:?}"
+    );
+    c.set_id(i, id);
+    c.join(i, with);
+    // It joined by snapshot: the leader's log is long gone.
+    poll(CONVERGE, &format!("a snapshot sent to {name}"), || {
+        let sent = format!("sent a snapshot peer={id:x}");
+        with.iter().any(|&j| c.log(j).contains(&sent)).then_some(())
+    });
+    // Promoting a learner that lags is refused; it is in sync soon after it starts.
+    let mut all = with.to_vec();
+    all.push(i);
+    poll(
+        CONVERGE,
+        &format!("{name} promoted"),
+        || match member_request(c, with, MemberRequest::Promote { id }) {
+            Ok(r) => Some(r),
+            Err(e) if e.contains("in sync") => None,
+            Err(e) => panic!("promote {name}: {e}"),
+        },
+    );
+    poll(
+        CONVERGE,
+        &format!("{name} is a voter with its name on every member"),
+        || {
+            all.iter()
+                .all(|&j| {
+                    member_list(c, j)
+                        .iter()
+                        .any(|m| m.id == id && !m.is_learner && m.name == name)
+                })
+                .then_some(())
+        },
+    );
+    i
+}
+
+#[test]
+fn membership_changes_under_load() {
+    let _one = one_cluster_at_a_time();
+    // Few entries kept behind a checkpoint: the members added join by snapshot (whose
+    // configuration must hold them, and whose member table they learn).
+    let options = Options {
+        extra: [
+            "--snapshot-count",
+            "200",
+            "--snapshot-catch-up-entries",
+            "50",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    };
+    let mut c = Cluster::start_with(3, options);
+    let mut voters = vec![0, 1, 2];
+    c.wait_leader(&voters, Duration::from_secs(20));
+    // Every member lists the three, started, with their names.
+    for i in 0..3 {
+        let list = member_list(&c, i);
+        let names: Vec<&str> = list.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(list.len(), 3, "{list:?}");
+        assert!(
+            ["m0", "m1", "m2"].iter().all(|n| names.contains(n)),
+            "{list:?}"
+        );
+        assert!(list
+            .iter()
+            .all(|m| !m.is_learner && m.client_urls.len() == 1));
+    }
+    let writers = Writers::start(2, &c.endpoints(), "g/", Duration::ZERO);
+    let history = History::start(3, &c.endpoints());
+    writers.wait_for_more(200, Duration::from_secs(20));
+
+    // Bad requests are refused, and change nothing.
+    let taken = c.members[0].peer_url.clone();
+    let err = member_request(
+        &c,
+        &voters,
+        MemberRequest::Add {
+            peer_urls: vec![taken],
+            is_learner: true,
+        },
+    )
+    .unwrap_err();
+    assert!(err.contains("Peer URLs already exists"), "{err}");
+    let err = member_request(&c, &voters, MemberRequest::Remove { id: 0xdead }).unwrap_err();
+    assert!(err.contains("member not found"), "{err}");
+    let err = member_request(
+        &c,
+        &voters,
+        MemberRequest::Promote {
+            id: c.members[1].id,
+        },
+    )
+    .unwrap_err();
+    assert!(err.contains("only promote a learner"), "{err}");
+
+    // A learner joins with an empty data directory, catches up, and is promoted.
+    let m3 = add_and_promote(&mut c, "m3", &voters);
+    voters.push(m3);
+    writers.wait_for_more(200, Duration::from_secs(20));
+
+    // The leader is removed: it hands leadership on and stops; the others go on.
+    let leader = c.wait_leader(&voters, Duration::from_secs(20));
+    let leader_id = c.members[leader].id;
+    member_request(&c, &voters, MemberRequest::Remove { id: leader_id })
+        .expect("remove the leader");
+    let exit = c.wait_exit(leader, Duration::from_secs(20));
+    assert!(!exit.success(), "a removed member exits with an error");
+    assert!(
+        c.log(leader)
+            .contains("permanently removed from the cluster"),
+        "{}",
+        c.log(leader)
+    );
+    voters.retain(|&v| v != leader);
+    let new_leader = c.wait_leader(&voters, ELECTION_BOUND);
+    assert_ne!(new_leader, leader);
+    for &i in &voters {
+        let list = member_list(&c, i);
+        assert!(
+            list.iter().all(|m| m.id != leader_id),
+            "member {i}: {list:?}"
+        );
+    }
+    // Started again on its old data directory, it refuses: it was removed.
+    c.start_member_expecting_exit(leader);
+    assert!(c.log(leader).matches("permanently removed").count() >= 2);
+    writers.wait_for_more(200, Duration::from_secs(20));
+
+    // A dead member is replaced by a new one with an empty data directory.
+    let dead = *voters
+        .iter()
+        .find(|&&v| v != new_leader && v != m3)
+        .expect("a follower");
+    c.kill(dead);
+    writers.wait_for_more(100, Duration::from_secs(20));
+    let dead_id = c.members[dead].id;
+    member_request(&c, &voters, MemberRequest::Remove { id: dead_id }).expect("remove the dead");
+    voters.retain(|&v| v != dead);
+    let m4 = add_and_promote(&mut c, "m4", &voters);
+    voters.push(m4);
+    // The dead member, started again, is told by its peers that it was removed.
+    c.start_member_expecting_exit(dead);
+    writers.wait_for_more(200, Duration::from_secs(20));
+
+    let writes = writers.stop();
+    history.stop_and_check();
+    converge_and_compare_hashes(&c);
+    check_writes(&c, &writes, &[], "g/");
+    for &i in &voters {
+        let mut ids: Vec<u64> = member_list(&c, i).iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        let mut want: Vec<u64> = voters.iter().map(|&v| c.members[v].id).collect();
+        want.sort_unstable();
+        assert_eq!(ids, want, "member {i}'s member list");
+    }
 }

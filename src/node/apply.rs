@@ -29,7 +29,12 @@ pub fn apply_committed(store: &mut Store, entries: &[Entry]) -> Result<Applied, 
     for e in entries {
         out.last_index = Some(e.index);
         if e.data.is_empty() || e.get_entry_type() != EntryType::EntryNormal {
-            continue; // a new leader's empty entry, or a membership change (raft's own)
+            // A new leader's empty entry, or a membership change (applied by the consensus
+            // core): the store only records that it is applied, so that its checkpoints
+            // (and the snapshots made of them) are at the index of the membership they go
+            // with.
+            store.apply(position(e), &[], &AcceptAllLeases)?;
+            continue;
         }
         let result = apply_entry(store, e, &mut scratch)?;
         if let Some((id, result)) = ProposalId::decode(&e.context).zip(result) {
@@ -60,12 +65,12 @@ fn apply_entry(
     let request = match command::decode(data).map_err(|err| bad(err.to_string()))? {
         Command::Client(request) => request,
         // Applied to the membership by the consensus core when handed out.
-        Command::Member(..) => return Ok(None),
+        Command::Member(..) => {
+            store.apply(position(e), &[], &AcceptAllLeases)?;
+            return Ok(None);
+        }
     };
-    let at = RaftPosition {
-        index: e.index,
-        term: e.term,
-    };
+    let at = position(e);
     let outcome = match request {
         ArchivedClientRequest::Kv(ArchivedRequest::Put(p)) => {
             // The hot path: key and value go from the log entry to the tree, uncopied.
@@ -92,5 +97,12 @@ fn apply_entry(
             Some(r) => Ok(Some(r.map_err(NodeError::from))),
             None => Err(bad("the store returned no response".into())),
         },
+    }
+}
+
+fn position(e: &Entry) -> RaftPosition {
+    RaftPosition {
+        index: e.index,
+        term: e.term,
     }
 }

@@ -72,6 +72,8 @@ async fn apply_loop(
     let mut space = CheckpointSpace::new();
     // A compaction finished deleting since the last checkpoint.
     let mut compacted = false;
+    // A follower needs a snapshot of what is applied now.
+    let mut wanted = false;
     publish(store, applied, shared);
     // Checkpoints write their pages here and sync them on another thread.
     store.set_background_checkpoints(true);
@@ -145,6 +147,7 @@ async fn apply_loop(
                         ));
                     }
                 }
+                ToApply::Checkpoint => wanted = true,
                 ToApply::Stop => stop = true,
             }
         }
@@ -184,6 +187,7 @@ async fn apply_loop(
             || applied.saturating_sub(checkpointed) >= shared.config.snapshot_count
             || log_bytes >= LOG_BYTES_PER_CHECKPOINT_MAX
             || compacted
+            || (wanted && applied > checkpointed)
             || space.owed;
         let mut written = false;
         // A checkpoint still being written is waited for by the next one: report it first
@@ -204,6 +208,7 @@ async fn apply_loop(
             checkpointed = applied;
             log_bytes = 0;
             compacted = false;
+            wanted = false;
             publish(store, applied, shared); // the new sizes
         }
         match report_durable(store, shared) {

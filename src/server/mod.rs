@@ -172,6 +172,8 @@ pub(crate) enum Input {
     Member(crate::protocol::MemberRequest, MemberReply),
     /// A peer refused this member's connection because the cluster removed it.
     Removed(String),
+    /// A snapshot for a follower needs a newer checkpoint than the store has.
+    CheckpointWanted,
 }
 
 /// Answers a member request.
@@ -190,6 +192,9 @@ pub(crate) enum ToApply {
     /// Replace the store with a snapshot's tree file (received from the leader) that holds
     /// everything through this index; answered once it is installed and durable.
     Install(PathBuf, u64, flume::Sender<Result<(), String>>),
+    /// Checkpoint soon, even with nothing new to apply (a follower needs a snapshot of
+    /// what is applied now).
+    Checkpoint,
     /// Checkpoint and stop.
     Stop,
 }
@@ -303,7 +308,7 @@ pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
                     NodeError::Stopping.to_string(),
                 )));
             }
-            Input::Removed(_) => {}
+            Input::Removed(_) | Input::CheckpointWanted => {}
         }
     }
 }

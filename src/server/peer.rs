@@ -221,12 +221,16 @@ impl Peers {
         // The newest checkpoint may be newer than the one raft chose: send what the file
         // holds, under its own index and term.
         let index = snapshot.meta().applied_index;
-        if index < self.log.start_index() {
-            // Older than the log's start: the membership as of it is no longer known.
+        let membership = (index >= self.log.start_index()).then(|| self.log.membership_at(index));
+        let Some(membership) = membership.filter(|ms| ms.contains(to)) else {
+            // The newest checkpoint predates the follower's addition (raft would refuse a
+            // snapshot whose configuration lacks it), or the log's start (its membership is
+            // no longer known): a newer one is asked for, and raft asks again.
+            tracing::debug!(peer = %format!("{to:x}"), index, "the newest checkpoint cannot be sent to this member; asking for a newer one");
             let _ = self.shared.inputs.try_send(Input::SnapshotSent(to, false));
+            let _ = self.shared.inputs.try_send(Input::CheckpointWanted);
             return;
-        }
-        let membership = self.log.membership_at(index);
+        };
         let snap = m.mut_snapshot();
         snap.data = membership.members_bytes().into();
         let meta = snap.mut_metadata();

@@ -459,8 +459,13 @@ impl Raft {
     }
 
     /// Every other member to dial, with its addresses: the membership's, or (for one the
-    /// table has no attributes for yet) those known from the metadata record.
+    /// table has no attributes for yet, or all while the membership is not known yet)
+    /// those known from the metadata record.
     fn peer_list(&self, ms: &Membership) -> Vec<PeerInfo> {
+        if ms.ids().is_empty() {
+            // A member that joined and has no log yet: the members it was told of.
+            return self.members.clone();
+        }
         ms.ids()
             .into_iter()
             .filter_map(|id| match ms.member(id) {
@@ -582,6 +587,7 @@ impl Raft {
                     Input::MoveLeader(to, reply) => self.move_leader(driver, to, reply),
                     Input::Member(req, reply) => self.member_request(driver, req, reply, shared),
                     Input::Removed(why) => self.leave(driver, &why),
+                    Input::CheckpointWanted => self.send(ToApply::Checkpoint).await?,
                     Input::Peer(msgs) => {
                         for m in msgs {
                             if let Err(e) = driver.step(m) {

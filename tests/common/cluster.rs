@@ -43,6 +43,9 @@ pub struct Member {
     pub client_addr: String,
     /// The advertised peer URL: the proxy's port for this member.
     pub peer_url: String,
+    /// For a member added to the running cluster: the `--initial-cluster` it joins with
+    /// (`--initial-cluster-state existing`).
+    join: Option<String>,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -97,6 +100,7 @@ impl Cluster {
                 id,
                 client_addr: free_addr(),
                 peer_url,
+                join: None,
                 child: None,
             });
         }
@@ -144,9 +148,14 @@ impl Cluster {
             .arg(&m.data_dir)
             .args(["--listen-native-addr", &m.client_addr])
             .args(["--listen-peer-urls", &format!("http://{listen_peer}")])
-            .args(["--initial-advertise-peer-urls", &m.peer_url])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-token", &self.options.token])
+            .args(["--initial-advertise-peer-urls", &m.peer_url]);
+        match &m.join {
+            None => cmd.args(["--initial-cluster", &self.initial_cluster]),
+            Some(cluster) => cmd
+                .args(["--initial-cluster", cluster])
+                .args(["--initial-cluster-state", "existing"]),
+        };
+        cmd.args(["--initial-cluster-token", &self.options.token])
             .args([
                 "--heartbeat-interval",
                 &self.options.heartbeat_ms.to_string(),
@@ -205,6 +214,62 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A new member's addresses (not yet in the cluster, not started): its index. Give it
+    /// the id `member add` answered with [`Cluster::set_id`], then [`Cluster::join`].
+    pub fn new_member(&mut self, name: &str) -> usize {
+        let peer_url = format!("http://{}", free_addr());
+        let advertised = peer_url.trim_start_matches("http://").to_string();
+        let i = self.proxy.add_front(0, &advertised, &free_addr());
+        assert_eq!(i, self.members.len(), "one proxy front per member");
+        self.members.push(Member {
+            data_dir: self._dir.path().join(name),
+            log: self._dir.path().join(format!("{name}.log")),
+            name: name.to_string(),
+            id: 0,
+            client_addr: free_addr(),
+            peer_url,
+            join: None,
+            child: None,
+        });
+        i
+    }
+
+    pub fn set_id(&mut self, i: usize, id: u64) {
+        self.members[i].id = id;
+        self.proxy.set_member(i, id);
+    }
+
+    /// Starts new member `i` with an empty data directory, joining the running cluster
+    /// whose members are `with` (and itself), and waits until it serves.
+    pub fn join(&mut self, i: usize, with: &[usize]) {
+        let cluster = with
+            .iter()
+            .chain(std::iter::once(&i))
+            .map(|&j| format!("{}={}", self.members[j].name, self.members[j].peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.members[i].join = Some(cluster);
+        self.start_member(i);
+    }
+
+    /// Waits (`limit` at most) for member `i` to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> ExitStatus {
+        let child = self.members[i].child.as_mut().expect("running");
+        let status = poll(limit, &format!("member {i} exits"), || {
+            child.try_wait().expect("try_wait")
+        });
+        self.members[i].child = None;
+        status
+    }
+
+    /// Starts member `i` again and waits (30 s at most) for it to exit with an error, as
+    /// a member the cluster removed does.
+    pub fn start_member_expecting_exit(&mut self, i: usize) {
+        self.spawn(i);
+        let exit = self.wait_exit(i, Duration::from_secs(30));
+        assert!(!exit.success(), "member {i} exited with {exit}");
     }
 
     /// Starts member `i` again and waits until it serves.

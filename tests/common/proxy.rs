@@ -100,6 +100,25 @@ impl Proxy {
         }
     }
 
+    /// Starts fronting one more member (added to the cluster while it runs); its index.
+    pub fn add_front(&mut self, id: u64, listen: &str, target: &str) -> usize {
+        let listener = TcpListener::bind(listen)
+            .unwrap_or_else(|e| panic!("proxy: cannot listen on {listen}: {e}"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let target = Arc::new(Mutex::new(target.parse().expect("a socket address")));
+        self.targets.push(target.clone());
+        let shared = self.shared.clone();
+        self.acceptors
+            .push(std::thread::spawn(move || accept(listener, target, shared)));
+        self.members.push(id);
+        self.members.len() - 1
+    }
+
+    /// The member fronted at `index` has this id (known once `member add` answered).
+    pub fn set_member(&mut self, index: usize, id: u64) {
+        self.members[index] = id;
+    }
+
     /// Member `index` now really listens on `addr` (it was started again on another port).
     pub fn retarget(&self, index: usize, addr: &str) {
         *lock(&self.targets[index]) = addr.parse().expect("a socket address");
