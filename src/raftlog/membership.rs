@@ -195,7 +195,17 @@ impl Membership {
 
     /// Takes a new raft configuration; `added` are the attributes of a member the change
     /// added. Members in no half of it leave the table and are remembered as removed.
-    pub fn set_conf(&mut self, conf: ConfState, added: Option<MemberInfo>) {
+    pub fn set_conf(&mut self, mut conf: ConfState, added: Option<MemberInfo>) {
+        // Raft lists ids in its sets' order, which depends on how each member came by
+        // them: sorted, equal memberships are equal values (and encode alike).
+        for ids in [
+            &mut conf.voters,
+            &mut conf.learners,
+            &mut conf.voters_outgoing,
+            &mut conf.learners_next,
+        ] {
+            ids.sort_unstable();
+        }
         self.conf = conf;
         if let Some(m) = added {
             self.upsert(m);

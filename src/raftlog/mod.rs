@@ -376,10 +376,11 @@ impl RaftLog {
         // configuration, which raft checked.
         let (members, removed) = Membership::decode_members(&snap.data).unwrap_or_default();
         let mut ms = Membership {
-            conf: meta.get_conf_state().clone(),
             members,
             removed,
+            ..Default::default()
         };
+        ms.set_conf(meta.get_conf_state().clone(), None);
         ms.fill_from(&core.current_membership().members.clone());
         core.changes.clear();
         core.set_start(index, term, ms);

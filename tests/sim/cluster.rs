@@ -10,9 +10,11 @@ use cairn::node::{
     apply_committed, command, Clock, Driver, DriverConfig, Node, NodeError, Random, SplitMix64,
 };
 use cairn::protocol::{encode_request, ClientRequest, HEADER_BYTES};
-use cairn::raftlog::RaftLog;
+use cairn::raftlog::{MemberInfo, RaftLog};
 use cairn::wal::{Lsn, MemWal, RecordType, WriteToken};
-use raft::eraftpb::{ConfState, Message, MessageType};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message, MessageType,
+};
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -34,7 +36,18 @@ pub struct Options {
     /// Simulated time with clients and faults, then the cluster is healed and checked.
     pub run_ms: u64,
     pub faults: bool,
+    /// Members are removed, added back (under a new id, with an empty disk) as learners,
+    /// and promoted, through joint configurations, while the clients and faults go on.
+    pub membership: bool,
     pub planted: Option<Planted>,
+}
+
+/// A slot's members have ids `slot + 1 + ID_STRIDE * generation`: a member added back
+/// gets a new id, as raft and etcd require.
+const ID_STRIDE: u64 = 100;
+
+fn slot_of(id: u64) -> usize {
+    (id.saturating_sub(1) % ID_STRIDE) as usize
 }
 
 const HEARTBEAT_MS: u64 = 10;
@@ -94,9 +107,12 @@ enum Event {
     Heal {
         member: usize,
     },
+    /// The next membership change.
+    Change,
 }
 
-/// What a client waits for, on which member.
+/// What a client waits for, on which member. The simulator's own membership changes wait
+/// as op and client `usize::MAX`.
 #[derive(Clone, Copy)]
 struct Waiting {
     op: usize,
@@ -118,6 +134,9 @@ struct Member {
     up: Option<Up>,
     /// Cut off from every peer until healed.
     isolated: bool,
+    /// Removed from the cluster (its peers refuse it): down until added back.
+    removed: bool,
+    generation: u64,
 }
 
 struct Up {
@@ -168,6 +187,9 @@ pub struct Stats {
     pub installs: u64,
     pub crashes_mid_install: u64,
     pub installs_at_start: u64,
+    pub removals: u64,
+    pub joins: u64,
+    pub promotions: u64,
 }
 
 impl Sim {
@@ -188,6 +210,8 @@ impl Sim {
                 disk: Arc::new(MemDisk::new()),
                 up: None,
                 isolated: false,
+                removed: false,
+                generation: 0,
             })
             .collect();
         let mut sim = Sim {
@@ -224,12 +248,15 @@ impl Sim {
         if self.opts.faults {
             self.schedule(200, Event::Fault);
         }
+        if self.opts.membership {
+            self.schedule(150, Event::Change);
+        }
         self.run_until(self.opts.run_ms)?;
         // Heal everything, let the cluster settle, and read every key.
         self.clients_running = false;
         for m in 0..self.members.len() {
             self.members[m].isolated = false;
-            if self.members[m].up.is_none() {
+            if self.members[m].up.is_none() && !self.members[m].removed {
                 self.start(m);
             }
         }
@@ -289,7 +316,8 @@ impl Sim {
                 file,
             } => {
                 let life = self.members[from].life;
-                let ok = self.members[to].up.is_some();
+                let to_id = msg.to;
+                let ok = self.members[to].up.is_some() && self.members[to].id == to_id;
                 if ok {
                     // Durable in snap/ before raft sees the message (as the server does).
                     self.members[to].disk.write_file(SNAPSHOT_PATH, &file);
@@ -304,7 +332,7 @@ impl Sim {
                     Event::SnapshotReport {
                         leader: from,
                         life,
-                        to: to as u64 + 1,
+                        to: to_id,
                         ok,
                     },
                 );
@@ -323,7 +351,8 @@ impl Sim {
                 }
             }
             Event::Deliver { to, msg } => {
-                if let Some(up) = self.members[to].up.as_mut() {
+                let current = self.members[to].id == msg.to;
+                if let Some(up) = self.members[to].up.as_mut().filter(|_| current) {
                     // A stale or unknown sender's message is refused; raft carries on.
                     let _ = up.driver.step(msg);
                     self.pump(to)?;
@@ -361,26 +390,142 @@ impl Sim {
                 }
             }
             Event::Restart { member } => {
-                if self.members[member].up.is_none() {
+                if self.members[member].up.is_none() && !self.members[member].removed {
                     self.start(member);
                 }
             }
             Event::Heal { member } => self.members[member].isolated = false,
+            Event::Change => {
+                if self.clients_running {
+                    self.change()?;
+                }
+            }
         }
         self.check_leaders();
         Ok(())
     }
 
-    /// A new member's WAL: the cluster's configuration and its first epoch.
+    /// A first member's WAL: the cluster's first entries, adding every member (the same on
+    /// each, as the server bootstraps).
     fn bootstrap(&mut self, m: usize) {
-        let voters: Vec<u64> = (1..=self.opts.members as u64).collect();
-        let log = RaftLog::new(ConfState {
-            voters,
-            ..Default::default()
-        });
-        let (t, p) = log.marker_record();
-        self.members[m].wal.enqueue(&[(t, &p)]);
+        let members: Vec<MemberInfo> = (1..=self.opts.members as u64).map(info).collect();
+        let records = RaftLog::bootstrap(&members);
+        let refs: Vec<(RecordType, &[u8])> =
+            records.iter().map(|(t, p)| (*t, p.as_slice())).collect();
+        self.members[m].wal.enqueue(&refs);
         self.members[m].wal.flush();
+    }
+
+    /// The next membership change, proposed to the leader: a removed slot comes back as a
+    /// learner under a new id (with an empty disk), a learner is promoted, or else a voter
+    /// (the leader too) is removed.
+    fn change(&mut self) -> Result<(), String> {
+        let next = 100 + self.rng.below(300);
+        self.schedule(next, Event::Change);
+        let Some(l) = (0..self.members.len()).find(|&m| {
+            self.members[m]
+                .up
+                .as_ref()
+                .is_some_and(|up| up.driver.is_leader())
+        }) else {
+            return Ok(());
+        };
+        let Some(up) = self.members[l].up.as_ref() else {
+            return Ok(());
+        };
+        if up.driver.node().conf_change_pending() {
+            return Ok(());
+        }
+        let ms = up.driver.node().membership();
+        let removed = (0..self.members.len()).find(|&m| self.members[m].removed);
+        let (kind, id, voters, context) = if let Some(slot) = removed {
+            let id = slot as u64 + 1 + ID_STRIDE * (self.members[slot].generation + 1);
+            (ConfChangeType::AddLearnerNode, id, false, info(id))
+        } else if let Some(&learner) = ms.conf.learners.first() {
+            (
+                ConfChangeType::AddNode,
+                learner,
+                true,
+                MemberInfo::default(),
+            )
+        } else if ms.conf.voters.len() >= 3 {
+            let at = self.rng.below(ms.conf.voters.len() as u64) as usize;
+            let id = ms.conf.voters[at];
+            (ConfChangeType::RemoveNode, id, true, MemberInfo::default())
+        } else {
+            return Ok(());
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        cc.set_transition(if voters {
+            ConfChangeTransition::Implicit
+        } else {
+            ConfChangeTransition::Auto
+        });
+        if context.id != 0 {
+            cc.context = context.to_bytes().into();
+        }
+        let w = Waiting {
+            op: usize::MAX,
+            client: usize::MAX,
+            member: l,
+        };
+        let Some(up) = self.members[l].up.as_mut() else {
+            return Ok(());
+        };
+        if up.driver.propose_conf_change(cc, w).is_err() {
+            return Ok(());
+        }
+        if kind == ConfChangeType::AddLearnerNode {
+            // The new member starts at once with an empty disk: it learns the cluster
+            // from the leader (by entries, or a snapshot).
+            let slot = slot_of(id);
+            let member = &mut self.members[slot];
+            member.id = id;
+            member.generation += 1;
+            member.removed = false;
+            member.life += 1;
+            member.wal = MemWal::new();
+            member.writing = None;
+            member.disk = Arc::new(MemDisk::new());
+            member.isolated = false;
+            self.stats.joins += 1;
+            self.start(slot);
+        } else if kind == ConfChangeType::AddNode {
+            self.stats.promotions += 1;
+        }
+        self.pump(l)
+    }
+
+    /// The cluster removed member `m` (its peers refuse it from now on): it stops.
+    fn retire(&mut self, m: usize) {
+        let member = &mut self.members[m];
+        if member.removed {
+            return;
+        }
+        member.removed = true;
+        member.life += 1;
+        member.writing = None;
+        member.up = None;
+        self.stats.removals += 1;
+        self.abandon_waiters(m);
+    }
+
+    /// Members that member `m`'s membership says were removed stop.
+    fn retire_removed(&mut self, m: usize) {
+        let Some(up) = self.members[m].up.as_ref() else {
+            return;
+        };
+        let ms = up.driver.node().membership();
+        let gone: Vec<usize> = (0..self.members.len())
+            .filter(|&s| !self.members[s].removed && ms.was_removed(self.members[s].id))
+            .collect();
+        for s in gone {
+            self.retire(s);
+        }
     }
 
     /// Starts (or restarts) a member from its WAL and its store file.
@@ -489,7 +634,8 @@ impl Sim {
             }
             _ => {
                 // Every member loses power at once.
-                for m in 0..n {
+                let live: Vec<usize> = (0..n).filter(|&m| !self.members[m].removed).collect();
+                for m in live {
                     self.crash(m);
                     let after = 20 + self.rng.below(200);
                     self.schedule(after, Event::Restart { member: m });
@@ -570,6 +716,10 @@ impl Sim {
                 }
             }
             self.answer_failed(m);
+            self.retire_removed(m);
+            if self.members[m].up.is_none() {
+                return Ok(());
+            }
             self.start_write(m);
             let member = &mut self.members[m];
             let durable: Lsn = match self.opts.planted {
@@ -639,20 +789,46 @@ impl Sim {
     fn send(&mut self, from: usize, msgs: Vec<Message>) {
         for mut msg in msgs {
             self.stats.messages += 1;
-            let to = msg.to as usize - 1;
+            let to = slot_of(msg.to);
+            if to >= self.members.len() || self.members[to].id != msg.to {
+                continue; // an earlier incarnation of the slot, or no one
+            }
             let cut_off = self.members[from].isolated || self.members[to].isolated;
             if msg.get_msg_type() == MessageType::MsgSnapshot {
                 // Streamed beside the message: the leader's tree file up to its last
                 // durable checkpoint, under that checkpoint's index and term.
-                let Some(up) = self.members[from].up.as_ref() else {
+                let Some(up) = self.members[from].up.as_mut() else {
                     continue;
                 };
-                let snap = up.store.snapshot();
+                let mut snap = up.store.snapshot();
+                let log = up.driver.node().log().clone();
+                let holds_to = |index: u64| {
+                    index >= log.start_index() && log.membership_at(index).contains(msg.to)
+                };
+                if !holds_to(snap.meta().applied_index) {
+                    // The checkpoint predates the follower's addition: checkpoint now (the
+                    // server asks its apply role for one).
+                    if up.store.checkpoint().is_err() {
+                        continue;
+                    }
+                    up.since_checkpoint = 0;
+                    let at = up.store.applied();
+                    up.driver.set_snapshot_point(at.index, at.term);
+                    snap = up.store.snapshot();
+                }
+                let index = snap.meta().applied_index;
+                let membership = holds_to(index).then(|| log.membership_at(index));
                 let mut file = vec![0u8; snap.len() as usize];
                 let read = snap.read_at(0, &mut file).map(|n| n == file.len());
-                let meta = msg.mut_snapshot().mut_metadata();
-                meta.index = snap.meta().applied_index;
+                let Some(membership) = membership else {
+                    continue;
+                };
+                let s = msg.mut_snapshot();
+                s.data = membership.members_bytes().into();
+                let meta = s.mut_metadata();
+                meta.index = index;
                 meta.term = snap.meta().applied_term;
+                meta.set_conf_state(membership.conf);
                 if cut_off || !matches!(read, Ok(true)) {
                     let life = self.members[from].life;
                     let after = 50 + self.rng.below(50);
@@ -661,7 +837,7 @@ impl Sim {
                         Event::SnapshotReport {
                             leader: from,
                             life,
-                            to: to as u64 + 1,
+                            to: msg.to,
                             ok: false,
                         },
                     );
@@ -737,12 +913,18 @@ impl Sim {
                 up.driver.compacted(c.to, lsns.start);
             }
         }
+        // The store's hash, and the membership: equal at equal applied indexes.
         let hash = up
             .store
             .hash_kv(0)
             .map_err(|e| format!("member {id}: hash: {e}"))?
-            .hash;
-        let mut waiters = waiters.into_iter().peekable();
+            .hash
+            ^ conf_hash(&up.driver.node().membership());
+        // The simulator's own membership changes get no store result.
+        let mut waiters = waiters
+            .into_iter()
+            .filter(|(_, w)| w.op != usize::MAX)
+            .peekable();
         let mut done = Vec::new();
         for (pid, result) in applied.results {
             let Some((_, w)) = waiters.next_if(|(wid, _)| *wid == pid) else {
@@ -814,6 +996,9 @@ impl Sim {
         let failed = up.driver.take_failed();
         let failed_reads = up.driver.take_failed_reads();
         for (w, e) in failed {
+            if w.op == usize::MAX {
+                continue; // a membership change of the simulator's: it tries again later
+            }
             match e {
                 // Certainly not applied.
                 NodeError::NotLeader | NodeError::Dropped | NodeError::Overloaded => {
@@ -956,16 +1141,25 @@ impl Sim {
                 None => out.push(format!("{}: down", m.id)),
                 Some(up) => {
                     let n = up.driver.node();
+                    let c = n.membership().conf;
                     out.push(format!(
-                        "{}: term {} leader {} applied {} last {:?} start {} store {}",
+                        "{}: term {} leader {} applied {} last {:?} start {} store {} voters \
+                         {:?} outgoing {:?} learners {:?} next {:?}",
                         m.id,
                         n.term(),
                         n.leader_id(),
                         n.applied_index(),
                         n.last_log(),
                         n.log().start_index(),
-                        up.store.applied().index
-                    ))
+                        up.store.applied().index,
+                        c.voters,
+                        c.voters_outgoing,
+                        c.learners,
+                        c.learners_next
+                    ));
+                    if up.driver.is_leader() {
+                        out.push(format!("progress {:?}", n.progress()));
+                    }
                 }
             }
         }
@@ -996,12 +1190,24 @@ impl Sim {
             return Err(format!("two leaders in term {term}"));
         }
         let mut seen: Option<(u64, u64, u32)> = None;
+        // A member added whose addition never committed is in no configuration.
+        let known: Vec<u64> = self
+            .members
+            .iter()
+            .filter_map(|m| m.up.as_ref())
+            .find(|up| up.driver.is_leader())
+            .map(|up| up.driver.node().membership().ids())
+            .unwrap_or_default();
         for member in &self.members {
+            if member.removed || !known.contains(&member.id) {
+                continue;
+            }
             let Some(up) = &member.up else {
                 return Err(format!("member {} is down after healing", member.id));
             };
             let applied = up.driver.node().applied_index();
-            let hash = up.store.hash_kv(0).map_err(|e| e.to_string())?.hash;
+            let hash = up.store.hash_kv(0).map_err(|e| e.to_string())?.hash
+                ^ conf_hash(&up.driver.node().membership());
             match seen {
                 None => seen = Some((member.id, applied, hash)),
                 Some((id, a, h)) if a == applied && h != hash => {
@@ -1031,4 +1237,21 @@ fn decode_value(v: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&v[..8]);
     u64::from_le_bytes(b)
+}
+
+/// A member's attributes in the simulator.
+fn info(id: u64) -> MemberInfo {
+    MemberInfo {
+        id,
+        name: format!("m{id}"),
+        peer_urls: vec![format!("http://sim-{id}:2380")],
+        client_urls: Vec::new(),
+    }
+}
+
+/// A checksum of the membership's configuration and member table.
+fn conf_hash(ms: &cairn::raftlog::Membership) -> u32 {
+    let mut bytes = cairn::raftlog::encode_marker(0, 0, ms);
+    bytes.extend_from_slice(&ms.members_bytes());
+    crc32c::crc32c(&bytes)
 }

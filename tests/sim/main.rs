@@ -25,6 +25,7 @@ fn options(seed: u64) -> Options {
         keys: 3,
         run_ms: 2_000,
         faults: true,
+        membership: seed.is_multiple_of(2),
         planted: std::env::var("CAIRN_SIM_PLANTED")
             .ok()
             .filter(|v| v == PLANTED_NAME)
@@ -95,6 +96,9 @@ fn seeds() {
                 total.installs += s.installs;
                 total.crashes_mid_install += s.crashes_mid_install;
                 total.installs_at_start += s.installs_at_start;
+                total.removals += s.removals;
+                total.joins += s.joins;
+                total.promotions += s.promotions;
             }
             Err(e) => panic!("{e}"),
         }
@@ -105,6 +109,10 @@ fn seeds() {
         assert!(
             total.installs > 0,
             "members caught up by snapshot: {total:?}"
+        );
+        assert!(
+            total.removals > 0 && total.joins > 0 && total.promotions > 0,
+            "the membership changed: {total:?}"
         );
     }
 }
