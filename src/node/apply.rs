@@ -7,6 +7,7 @@ use crate::mvcc::{
     AcceptAllLeases, ApplyOutcome, ArchivedRequest, PutRef, RaftPosition, Request, Response, Store,
 };
 use crate::protocol::ArchivedClientRequest;
+use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType};
 use rkyv::util::AlignedVec;
 
@@ -28,6 +29,20 @@ pub fn apply_committed(store: &mut Store, entries: &[Entry]) -> Result<Applied, 
     let mut scratch = AlignedVec::<ALIGN>::new();
     for e in entries {
         out.last_index = Some(e.index);
+        if e.get_entry_type() != EntryType::EntryNormal {
+            // Applied to the membership by the consensus core (which stops the member on
+            // one that does not decode); checked here too, for `cairn check`.
+            let parsed = match e.get_entry_type() {
+                EntryType::EntryConfChange => {
+                    raft::eraftpb::ConfChange::parse_from_bytes(&e.data).map(drop)
+                }
+                _ => raft::eraftpb::ConfChangeV2::parse_from_bytes(&e.data).map(drop),
+            };
+            parsed.map_err(|err| NodeError::BadEntry {
+                index: e.index,
+                reason: format!("a membership change that does not decode: {err}"),
+            })?;
+        }
         if e.data.is_empty() || e.get_entry_type() != EntryType::EntryNormal {
             // A new leader's empty entry, or a membership change (applied by the consensus
             // core): the store only records that it is applied, so that its checkpoints
@@ -65,7 +80,8 @@ fn apply_entry(
     let request = match command::decode(data).map_err(|err| bad(err.to_string()))? {
         Command::Client(request) => request,
         // Applied to the membership by the consensus core when handed out.
-        Command::Member(..) => {
+        Command::Member(_, body) => {
+            crate::raftlog::MemberInfo::from_bytes(body).map_err(|err| bad(err.to_string()))?;
             store.apply(position(e), &[], &AcceptAllLeases)?;
             return Ok(None);
         }

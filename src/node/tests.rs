@@ -300,3 +300,160 @@ fn entries_apply_the_same_read_in_place_or_from_an_aligned_copy() {
         assert_eq!(r.kvs[0].mod_revision, rev);
     }
 }
+
+/// Runs rounds until raft is idle (messages to other members are dropped), persisting
+/// each round's records into `wal` at once; the outcomes of membership changes.
+fn run_changes(
+    m: &mut Member,
+    wal: &mut Vec<(RecordType, Vec<u8>)>,
+) -> Vec<(u64, Result<(), String>)> {
+    let mut changes = Vec::new();
+    for _ in 0..100 {
+        let Some(work) = m.node.next_ready().unwrap() else {
+            break;
+        };
+        apply(m, &work.committed);
+        changes.extend(work.changes.into_iter().map(|(id, r)| (id.seq, r)));
+        wal.extend(work.records.iter().cloned());
+        m.node.on_persisted(work.number);
+    }
+    changes
+}
+
+fn member_info(id: u64) -> MemberInfo {
+    MemberInfo {
+        id,
+        name: String::new(),
+        peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+        client_urls: vec![],
+    }
+}
+
+fn change(kind: raft::eraftpb::ConfChangeType, id: u64, context: Vec<u8>) -> ConfChangeV2 {
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = id;
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc.context = context.into();
+    cc
+}
+
+/// Opens member 1 over records written so far (none: a new cluster of member 1).
+fn open_bootstrapped(dir: &Path, wal: &mut Vec<(RecordType, Vec<u8>)>) -> Member {
+    if wal.is_empty() {
+        wal.extend(RaftLog::bootstrap(&[member_info(1)]));
+    }
+    let store = Store::open(dir.join("db"), DbOptions::default()).unwrap();
+    let log = RaftLog::default();
+    for (t, p) in wal.iter() {
+        log.replay(*t, p).unwrap();
+    }
+    let node = Node::open(1, 10, store.applied().index, log, &raft::default_logger()).unwrap();
+    Member { node, store }
+}
+
+#[test]
+fn membership_changes_apply_in_log_order_and_survive_compaction_and_restart() {
+    use raft::eraftpb::ConfChangeType::*;
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Vec::new();
+    let mut m = open_bootstrapped(dir.path(), &mut wal);
+    // The bootstrap entries come out committed: member 1 is the one voter.
+    run_changes(&mut m, &mut wal);
+    assert_eq!(m.node.membership().conf.voters, vec![1]);
+    assert_eq!(m.node.membership().member(1), Some(&member_info(1)));
+    m.campaign().unwrap();
+    run_changes(&mut m, &mut wal);
+    assert!(m.is_leader());
+
+    // A learner joins with its attributes; then publishes its name.
+    m.node
+        .propose_conf_change(id(1), change(AddLearnerNode, 2, member_info(2).to_bytes()))
+        .unwrap();
+    assert_eq!(run_changes(&mut m, &mut wal), vec![(1, Ok(()))]);
+    assert!(m.node.conf_change_pending() || m.node.membership().is_learner(2));
+    let named = MemberInfo {
+        name: "two".into(),
+        client_urls: vec!["http://127.0.0.1:2379".into()],
+        ..member_info(2)
+    };
+    m.propose(
+        2,
+        command::member(command::SET_NAME_AND_CLIENT_URLS, &named),
+    )
+    .unwrap();
+    assert_eq!(run_changes(&mut m, &mut wal), vec![(2, Ok(()))]);
+    assert_eq!(m.node.membership().member(2), Some(&named));
+    // A change without the attributes of the member it adds is refused, alike everywhere.
+    m.node
+        .propose_conf_change(id(3), change(AddLearnerNode, 3, Vec::new()))
+        .unwrap();
+    let refused = run_changes(&mut m, &mut wal);
+    assert!(refused[0]
+        .1
+        .as_ref()
+        .unwrap_err()
+        .contains("without its attributes"));
+    assert!(!m.node.membership().contains(3));
+
+    // The log is compacted past the changes: the start marker carries the membership.
+    let applied = m.node.applied_index();
+    m.store_mut().checkpoint().unwrap();
+    let records = m.node.log().compact(applied).unwrap();
+    wal.extend(records.iter().cloned());
+    let before = m.node.membership();
+    drop(m);
+    let mut m = open_bootstrapped(dir.path(), &mut wal);
+    run_changes(&mut m, &mut wal);
+    assert_eq!(m.node.membership(), before);
+
+    // Removed, then added again: refused (ids are not reused).
+    m.campaign().unwrap();
+    run_changes(&mut m, &mut wal);
+    m.node
+        .propose_conf_change(id(4), change(RemoveNode, 2, Vec::new()))
+        .unwrap();
+    assert_eq!(run_changes(&mut m, &mut wal), vec![(4, Ok(()))]);
+    assert!(m.node.membership().was_removed(2) && m.node.membership().member(2).is_none());
+    m.node
+        .propose_conf_change(id(5), change(AddLearnerNode, 2, member_info(2).to_bytes()))
+        .unwrap();
+    let again = run_changes(&mut m, &mut wal);
+    assert!(again[0].1.as_ref().unwrap_err().contains("ID removed"));
+
+    // Replayed from the start (no compaction since), the same membership (once the
+    // member, alone, has committed its log again).
+    let after = m.node.membership();
+    drop(m);
+    let mut m = open_bootstrapped(dir.path(), &mut wal);
+    run_changes(&mut m, &mut wal);
+    m.campaign().unwrap();
+    run_changes(&mut m, &mut wal);
+    assert_eq!(m.node.membership(), after);
+    assert!(!m.node.is_removed());
+}
+
+#[test]
+fn a_committed_membership_change_that_does_not_decode_stops_the_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = RaftLog::bootstrap(&[member_info(1)]);
+    // The second bootstrap entry's data is not a configuration change.
+    let bad = Entry {
+        entry_type: EntryType::EntryConfChangeV2,
+        index: 2,
+        term: 1,
+        data: vec![0xff; 7].into(),
+        ..Default::default()
+    };
+    wal.insert(1, (RecordType::ENTRY, encode_entry(&bad)));
+    let hs = raft::eraftpb::HardState {
+        term: 1,
+        commit: 2,
+        ..Default::default()
+    };
+    wal.push((RecordType::HARD_STATE, encode_hard_state(&hs)));
+    let mut m = open_bootstrapped(dir.path(), &mut wal);
+    let err = m.node.next_ready().err().expect("a fatal error");
+    assert!(matches!(err, NodeError::BadEntry { index: 2, .. }), "{err}");
+}
