@@ -29,7 +29,8 @@
 //!   changing it) and `cairn repair` (doing it).
 //! - [`client`]: native-protocol clients with timeouts and endpoint failover: blocking, and
 //!   async for glommio code (pipelined).
-//! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del` and the `txn` text format.
+//! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del` and `member`, the `txn` text
+//!   format, and the output formats.
 //! - [`protocol`]: the native wire protocol: frames with request ids carrying validated rkyv
 //!   messages. Format: `docs/protocol.md`.
 //!

@@ -1,7 +1,7 @@
 //! The `cairn` command: `serve` runs a member, `check` verifies a data directory without
 //! changing it and `repair` does the cuts a start would do (`cairn::check`), and the client
-//! commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint status`) talk to members in
-//! etcdctl's spirit.
+//! commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint`, `member`, `move-leader`,
+//! `alarm`) talk to members in etcdctl's spirit.
 //!
 //! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed,
 //! or "context deadline exceeded" when no reply came in time); 2 no endpoint could be
@@ -11,9 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use cairn::cli::MemberCmd;
+use cairn::client::ClientError;
 use cairn::mvcc::{Request, Response};
-use cairn::protocol::{ClientRequest, ClientResponse};
-use clap::{Parser, Subcommand};
+use cairn::protocol::{ClientRequest, ClientResponse, MemberRequest, MemberResponse};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// The database quota when `--quota-backend-bytes` is 0 (etcd's rule: 0 means default).
 const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 8 << 30;
@@ -101,7 +103,8 @@ struct Cli {
 enum OutputFormat {
     Simple,
     Json,
-    /// Tables where etcdctl draws them (endpoint status); simple output elsewhere.
+    /// Tables where etcdctl draws them (endpoint status, member list); simple output
+    /// elsewhere.
     Table,
 }
 
@@ -141,7 +144,9 @@ enum AlarmCmd {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a member. Flags keep etcd's names; each is also read from CAIRN_<FLAG>.
+    /// Runs a member. Flags keep etcd's names; each is also read from CAIRN_<FLAG>, and
+    /// --name, --initial-cluster, --initial-advertise-peer-urls and --initial-cluster-state
+    /// from etcd's ETCD_<FLAG> (which `member add` prints) where CAIRN_<FLAG> is not set.
     Serve(ServeArgs),
     /// Puts the given key into the store. Without a value, the value is all of standard
     /// input.
@@ -163,8 +168,18 @@ enum Command {
     },
     /// Endpoint related commands.
     Endpoint {
+        /// Use all endpoints from the cluster member list (each member's client URLs)
+        /// instead of --endpoints.
+        #[arg(long, global = true)]
+        cluster: bool,
         #[command(subcommand)]
         command: EndpointCmd,
+    },
+    /// Membership related commands. Changes are sent to the leader: the first of the
+    /// endpoints that leads, or the leader as they know it.
+    Member {
+        #[command(subcommand)]
+        command: MemberCmd,
     },
     /// Alarm related commands.
     Alarm {
@@ -295,6 +310,47 @@ struct ServeArgs {
     executors: usize,
 }
 
+/// `cairn member add` prints etcd's variables for the new member's start, as etcdctl does
+/// (scripts use its lines as they are): `serve` reads each for its flag, by the flag's id,
+/// when the flag's own CAIRN_ variable is not set.
+const ETCD_VARIABLES: [(&str, &str); 4] = [
+    ("name", "ETCD_NAME"),
+    ("initial_cluster", "ETCD_INITIAL_CLUSTER"),
+    (
+        "initial_advertise_peer_urls",
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+    ),
+    ("initial_cluster_state", "ETCD_INITIAL_CLUSTER_STATE"),
+];
+
+/// The command line's grammar, with etcd's variables in place of ours where only theirs are
+/// set (`ETCD_VARIABLES`).
+fn cli_command() -> clap::Command {
+    Cli::command().mut_subcommand("serve", |mut serve| {
+        for (arg, etcds) in ETCD_VARIABLES {
+            serve = serve.mut_arg(arg, |a| {
+                let ours_set = a.get_env().is_some_and(|v| std::env::var_os(v).is_some());
+                if !ours_set && std::env::var_os(etcds).is_some() {
+                    a.env(etcds)
+                } else {
+                    a
+                }
+            });
+        }
+        serve
+    })
+}
+
+/// Parses a command line as `Cli::try_parse_from` does, with `cli_command`'s grammar.
+fn parse_cli<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = cli_command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut Cli::command()))
+}
+
 const EXIT_ERROR: u8 = 1;
 const EXIT_BAD_CONNECTION: u8 = 2;
 const EXIT_INVALID_INPUT: u8 = 3;
@@ -375,6 +431,84 @@ fn some_did_not_answer(answered: Option<&[u8]>, failed: usize, total: usize) -> 
     )
 }
 
+fn member_reply(reply: ClientResponse) -> Result<MemberResponse, Failure> {
+    match reply {
+        ClientResponse::Member(r) => Ok(r),
+        _ => Err(Failure(EXIT_ERROR, "unexpected reply".into())),
+    }
+}
+
+/// The members, as the first endpoint that answers knows them (any member answers).
+fn member_list(client: &mut cairn::client::Client) -> Result<MemberResponse, Failure> {
+    member_reply(client.request(&ClientRequest::Member(MemberRequest::List))?)
+}
+
+/// `endpoint ... --cluster`: every member's client URLs, as etcdctl takes them.
+fn cluster_endpoints(client: &mut cairn::client::Client) -> Result<Vec<String>, Failure> {
+    let r = member_list(client).map_err(|Failure(code, e)| {
+        Failure(
+            code,
+            format!("failed to fetch endpoints from etcd cluster member list: {e}"),
+        )
+    })?;
+    Ok(cairn::cli::member::cluster_endpoints(&r.members))
+}
+
+/// Sends a member change to the leader, which alone takes one: to the endpoints in order,
+/// past those that cannot be reached or answer "not leader" (neither took it); if none of
+/// them leads, to the leader as the first that refused knows it. Any other error ends it:
+/// the change may have been applied, and is not sent again.
+fn change_membership(
+    endpoints: &[String],
+    timeout_s: u64,
+    change: MemberRequest,
+) -> Result<MemberResponse, Failure> {
+    let request = ClientRequest::Member(change);
+    let mut refused = None;
+    let mut unreachable = String::from("no endpoints given");
+    for endpoint in endpoints {
+        match endpoint_client(endpoint, timeout_s).request(&request) {
+            Ok(reply) => return member_reply(reply),
+            Err(e) if cairn::cli::member::is_not_leader(&e) => {
+                refused.get_or_insert((endpoint, e));
+            }
+            Err(ClientError::Unreachable { last, .. }) => unreachable = last,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Some((follower, refusal)) = refused else {
+        return Err(ClientError::Unreachable {
+            endpoints: endpoints.to_vec(),
+            last: unreachable,
+        }
+        .into());
+    };
+    let leader = leader_endpoint(follower, timeout_s)
+        .map_err(|why| Failure(EXIT_ERROR, format!("{refusal} (and {why})")))?;
+    member_reply(endpoint_client(&leader, timeout_s).request(&request)?)
+}
+
+/// The leader's endpoint as a member knows it: its status names the leader, its member
+/// list the leader's client URL.
+fn leader_endpoint(endpoint: &str, timeout_s: u64) -> Result<String, String> {
+    let mut one = endpoint_client(endpoint, timeout_s);
+    let leader = match one.request(&ClientRequest::Status) {
+        Ok(ClientResponse::Status(s)) => s.leader,
+        Ok(_) => return Err(format!("{endpoint} sent an unexpected reply")),
+        Err(e) => return Err(format!("the leader could not be asked of {endpoint}: {e}")),
+    };
+    if leader == 0 {
+        return Err(format!("{endpoint} knows no leader"));
+    }
+    let members = match one.request(&ClientRequest::Member(MemberRequest::List)) {
+        Ok(ClientResponse::Member(r)) => r.members,
+        Ok(_) => return Err(format!("{endpoint} sent an unexpected reply")),
+        Err(e) => return Err(format!("the members could not be asked of {endpoint}: {e}")),
+    };
+    cairn::cli::member::member_endpoint(&members, leader)
+        .ok_or_else(|| format!("the leader {leader:x} has no client URL in the member list"))
+}
+
 /// Writes a client command's output to stdout as it is.
 fn write_out(out: &[u8]) -> Result<(), String> {
     use std::io::Write;
@@ -397,6 +531,14 @@ fn run_client(
     let json = matches!(format, OutputFormat::Json);
     let mut client = cairn::client::Client::new(endpoints.to_vec(), Duration::from_secs(timeout_s));
     let unexpected = || Failure(EXIT_ERROR, "unexpected reply".into());
+    let from_members;
+    let endpoints = match &command {
+        Command::Endpoint { cluster: true, .. } => {
+            from_members = cluster_endpoints(&mut client)?;
+            from_members.as_slice()
+        }
+        _ => endpoints,
+    };
     Ok(match command {
         Command::Put(args) => {
             let req = args.request_or_read(std::io::stdin().lock())?;
@@ -461,6 +603,7 @@ fn run_client(
         }
         Command::Endpoint {
             command: EndpointCmd::Status,
+            ..
         } => {
             let (rows, failed) = ask_each(
                 endpoints,
@@ -485,6 +628,7 @@ fn run_client(
         }
         Command::Endpoint {
             command: EndpointCmd::Health,
+            ..
         } => {
             // As etcdctl: a linearizable read through each endpoint, one line each.
             let mut out = String::new();
@@ -515,6 +659,7 @@ fn run_client(
         }
         Command::Endpoint {
             command: EndpointCmd::Hashkv { rev },
+            ..
         } => {
             let (rows, failed) = ask_each(
                 endpoints,
@@ -585,6 +730,35 @@ fn run_client(
                 _ => return Err(unexpected()),
             }
         }
+        Command::Member { command } => {
+            let req = command.request()?;
+            let r = match req {
+                MemberRequest::List => member_list(&mut client)?,
+                _ => change_membership(endpoints, timeout_s, req.clone())?,
+            };
+            let new_name = match &command {
+                MemberCmd::Add { name, .. } => name.as_str(),
+                _ => "",
+            };
+            match (&req, format) {
+                (_, OutputFormat::Json) => output::member_json(&r) + "\n",
+                (MemberRequest::List, OutputFormat::Table) => output::member_list_table(&r),
+                (MemberRequest::List, _) => output::member_list_simple(&r),
+                (MemberRequest::Add { .. }, _) => {
+                    output::member_added(new_name, &r).ok_or_else(unexpected)?
+                }
+                (MemberRequest::Remove { id }, _) => {
+                    output::member_changed(*id, "removed from", &r)
+                }
+                (MemberRequest::Update { id, .. }, _) => {
+                    output::member_changed(*id, "updated in", &r)
+                }
+                (MemberRequest::Promote { id }, _) => {
+                    output::member_changed(*id, "promoted in", &r)
+                }
+            }
+            .into_bytes()
+        }
         Command::Alarm { command } => {
             use cairn::protocol::{AlarmAction, AlarmRequest};
             let mut alarm = |action, member_id, alarm| match client.request(
@@ -631,7 +805,7 @@ fn run_client(
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_cli(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -703,6 +877,7 @@ fn main() -> ExitCode {
         | Command::Txn
         | Command::Compact { .. }
         | Command::Endpoint { .. }
+        | Command::Member { .. }
         | Command::MoveLeader { .. }
         | Command::Alarm { .. }) => {
             match run_client(&cli.endpoints, cli.write_out, cli.command_timeout, command) {
@@ -780,6 +955,66 @@ fn repair(data_dir: &Path) -> ExitCode {
                 data_dir.display()
             );
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The variables `member add` prints start a member; ours win where both are set. (The
+    /// one test that sets these variables in this process.)
+    #[test]
+    fn serve_reads_the_variables_member_add_prints() {
+        let serve = |cli: Cli| match cli.command {
+            Command::Serve(args) => args,
+            _ => panic!("not serve"),
+        };
+        let ours = [
+            "CAIRN_NAME",
+            "CAIRN_INITIAL_CLUSTER",
+            "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
+            "CAIRN_INITIAL_CLUSTER_STATE",
+        ];
+        for var in ETCD_VARIABLES.map(|(_, var)| var).iter().chain(&ours) {
+            std::env::remove_var(var);
+        }
+        let args = serve(parse_cli(["cairn", "serve"]).unwrap());
+        assert_eq!(args.name, "default");
+        std::env::set_var("ETCD_NAME", "infra4");
+        std::env::set_var(
+            "ETCD_INITIAL_CLUSTER",
+            "infra4=http://10.0.1.14:2380,infra1=http://10.0.1.11:2380",
+        );
+        std::env::set_var(
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+            "http://10.0.1.14:2380,http://10.0.2.14:2380",
+        );
+        std::env::set_var("ETCD_INITIAL_CLUSTER_STATE", "existing");
+        let args = serve(parse_cli(["cairn", "serve"]).unwrap());
+        assert_eq!(args.name, "infra4");
+        assert_eq!(
+            args.initial_cluster,
+            "infra4=http://10.0.1.14:2380,infra1=http://10.0.1.11:2380"
+        );
+        assert_eq!(
+            args.initial_advertise_peer_urls,
+            ["http://10.0.1.14:2380", "http://10.0.2.14:2380"]
+        );
+        assert_eq!(
+            args.initial_cluster_state,
+            cairn::server::ClusterState::Existing
+        );
+        // A flag wins over both; our variable over etcd's.
+        let args = serve(parse_cli(["cairn", "serve", "--name", "flag"]).unwrap());
+        assert_eq!(args.name, "flag");
+        std::env::set_var("CAIRN_NAME", "ours");
+        let args = serve(parse_cli(["cairn", "serve"]).unwrap());
+        assert_eq!(args.name, "ours");
+        std::env::remove_var("CAIRN_NAME");
+        for (_, var) in ETCD_VARIABLES {
+            std::env::remove_var(var);
         }
     }
 }

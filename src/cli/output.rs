@@ -5,7 +5,7 @@ use crate::mvcc::{
     DeleteRangeResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader, ResponseOp,
     TxnResponse,
 };
-use crate::protocol::StatusResponse;
+use crate::protocol::{Member, MemberResponse, StatusResponse};
 use std::fmt::Write;
 
 /// Standard base64 with padding, as Go's `encoding/json` writes `[]byte`.
@@ -65,6 +65,16 @@ impl Obj {
             self.raw(name, &format!("\"{}\"", base64(v)))
         }
     }
+    fn string(self, name: &str, v: &str) -> Obj {
+        if v.is_empty() {
+            self
+        } else {
+            self.raw(name, &json_string(v))
+        }
+    }
+    fn strings(self, name: &str, v: &[String]) -> Obj {
+        self.list(name, v.iter().map(|s| json_string(s)).collect())
+    }
     fn flag(self, name: &str, v: bool) -> Obj {
         if v {
             self.raw(name, "true")
@@ -83,6 +93,30 @@ impl Obj {
         self.0.push('}');
         self.0
     }
+}
+
+/// A JSON string as Go's `encoding/json` writes one (names and URLs come from members, and
+/// may hold anything).
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // Other control characters as \u00XX; Go also escapes <, > and & (HTML-safe
+            // output) and JavaScript's line separators.
+            c if c < ' ' || matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}') => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn header(h: &ResponseHeader) -> String {
@@ -242,6 +276,108 @@ pub fn status_table(rows: &[(String, StatusResponse)]) -> String {
     ];
     let cells: Vec<[String; 10]> = rows.iter().map(|(e, s)| status_fields(e, s)).collect();
     table(&header, &cells)
+}
+
+/// `member ... -w json`, etcd's `Member*Response`: the header, the member added (for
+/// `add`) and the members.
+pub fn member_json(r: &MemberResponse) -> String {
+    // The reply carries no raft term; etcd's is never 0, so the field is always written,
+    // as scripts find it in etcd's output.
+    let header = Obj::new()
+        .uint("cluster_id", r.cluster_id)
+        .uint("member_id", r.member_id)
+        .raw("raft_term", "0")
+        .done();
+    let member = |m: &Member| {
+        Obj::new()
+            .uint("ID", m.id)
+            .string("name", &m.name)
+            .strings("peerURLs", &m.peer_urls)
+            .strings("clientURLs", &m.client_urls)
+            .flag("isLearner", m.is_learner)
+            .done()
+    };
+    let o = Obj::new().raw("header", &header);
+    let o = match &r.member {
+        Some(m) => o.raw("member", &member(m)),
+        None => o,
+    };
+    o.list("members", r.members.iter().map(member).collect())
+        .done()
+}
+
+/// A member's row, as etcdctl's `member list` has it.
+fn member_fields(m: &Member) -> [String; 6] {
+    [
+        format!("{:x}", m.id),
+        if m.name.is_empty() {
+            "unstarted"
+        } else {
+            "started"
+        }
+        .to_string(),
+        m.name.clone(),
+        m.peer_urls.join(","),
+        m.client_urls.join(","),
+        m.is_learner.to_string(),
+    ]
+}
+
+/// `member list` lines, as etcdctl's simple output.
+pub fn member_list_simple(r: &MemberResponse) -> String {
+    r.members
+        .iter()
+        .map(|m| format!("{}\n", member_fields(m).join(", ")))
+        .collect()
+}
+
+/// `member list -w table`, as etcdctl draws it.
+pub fn member_list_table(r: &MemberResponse) -> String {
+    let header = [
+        "ID",
+        "STATUS",
+        "NAME",
+        "PEER ADDRS",
+        "CLIENT ADDRS",
+        "IS LEARNER",
+    ];
+    let cells: Vec<[String; 6]> = r.members.iter().map(member_fields).collect();
+    table(&header, &cells)
+}
+
+/// What etcdctl prints for `member add NAME`: the new member's ID, then the variables that
+/// start it (`cairn serve` reads them), its name given to it in the cluster's list (it has
+/// none until it starts; other unstarted members are listed with their empty names, as
+/// etcdctl lists them). `None` if the reply names no member added.
+pub fn member_added(name: &str, r: &MemberResponse) -> Option<String> {
+    let added = r.member.as_ref()?;
+    let cluster: Vec<String> = r
+        .members
+        .iter()
+        .flat_map(|m| {
+            let n = if m.id == added.id { name } else { &m.name };
+            m.peer_urls.iter().map(move |url| format!("{n}={url}"))
+        })
+        .collect();
+    // etcdctl quotes the values with Go's %q; Rust's {:?} writes the same for anything a
+    // name or URL holds short of control characters.
+    Some(format!(
+        "Member {:16x} added to cluster {:16x}\n\n\
+         ETCD_NAME={name:?}\n\
+         ETCD_INITIAL_CLUSTER={:?}\n\
+         ETCD_INITIAL_ADVERTISE_PEER_URLS={:?}\n\
+         ETCD_INITIAL_CLUSTER_STATE=\"existing\"\n",
+        added.id,
+        r.cluster_id,
+        cluster.join(","),
+        added.peer_urls.join(","),
+    ))
+}
+
+/// What etcdctl prints for `member remove|update|promote` (`done` is "removed from",
+/// "updated in" or "promoted in").
+pub fn member_changed(id: u64, done: &str, r: &MemberResponse) -> String {
+    format!("Member {id:16x} {done} cluster {:16x}\n", r.cluster_id)
 }
 
 /// A table with etcdctl's borders: header centered, cells right-aligned.

@@ -306,3 +306,213 @@ fn simple_output_writes_stored_bytes_raw() {
     };
     assert_eq!(put_simple(&put), b"OK\nk\xff\nv\x80\n\n");
 }
+
+fn members() -> crate::protocol::MemberResponse {
+    use crate::protocol::{Member, MemberResponse};
+    MemberResponse {
+        cluster_id: 0x8c4281cc65c7b112,
+        member_id: 0x8e9e05c52164694d,
+        member: None,
+        members: vec![
+            Member {
+                id: 0x8e9e05c52164694d,
+                name: "infra1".into(),
+                peer_urls: vec!["http://10.0.1.11:2380".into()],
+                client_urls: vec!["http://10.0.1.11:2378".into()],
+                is_learner: false,
+            },
+            Member {
+                id: 0xced000fda4d05edf,
+                name: String::new(),
+                peer_urls: vec![
+                    "http://10.0.1.14:2380".into(),
+                    "http://10.0.2.14:2380".into(),
+                ],
+                client_urls: Vec::new(),
+                is_learner: true,
+            },
+        ],
+    }
+}
+
+#[test]
+fn member_list_looks_like_etcdctls() {
+    use crate::cli::output::{member_list_simple, member_list_table};
+    let r = members();
+    assert_eq!(
+        member_list_simple(&r),
+        "8e9e05c52164694d, started, infra1, http://10.0.1.11:2380, http://10.0.1.11:2378, false\n\
+         ced000fda4d05edf, unstarted, , http://10.0.1.14:2380,http://10.0.2.14:2380, , true\n"
+    );
+    let table = member_list_table(&r);
+    assert_eq!(
+        table,
+        "+------------------+-----------+--------+---------------------------------------------+-----------------------+------------+\n\
+         |        ID        |  STATUS   |  NAME  |                 PEER ADDRS                  |     CLIENT ADDRS      | IS LEARNER |\n\
+         +------------------+-----------+--------+---------------------------------------------+-----------------------+------------+\n\
+         | 8e9e05c52164694d |   started | infra1 |                       http://10.0.1.11:2380 | http://10.0.1.11:2378 |      false |\n\
+         | ced000fda4d05edf | unstarted |        | http://10.0.1.14:2380,http://10.0.2.14:2380 |                       |       true |\n\
+         +------------------+-----------+--------+---------------------------------------------+-----------------------+------------+\n"
+    );
+}
+
+#[test]
+fn member_json_is_etcds_with_empty_fields_left_out() {
+    use crate::cli::output::member_json;
+    let mut r = members();
+    assert_eq!(
+        member_json(&r),
+        "{\"header\":{\"cluster_id\":10106783228653711634,\"member_id\":10276657743932975437,\"raft_term\":0},\
+         \"members\":[{\"ID\":10276657743932975437,\"name\":\"infra1\",\"peerURLs\":[\"http://10.0.1.11:2380\"],\"clientURLs\":[\"http://10.0.1.11:2378\"]},\
+         {\"ID\":14902412256360816351,\"peerURLs\":[\"http://10.0.1.14:2380\",\"http://10.0.2.14:2380\"],\"isLearner\":true}]}"
+    );
+    // A change's reply: the member added comes before the members; names are JSON strings.
+    r.members.truncate(1);
+    r.members[0].name = "a \"b\"\\<\n\u{1}".into();
+    r.member = Some(r.members[0].clone());
+    let json = member_json(&r);
+    assert!(
+        json.contains(
+            "\"member\":{\"ID\":10276657743932975437,\"name\":\"a \\\"b\\\"\\\\\\u003c\\n\\u0001\""
+        ),
+        "{json}"
+    );
+    assert!(json.find("\"member\"") < json.find("\"members\""), "{json}");
+}
+
+#[test]
+fn member_changes_print_what_etcdctl_prints() {
+    use crate::cli::output::{member_added, member_changed};
+    let mut r = members();
+    assert_eq!(member_added("infra4", &r), None);
+    r.member = Some(r.members[1].clone());
+    // The new member gets its name; a member that has not started is listed without one.
+    r.members.push(crate::protocol::Member {
+        id: 7,
+        peer_urls: vec!["http://10.0.1.15:2380".into()],
+        ..Default::default()
+    });
+    assert_eq!(
+        member_added("infra4", &r).unwrap(),
+        "Member ced000fda4d05edf added to cluster 8c4281cc65c7b112\n\
+         \n\
+         ETCD_NAME=\"infra4\"\n\
+         ETCD_INITIAL_CLUSTER=\"infra1=http://10.0.1.11:2380,infra4=http://10.0.1.14:2380,infra4=http://10.0.2.14:2380,=http://10.0.1.15:2380\"\n\
+         ETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://10.0.1.14:2380,http://10.0.2.14:2380\"\n\
+         ETCD_INITIAL_CLUSTER_STATE=\"existing\"\n"
+    );
+    assert_eq!(
+        member_changed(0xced000fda4d05edf, "removed from", &r),
+        "Member ced000fda4d05edf removed from cluster 8c4281cc65c7b112\n"
+    );
+    // Go's %16x pads with spaces.
+    assert_eq!(
+        member_changed(0x1f, "promoted in", &r),
+        "Member               1f promoted in cluster 8c4281cc65c7b112\n"
+    );
+}
+
+#[test]
+fn member_arguments_are_checked_as_etcdctl_checks_them() {
+    use crate::cli::member::parse_member_id;
+    use crate::protocol::MemberRequest;
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        member: MemberCmd,
+    }
+    let request = |args: &[&str]| {
+        Cli::try_parse_from(std::iter::once("member").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+            .and_then(|cli| cli.member.request().map_err(|e| e.to_string()))
+    };
+    assert_eq!(request(&["list"]), Ok(MemberRequest::List));
+    assert_eq!(
+        request(&[
+            "add",
+            "infra4",
+            "--peer-urls=http://a:2380,http://b:2380",
+            "--learner"
+        ]),
+        Ok(MemberRequest::Add {
+            peer_urls: vec!["http://a:2380".into(), "http://b:2380".into()],
+            is_learner: true
+        })
+    );
+    assert_eq!(
+        request(&["update", "CED000FDA4D05EDF", "--peer-urls", "http://a:2380"]),
+        Ok(MemberRequest::Update {
+            id: 0xced000fda4d05edf,
+            peer_urls: vec!["http://a:2380".into()]
+        })
+    );
+    assert_eq!(
+        request(&["remove", "1f"]),
+        Ok(MemberRequest::Remove { id: 0x1f })
+    );
+    assert_eq!(
+        request(&["promote", "1f"]),
+        Ok(MemberRequest::Promote { id: 0x1f })
+    );
+    // Usage errors (exit code 128), in etcdctl's words.
+    let no_urls = Err("member peer urls not provided".to_string());
+    assert_eq!(request(&["add", "infra4"]), no_urls);
+    assert_eq!(request(&["add", "infra4", "--peer-urls="]), no_urls);
+    assert_eq!(request(&["update", "1f"]), no_urls);
+    assert_eq!(
+        request(&["remove", "xyz"]),
+        Err(
+            "bad member ID arg (strconv.ParseUint: parsing \"xyz\": invalid syntax), expecting ID in Hex"
+                .to_string()
+        )
+    );
+    assert_eq!(
+        parse_member_id("1ffffffffffffffff"),
+        Err(CliError::Usage(
+            "bad member ID arg (strconv.ParseUint: parsing \"1ffffffffffffffff\": value out of range), expecting ID in Hex"
+                .into()
+        ))
+    );
+    for bad in ["", "+1f", "0x1f", "-1", "1f "] {
+        assert!(parse_member_id(bad).is_err(), "{bad:?}");
+    }
+    assert!(request(&["add"]).is_err(), "the name is required");
+    assert!(request(&["promote"]).is_err(), "the ID is required");
+}
+
+#[test]
+fn members_are_found_through_their_client_urls() {
+    use crate::cli::member::{cluster_endpoints, is_not_leader, member_endpoint};
+    use crate::client::ClientError;
+    use crate::protocol::ErrorCode;
+    let mut r = members();
+    r.members[1].client_urls = vec!["http://10.0.1.14:2378/".into(), "10.0.2.14:2378".into()];
+    assert_eq!(
+        cluster_endpoints(&r.members),
+        ["10.0.1.11:2378", "10.0.1.14:2378", "10.0.2.14:2378"]
+    );
+    assert_eq!(
+        member_endpoint(&r.members, 0xced000fda4d05edf).as_deref(),
+        Some("10.0.1.14:2378")
+    );
+    r.members[1].client_urls.clear();
+    assert_eq!(member_endpoint(&r.members, 0xced000fda4d05edf), None);
+    assert_eq!(member_endpoint(&r.members, 1), None);
+    let server = |code, message: &str| ClientError::Server {
+        code,
+        message: message.into(),
+    };
+    assert!(is_not_leader(&server(
+        ErrorCode::Unavailable,
+        "etcdserver: not leader: member changes are taken by the leader (1f)"
+    )));
+    assert!(!is_not_leader(&server(
+        ErrorCode::Unavailable,
+        "etcdserver: re-configuration failed due to not enough started members"
+    )));
+    assert!(!is_not_leader(&server(
+        ErrorCode::InvalidRequest,
+        "etcdserver: not leader"
+    )));
+}
