@@ -1034,27 +1034,77 @@ fn member_list(c: &Cluster, i: usize) -> Vec<cairn::protocol::Member> {
     }
 }
 
+/// Runs `cairn --endpoints <endpoint> ARGS`: (success, stdout, stderr).
+fn cli(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", endpoint])
+        .args(args)
+        .output()
+        .expect("run cairn");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// How a member is added and promoted: through the protocol (to the leader), or with
+/// `cairn member add|promote` given one follower's endpoint (the CLI finds the leader).
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    Protocol,
+    CliThroughAFollower,
+}
+
 /// Adds a learner with an empty data directory to the running members `with`, starts it
 /// (`--initial-cluster-state existing`), waits until it has caught up, and promotes it.
-fn add_and_promote(c: &mut Cluster, name: &str, with: &[usize]) -> usize {
+fn add_and_promote(c: &mut Cluster, name: &str, with: &[usize], via: Via) -> usize {
     let i = c.new_member(name);
-    let added = member_request(
-        c,
-        with,
-        MemberRequest::Add {
-            peer_urls: vec![c.members[i].peer_url.clone()],
-            is_learner: true,
-        },
-    )
-    .expect("member add");
-    let id = added.member.as_ref().expect("the member added").id;
-    assert!(
-        added
-            .members
-            .iter()
-            .any(|m| m.id == id && m.is_learner && m.name.is_empty()),
-        "{added:?}"
-    );
+    let peer_url = c.members[i].peer_url.clone();
+    let leader = c.wait_leader(with, Duration::from_secs(20));
+    let follower = *with.iter().find(|&&j| j != leader).expect("a follower");
+    let follower_addr = c.members[follower].client_addr.clone();
+    let id = match via {
+        Via::Protocol => {
+            let added = member_request(
+                c,
+                with,
+                MemberRequest::Add {
+                    peer_urls: vec![peer_url],
+                    is_learner: true,
+                },
+            )
+            .expect("member add");
+            let id = added.member.as_ref().expect("the member added").id;
+            assert!(
+                added
+                    .members
+                    .iter()
+                    .any(|m| m.id == id && m.is_learner && m.name.is_empty()),
+                "{added:?}"
+            );
+            id
+        }
+        Via::CliThroughAFollower => {
+            let peer_urls = format!("--peer-urls={peer_url}");
+            let args = ["member", "add", name, &peer_urls, "--learner"];
+            let (ok, out, err) = cli(&follower_addr, &args);
+            assert!(ok, "member add: {out}{err}");
+            // As etcdctl prints it, with the variables `cairn serve` takes.
+            let id = out
+                .strip_prefix("Member ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .unwrap_or_else(|| panic!("no member id in {out:?}"));
+            assert!(out.contains(&format!("ETCD_NAME=\"{name}\"")), "{out}");
+            assert!(
+                out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+                "{out}"
+            );
+            assert!(out.contains(&format!("{name}={peer_url}")), "{out}");
+            id
+        }
+    };
     c.set_id(i, id);
     c.join(i, with);
     // It joined by snapshot: the leader's log is long gone.
@@ -1065,15 +1115,22 @@ fn add_and_promote(c: &mut Cluster, name: &str, with: &[usize]) -> usize {
     // Promoting a learner that lags is refused; it is in sync soon after it starts.
     let mut all = with.to_vec();
     all.push(i);
-    poll(
-        CONVERGE,
-        &format!("{name} promoted"),
-        || match member_request(c, with, MemberRequest::Promote { id }) {
-            Ok(r) => Some(r),
+    poll(CONVERGE, &format!("{name} promoted"), || match via {
+        Via::Protocol => match member_request(c, with, MemberRequest::Promote { id }) {
+            Ok(_) => Some(()),
             Err(e) if e.contains("in sync") => None,
             Err(e) => panic!("promote {name}: {e}"),
         },
-    );
+        Via::CliThroughAFollower => {
+            let (ok, out, err) = cli(&follower_addr, &["member", "promote", &format!("{id:x}")]);
+            if ok {
+                assert!(out.contains("promoted in cluster"), "{out}");
+                return Some(());
+            }
+            assert!(err.contains("in sync"), "member promote: {out}{err}");
+            None
+        }
+    });
     poll(
         CONVERGE,
         &format!("{name} is a voter with its name on every member"),
@@ -1151,7 +1208,7 @@ fn membership_changes_under_load() {
     assert!(err.contains("only promote a learner"), "{err}");
 
     // A learner joins with an empty data directory, catches up, and is promoted.
-    let m3 = add_and_promote(&mut c, "m3", &voters);
+    let m3 = add_and_promote(&mut c, "m3", &voters, Via::Protocol);
     voters.push(m3);
     writers.wait_for_more(200, Duration::from_secs(20));
 
@@ -1190,10 +1247,34 @@ fn membership_changes_under_load() {
         .expect("a follower");
     c.kill(dead);
     writers.wait_for_more(100, Duration::from_secs(20));
+    // With one of three voters dead, adding a fourth would need three of four: refused
+    // (once the leader has gone an election timeout without hearing from it).
+    std::thread::sleep(Duration::from_millis(2_500));
+    let spare = format!("http://{}", free_addr());
+    let err = member_request(
+        &c,
+        &voters,
+        MemberRequest::Add {
+            peer_urls: vec![spare],
+            is_learner: false,
+        },
+    )
+    .unwrap_err();
+    assert!(err.contains("not enough started members"), "{err}");
     let dead_id = c.members[dead].id;
-    member_request(&c, &voters, MemberRequest::Remove { id: dead_id }).expect("remove the dead");
-    voters.retain(|&v| v != dead);
-    let m4 = add_and_promote(&mut c, "m4", &voters);
+    let alive: Vec<usize> = voters.iter().copied().filter(|&v| v != dead).collect();
+    let leader = c.wait_leader(&alive, Duration::from_secs(20));
+    let follower = *alive.iter().find(|&&v| v != leader).expect("a follower");
+    let (ok, out, err) = cli(
+        &c.members[follower].client_addr,
+        &["member", "remove", &format!("{dead_id:x}")],
+    );
+    assert!(
+        ok && out.contains("removed from cluster"),
+        "member remove: {out}{err}"
+    );
+    voters = alive;
+    let m4 = add_and_promote(&mut c, "m4", &voters, Via::CliThroughAFollower);
     voters.push(m4);
     // The dead member, started again, is told by its peers that it was removed.
     c.start_member_expecting_exit(dead);

@@ -205,7 +205,8 @@ pub fn status_json(rows: &[(String, StatusResponse)]) -> String {
                 .uint("raftIndex", s.raft_index)
                 .uint("raftTerm", s.raft_term)
                 .uint("raftAppliedIndex", s.raft_applied_index)
-                .uint("dbSizeInUse", s.db_size_in_use);
+                .uint("dbSizeInUse", s.db_size_in_use)
+                .flag("isLearner", s.is_learner);
             let status = if s.errors.is_empty() {
                 status
             } else {
@@ -245,7 +246,7 @@ fn status_fields(endpoint: &str, s: &StatusResponse) -> [String; 10] {
         env!("CARGO_PKG_VERSION").to_string(),
         human_bytes(s.db_size),
         (s.leader == s.member_id && s.leader != 0).to_string(),
-        "false".to_string(),
+        s.is_learner.to_string(),
         s.raft_term.to_string(),
         s.raft_index.to_string(),
         s.raft_applied_index.to_string(),

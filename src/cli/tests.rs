@@ -186,6 +186,7 @@ fn sizes_and_status_tables_look_like_etcdctls() {
         db_size: 20_480,
         db_size_in_use: 20_480,
         errors: Vec::new(),
+        is_learner: false,
     };
     let mut rows = vec![("127.0.0.1:2378".to_string(), s)];
     assert_eq!(

@@ -186,6 +186,8 @@ pub struct StatusResponse {
     pub db_size_in_use: u64,
     /// The member's raised alarms, as etcd lists them (`memberID:... alarm:NOSPACE`).
     pub errors: Vec<String>,
+    /// The member is a learner (etcd's `isLearner`).
+    pub is_learner: bool,
 }
 
 /// A successful reply.

@@ -88,6 +88,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         moving: Vec::new(),
         leaving: None,
         publish: Publish::default(),
+        learner: false,
         shared: shared.clone(),
         election_timeout_ms: shared.config.election_timeout_ms,
         data_dir: shared.config.data_dir.clone(),
@@ -222,6 +223,8 @@ struct Raft {
     /// leadership on if it led.
     leaving: Option<Instant>,
     publish: Publish,
+    /// This member is a learner (as the membership last applied says).
+    learner: bool,
     shared: Arc<Shared>,
     election_timeout_ms: u64,
     data_dir: std::path::PathBuf,
@@ -496,6 +499,7 @@ impl Raft {
             0
         };
         driver.set_retain_entries(retain);
+        self.learner = ms.is_learner(self.identity.member_id);
         *shared.membership.lock() = ms;
         if driver.node().is_removed() {
             self.leave(driver, "the cluster removed this member");
@@ -585,7 +589,7 @@ impl Raft {
                     }
                     Input::SnapshotSent(to, ok) => driver.report_snapshot(to, ok),
                     Input::MoveLeader(to, reply) => self.move_leader(driver, to, reply),
-                    Input::Member(req, reply) => self.member_request(driver, req, reply, shared),
+                    Input::Member(req, reply) => self.member_request(driver, req, reply),
                     Input::Removed(why) => self.leave(driver, &why),
                     Input::CheckpointWanted => self.send(ToApply::Checkpoint).await?,
                     Input::Peer(msgs) => {
@@ -922,19 +926,13 @@ impl Raft {
     /// A member list or change (etcd's Cluster service). Changes are taken by the leader
     /// only, one at a time, and checked as etcd checks them (with its strict
     /// reconfiguration check: a change must leave a quorum of active voters).
-    fn member_request(
-        &mut self,
-        driver: &mut RaftDriver,
-        req: MemberRequest,
-        reply: MemberReply,
-        shared: &Shared,
-    ) {
+    fn member_request(&mut self, driver: &mut RaftDriver, req: MemberRequest, reply: MemberReply) {
         let ms = driver.node().membership();
         if let MemberRequest::List = req {
             let _ = reply.send(Ok(self.member_response(&ms, None)));
             return;
         }
-        match self.member_change(driver, &ms, req, shared) {
+        match self.member_change(driver, &ms, req) {
             Err((code, e)) => {
                 let _ = reply.send(Err((code, e)));
             }
@@ -960,10 +958,8 @@ impl Raft {
         driver: &RaftDriver,
         ms: &Membership,
         req: MemberRequest,
-        shared: &Shared,
     ) -> Result<Change, (ErrorCode, String)> {
         let invalid = |e: String| Err((ErrorCode::InvalidRequest, e));
-        let me = self.identity.member_id;
         if self.leaving.is_some() {
             return Err((ErrorCode::Unavailable, ServerError::Removed.to_string()));
         }
@@ -985,9 +981,10 @@ impl Raft {
                 .count()
         };
         let quorum = |n: usize| n / 2 + 1;
+        // etcd's FailedPrecondition: not worth retrying until the cluster changes.
         let not_enough = || {
             Err((
-                ErrorCode::Unavailable,
+                ErrorCode::InvalidRequest,
                 "etcdserver: re-configuration failed due to not enough started members".into(),
             ))
         };
@@ -1084,7 +1081,6 @@ impl Raft {
                         return not_enough();
                     }
                 }
-                let _ = me;
                 Ok(Change::Conf(
                     conf_change(ConfChangeType::RemoveNode, id, voter, Vec::new()),
                     None,
@@ -1139,7 +1135,6 @@ impl Raft {
                     peer_urls,
                     ..current.clone()
                 };
-                let _ = shared;
                 Ok(Change::Attributes(command::member(
                     command::SET_PEER_URLS,
                     &info,
@@ -1166,6 +1161,7 @@ impl Raft {
         status.leader = driver.leader_id();
         status.raft_term = term;
         status.raft_index = index;
+        status.is_learner = self.learner;
     }
 }
 

@@ -148,6 +148,7 @@ fn responses() -> Vec<ClientResponse> {
             db_size: 1 << 20,
             db_size_in_use: 1 << 19,
             errors: vec!["memberID:2 alarm:NOSPACE".into()],
+            is_learner: true,
         }),
         ClientResponse::Alarm(AlarmResponse {
             alarms: vec![AlarmMember {
