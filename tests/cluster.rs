@@ -1058,8 +1058,9 @@ enum Via {
 
 /// Adds a learner with an empty data directory to the running members `with`, starts it
 /// (`--initial-cluster-state existing`), waits until it has caught up, and promotes it.
-fn add_and_promote(c: &mut Cluster, name: &str, with: &[usize], via: Via) -> usize {
-    let i = c.new_member(name);
+fn add_and_promote(c: &mut Cluster, i: usize, with: &[usize], via: Via) {
+    let name = c.members[i].name.clone();
+    let name = name.as_str();
     let peer_url = c.members[i].peer_url.clone();
     let leader = c.wait_leader(with, Duration::from_secs(20));
     let follower = *with.iter().find(|&&j| j != leader).expect("a follower");
@@ -1144,7 +1145,6 @@ fn add_and_promote(c: &mut Cluster, name: &str, with: &[usize], via: Via) -> usi
                 .then_some(())
         },
     );
-    i
 }
 
 #[test]
@@ -1166,19 +1166,26 @@ fn membership_changes_under_load() {
     let mut c = Cluster::start_with(3, options);
     let mut voters = vec![0, 1, 2];
     c.wait_leader(&voters, Duration::from_secs(20));
-    // Every member lists the three, started, with their names.
+    // Every member lists the three, with their names, and (once each has published it)
+    // its client URL.
     for i in 0..3 {
-        let list = member_list(&c, i);
-        let names: Vec<&str> = list.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(list.len(), 3, "{list:?}");
-        assert!(
-            ["m0", "m1", "m2"].iter().all(|n| names.contains(n)),
-            "{list:?}"
+        poll(
+            CONVERGE,
+            &format!("member {i} lists three started members"),
+            || {
+                let list = member_list(&c, i);
+                let mut names: Vec<&str> = list.iter().map(|m| m.name.as_str()).collect();
+                names.sort_unstable();
+                let started = list
+                    .iter()
+                    .all(|m| !m.is_learner && m.client_urls.len() == 1);
+                (names == ["m0", "m1", "m2"] && started).then_some(())
+            },
         );
-        assert!(list
-            .iter()
-            .all(|m| !m.is_learner && m.client_urls.len() == 1));
     }
+    // The members added later: the clients know their addresses from the start.
+    let m3 = c.new_member("m3");
+    let m4 = c.new_member("m4");
     let writers = Writers::start(2, &c.endpoints(), "g/", Duration::ZERO);
     let history = History::start(3, &c.endpoints());
     writers.wait_for_more(200, Duration::from_secs(20));
@@ -1208,7 +1215,7 @@ fn membership_changes_under_load() {
     assert!(err.contains("only promote a learner"), "{err}");
 
     // A learner joins with an empty data directory, catches up, and is promoted.
-    let m3 = add_and_promote(&mut c, "m3", &voters, Via::Protocol);
+    add_and_promote(&mut c, m3, &voters, Via::Protocol);
     voters.push(m3);
     writers.wait_for_more(200, Duration::from_secs(20));
 
@@ -1274,10 +1281,25 @@ fn membership_changes_under_load() {
         "member remove: {out}{err}"
     );
     voters = alive;
-    let m4 = add_and_promote(&mut c, "m4", &voters, Via::CliThroughAFollower);
+    add_and_promote(&mut c, m4, &voters, Via::CliThroughAFollower);
     voters.push(m4);
     // The dead member, started again, is told by its peers that it was removed.
     c.start_member_expecting_exit(dead);
+    writers.wait_for_more(200, Duration::from_secs(20));
+
+    // A live follower is removed: it stops too.
+    let leader = c.wait_leader(&voters, Duration::from_secs(20));
+    let gone = *voters.iter().find(|&&v| v != leader).expect("a follower");
+    let gone_id = c.members[gone].id;
+    member_request(&c, &voters, MemberRequest::Remove { id: gone_id }).expect("remove");
+    let exit = c.wait_exit(gone, Duration::from_secs(20));
+    assert!(!exit.success(), "a removed member exits with an error");
+    assert!(
+        c.log(gone).contains("permanently removed"),
+        "{}",
+        c.log(gone)
+    );
+    voters.retain(|&v| v != gone);
     writers.wait_for_more(200, Duration::from_secs(20));
 
     let writes = writers.stop();

@@ -358,6 +358,27 @@ impl Node {
         }))
     }
 
+    /// This member leads and the configuration just applied has it as no voter (it removed
+    /// itself): raft-rs would go on leading without a place in its own progress tracker,
+    /// and fail at its next commit. It asks the voter holding the most of its log to
+    /// campaign at once (raft's leadership transfer) and steps down, in this term.
+    fn step_down_removed(&mut self, ms: &Membership) {
+        let me = self.raw.raft.id;
+        let best = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me && ms.conf.voters.contains(id))
+            .max_by_key(|(id, p)| (p.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        if let Some(to) = best {
+            self.raw.transfer_leader(to);
+        }
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+    }
+
     /// Applies a committed entry's membership change, if it is one: `None` for an entry
     /// that is not, else whether it took effect. The same entries give the same outcome on
     /// every member; a change that does not decode stops the member, as any entry would.
@@ -439,6 +460,11 @@ impl Node {
         match self.raw.apply_conf_change(&cc) {
             Ok(conf) => {
                 ms.set_conf(conf, added);
+                let me = self.raw.raft.id;
+                let votes = ms.conf.voters.contains(&me) || ms.conf.voters_outgoing.contains(&me);
+                if self.is_leader() && !votes {
+                    self.step_down_removed(&ms);
+                }
                 self.log.record_membership(e.index, ms);
                 Ok(Some(Ok(())))
             }

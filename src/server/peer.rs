@@ -841,6 +841,15 @@ async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: R
             if crc32c::crc32c(&frame) != crc {
                 return Err(invalid("frame checksum mismatch".into()));
             }
+            // A member removed while its connection was open (it may not know yet: the
+            // leader stops sending to it once the removal is applied) is cut off when it
+            // next sends; its redial is refused as removed, on which it stops.
+            if shared.membership.lock().was_removed(from) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("member {from:x} was removed from the cluster"),
+                ));
+            }
             let msgs = decode_messages(&frame, from)?;
             if inputs.send_async(Input::Peer(msgs)).await.is_err() {
                 return Ok(());

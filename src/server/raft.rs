@@ -87,6 +87,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         peers: None,
         moving: Vec::new(),
         leaving: None,
+        joint_waiters: Vec::new(),
         publish: Publish::default(),
         learner: false,
         shared: shared.clone(),
@@ -203,6 +204,8 @@ type RaftDriver = Driver<Waiter, flume::Sender<()>>;
 /// etcd's members publish their attributes).
 #[derive(Default)]
 struct Publish {
+    /// The membership has them (as last looked; looked again when it changes).
+    done: bool,
     in_flight: bool,
     /// Not before this (after a failed attempt).
     next_try: Option<Instant>,
@@ -222,6 +225,9 @@ struct Raft {
     /// The cluster removed this member: it stops by this deadline, once it has handed
     /// leadership on if it led.
     leaving: Option<Instant>,
+    /// Member changes applied, waiting for their joint configuration to be left: (reply,
+    /// the member added, deadline).
+    joint_waiters: Vec<(MemberReply, Option<u64>, Instant)>,
     publish: Publish,
     /// This member is a learner (as the membership last applied says).
     learner: bool,
@@ -500,35 +506,42 @@ impl Raft {
         };
         driver.set_retain_entries(retain);
         self.learner = ms.is_learner(self.identity.member_id);
+        self.publish.done = false;
         *shared.membership.lock() = ms;
         if driver.node().is_removed() {
-            self.leave(driver, "the cluster removed this member");
+            self.leave("the cluster removed this member");
         }
     }
 
-    /// The cluster removed this member: a leader hands leadership to the voter most caught
-    /// up first; then it stops.
-    fn leave(&mut self, driver: &mut RaftDriver, why: &str) {
+    /// Answers the member changes waiting for their joint configuration to be left, once
+    /// it is (or, the change being applied, once they have waited the request timeout).
+    fn answer_joint_waiters(&mut self, driver: &RaftDriver) {
+        if self.joint_waiters.is_empty() {
+            return;
+        }
+        let ms = driver.node().membership();
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.joint_waiters);
+        for (reply, added, deadline) in waiting {
+            if ms.is_joint() && now < deadline {
+                self.joint_waiters.push((reply, added, deadline));
+            } else {
+                let _ = reply.send(Ok(self.member_response(&ms, added)));
+            }
+        }
+    }
+
+    /// The cluster removed this member: it stops, shortly (a leader that removed itself
+    /// has stepped down and asked the voter with the most of its log to campaign; that
+    /// message is sent first).
+    fn leave(&mut self, why: &str) {
         if self.leaving.is_some() {
             return;
         }
         tracing::error!(
             "{why}: the member has been permanently removed from the cluster; stopping"
         );
-        if driver.is_leader() {
-            let me = self.identity.member_id;
-            let ms = driver.node().membership();
-            let best = driver
-                .node()
-                .progress()
-                .into_iter()
-                .filter(|(id, _, _)| *id != me && ms.is_voter(*id))
-                .max_by_key(|(_, matched, _)| *matched);
-            if let Some((to, _, _)) = best {
-                driver.transfer_leader(to);
-            }
-        }
-        self.leaving = Some(Instant::now() + Duration::from_millis(self.election_timeout_ms * 2));
+        self.leaving = Some(Instant::now() + LEAVING_GRACE);
     }
 
     async fn serve(&mut self, driver: &mut RaftDriver, shared: &Shared) -> Result<(), ServerError> {
@@ -590,7 +603,7 @@ impl Raft {
                     Input::SnapshotSent(to, ok) => driver.report_snapshot(to, ok),
                     Input::MoveLeader(to, reply) => self.move_leader(driver, to, reply),
                     Input::Member(req, reply) => self.member_request(driver, req, reply),
-                    Input::Removed(why) => self.leave(driver, &why),
+                    Input::Removed(why) => self.leave(&why),
                     Input::CheckpointWanted => self.send(ToApply::Checkpoint).await?,
                     Input::Peer(msgs) => {
                         for m in msgs {
@@ -614,11 +627,12 @@ impl Raft {
             self.publish(driver, shared);
             self.answer_move_leader(driver);
             self.publish_attributes(driver, shared);
-            if let Some(deadline) = self.leaving {
-                let me = self.identity.member_id;
-                if driver.leader_id() != me || Instant::now() >= deadline {
-                    return Err(ServerError::Removed);
-                }
+            self.answer_joint_waiters(driver);
+            if self
+                .leaving
+                .is_some_and(|deadline| Instant::now() >= deadline)
+            {
+                return Err(ServerError::Removed);
             }
             if let Some(index) = checkpointed {
                 self.compact(driver, index).await?;
@@ -853,12 +867,21 @@ impl Raft {
         });
         match waiter {
             Waiter::Kv(_) => {}
-            Waiter::Member(reply, added) => {
-                let answer = outcome
-                    .map(|()| self.member_response(&driver.node().membership(), added))
-                    .map_err(|e| (ErrorCode::InvalidRequest, e));
-                let _ = reply.send(answer);
-            }
+            Waiter::Member(reply, added) => match outcome {
+                // A change of voters is answered once its joint configuration is left (the
+                // leader does it on its own), so that the next change can follow at once.
+                Ok(()) if driver.node().membership().is_joint() => {
+                    let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+                    self.joint_waiters.push((reply, added, deadline));
+                }
+                Ok(()) => {
+                    let _ =
+                        reply.send(Ok(self.member_response(&driver.node().membership(), added)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err((ErrorCode::InvalidRequest, e)));
+                }
+            },
             Waiter::Publish => {
                 self.publish.in_flight = false;
                 if let Err(e) = outcome {
@@ -894,7 +917,8 @@ impl Raft {
     /// Publishes this member's name and client URLs to the membership once a leader is
     /// known, if the membership does not have them yet.
     fn publish_attributes(&mut self, driver: &mut RaftDriver, shared: &Shared) {
-        if self.publish.in_flight
+        if self.publish.done
+            || self.publish.in_flight
             || self.leaving.is_some()
             || driver.leader_id() == raft::INVALID_ID
             || self.publish.next_try.is_some_and(|t| Instant::now() < t)
@@ -908,6 +932,7 @@ impl Raft {
         };
         let client_urls = vec![format!("http://{}", shared.config.listen_native_addr)];
         if current.name == shared.config.name && current.client_urls == client_urls {
+            self.publish.done = true;
             return;
         }
         let info = MemberInfo {
@@ -1164,6 +1189,10 @@ impl Raft {
         status.is_learner = self.learner;
     }
 }
+
+/// How long a removed member goes on after learning it, for its last messages (a leader's
+/// request that another campaign at once) to be sent.
+const LEAVING_GRACE: Duration = Duration::from_millis(300);
 
 /// Learners at once, at most (etcd's default).
 const MAX_LEARNERS: usize = 1;
