@@ -73,7 +73,7 @@ pub struct Round<P, Q> {
     /// Outcomes of the membership changes among `committed`, by proposal id (the waiters
     /// of this member's are in `waiters`).
     pub changes: Vec<(ProposalId, Result<(), String>)>,
-    /// Whether this round changed the membership.
+    /// Whether this round changed the membership: act on it once `records` are durable.
     pub membership_changed: bool,
     span: Option<(u64, u64)>,
 }

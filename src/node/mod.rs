@@ -100,7 +100,8 @@ pub struct Work {
     pub appended: Vec<(u64, ProposalId)>,
     /// Outcomes of the membership changes among `committed` that carry a proposal id.
     pub changes: Vec<(ProposalId, Result<(), String>)>,
-    /// Whether `committed` (or `snapshot`) changed the membership.
+    /// Whether `committed` (or `snapshot`) changed the membership. Act on it (outside raft)
+    /// only once `records` are durable: they hold the commit index that covers it.
     pub membership_changed: bool,
     span: Option<(u64, u64)>,
 }
@@ -314,9 +315,15 @@ impl Node {
             // once. A new commit index alone need not be (raft finds it again after a
             // restart: a leader commits its log anew, a follower learns it from the
             // leader), so it rides along with the next entries instead of costing a write
-            // of its own.
+            // of its own, unless it commits a membership change.
+            // A commit index that covers a membership change goes to the WAL too (and
+            // the shell acts on the change once it is durable): a member must not forget,
+            // after a restart, a configuration that others acted on.
             let old = self.log.hard_state();
-            if !records.is_empty() || hs.term != old.term || hs.vote != old.vote {
+            let changes = committed
+                .iter()
+                .any(|e| e.get_entry_type() != EntryType::EntryNormal);
+            if !records.is_empty() || hs.term != old.term || hs.vote != old.vote || changes {
                 records.push((RecordType::HARD_STATE, encode_hard_state(hs)));
             }
             self.log.set_hard_state(hs.clone());

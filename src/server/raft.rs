@@ -679,6 +679,13 @@ impl Raft {
                     free_elsewhere(round.dropped);
                 }
                 if round.membership_changed {
+                    // Acted on (peers dialed or refused, a removed member stopping) only once
+                    // the commit index that covers the change is durable: a member that
+                    // forgot it after a restart would hold a configuration needing a member
+                    // that has stopped, and no quorum could form (etcd waits the same way).
+                    if !lsns.is_empty() {
+                        self.wal.wait_durable(lsns.end - 1).await?;
+                    }
                     self.membership_changed(driver, shared);
                 }
                 let mut kv = Vec::with_capacity(round.waiters.len());

@@ -710,6 +710,11 @@ impl Sim {
                         .collect();
                     member.wal.enqueue(&recs)
                 };
+                if round.membership_changed && !lsns.is_empty() {
+                    // Durable before anyone acts on the change (as the server waits).
+                    member.wal.flush();
+                    member.writing = None;
+                }
                 if let Some(up) = member.up.as_mut() {
                     up.driver
                         .queued(round.number, span, lsns, round.persisted_messages);
@@ -820,16 +825,18 @@ impl Sim {
                 let membership = holds_to(index).then(|| log.membership_at(index));
                 let mut file = vec![0u8; snap.len() as usize];
                 let read = snap.read_at(0, &mut file).map(|n| n == file.len());
-                let Some(membership) = membership else {
-                    continue;
-                };
-                let s = msg.mut_snapshot();
-                s.data = membership.members_bytes().into();
-                let meta = s.mut_metadata();
-                meta.index = index;
-                meta.term = snap.meta().applied_term;
-                meta.set_conf_state(membership.conf);
-                if cut_off || !matches!(read, Ok(true)) {
+                // Without the follower in its configuration (the leader has not applied
+                // its addition yet), the snapshot fails and raft asks again.
+                let held = membership.is_some();
+                if let Some(membership) = membership {
+                    let s = msg.mut_snapshot();
+                    s.data = membership.members_bytes().into();
+                    let meta = s.mut_metadata();
+                    meta.index = index;
+                    meta.term = snap.meta().applied_term;
+                    meta.set_conf_state(membership.conf);
+                }
+                if cut_off || !held || !matches!(read, Ok(true)) {
                     let life = self.members[from].life;
                     let after = 50 + self.rng.below(50);
                     self.schedule(
@@ -1124,6 +1131,10 @@ impl Sim {
             }
             self.excluded[op] = true;
             m = (m + 1) % self.members.len();
+            // Refused at once (no leader known there, or the member is down): time goes
+            // on before the next member is asked.
+            let step = self.now() + HEARTBEAT_MS;
+            self.run_until(step)?;
         }
         Err(format!(
             "no member answered a read of key {key} within {SETTLE_MS} ms after healing \
