@@ -1219,6 +1219,48 @@ fn membership_changes_under_load() {
     voters.push(m3);
     writers.wait_for_more(200, Duration::from_secs(20));
 
+    // `member update` through a follower: every member sees the new peer URLs.
+    let leader = c.wait_leader(&voters, Duration::from_secs(20));
+    let follower = *voters.iter().find(|&&v| v != leader).expect("a follower");
+    let (target, url) = (c.members[follower].id, c.members[follower].peer_url.clone());
+    let spare = format!("http://{}", free_addr());
+    for urls in [format!("{url},{spare}"), url.clone()] {
+        let (ok, out, err) = cli(
+            &c.members[follower].client_addr,
+            &[
+                "member",
+                "update",
+                &format!("{target:x}"),
+                &format!("--peer-urls={urls}"),
+            ],
+        );
+        assert!(
+            ok && out.contains("updated in cluster"),
+            "member update: {out}{err}"
+        );
+        let want: Vec<String> = urls.split(',').map(String::from).collect();
+        poll(CONVERGE, &format!("every member lists {urls}"), || {
+            voters
+                .iter()
+                .all(|&j| {
+                    member_list(&c, j)
+                        .iter()
+                        .any(|m| m.id == target && m.peer_urls == want)
+                })
+                .then_some(())
+        });
+    }
+    // `endpoint status --cluster` reaches every member the member list names.
+    let (ok, out, err) = cli(
+        &c.members[follower].client_addr,
+        &["endpoint", "status", "--cluster"],
+    );
+    assert!(ok, "endpoint status --cluster: {out}{err}");
+    for &v in &voters {
+        assert!(out.contains(&c.members[v].client_addr), "{out}");
+    }
+    assert_eq!(out.lines().count(), voters.len(), "{out}");
+
     // The leader is removed: it hands leadership on and stops; the others go on.
     let leader = c.wait_leader(&voters, Duration::from_secs(20));
     let leader_id = c.members[leader].id;
