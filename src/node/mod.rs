@@ -230,14 +230,14 @@ impl Node {
         self.log.membership().was_removed(self.raw.raft.id)
     }
 
-    /// On the leader: (entries matched, recently active) of each member it replicates to,
-    /// itself included.
-    pub fn progress(&self) -> Vec<(u64, u64, bool)> {
+    /// On the leader: (member, entries it holds) for each member it replicates to, itself
+    /// included.
+    pub fn progress(&self) -> Vec<(u64, u64)> {
         self.raw
             .raft
             .prs()
             .iter()
-            .map(|(&id, p)| (id, p.matched, p.recent_active || id == self.raw.raft.id))
+            .map(|(&id, p)| (id, p.matched))
             .collect()
     }
 

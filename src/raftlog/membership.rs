@@ -275,8 +275,9 @@ impl Membership {
     /// Reads what [`Membership::encode_members`] wrote, taking all of `buf`.
     pub fn decode_members(mut buf: &[u8]) -> Result<(Vec<MemberInfo>, Vec<u64>), RaftLogError> {
         let n = u32::from_le_bytes(take::<4>(&mut buf)?) as usize;
-        if n > MEMBERS_MAX {
-            return Err(RaftLogError::Decode("too many members"));
+        // A member takes 14 bytes at least (id, and three empty counts).
+        if n > MEMBERS_MAX || n > buf.len() / 14 {
+            return Err(RaftLogError::Decode("member count out of range"));
         }
         let mut members = Vec::with_capacity(n);
         for _ in 0..n {

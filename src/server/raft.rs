@@ -88,6 +88,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         moving: Vec::new(),
         leaving: None,
         joint_waiters: Vec::new(),
+        heard: Vec::new(),
         publish: Publish::default(),
         learner: false,
         shared: shared.clone(),
@@ -228,6 +229,8 @@ struct Raft {
     /// Member changes applied, waiting for their joint configuration to be left: (reply,
     /// the member added, deadline).
     joint_waiters: Vec<(MemberReply, Option<u64>, Instant)>,
+    /// When each peer was last heard from (at most [`HEARD_MAX`]).
+    heard: Vec<(u64, Instant)>,
     publish: Publish,
     /// This member is a learner (as the membership last applied says).
     learner: bool,
@@ -531,6 +534,20 @@ impl Raft {
         }
     }
 
+    /// A message came from `from`: it counts as active for the strict reconfiguration
+    /// check (raft's own activity flags are cleared every election timeout).
+    fn heard_from(&mut self, from: u64) {
+        let now = Instant::now();
+        if let Some((_, at)) = self.heard.iter_mut().find(|(id, _)| *id == from) {
+            *at = now;
+        } else if self.heard.len() < HEARD_MAX {
+            self.heard.push((from, now));
+        } else if let Some(oldest) = self.heard.iter_mut().min_by_key(|(_, at)| *at) {
+            // Bounded: the one heard from longest ago makes room.
+            *oldest = (from, now);
+        }
+    }
+
     /// The cluster removed this member: it stops, shortly (a leader that removed itself
     /// has stepped down and asked the voter with the most of its log to campaign; that
     /// message is sent first).
@@ -606,6 +623,9 @@ impl Raft {
                     Input::Removed(why) => self.leave(&why),
                     Input::CheckpointWanted => self.send(ToApply::Checkpoint).await?,
                     Input::Peer(msgs) => {
+                        if let Some(m) = msgs.first() {
+                            self.heard_from(m.from);
+                        }
                         for m in msgs {
                             if let Err(e) = driver.step(m) {
                                 tracing::debug!(error = %e, "peer message refused");
@@ -1006,10 +1026,16 @@ impl Raft {
         }
         // Voters the leader heard from within the last election timeout.
         let progress = driver.node().progress();
+        // Voters this member heard from lately (itself included), as etcd counts the
+        // members its transport has been connected to.
+        let me = self.identity.member_id;
+        let recently = Instant::now() - Duration::from_millis(self.election_timeout_ms * 2);
         let active = |voters: &[u64]| {
             voters
                 .iter()
-                .filter(|v| progress.iter().any(|(id, _, a)| id == *v && *a))
+                .filter(|&&v| {
+                    v == me || self.heard.iter().any(|&(id, at)| id == v && at >= recently)
+                })
                 .count()
         };
         let quorum = |n: usize| n / 2 + 1;
@@ -1134,8 +1160,8 @@ impl Raft {
                 let matched = |who: u64| {
                     progress
                         .iter()
-                        .find(|(p, _, _)| *p == who)
-                        .map_or(0, |(_, m, _)| *m)
+                        .find(|(p, _)| *p == who)
+                        .map_or(0, |(_, m)| *m)
                 };
                 // etcd's rule: the learner has 90% of what the leader has.
                 if (matched(id) as f64) < matched(driver.leader_id()) as f64 * 0.9 {
@@ -1200,6 +1226,9 @@ impl Raft {
 /// How long a removed member goes on after learning it, for its last messages (a leader's
 /// request that another campaign at once) to be sent.
 const LEAVING_GRACE: Duration = Duration::from_millis(300);
+
+/// Peers whose last message time is kept, at most.
+const HEARD_MAX: usize = 1024;
 
 /// Learners at once, at most (etcd's default).
 const MAX_LEARNERS: usize = 1;
