@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::btree::{self, BtreeError, Db, DbOptions};
+use crate::cli::output::json_string;
 use crate::mvcc::{MvccError, Store};
 use crate::node::{apply_committed, NodeError};
 use crate::raftlog::{RaftLog, RaftLogError};
@@ -254,21 +255,6 @@ impl Report {
             db_leftovers,
         )
     }
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Where the tree file lives inside a data directory.

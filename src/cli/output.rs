@@ -96,8 +96,8 @@ impl Obj {
 }
 
 /// A JSON string as Go's `encoding/json` writes one (names and URLs come from members, and
-/// may hold anything).
-fn json_string(s: &str) -> String {
+/// paths from the file system: either may hold anything).
+pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

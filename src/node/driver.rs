@@ -209,27 +209,7 @@ impl<P, Q> Driver<P, Q> {
     /// Proposes a command ([`super::command`]); `waiter` is handed back in a [`Round`] with
     /// the entry that carries it, or with an error in [`Driver::take_failed`].
     pub fn propose(&mut self, command: Vec<u8>, waiter: P) -> Result<ProposalId, (P, NodeError)> {
-        if self.proposals.len() >= self.config.max_pending {
-            return Err((waiter, NodeError::Overloaded));
-        }
-        let id = self.ids.next_id();
-        let proposed = self.node.propose(id, command);
-        self.observe();
-        match proposed {
-            Ok(()) => {
-                let deadline_ms = self.clock.now_ms() + self.config.request_timeout_ms;
-                self.proposals.insert(
-                    id.seq,
-                    Pending {
-                        waiter,
-                        deadline_ms,
-                        index: None,
-                    },
-                );
-                Ok(id)
-            }
-            Err(e) => Err((waiter, e)),
-        }
+        self.track(waiter, |node, id| node.propose(id, command))
     }
 
     /// Proposes a membership change; like [`Driver::propose`], its waiter comes back in a
@@ -239,11 +219,21 @@ impl<P, Q> Driver<P, Q> {
         cc: raft::eraftpb::ConfChangeV2,
         waiter: P,
     ) -> Result<ProposalId, (P, NodeError)> {
+        self.track(waiter, |node, id| node.propose_conf_change(id, cc))
+    }
+
+    /// Makes a proposal under a new id and keeps its waiter, with its deadline, until it is
+    /// answered.
+    fn track(
+        &mut self,
+        waiter: P,
+        propose: impl FnOnce(&mut Node, ProposalId) -> Result<(), NodeError>,
+    ) -> Result<ProposalId, (P, NodeError)> {
         if self.proposals.len() >= self.config.max_pending {
             return Err((waiter, NodeError::Overloaded));
         }
         let id = self.ids.next_id();
-        let proposed = self.node.propose_conf_change(id, cc);
+        let proposed = propose(&mut self.node, id);
         self.observe();
         match proposed {
             Ok(()) => {

@@ -70,6 +70,30 @@ pub enum NodeError {
     BadEntry { index: u64, reason: String },
 }
 
+/// One membership change as raft takes it: `kind` of member `id`, with `context` (a member
+/// added brings its attributes, [`MemberInfo::encode`]). A change of voters goes through a
+/// joint configuration (old and new voters must both agree until it is left, which the
+/// leader does on its own once the change is applied); a learner's is made at once.
+pub fn conf_change(
+    kind: raft::eraftpb::ConfChangeType,
+    id: u64,
+    voters: bool,
+    context: Vec<u8>,
+) -> ConfChangeV2 {
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = id;
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc.set_transition(if voters {
+        raft::eraftpb::ConfChangeTransition::Implicit
+    } else {
+        raft::eraftpb::ConfChangeTransition::Auto
+    });
+    cc.context = context.into();
+    cc
+}
+
 /// Appends in flight to one follower before the leader waits for acknowledgements.
 pub const MAX_INFLIGHT_MSGS: usize = 256;
 /// Bytes of entries in one append message (one larger entry still goes alone).

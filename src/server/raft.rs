@@ -9,11 +9,12 @@ use super::peer::{Me, Peers};
 use super::{
     wait_until, Input, MemberReply, Phase, Reply, ServerError, Shared, ToApply, POLL_BRIEF,
 };
+use crate::node::conf_change;
 use crate::node::{command, Driver, DriverConfig, MonotonicClock, Node, NodeError, SplitMix64};
 use crate::protocol::{ErrorCode, Member, MemberRequest, MemberResponse};
 use crate::raftlog::{MemberInfo, Membership, RaftLog};
 use crate::wal::{Lsn, RecordType, Wal, WalOptions};
-use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1239,24 +1240,6 @@ enum Change {
     Conf(ConfChangeV2, Option<u64>),
     /// A member command (new attributes).
     Attributes(Vec<u8>),
-}
-
-/// One change to raft's configuration. A change of voters goes through a joint
-/// configuration (old and new voters must both agree until it is left, which the leader
-/// does on its own once the change is applied); a learner's is made at once.
-fn conf_change(kind: ConfChangeType, id: u64, voters: bool, context: Vec<u8>) -> ConfChangeV2 {
-    let mut single = ConfChangeSingle::default();
-    single.set_change_type(kind);
-    single.node_id = id;
-    let mut cc = ConfChangeV2::default();
-    cc.mut_changes().push(single);
-    cc.set_transition(if voters {
-        ConfChangeTransition::Implicit
-    } else {
-        ConfChangeTransition::Auto
-    });
-    cc.context = context.into();
-    cc
 }
 
 /// A new member's id, as etcd makes one: from its peer URLs, the cluster and the time, so

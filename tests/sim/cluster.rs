@@ -7,14 +7,13 @@ use crate::checker::{Kind, Op};
 use cairn::btree::{DbOptions, MemDisk};
 use cairn::mvcc::{PutRequest, RangeRequest, Request, Response, Store};
 use cairn::node::{
-    apply_committed, command, Clock, Driver, DriverConfig, Node, NodeError, Random, SplitMix64,
+    apply_committed, command, conf_change, Clock, Driver, DriverConfig, Node, NodeError, Random,
+    SplitMix64,
 };
 use cairn::protocol::{encode_request, ClientRequest, HEADER_BYTES};
 use cairn::raftlog::{MemberInfo, RaftLog};
 use cairn::wal::{Lsn, MemWal, RecordType, WriteToken};
-use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message, MessageType,
-};
+use raft::eraftpb::{ConfChangeType, Message, MessageType};
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -455,19 +454,12 @@ impl Sim {
         } else {
             return Ok(());
         };
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(kind);
-        single.node_id = id;
-        let mut cc = ConfChangeV2::default();
-        cc.mut_changes().push(single);
-        cc.set_transition(if voters {
-            ConfChangeTransition::Implicit
+        let context = if context.id != 0 {
+            context.to_bytes()
         } else {
-            ConfChangeTransition::Auto
-        });
-        if context.id != 0 {
-            cc.context = context.to_bytes().into();
-        }
+            Vec::new()
+        };
+        let cc = conf_change(kind, id, voters, context);
         let w = Waiting {
             op: usize::MAX,
             client: usize::MAX,
