@@ -94,6 +94,15 @@ pub fn conf_change(
     cc
 }
 
+const URLS_TAKEN: &str = "etcdserver: Peer URLs already exists";
+
+/// Another member than `id` has one of `urls`.
+fn urls_taken(ms: &Membership, urls: &[String], id: u64) -> bool {
+    ms.members
+        .iter()
+        .any(|m| m.id != id && m.peer_urls.iter().any(|u| urls.contains(u)))
+}
+
 /// Appends in flight to one follower before the leader waits for acknowledgements.
 pub const MAX_INFLIGHT_MSGS: usize = 256;
 /// Bytes of entries in one append message (one larger entry still goes alone).
@@ -334,23 +343,33 @@ impl Node {
             .map(|(f, l)| (f.index, l.index));
         records.extend(ents.iter().map(|e| (RecordType::ENTRY, encode_entry(e))));
         self.log.append(ents)?;
+        // A commit index that covers a membership change goes to the WAL too, in the round
+        // that hands the change out (the shell acts on the change once it is durable): a
+        // member must not forget, after a restart, a configuration that others acted on.
+        // Raft reports the hard state only in the round it changed, which may be an earlier
+        // one than the round that hands the entry out (a leader's own entry is handed out
+        // once its own write is durable, which may be after a quorum committed it).
+        let changes = committed
+            .iter()
+            .any(|e| e.get_entry_type() != EntryType::EntryNormal);
+        let mut hs_written = false;
         if let Some(hs) = ready.hs() {
             // Term and vote must be durable before anything is sent, and go to the WAL at
             // once. A new commit index alone need not be (raft finds it again after a
             // restart: a leader commits its log anew, a follower learns it from the
             // leader), so it rides along with the next entries instead of costing a write
             // of its own, unless it commits a membership change.
-            // A commit index that covers a membership change goes to the WAL too (and
-            // the shell acts on the change once it is durable): a member must not forget,
-            // after a restart, a configuration that others acted on.
             let old = self.log.hard_state();
-            let changes = committed
-                .iter()
-                .any(|e| e.get_entry_type() != EntryType::EntryNormal);
             if !records.is_empty() || hs.term != old.term || hs.vote != old.vote || changes {
                 records.push((RecordType::HARD_STATE, encode_hard_state(hs)));
+                hs_written = true;
             }
             self.log.set_hard_state(hs.clone());
+        }
+        if changes && !hs_written {
+            let hs = self.raw.raft.hard_state();
+            records.push((RecordType::HARD_STATE, encode_hard_state(&hs)));
+            self.log.set_hard_state(hs);
         }
         let persisted_messages = ready.take_persisted_messages();
         let number = ready.number();
@@ -433,6 +452,9 @@ impl Node {
                 };
                 let mut new = old;
                 if fields & command::SET_PEER_URLS != 0 {
+                    if urls_taken(&ms, &m.peer_urls, m.id) {
+                        return Ok(Some(Err(URLS_TAKEN.into())));
+                    }
                     new.peer_urls = m.peer_urls;
                 }
                 if fields & command::SET_NAME_AND_CLIENT_URLS != 0 {
@@ -478,6 +500,11 @@ impl Node {
             }
             if ms.member(c.node_id).is_none() {
                 match MemberInfo::from_bytes(&cc.context) {
+                    // Checked again here, in log order: two changes proposed at once may
+                    // each have passed the leader's check.
+                    Ok(m) if m.id == c.node_id && urls_taken(&ms, &m.peer_urls, m.id) => {
+                        return Ok(Some(Err(URLS_TAKEN.into())))
+                    }
                     Ok(m) if m.id == c.node_id => added = Some(m),
                     _ => {
                         return Ok(Some(Err(format!(

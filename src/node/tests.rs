@@ -313,6 +313,23 @@ fn run_changes(
             break;
         };
         apply(m, &work.committed);
+        // A round that hands out a membership change writes a commit index covering it.
+        if let Some(last) = work
+            .committed
+            .iter()
+            .filter(|e| e.get_entry_type() != EntryType::EntryNormal)
+            .map(|e| e.index)
+            .max()
+        {
+            let covered = work.records.iter().any(|(t, p)| {
+                *t == RecordType::HARD_STATE
+                    && crate::raftlog::decode_hard_state(p).is_ok_and(|hs| hs.commit >= last)
+            });
+            assert!(
+                covered,
+                "no durable commit index covers the change at {last}"
+            );
+        }
         changes.extend(work.changes.into_iter().map(|(id, r)| (id.seq, r)));
         wal.extend(work.records.iter().cloned());
         m.node.on_persisted(work.number);

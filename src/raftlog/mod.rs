@@ -16,8 +16,10 @@
 mod codec;
 mod membership;
 
-pub use codec::{decode_entry, decode_marker, encode_entry, encode_hard_state, encode_marker};
-pub use membership::{MemberInfo, Membership};
+pub use codec::{
+    decode_entry, decode_hard_state, decode_marker, encode_entry, encode_hard_state, encode_marker,
+};
+pub use membership::{MemberInfo, Membership, MEMBERS_MAX};
 
 use crate::wal::RecordType;
 use raft::eraftpb::{

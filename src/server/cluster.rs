@@ -349,12 +349,19 @@ impl ClusterConfig {
                 ));
             }
         }
+        // URLs sorted, as the ids are computed: every member writes the same bootstrap
+        // entries whatever order its flags list them in.
         let peers: Vec<PeerInfo> = members
             .iter()
-            .map(|(n, urls)| PeerInfo {
-                id: member_id(urls, &self.token),
-                name: n.clone(),
-                peer_urls: urls.clone(),
+            .map(|(n, urls)| {
+                let mut peer_urls = urls.clone();
+                peer_urls.sort();
+                peer_urls.dedup();
+                PeerInfo {
+                    id: member_id(urls, &self.token),
+                    name: n.clone(),
+                    peer_urls,
+                }
             })
             .collect();
         let ids: Vec<u64> = peers.iter().map(|p| p.id).collect();

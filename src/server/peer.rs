@@ -797,6 +797,8 @@ async fn accept(listener: std::net::TcpListener, me: Me, shared: Arc<Shared>) {
 async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: Rc<RefusalLog>) {
     let peer = stream.peer_addr().ok();
     let (inputs, stop) = (shared.inputs.clone(), shared.stop.clone());
+    // The member on the other end, once it said hello.
+    let peer_id = Cell::new(0u64);
     let read = async {
         let greeted = futures_lite::future::or(hello(&mut stream, me, &shared, &refusals), async {
             glommio::timer::sleep(HELLO_TIMEOUT).await;
@@ -807,6 +809,7 @@ async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: R
         })
         .await;
         let (from, kind) = greeted?;
+        peer_id.set(from);
         if kind == MEMBERS_MAGIC {
             let membership = shared.membership.lock().clone();
             let mut body = me.cluster_id.to_le_bytes().to_vec();
@@ -856,8 +859,15 @@ async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: R
             }
         }
     };
+    // A member removed while connected is cut off, even if it sends nothing (a learner
+    // that missed its removal): its redial is refused as removed, on which it stops.
     let stopped = async {
-        wait_until(POLL_IDLE, || stop.load(Ordering::Relaxed)).await;
+        wait_until(POLL_IDLE, || {
+            let from = peer_id.get();
+            stop.load(Ordering::Relaxed)
+                || (from != 0 && shared.membership.lock().was_removed(from))
+        })
+        .await;
         Ok(())
     };
     let result: std::io::Result<()> = futures_lite::future::or(read, stopped).await;
@@ -910,18 +920,6 @@ async fn hello(
         write_answer(stream, None).await?;
         return Ok((from, magic));
     }
-    if shared.membership.lock().was_removed(from) {
-        let reason = format!(
-            "member {from:x} was removed from the cluster: the member has been permanently \
-             removed from the cluster"
-        );
-        refusals.log(from, &reason);
-        write_status(stream, REMOVED, Some(&reason)).await?;
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            reason,
-        ));
-    }
     let refusal = if magic != MAGIC && magic != SNAPSHOT_MAGIC {
         Some("not a cairn peer connection".to_string())
     } else if version != VERSION {
@@ -942,6 +940,19 @@ async fn hello(
     } else {
         None
     };
+    if refusal.is_none() && shared.membership.lock().was_removed(from) {
+        // Of this cluster, and removed from it: told so, it stops.
+        let reason = format!(
+            "member {from:x} was removed from the cluster: the member has been permanently \
+             removed from the cluster"
+        );
+        refusals.log(from, &reason);
+        write_status(stream, REMOVED, Some(&reason)).await?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            reason,
+        ));
+    }
     match refusal {
         None => {
             write_answer(stream, None).await?;

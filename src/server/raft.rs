@@ -224,9 +224,8 @@ struct Raft {
     peers: Option<Peers>,
     /// Leadership transfers waiting to be answered: (transferee, deadline, reply).
     moving: Vec<(u64, Instant, MoveReply)>,
-    /// The cluster removed this member: it stops by this deadline, once it has handed
-    /// leadership on if it led.
-    leaving: Option<Instant>,
+    /// The cluster removed this member: it stops once the others go on without it.
+    leaving: Option<Leaving>,
     /// Member changes applied, waiting for their joint configuration to be left: (reply,
     /// the member added, deadline).
     joint_waiters: Vec<(MemberReply, Option<u64>, Instant)>,
@@ -313,6 +312,7 @@ impl Raft {
             .append_many(&[(RecordType::METADATA, &record)])
             .await?;
         *shared.membership.lock() = log.membership();
+        self.learn_members(&log.membership());
         self.peers = Some(Peers::start(
             Me {
                 cluster_id: self.identity.cluster_id,
@@ -439,13 +439,12 @@ impl Raft {
                 urls == mine
             });
             let Some(me) = me else {
-                return Err(ServerError::Config(format!(
-                    "--initial-cluster-state existing: the cluster ({cluster_id:x}, asked at \
-                     {addr}) has no member with peer URLs {}; add it first with `cairn member \
-                     add {name} --peer-urls={}`",
-                    mine.join(","),
+                // That member may lag; another may know of the addition.
+                errors.push(format!(
+                    "{addr} (cluster {cluster_id:x}) has no member with peer URLs {}",
                     mine.join(",")
-                )));
+                ));
+                continue;
             };
             tracing::info!(
                 member_id = %format!("{:x}", me.id),
@@ -466,40 +465,51 @@ impl Raft {
             });
         }
         Err(ServerError::Config(format!(
-            "--initial-cluster-state existing: no member of the cluster answered ({})",
-            errors.join("; ")
+            "--initial-cluster-state existing: no member of the cluster knows this one ({}); \
+             add it first with `cairn member add {name} --peer-urls={}`",
+            errors.join("; "),
+            mine.join(",")
         )))
     }
 
-    /// Every other member to dial, with its addresses: the membership's, or (for one the
-    /// table has no attributes for yet, or all while the membership is not known yet)
-    /// those known from the metadata record.
+    /// Every other member to dial, with its addresses: every member this one knows of
+    /// (those it was told of when it joined or bootstrapped, and every member the
+    /// membership has named since), except those removed. A member that joined, or
+    /// restarted, replays an older membership first, which may not hold the leader it must
+    /// answer; dialing a member not (or not yet) in the configuration costs nothing.
     fn peer_list(&self, ms: &Membership) -> Vec<PeerInfo> {
-        if ms.ids().is_empty() {
-            // A member that joined and has no log yet: the members it was told of.
-            return self.members.clone();
-        }
-        ms.ids()
-            .into_iter()
-            .filter_map(|id| match ms.member(id) {
-                Some(m) => Some(PeerInfo::from_member(m)),
-                None => self.members.iter().find(|p| p.id == id).cloned(),
-            })
+        self.members
+            .iter()
+            .filter(|p| !ms.was_removed(p.id))
+            .cloned()
             .collect()
+    }
+
+    /// Learns the addresses the membership gives, and forgets removed members.
+    fn learn_members(&mut self, ms: &Membership) {
+        for m in &ms.members {
+            match self.members.iter_mut().find(|p| p.id == m.id) {
+                Some(p) => *p = PeerInfo::from_member(m),
+                None => self.members.push(PeerInfo::from_member(m)),
+            }
+        }
+        self.members.retain(|p| !ms.was_removed(p.id));
+        // Bounded like the membership itself.
+        if self.members.len() > crate::raftlog::MEMBERS_MAX {
+            let ids = ms.ids();
+            self.members.retain(|p| ids.contains(&p.id));
+        }
     }
 
     /// The membership changed (or the member started): the peers dialed, what is
     /// published and kept follow it; a member the cluster removed starts leaving.
     fn membership_changed(&mut self, driver: &mut RaftDriver, shared: &Shared) {
         let ms = driver.node().membership();
+        // The addresses kept in the metadata record too.
+        self.learn_members(&ms);
         let peers = self.peer_list(&ms);
         if let Some(p) = &mut self.peers {
             p.set_members(&peers);
-        }
-        // The addresses kept in the metadata record: the members', and those the record
-        // knew of members the table has no attributes for yet.
-        if !peers.is_empty() {
-            self.members = peers;
         }
         // Followers that lag a little are sent entries, not a snapshot; alone, nothing is
         // kept behind the checkpoint.
@@ -513,7 +523,7 @@ impl Raft {
         self.publish.done = false;
         *shared.membership.lock() = ms;
         if driver.node().is_removed() {
-            self.leave("the cluster removed this member");
+            self.leave(driver, "the cluster removed this member");
         }
     }
 
@@ -549,17 +559,43 @@ impl Raft {
         }
     }
 
-    /// The cluster removed this member: it stops, shortly (a leader that removed itself
-    /// has stepped down and asked the voter with the most of its log to campaign; that
-    /// message is sent first).
-    fn leave(&mut self, why: &str) {
+    /// The cluster removed this member: it stops once the others go on without it.
+    fn leave(&mut self, driver: &RaftDriver, why: &str) {
         if self.leaving.is_some() {
             return;
         }
         tracing::error!(
             "{why}: the member has been permanently removed from the cluster; stopping"
         );
-        self.leaving = Some(Instant::now() + LEAVING_GRACE);
+        let now = Instant::now();
+        self.leaving = Some(Leaving {
+            soft: now + LEAVING_GRACE,
+            // Survivors still in the joint configuration campaign within two election
+            // timeouts (the longest drawn), and ask this member's vote.
+            hard: now + Duration::from_millis(self.election_timeout_ms * 3),
+            term: driver.node().term(),
+            seen: None,
+        });
+    }
+
+    /// Whether a member leaving may stop now: the others go on without it (another member
+    /// leads, or an election has begun, whose vote request it may have to answer: a leader
+    /// that removed itself has stepped down, and the survivors may still need its vote to
+    /// leave the joint configuration), and its last messages have had time to go out.
+    fn may_stop(&mut self, driver: &RaftDriver) -> bool {
+        let me = self.identity.member_id;
+        let Some(l) = &mut self.leaving else {
+            return false;
+        };
+        let now = Instant::now();
+        let leader = driver.leader_id();
+        let others_go_on =
+            (leader != raft::INVALID_ID && leader != me) || driver.node().term() > l.term;
+        if others_go_on && l.seen.is_none() {
+            l.seen = Some(now);
+        }
+        let settled = l.seen.is_some_and(|at| now >= at + LEAVING_SEND);
+        now >= l.hard || (now >= l.soft && settled)
     }
 
     async fn serve(&mut self, driver: &mut RaftDriver, shared: &Shared) -> Result<(), ServerError> {
@@ -621,7 +657,7 @@ impl Raft {
                     Input::SnapshotSent(to, ok) => driver.report_snapshot(to, ok),
                     Input::MoveLeader(to, reply) => self.move_leader(driver, to, reply),
                     Input::Member(req, reply) => self.member_request(driver, req, reply),
-                    Input::Removed(why) => self.leave(&why),
+                    Input::Removed(why) => self.leave(driver, &why),
                     Input::CheckpointWanted => self.send(ToApply::Checkpoint).await?,
                     Input::Peer(msgs) => {
                         if let Some(m) = msgs.first() {
@@ -649,10 +685,7 @@ impl Raft {
             self.answer_move_leader(driver);
             self.publish_attributes(driver, shared);
             self.answer_joint_waiters(driver);
-            if self
-                .leaving
-                .is_some_and(|deadline| Instant::now() >= deadline)
-            {
+            if self.may_stop(driver) {
                 return Err(ServerError::Removed);
             }
             if let Some(index) = checkpointed {
@@ -1089,6 +1122,7 @@ impl Raft {
                 peer_urls,
                 is_learner,
             } => {
+                let peer_urls = sorted(peer_urls);
                 check_urls(&peer_urls)?;
                 if urls_taken(&peer_urls, 0) {
                     return invalid("etcdserver: Peer URLs already exists".into());
@@ -1100,7 +1134,10 @@ impl Raft {
                 if is_learner && learners >= MAX_LEARNERS {
                     return invalid("etcdserver: too many learner members in cluster".into());
                 }
-                if !is_learner && active(&voters) < quorum(voters.len() + 1) {
+                // etcd's rule, with its exception: a lone voter may add a second one (to
+                // restore a cluster from one member's data).
+                let lone = voters.len() == 1 && active(&voters) == 1;
+                if !is_learner && !lone && active(&voters) < quorum(voters.len() + 1) {
                     return not_enough();
                 }
                 let id = new_member_id(&peer_urls, self.identity.cluster_id, ms);
@@ -1122,10 +1159,7 @@ impl Raft {
             }
             MemberRequest::Remove { id } => {
                 if !ms.contains(id) {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        format!("etcdserver: member not found: {id:x}"),
-                    ));
+                    return Err((ErrorCode::InvalidRequest, not_found(ms, id)));
                 }
                 if driver.node().conf_change_pending() {
                     return pending();
@@ -1147,10 +1181,7 @@ impl Raft {
             }
             MemberRequest::Promote { id } => {
                 if !ms.contains(id) {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        format!("etcdserver: member not found: {id:x}"),
-                    ));
+                    return Err((ErrorCode::InvalidRequest, not_found(ms, id)));
                 }
                 if !ms.is_learner(id) {
                     return invalid("etcdserver: can only promote a learner member".into());
@@ -1171,7 +1202,8 @@ impl Raft {
                             .into(),
                     );
                 }
-                if active(&voters) < quorum(voters.len() + 1) {
+                // The learner counts as started, as etcd counts it (it is in sync).
+                if active(&voters) + 1 < quorum(voters.len() + 1) {
                     return not_enough();
                 }
                 Ok(Change::Conf(
@@ -1180,11 +1212,9 @@ impl Raft {
                 ))
             }
             MemberRequest::Update { id, peer_urls } => {
+                let peer_urls = sorted(peer_urls);
                 let Some(current) = ms.member(id) else {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        format!("etcdserver: member not found: {id:x}"),
-                    ));
+                    return Err((ErrorCode::InvalidRequest, not_found(ms, id)));
                 };
                 check_urls(&peer_urls)?;
                 if urls_taken(&peer_urls, id) {
@@ -1224,9 +1254,24 @@ impl Raft {
     }
 }
 
-/// How long a removed member goes on after learning it, for its last messages (a leader's
-/// request that another campaign at once) to be sent.
+/// How long a removed member goes on after learning it, at least (its last messages, such
+/// as a leader's request that another campaign at once, go out meanwhile).
 const LEAVING_GRACE: Duration = Duration::from_millis(300);
+/// How long it goes on after seeing the others go on without it (a vote it granted goes
+/// out meanwhile).
+const LEAVING_SEND: Duration = Duration::from_millis(100);
+
+/// A removed member on its way out.
+struct Leaving {
+    /// Not before this.
+    soft: Instant,
+    /// Not after this, whatever happens.
+    hard: Instant,
+    /// Its term when it learned of its removal.
+    term: u64,
+    /// When it first saw the others go on without it.
+    seen: Option<Instant>,
+}
 
 /// Peers whose last message time is kept, at most.
 const HEARD_MAX: usize = 1024;
@@ -1240,6 +1285,23 @@ enum Change {
     Conf(ConfChangeV2, Option<u64>),
     /// A member command (new attributes).
     Attributes(Vec<u8>),
+}
+
+/// URLs sorted and without repeats, as etcd keeps them (every member then encodes a member
+/// alike).
+fn sorted(mut urls: Vec<String>) -> Vec<String> {
+    urls.sort();
+    urls.dedup();
+    urls
+}
+
+/// etcd's error for a member id that is not in the cluster: "ID removed" for one that was.
+fn not_found(ms: &Membership, id: u64) -> String {
+    if ms.was_removed(id) {
+        format!("etcdserver: ID removed: {id:x}")
+    } else {
+        format!("etcdserver: member not found: {id:x}")
+    }
 }
 
 /// A new member's id, as etcd makes one: from its peer URLs, the cluster and the time, so
