@@ -1058,17 +1058,22 @@ impl Raft {
                 ),
             ));
         }
-        // Voters the leader heard from within the last election timeout.
+        // How much of the leader's log each member holds (for promoting a learner).
         let progress = driver.node().progress();
         // Voters this member heard from lately (itself included), as etcd counts the
         // members its transport has been connected to.
         let me = self.identity.member_id;
-        let recently = Instant::now() - Duration::from_millis(self.election_timeout_ms * 2);
+        let recently =
+            Instant::now().checked_sub(Duration::from_millis(self.election_timeout_ms * 2));
         let active = |voters: &[u64]| {
             voters
                 .iter()
                 .filter(|&&v| {
-                    v == me || self.heard.iter().any(|&(id, at)| id == v && at >= recently)
+                    v == me
+                        || self
+                            .heard
+                            .iter()
+                            .any(|&(id, at)| id == v && recently.is_none_or(|r| at >= r))
                 })
                 .count()
         };
