@@ -861,7 +861,11 @@ fn a_client_that_does_not_read_its_replies_holds_bounded_memory() {
     eprintln!(
         "VmRSS KiB: {before} before, {peak} at most while {READS} replies of 120 KB were unread"
     );
-    assert!(grown < 16 << 10, "VmRSS grew {grown} KiB");
+    // Unbounded, the replies would take 120 MB. Bounded, the growth is the 4 MiB backlog,
+    // the replies the in-flight reads are building, and what the allocator keeps of them:
+    // 12 to 16.4 MiB measured here (16 MiB, the bound this test had, was met and missed
+    // alike by the same build).
+    assert!(grown < 24 << 10, "VmRSS grew {grown} KiB");
 }
 
 #[test]
