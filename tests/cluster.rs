@@ -368,20 +368,10 @@ fn leader_sigkill_under_load() {
 #[test]
 fn a_blackholed_follower_catches_up_by_snapshot() {
     let _one = one_cluster_at_a_time();
-    let options = Options {
-        // Checkpoints more often than the entries kept: the follower's first checkpoint
-        // after installing a snapshot is then within those entries of it (which once
-        // stopped the member).
-        extra: [
-            "--snapshot-count",
-            "60",
-            "--snapshot-catch-up-entries",
-            "100",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    };
+    // Checkpoints more often than the entries kept: the follower's first checkpoint after
+    // installing a snapshot is then within those entries of it (which once stopped the
+    // member).
+    let options = Options::snapshots(60, 100);
     let c = Cluster::start_with(3, options);
     let all = [0, 1, 2];
     let leader = c.wait_leader(&all, Duration::from_secs(20));
@@ -1152,17 +1142,7 @@ fn membership_changes_under_load() {
     let _one = one_cluster_at_a_time();
     // Few entries kept behind a checkpoint: the members added join by snapshot (whose
     // configuration must hold them, and whose member table they learn).
-    let options = Options {
-        extra: [
-            "--snapshot-count",
-            "200",
-            "--snapshot-catch-up-entries",
-            "50",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    };
+    let options = Options::snapshots(200, 50);
     let mut c = Cluster::start_with(3, options);
     let mut voters = vec![0, 1, 2];
     c.wait_leader(&voters, Duration::from_secs(20));

@@ -133,6 +133,32 @@ impl LogCore {
             .map_or(&self.membership, |(_, ms)| ms)
     }
 
+    /// Sets `snap`'s index, term, configuration and member table (its data) to those of
+    /// the store checkpoint at (index, term). False, leaving it as it is, when the log no
+    /// longer knows the membership there (before its start), or when `to` is given and
+    /// that configuration lacks it (raft would refuse the snapshot).
+    fn describe_snapshot(
+        &self,
+        snap: &mut Snapshot,
+        index: u64,
+        term: u64,
+        to: Option<u64>,
+    ) -> bool {
+        if index < self.start_index {
+            return false;
+        }
+        let ms = self.membership_at(index);
+        if to.is_some_and(|to| !ms.contains(to)) {
+            return false;
+        }
+        snap.data = ms.members_bytes().into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(ms.conf.clone());
+        true
+    }
+
     fn current_membership(&self) -> &Membership {
         self.changes.last().map_or(&self.membership, |(_, ms)| ms)
     }
@@ -293,11 +319,6 @@ impl RaftLog {
         self.core.borrow().current_membership().clone()
     }
 
-    /// The membership as of `index`, which must be at or after the log's start.
-    pub fn membership_at(&self, index: u64) -> Membership {
-        self.core.borrow().membership_at(index).clone()
-    }
-
     /// The entry at `index` (applied now, in log order) changed the membership to `ms`.
     pub fn record_membership(&self, index: u64, ms: Membership) {
         let mut core = self.core.borrow_mut();
@@ -306,6 +327,17 @@ impl RaftLog {
         }
         core.changes.retain(|(at, _)| *at < index);
         core.changes.push((index, ms));
+    }
+
+    /// Describes, in a snapshot message for member `to`, the store checkpoint at (index,
+    /// term) that is sent beside it: its index, term, and the membership as of it. False
+    /// (the message unchanged) when that membership is not known any more (the checkpoint
+    /// predates the log's start) or lacks `to` (the checkpoint predates its addition):
+    /// a newer checkpoint is needed.
+    pub fn describe_snapshot(&self, snap: &mut Snapshot, index: u64, term: u64, to: u64) -> bool {
+        self.core
+            .borrow()
+            .describe_snapshot(snap, index, term, Some(to))
     }
 
     /// Members known from elsewhere, for a data directory written before member tables
@@ -453,17 +485,9 @@ impl raft::Storage for RaftLog {
     /// streams the tree file itself beside the raft message.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let core = self.core.borrow();
+        let mut snap = Snapshot::default();
         match core.snapshot_point {
-            Some((index, term)) if index >= core.start_index => {
-                let mut snap = Snapshot::default();
-                let meta = snap.mut_metadata();
-                meta.index = index;
-                meta.term = term;
-                let ms = core.membership_at(index);
-                meta.set_conf_state(ms.conf.clone());
-                snap.data = ms.members_bytes().into();
-                Ok(snap)
-            }
+            Some((index, term)) if core.describe_snapshot(&mut snap, index, term, None) => Ok(snap),
             _ => Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             )),

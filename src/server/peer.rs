@@ -220,9 +220,11 @@ impl Peers {
         };
         // The newest checkpoint may be newer than the one raft chose: send what the file
         // holds, under its own index and term.
-        let index = snapshot.meta().applied_index;
-        let membership = (index >= self.log.start_index()).then(|| self.log.membership_at(index));
-        let Some(membership) = membership.filter(|ms| ms.contains(to)) else {
+        let (index, term) = (snapshot.meta().applied_index, snapshot.meta().applied_term);
+        if !self
+            .log
+            .describe_snapshot(m.mut_snapshot(), index, term, to)
+        {
             // The newest checkpoint predates the follower's addition (raft would refuse a
             // snapshot whose configuration lacks it), or the log's start (its membership is
             // no longer known): a newer one is asked for, and raft asks again.
@@ -230,13 +232,7 @@ impl Peers {
             let _ = self.shared.inputs.try_send(Input::SnapshotSent(to, false));
             let _ = self.shared.inputs.try_send(Input::CheckpointWanted);
             return;
-        };
-        let snap = m.mut_snapshot();
-        snap.data = membership.members_bytes().into();
-        let meta = snap.mut_metadata();
-        meta.index = index;
-        meta.term = snapshot.meta().applied_term;
-        meta.set_conf_state(membership.conf);
+        }
         let addrs = self
             .queues
             .iter()

@@ -311,14 +311,15 @@ impl Raft {
         self.wal
             .append_many(&[(RecordType::METADATA, &record)])
             .await?;
-        *shared.membership.lock() = log.membership();
-        self.learn_members(&log.membership());
+        let membership = log.membership();
+        *shared.membership.lock() = membership.clone();
+        self.learn_members(&membership);
         self.peers = Some(Peers::start(
             Me {
                 cluster_id: self.identity.cluster_id,
                 member_id: self.identity.member_id,
             },
-            &self.peer_list(&log.membership()),
+            &self.peer_list(&membership),
             std::mem::take(&mut self.role.peer_listeners),
             log.clone(),
             shared.clone(),
@@ -929,15 +930,17 @@ impl Raft {
         match waiter {
             Waiter::Kv(_) => {}
             Waiter::Member(reply, added) => match outcome {
-                // A change of voters is answered once its joint configuration is left (the
-                // leader does it on its own), so that the next change can follow at once.
-                Ok(()) if driver.node().membership().is_joint() => {
-                    let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
-                    self.joint_waiters.push((reply, added, deadline));
-                }
                 Ok(()) => {
-                    let _ =
-                        reply.send(Ok(self.member_response(&driver.node().membership(), added)));
+                    let ms = driver.node().membership();
+                    if ms.is_joint() {
+                        // A change of voters is answered once its joint configuration is
+                        // left (the leader does it on its own), so that the next change can
+                        // follow at once.
+                        let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+                        self.joint_waiters.push((reply, added, deadline));
+                    } else {
+                        let _ = reply.send(Ok(self.member_response(&ms, added)));
+                    }
                 }
                 Err(e) => {
                     let _ = reply.send(Err((ErrorCode::InvalidRequest, e)));

@@ -25,6 +25,23 @@ pub struct Options {
     pub extra: Vec<String>,
 }
 
+impl Options {
+    /// The defaults, with a store checkpoint every `count` entries and `keep` entries kept
+    /// behind it (`--snapshot-count`, `--snapshot-catch-up-entries`): few kept, members
+    /// that fall behind (or join) are sent snapshots.
+    pub fn snapshots(count: u64, keep: u64) -> Options {
+        Options {
+            extra: vec![
+                "--snapshot-count".into(),
+                count.to_string(),
+                "--snapshot-catch-up-entries".into(),
+                keep.to_string(),
+            ],
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

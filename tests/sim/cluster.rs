@@ -797,12 +797,15 @@ impl Sim {
                 let Some(up) = self.members[from].up.as_mut() else {
                     continue;
                 };
-                let mut snap = up.store.snapshot();
                 let log = up.driver.node().log().clone();
-                let holds_to = |index: u64| {
-                    index >= log.start_index() && log.membership_at(index).contains(msg.to)
+                let mut snap = up.store.snapshot();
+                let describe = |msg: &mut Message, snap: &cairn::btree::Snapshot| {
+                    let (index, term) = (snap.meta().applied_index, snap.meta().applied_term);
+                    let to = msg.to;
+                    log.describe_snapshot(msg.mut_snapshot(), index, term, to)
                 };
-                if !holds_to(snap.meta().applied_index) {
+                let mut held = describe(&mut msg, &snap);
+                if !held {
                     // The checkpoint predates the follower's addition: checkpoint now (the
                     // server asks its apply role for one).
                     if up.store.checkpoint().is_err() {
@@ -812,22 +815,12 @@ impl Sim {
                     let at = up.store.applied();
                     up.driver.set_snapshot_point(at.index, at.term);
                     snap = up.store.snapshot();
+                    // Still without the follower (the leader has not applied its addition
+                    // yet), the snapshot fails and raft asks again.
+                    held = describe(&mut msg, &snap);
                 }
-                let index = snap.meta().applied_index;
-                let membership = holds_to(index).then(|| log.membership_at(index));
                 let mut file = vec![0u8; snap.len() as usize];
                 let read = snap.read_at(0, &mut file).map(|n| n == file.len());
-                // Without the follower in its configuration (the leader has not applied
-                // its addition yet), the snapshot fails and raft asks again.
-                let held = membership.is_some();
-                if let Some(membership) = membership {
-                    let s = msg.mut_snapshot();
-                    s.data = membership.members_bytes().into();
-                    let meta = s.mut_metadata();
-                    meta.index = index;
-                    meta.term = snap.meta().applied_term;
-                    meta.set_conf_state(membership.conf);
-                }
                 if cut_off || !held || !matches!(read, Ok(true)) {
                     let life = self.members[from].life;
                     let after = 50 + self.rng.below(50);
