@@ -36,6 +36,12 @@
 //! changes nothing (a txn that fails midway is rolled back); a storage error is fatal and the
 //! store refuses further work until reopened. [`Store::checkpoint`] commits the tree.
 //!
+//! Applying yields, besides each response, the [`Event`]s the writes caused ([`Store::take_events`]):
+//! a put with the key as written, a delete with its tombstone, in revision order, the key's
+//! previous state included while [`Store::set_capture_prev`] is on. They come from the write
+//! transaction as it changes the index, are dropped by its rollback, and are the same on
+//! every replay of an entry: watchers, leases and locks consume them, nothing polls the store.
+//!
 //! # Reads from other threads, and why they are consistent
 //!
 //! [`Store::read_view`] publishes a [`ReadView`]: the tree's `View` (an immutable snapshot,

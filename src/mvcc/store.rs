@@ -18,7 +18,7 @@ use super::read_view::ReadView;
 use super::record::{Record, StoreMeta};
 use super::revision::Revision;
 use super::txn::{self, check_range};
-use super::types::{HashKvResponse, PutRef, RangeRequest, RangeResponse, Request, Response};
+use super::types::{Event, HashKvResponse, PutRef, RangeRequest, RangeResponse, Request, Response};
 use super::write::WriteTxn;
 
 /// Memory the writer may hold in changes not yet checkpointed before `maybe_checkpoint`
@@ -59,6 +59,11 @@ pub struct Store {
     poisoned: bool,
     /// Whether [`Store::maybe_checkpoint`] commits in the background.
     background_checkpoints: bool,
+    /// Events of the writes applied since [`Store::take_events`] last took them, in
+    /// revision order.
+    events: Vec<Event>,
+    /// Whether events carry the key as it was before each change.
+    capture_prev: bool,
 }
 
 impl Store {
@@ -107,6 +112,8 @@ impl Store {
             },
             poisoned: false,
             background_checkpoints: false,
+            events: Vec::new(),
+            capture_prev: false,
         })
     }
 
@@ -183,13 +190,32 @@ impl Store {
         Ok(ApplyOutcome::Applied(responses))
     }
 
+    /// The events of every write applied since the last call, in revision order (within a
+    /// revision, in the order of its changes). Applying an entry yields its response (from
+    /// [`Store::apply`]) and these: the caller takes them after each entry or batch, which
+    /// bounds what the store holds by what one batch writes.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether events carry the previous key-value of each change (etcd's `prev_kv` of a
+    /// watch): one more read per change, so only while some watcher asks for it.
+    pub fn set_capture_prev(&mut self, on: bool) {
+        self.capture_prev = on;
+    }
+
     /// Runs one write transaction: its own revision if it changes anything; rolled back if
     /// it fails.
     fn write(
         &mut self,
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<Response, MvccError>,
     ) -> Result<Response, MvccError> {
-        let mut w = WriteTxn::new(&mut self.db, &self.index, self.current_revision);
+        let mut w = WriteTxn::new(
+            &mut self.db,
+            &self.index,
+            self.current_revision,
+            self.capture_prev,
+        );
         let result = f(&mut w);
         if let Err(e) = &result {
             if !e.is_fatal() {
@@ -198,6 +224,7 @@ impl Store {
         }
         if w.changed() {
             self.current_revision += 1;
+            self.events.append(&mut w.take_events());
         }
         let dropped = w.take_compacted();
         if self.compaction_backlog.is_empty() {

@@ -306,3 +306,29 @@ pub enum Response {
     Txn(TxnResponse),
     Compaction(CompactionResponse),
 }
+
+/// `mvccpb.Event.EventType`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventType {
+    #[default]
+    Put,
+    Delete,
+}
+
+/// `mvccpb.Event`: one change a write made. A put's `kv` is the key as written; a delete's
+/// is the tombstone, holding only the key and the deletion's revision in `mod_revision`
+/// (etcd's form). `prev_kv` is the key before the change, when the store was asked to
+/// capture it ([`crate::mvcc::Store::set_capture_prev`]) and the key existed.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Event {
+    pub kind: EventType,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    /// The revision of the write that caused it.
+    pub fn revision(&self) -> i64 {
+        self.kv.mod_revision
+    }
+}

@@ -1,6 +1,8 @@
 //! One write transaction (etcd's `storeTxnWrite`): every change of one request, at revision
 //! `begin + 1`, with sub-revisions numbering the changes. Reads inside it see its own earlier
-//! writes. It keeps an undo log so a request that fails after writing can be rolled back.
+//! writes. It keeps an undo log so a request that fails after writing can be rolled back,
+//! and the events of its changes (watch, leases and locks consume them) for the store to
+//! hand out once it commits.
 
 use parking_lot::RwLock;
 
@@ -11,7 +13,7 @@ use super::key_index::{KeyIndex, KeyRange};
 use super::range::{self, RangeOptions, RangeResult, PRIMARY_TREE};
 use super::record::Record;
 use super::revision::Revision;
-use super::types::KeyValue;
+use super::types::{Event, EventType, KeyValue};
 
 /// What undoes one change: its revision and the key's live generation before it.
 struct Undo {
@@ -29,17 +31,42 @@ pub(crate) struct WriteTxn<'a> {
     undo: Vec<Undo>,
     /// Revisions a compaction dropped from the index, for the store to delete from the tree.
     compacted: Vec<Revision>,
+    /// One per change, in sub-revision order; dropped by a rollback.
+    events: Vec<Event>,
+    /// Whether events carry the key as it was before the change.
+    capture_prev: bool,
 }
 
 impl<'a> WriteTxn<'a> {
     /// Starts a transaction on a store whose current revision is `begin`.
-    pub fn new(db: &'a mut Db, index: &'a RwLock<KeyIndex>, begin: i64) -> WriteTxn<'a> {
+    /// `capture_prev`: events carry the key as it was before each change (a read each).
+    pub fn new(
+        db: &'a mut Db,
+        index: &'a RwLock<KeyIndex>,
+        begin: i64,
+        capture_prev: bool,
+    ) -> WriteTxn<'a> {
         WriteTxn {
             db,
             index,
             begin,
             undo: Vec::new(),
             compacted: Vec::new(),
+            events: Vec::new(),
+            capture_prev,
+        }
+    }
+
+    /// The events of the changes made, in order; none after a rollback.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn prev_for_event(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        if self.capture_prev {
+            self.get(key)
+        } else {
+            Ok(None)
         }
     }
 
@@ -92,14 +119,30 @@ impl<'a> WriteTxn<'a> {
     /// Writes a new revision of `key`; returns the transaction's revision.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, MvccError> {
         let rev = self.next_rev();
+        let prev_kv = self.prev_for_event(key)?;
         let db = &mut *self.db;
+        let mut generation = (0, 0);
         // One search of the index; the tree is written first, so that if it fails the index
         // still describes the tree.
         let before = self.index.write().put_with(key, rev, |created, version| {
+            generation = (created, version);
             let record = Record::put(key, created, version, lease, value).encode();
             db.put_owned(PRIMARY_TREE, &rev.to_key(), record)
         })?;
         self.undo.push(Undo { rev, before });
+        let (create_revision, version) = generation;
+        self.events.push(Event {
+            kind: EventType::Put,
+            kv: KeyValue {
+                key: key.to_vec(),
+                create_revision,
+                mod_revision: rev.main,
+                version,
+                value: value.to_vec(),
+                lease,
+            },
+            prev_kv,
+        });
         Ok(rev.main)
     }
 
@@ -121,6 +164,7 @@ impl<'a> WriteTxn<'a> {
 
     fn delete(&mut self, key: &[u8]) -> Result<(), MvccError> {
         let rev = self.next_rev();
+        let prev_kv = self.prev_for_event(key)?;
         let before = self.index.read().live_generation(key);
         self.db.put(
             PRIMARY_TREE,
@@ -129,11 +173,21 @@ impl<'a> WriteTxn<'a> {
         )?;
         self.index.write().tombstone(key, rev);
         self.undo.push(Undo { rev, before });
+        self.events.push(Event {
+            kind: EventType::Delete,
+            kv: KeyValue {
+                key: key.to_vec(),
+                mod_revision: rev.main,
+                ..KeyValue::default()
+            },
+            prev_kv,
+        });
         Ok(())
     }
 
     /// Undoes every change, newest first, leaving tree and index as they were at `begin`.
     pub fn rollback(&mut self) -> Result<(), MvccError> {
+        self.events.clear();
         while let Some(Undo { rev, before }) = self.undo.pop() {
             let bytes = self.db.get(PRIMARY_TREE, &rev.to_key())?;
             let bytes = bytes.ok_or(MvccError::MissingRevision(rev))?;

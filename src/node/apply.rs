@@ -19,6 +19,9 @@ pub struct Applied {
     pub results: Vec<(ProposalId, Result<Response, NodeError>)>,
     /// Index of the last entry applied (empty entries included), if any.
     pub last_index: Option<u64>,
+    /// The events the writes among them caused, in revision order: every member has the
+    /// same (watchers on any member are fed from them).
+    pub events: Vec<crate::mvcc::Event>,
 }
 
 /// Applies committed entries in log order. `Err` is fatal: storage failed, or an entry is
@@ -56,6 +59,7 @@ pub fn apply_committed(store: &mut Store, entries: &[Entry]) -> Result<Applied, 
             out.results.push((id, result));
         }
     }
+    out.events = store.take_events();
     Ok(out)
 }
 

@@ -6,6 +6,8 @@
 //! Revisions in generated requests are codes resolved against the state when the request
 //! runs (see [`resolve`]), so histories hit the current, past, compacted and future revisions.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -16,8 +18,8 @@ use super::model::{Model, Outcome, MISSING_LEASE};
 use crate::btree::DbOptions;
 use crate::mvcc::{
     ApplyOutcome, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
-    LeaseCheck, PutRequest, RaftPosition, RangeRequest, ReadView, Request, RequestOp, Response,
-    SortOrder, SortTarget, Store, TargetUnion, TxnRequest,
+    Event, EventType, KeyValue, LeaseCheck, PutRequest, RaftPosition, RangeRequest, ReadView,
+    Request, RequestOp, Response, SortOrder, SortTarget, Store, TargetUnion, TxnRequest,
 };
 
 /// Rejects [`MISSING_LEASE`], accepts every other lease.
@@ -332,10 +334,14 @@ struct Run {
     model: Model,
     /// Views with the model's current and compaction revision when each was taken.
     views: Vec<(ReadView, i64, i64)>,
-    /// Every entry applied: index, requests as applied, responses.
-    log: Vec<(u64, Vec<Request>, Vec<Outcome<Response>>)>,
+    /// Every entry applied: index, requests as applied, responses, events.
+    log: Vec<LoggedEntry>,
     reopening: Reopening,
+    /// The keys as the events say they are: every event applied in order.
+    from_events: BTreeMap<Vec<u8>, KeyValue>,
 }
+
+type LoggedEntry = (u64, Vec<Request>, Vec<Outcome<Response>>, Vec<Event>);
 
 impl Run {
     fn new(reopening: Reopening) -> Run {
@@ -345,7 +351,14 @@ impl Run {
             views: Vec::new(),
             log: Vec::new(),
             reopening,
+            from_events: BTreeMap::new(),
         }
+        .capturing_prev()
+    }
+
+    fn capturing_prev(mut self) -> Run {
+        self.h.store.set_capture_prev(true);
+        self
     }
 
     fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -384,7 +397,7 @@ impl Run {
             Op::Reopen => self.reopen(false)?,
             Op::Crash => self.reopen(true)?,
             Op::Replay(i) if !self.log.is_empty() => {
-                let (index, batch, _) = &self.log[i % self.log.len()];
+                let (index, batch, _, _) = &self.log[i % self.log.len()];
                 let at = RaftPosition {
                     index: *index,
                     term: 1,
@@ -409,6 +422,7 @@ impl Run {
             want.push(self.model.apply(&request));
             applied.push(request);
         }
+        let before = self.h.store.current_revision();
         let got: Vec<Outcome<Response>> = self
             .h
             .apply_batch(&applied, &Leases)
@@ -416,7 +430,49 @@ impl Run {
             .map(outcome)
             .collect();
         prop_assert_eq!(&got, &want);
-        self.log.push((self.h.next_index - 1, applied, got));
+        let events = self.h.store.take_events();
+        self.check_events(before, &events)?;
+        self.log.push((self.h.next_index - 1, applied, got, events));
+        Ok(())
+    }
+
+    /// The events of an entry: each revision it wrote has events, in order, and nothing
+    /// else does; each event's previous key-value is what the events before it left; and
+    /// the events applied in order give exactly the store's keys.
+    fn check_events(&mut self, before: i64, events: &[Event]) -> Result<(), TestCaseError> {
+        let now = self.h.store.current_revision();
+        let revs: BTreeSet<i64> = events.iter().map(Event::revision).collect();
+        prop_assert_eq!(revs, (before + 1..=now).collect::<BTreeSet<i64>>());
+        prop_assert!(events
+            .windows(2)
+            .all(|w| w[0].revision() <= w[1].revision()));
+        for e in events {
+            let prev = match e.kind {
+                EventType::Put => self.from_events.insert(e.kv.key.clone(), e.kv.clone()),
+                EventType::Delete => {
+                    prop_assert_eq!(
+                        (
+                            e.kv.create_revision,
+                            e.kv.version,
+                            e.kv.value.len(),
+                            e.kv.lease
+                        ),
+                        (0, 0, 0, 0)
+                    );
+                    let prev = self.from_events.remove(&e.kv.key);
+                    prop_assert!(prev.is_some(), "a delete event for a key that is not live");
+                    prev
+                }
+            };
+            prop_assert_eq!(&e.prev_kv, &prev);
+        }
+        let all = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let live = self.h.store.range(&all).map_err(fail)?.kvs;
+        prop_assert_eq!(live, self.from_events.values().cloned().collect::<Vec<_>>());
         Ok(())
     }
 
@@ -444,6 +500,7 @@ impl Run {
             }),
         };
         reopened.map_err(fail)?;
+        self.h.store.set_capture_prev(true);
         self.replay_log()
     }
 
@@ -451,7 +508,7 @@ impl Run {
     /// replayed entry must answer exactly as it did the first time.
     fn replay_log(&mut self) -> Result<(), TestCaseError> {
         let applied = self.h.store.applied().index;
-        for (index, batch, responses) in &self.log {
+        for (index, batch, responses, events) in &self.log {
             let at = RaftPosition {
                 index: *index,
                 term: 1,
@@ -462,6 +519,8 @@ impl Run {
                     prop_assert!(*index > applied);
                     let got: Vec<Outcome<Response>> = got.into_iter().map(outcome).collect();
                     prop_assert_eq!(&got, responses);
+                    // Replayed, an entry causes the same events as the first time.
+                    prop_assert_eq!(&self.h.store.take_events(), events);
                 }
             }
         }
