@@ -47,3 +47,4 @@ pub mod protocol;
 pub mod raftlog;
 pub mod server;
 pub mod wal;
+pub mod watch;

@@ -72,6 +72,34 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// The event of the write that stored this record at revision `main`.
+    pub fn event(&self, main: i64) -> super::types::Event {
+        use super::types::{Event, EventType, KeyValue};
+        if self.tombstone {
+            return Event {
+                kind: EventType::Delete,
+                kv: KeyValue {
+                    key: self.key.to_vec(),
+                    mod_revision: main,
+                    ..KeyValue::default()
+                },
+                prev_kv: None,
+            };
+        }
+        Event {
+            kind: EventType::Put,
+            kv: KeyValue {
+                key: self.key.to_vec(),
+                create_revision: self.create_revision,
+                mod_revision: main,
+                version: self.version,
+                value: self.value.to_vec(),
+                lease: self.lease,
+            },
+            prev_kv: None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let key_len = u32::try_from(self.key.len()).expect("key length fits u32");
         let mut out = Vec::with_capacity(RECORD_FIXED_BYTES + self.key.len() + self.value.len());

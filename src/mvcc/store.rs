@@ -398,6 +398,61 @@ impl Store {
         })
     }
 
+    /// The events of whole revisions from `from` on, read from the revision-keyed tree
+    /// (a watcher catching up): at most `max_records` of them unless one revision holds
+    /// more, and the last revision they cover (through which nothing else happened). With
+    /// `with_prev`, each event carries the key as it was the revision before, when that is
+    /// not compacted. Revisions below the compaction revision may be missing: check it first.
+    pub fn history(
+        &self,
+        from: i64,
+        max_records: usize,
+        with_prev: bool,
+    ) -> Result<(Vec<Event>, i64), MvccError> {
+        let lo = Revision::new(from.max(0), 0).to_key();
+        let mut events: Vec<Event> = Vec::new();
+        let mut through = self.current_revision;
+        let entries = self.db.range(
+            PRIMARY_TREE,
+            Bound::Included(&lo[..]),
+            Bound::Unbounded,
+            false,
+        );
+        for entry in entries {
+            let (key, value) = entry?;
+            let rev = Revision::from_key(&key)?;
+            let last = events.last().map(Event::revision);
+            if rev.main > self.current_revision {
+                break;
+            }
+            if events.len() >= max_records && last != Some(rev.main) {
+                through = last.unwrap_or(through);
+                break;
+            }
+            events.push(Record::decode(&value, rev)?.event(rev.main));
+        }
+        if with_prev {
+            for e in &mut events {
+                e.prev_kv = self.key_at(&e.kv.key, e.revision() - 1)?;
+            }
+        }
+        Ok((events, through))
+    }
+
+    /// The key as it was at `rev`, `None` if it did not exist or `rev` is compacted.
+    fn key_at(&self, key: &[u8], rev: i64) -> Result<Option<crate::mvcc::KeyValue>, MvccError> {
+        let r = RangeRequest {
+            key: key.to_vec(),
+            revision: rev,
+            ..RangeRequest::default()
+        };
+        match self.range(&r) {
+            Ok(mut r) => Ok(r.kvs.pop()),
+            Err(MvccError::Compacted) | Err(MvccError::FutureRev) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// HashKV at `rev` (0 for the current revision).
     pub fn hash_kv(&self, rev: i64) -> Result<HashKvResponse, MvccError> {
         hash::hash_kv(
