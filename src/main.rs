@@ -44,6 +44,37 @@ fn release_memory() {
 /// Each connection takes a descriptor: the soft limit is raised to the hard one, as Go's
 /// runtime does for etcd (a soft limit of 1,024 is common and far under what a member
 /// serves).
+/// A duration as etcd's flags write them: a number and a unit (`ms`, `s`, `m`, `h`),
+/// several of them added up (`1m30s`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?} (use a number and a unit: 10m, 30s, 500ms)");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit_len = rest[digits..]
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len() - digits);
+        let unit_ms = match &rest[digits..digits + unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        let ms = number.checked_mul(unit_ms).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_millis(ms))
+            .ok_or_else(bad)?;
+        rest = &rest[digits + unit_len..];
+    }
+    Ok(total)
+}
+
 fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -156,6 +187,10 @@ enum Command {
     /// Removes the specified key or range of keys [key, range_end).
     #[command(alias = "delete")]
     Del(cairn::cli::DelArgs),
+    /// Watches events stream on keys or prefixes: from now, or from --rev on. Runs until
+    /// interrupted; when the connection fails, goes on through another endpoint from the
+    /// revision after the last one seen.
+    Watch(cairn::cli::WatchArgs),
     /// Txn processes all the requests in one transaction, read from standard input: compares,
     /// an empty line, success requests, an empty line, failure requests.
     Txn,
@@ -305,6 +340,12 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_WAL_SEGMENT_BYTES", default_value_t = 64 << 20,
           value_parser = clap::value_parser!(u64).range((8 << 20)..))]
     wal_segment_bytes: u64,
+    /// How often a watcher that asked for progress notifications, and was sent nothing
+    /// meanwhile, gets the member's revision: a duration such as 10m, 30s or 500ms.
+    #[arg(long = "experimental-watch-progress-notify-interval",
+          env = "CAIRN_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m",
+          value_parser = parse_duration)]
+    watch_progress_notify_interval: Duration,
     /// Number of executors for spread and unpinned; 0: one per core this process may use.
     #[arg(long, env = "CAIRN_EXECUTORS", default_value_t = 0)]
     executors: usize,
@@ -510,6 +551,66 @@ fn leader_endpoint(endpoint: &str, timeout_s: u64) -> Result<String, String> {
 }
 
 /// Writes a client command's output to stdout as it is.
+/// etcdctl's exit code for a watch the server canceled.
+const EXIT_INTERRUPTED: u8 = 5;
+
+/// `watch`: prints each response as it comes (and runs the exec-command for each event)
+/// until the server cancels the watch or the process is interrupted.
+fn watch(
+    endpoints: &[String],
+    format: OutputFormat,
+    timeout_s: u64,
+    args: &cairn::cli::WatchArgs,
+) -> Result<(), Failure> {
+    use cairn::cli::watch::{exec_env, watch_json, watch_simple};
+    let request = args.request()?;
+    let timeout = Duration::from_secs(timeout_s);
+    let mut stream = cairn::client::WatchStream::connect(endpoints.to_vec(), timeout)?;
+    let created = stream.create(request)?;
+    let show = |r: &cairn::watch::WatchResponse| -> Result<(), Failure> {
+        let out = match format {
+            OutputFormat::Json => watch_json(r).into_bytes(),
+            _ => watch_simple(r),
+        };
+        write_out(&out).map_err(|e| Failure(EXIT_ERROR, e))
+    };
+    let mut response = created;
+    loop {
+        if response.canceled {
+            // clientv3's error for a compacted start revision, as etcdctl prints it.
+            let reason = if response.compact_revision != 0 {
+                "etcdserver: mvcc: required revision has been compacted"
+            } else {
+                response.cancel_reason.as_str()
+            };
+            eprintln!("watch was canceled ({reason})");
+            return Err(Failure(
+                EXIT_INTERRUPTED,
+                "watch is canceled by the server".into(),
+            ));
+        }
+        if !response.created {
+            show(&response)?;
+        }
+        if let Some((program, rest)) = args.exec.split_first() {
+            for e in &response.events {
+                let status = std::process::Command::new(program)
+                    .args(rest)
+                    .envs(exec_env(e))
+                    .status();
+                if let Err(e) = status {
+                    eprintln!("Error running {program:?}: {e}");
+                }
+            }
+        }
+        response = loop {
+            if let Some(r) = stream.next(Duration::from_secs(1))? {
+                break r;
+            }
+        };
+    }
+}
+
 fn write_out(out: &[u8]) -> Result<(), String> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -798,7 +899,7 @@ fn run_client(
                     .collect()
             }
         }
-        Command::Serve(_) | Command::Check { .. } | Command::Repair { .. } => {
+        Command::Serve(_) | Command::Check { .. } | Command::Repair { .. } | Command::Watch(_) => {
             return Err(Failure(EXIT_BAD_ARGS, "not a client command".into()))
         }
     })
@@ -855,6 +956,7 @@ fn main() -> ExitCode {
                 } else {
                     args.quota_backend_bytes
                 },
+                watch_progress_notify_ms: args.watch_progress_notify_interval.as_millis() as u64,
                 cluster: cairn::server::ClusterConfig {
                     initial_cluster: args.initial_cluster,
                     initial_advertise_peer_urls: args.initial_advertise_peer_urls,
@@ -868,6 +970,15 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("cairn serve: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Watch(args) => {
+            match watch(&cli.endpoints, cli.write_out, cli.command_timeout, &args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(Failure(code, message)) => {
+                    eprintln!("Error: {message}");
+                    ExitCode::from(code)
                 }
             }
         }

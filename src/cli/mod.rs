@@ -5,10 +5,12 @@ pub mod member;
 pub mod ops;
 pub mod output;
 pub mod txn;
+pub mod watch;
 
 pub use member::MemberCmd;
 pub use ops::{prefix_range_end, DelArgs, GetArgs, PutArgs};
 pub use txn::{argify, parse_compare, parse_op, parse_txn};
+pub use watch::WatchArgs;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CliError {

@@ -26,7 +26,7 @@ pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 
 /// Key and range end for `--prefix` / `--from-key`, as etcdctl resolves them (an empty key
 /// with either flag means every key).
-fn key_range(
+pub(crate) fn key_range(
     key: &[u8],
     range_end: Option<&[u8]>,
     prefix: bool,

@@ -119,8 +119,21 @@ pub(crate) fn json_string(s: &str) -> String {
     out
 }
 
-fn header(h: &ResponseHeader) -> String {
+pub(crate) fn header(h: &ResponseHeader) -> String {
     Obj::new().int("revision", h.revision).done()
+}
+
+/// `mvccpb.Event` as Go's JSON has it: `type` left out for a put (0), 1 for a delete.
+pub(crate) fn json_event(e: &crate::mvcc::Event) -> String {
+    let o = match e.kind {
+        crate::mvcc::EventType::Put => Obj::new(),
+        crate::mvcc::EventType::Delete => Obj::new().int("type", 1),
+    };
+    let o = o.raw("kv", &kv(&e.kv));
+    match &e.prev_kv {
+        Some(p) => o.raw("prev_kv", &kv(p)).done(),
+        None => o.done(),
+    }
 }
 
 fn kv(kv: &KeyValue) -> String {

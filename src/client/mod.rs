@@ -3,8 +3,10 @@
 //! glommio executor with many requests in flight on one connection.
 
 mod local;
+mod watch;
 
 pub use local::{AsyncClient, DEFAULT_MAX_INFLIGHT, REPLY_FRAME_BYTES_MAX};
+pub use watch::WatchStream;
 
 use crate::protocol::{
     decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,

@@ -105,7 +105,8 @@ fn apply_entry(
         | ArchivedClientRequest::Alarm(_)
         | ArchivedClientRequest::HashKv(_)
         | ArchivedClientRequest::MoveLeader(_)
-        | ArchivedClientRequest::Member(_) => {
+        | ArchivedClientRequest::Member(_)
+        | ArchivedClientRequest::Watch(_) => {
             return Err(bad("a request that is never logged".into()))
         }
     };

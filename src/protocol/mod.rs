@@ -70,6 +70,11 @@ pub enum ClientRequest {
     MoveLeader(u64),
     /// Lists or changes the cluster's members (etcd's `Cluster` service).
     Member(MemberRequest),
+    /// Creates or cancels a watcher, or asks for progress (etcd's `Watch` stream). The
+    /// responses of a watcher come on the request id of its `Create`, as many frames as
+    /// it has responses, until it is canceled; a `Cancel` or `Progress` is answered on its
+    /// own request id.
+    Watch(crate::watch::WatchRequest),
 }
 
 /// etcd's `Cluster` service requests. Changes are taken by the leader only (a follower
@@ -200,6 +205,7 @@ pub enum ClientResponse {
     /// Leadership moved to the member asked for.
     MoveLeader,
     Member(MemberResponse),
+    Watch(crate::watch::WatchResponse),
 }
 
 /// Why a request (or, with request id 0, the connection) failed.

@@ -6,6 +6,7 @@ use super::{Input, Reply, ServerError, Shared, ToApply};
 use crate::btree::DbOptions;
 use crate::mvcc::{Store, COMPACTION_STEP_RECORDS};
 use crate::node::{apply_committed, ProposalId};
+use crate::watch::{HubConfig, WatchHub};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ const APPLY_BATCH_MAX: usize = 256;
 
 pub(crate) struct ApplyRole {
     pub from_raft: flume::Receiver<ToApply>,
+    /// Watch requests from the net shards' connections.
+    pub watch_inputs: flume::Receiver<super::watch::HubInput>,
     pub wal_opened: flume::Receiver<()>,
     /// The store's applied index once open (or why not), then the final checkpoint's result.
     pub store_opened: flume::Sender<Result<u64, ServerError>>,
@@ -77,49 +80,40 @@ async fn apply_loop(
     publish(store, applied, shared);
     // Checkpoints write their pages here and sync them on another thread.
     store.set_background_checkpoints(true);
+    let mut hub = Hub::new(store, shared);
     while !stop {
-        // With compaction deletions left, work on them between messages instead of waiting.
-        let first = if store.compaction_backlog() > 0 {
-            match role.from_raft.try_recv() {
-                Ok(msg) => Some(msg),
-                Err(flume::TryRecvError::Empty) => {
-                    futures_lite::future::yield_now().await;
-                    None
-                }
-                Err(flume::TryRecvError::Disconnected) => break,
-            }
-        } else if store.checkpoint_pending() || space.owed {
-            // Wake up to report the checkpoint once durable, or to try a failed one again,
-            // even with nothing to apply.
-            let recv = role.from_raft.recv_async();
-            let wait = if store.checkpoint_pending() {
-                CHECKPOINT_POLL
-            } else {
-                space.until_retry()
-            };
-            let tick = glommio::timer::sleep(wait);
-            match futures_lite::future::or(async { Some(recv.await) }, async {
-                tick.await;
-                None
-            })
-            .await
-            {
-                Some(Ok(msg)) => Some(msg),
-                Some(Err(_)) => break, // the raft role is gone
-                None => None,
-            }
+        // With compaction deletions or watchers to feed, work on them between messages
+        // instead of waiting; wake up to report a checkpoint once durable, or to try a
+        // failed one again, even with nothing to apply.
+        let wait = if store.compaction_backlog() > 0 || hub.catching_up {
+            Some(std::time::Duration::ZERO)
+        } else if store.checkpoint_pending() {
+            Some(CHECKPOINT_POLL)
+        } else if space.owed {
+            Some(space.until_retry())
         } else {
-            match role.from_raft.recv_async().await {
-                Ok(msg) => Some(msg),
-                Err(_) => break, // the raft role is gone
-            }
+            None
         };
-        let more = first
-            .is_some()
-            .then(|| role.from_raft.try_iter().take(APPLY_BATCH_MAX));
+        let first = match next_message(role, hub.wait(wait)).await {
+            Next::Gone => break, // the raft role is gone
+            Next::Raft(msg) => Some(msg),
+            Next::Watch(input) => {
+                hub.handle(input);
+                None
+            }
+            Next::Idle => None,
+        };
+        for input in role.watch_inputs.try_iter().take(WATCH_BATCH_MAX) {
+            hub.handle(input);
+        }
+        // Before applying: whether events must carry previous key-values.
+        store.set_capture_prev(hub.hub.wants_prev());
+        let more = role.from_raft.try_iter().take(APPLY_BATCH_MAX);
         let mut answers = Vec::new();
-        let processed = first.is_some();
-        for msg in first.into_iter().chain(more.into_iter().flatten()) {
+        let mut processed = false;
+        let mut events = Vec::new();
+        for msg in first.into_iter().chain(more) {
+            processed = true;
             match msg {
                 ToApply::Entries(entries, replies) => {
                     log_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
@@ -127,11 +121,16 @@ async fn apply_loop(
                     if let Some(last) = out.last_index {
                         applied = last;
                     }
+                    events.extend(out.events);
                     answers.push((out.results, replies));
                 }
                 ToApply::Reads(index, waiters) => reads.push((index, waiters)),
                 ToApply::Install(file, index, done) => {
+                    // The events applied before go out first; those the snapshot holds
+                    // are read from its tree by the watchers, which all catch up.
+                    hub.notify(store, &std::mem::take(&mut events));
                     let installed = install(store, &file, index, shared);
+                    hub.resync(store);
                     if let Err(e) = &installed {
                         tracing::error!(error = %e, "installing a snapshot failed");
                     } else {
@@ -153,7 +152,10 @@ async fn apply_loop(
         }
         if processed {
             publish(store, applied, shared);
+            // Once the view holds them: a watcher that sees an event can read it.
+            hub.notify(store, &events);
         }
+        hub.step(store)?;
         // Replies only once the view holds the writes: a client that reads what it wrote,
         // even serializably from any shard, sees it.
         for (results, replies) in answers {
@@ -269,6 +271,129 @@ impl CheckpointSpace {
             tracing::info!("a tree checkpoint succeeded: space is available again");
         }
         *self = CheckpointSpace::new();
+    }
+}
+
+/// Watch requests taken in one go.
+const WATCH_BATCH_MAX: usize = 1024;
+
+/// What woke the apply role.
+enum Next {
+    Raft(ToApply),
+    Watch(super::watch::HubInput),
+    /// Nothing within the wait.
+    Idle,
+    /// The raft role is gone.
+    Gone,
+}
+
+/// The next message from the raft role or a connection, waiting at most `wait` (none:
+/// until one comes; zero: only a yield to the executor's other tasks).
+async fn next_message(role: &ApplyRole, wait: Option<std::time::Duration>) -> Next {
+    if let Ok(input) = role.watch_inputs.try_recv() {
+        return Next::Watch(input);
+    }
+    match role.from_raft.try_recv() {
+        Ok(msg) => return Next::Raft(msg),
+        Err(flume::TryRecvError::Disconnected) => return Next::Gone,
+        Err(flume::TryRecvError::Empty) => {}
+    }
+    if wait.is_some_and(|w| w.is_zero()) {
+        futures_lite::future::yield_now().await;
+        return Next::Idle;
+    }
+    let raft = async {
+        match role.from_raft.recv_async().await {
+            Ok(msg) => Next::Raft(msg),
+            Err(_) => Next::Gone,
+        }
+    };
+    let watch = async {
+        match role.watch_inputs.recv_async().await {
+            Ok(input) => Next::Watch(input),
+            // Shared holds a sender as long as the member runs.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let timer = async {
+        match wait {
+            Some(wait) => {
+                glommio::timer::sleep(wait).await;
+                Next::Idle
+            }
+            None => std::future::pending().await,
+        }
+    };
+    futures_lite::future::or(raft, futures_lite::future::or(watch, timer)).await
+}
+
+/// The watch hub as the apply role runs it.
+struct Hub {
+    hub: WatchHub<super::watch::ConnSink>,
+    /// Unsynced watchers could be fed now: step again soon.
+    catching_up: bool,
+    started: std::time::Instant,
+    progress_notify_ms: u64,
+}
+
+/// How often unsynced watchers whose connections had no room are looked at again.
+const WATCH_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Hub {
+    fn new(store: &Store, shared: &Shared) -> Hub {
+        let config = HubConfig {
+            response_bytes_max: shared.config.max_request_bytes as usize,
+            progress_notify_ms: shared.config.watch_progress_notify_ms,
+            ..HubConfig::default()
+        };
+        Hub {
+            hub: WatchHub::new(config, store.current_revision(), store.compact_revision()),
+            catching_up: false,
+            started: std::time::Instant::now(),
+            progress_notify_ms: shared.config.watch_progress_notify_ms,
+        }
+    }
+
+    fn handle(&mut self, input: super::watch::HubInput) {
+        self.hub.handle(input);
+        // A watcher from a past revision is fed at the next step.
+        self.catching_up |= self.hub.unsynced() > 0;
+    }
+
+    fn notify(&mut self, store: &Store, events: &[crate::mvcc::Event]) {
+        self.hub
+            .notify(events, store.current_revision(), store.compact_revision());
+    }
+
+    fn resync(&mut self, store: &Store) {
+        self.hub
+            .resync(store.current_revision(), store.compact_revision());
+        self.catching_up = self.hub.unsynced() > 0;
+    }
+
+    /// One catch-up step and the progress notifications due.
+    fn step(&mut self, store: &Store) -> Result<(), ServerError> {
+        self.catching_up = self.hub.unsynced() > 0 && self.hub.catch_up(store)?;
+        self.hub.tick(self.started.elapsed().as_millis() as u64);
+        Ok(())
+    }
+
+    /// How long the apply role may wait for a message: `wait`, shortened while watchers
+    /// are behind (their connections may have room again) or may be owed a progress
+    /// notification.
+    fn wait(&self, wait: Option<std::time::Duration>) -> Option<std::time::Duration> {
+        let mut bound = None;
+        if self.hub.unsynced() > 0 {
+            bound = Some(WATCH_RETRY);
+        } else if !self.hub.is_empty() {
+            let progress =
+                std::time::Duration::from_millis(self.progress_notify_ms.clamp(10, 1000));
+            bound = Some(progress);
+        }
+        match (wait, bound) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

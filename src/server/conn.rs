@@ -5,6 +5,7 @@
 
 use super::read_buf::{ReadBuf, READ_BURST_BYTES, READ_IDLE_BYTES};
 use super::replies::{write_replies, Replies};
+use super::watch::ConnWatch;
 use super::{wait_until, Input, Phase, Proposal, Shared, POLL_BRIEF, POLL_IDLE};
 use crate::mvcc::{validate, ReadView, Request};
 use crate::node::NodeError;
@@ -150,7 +151,11 @@ async fn connection(stream: TcpStream, shard: Rc<Shard>) {
     let replies = Replies::new(shard.busy.clone());
     let writer_task = glommio::spawn_local(write_replies(replies.clone(), writer));
     let inflight = Rc::new(Cell::new(0usize));
-    read_requests(&mut reader, &shard, &replies, &inflight).await;
+    let watch = RefCell::new(None);
+    read_requests(&mut reader, &shard, &replies, &inflight, &watch).await;
+    if let Some(watch) = watch.into_inner() {
+        watch.close().await;
+    }
     // Let requests in flight finish, then stop the writer.
     while inflight.get() > 0 {
         glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
@@ -167,12 +172,13 @@ async fn read_requests(
     shard: &Rc<Shard>,
     replies: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
+    watch: &RefCell<Option<ConnWatch>>,
 ) {
     let limit = shard.config().max_request_bytes;
     let mut buf = ReadBuf::new();
     // Whether the last read filled the room it had: the client sends faster than we read.
     let mut bursting = false;
-    while handle_frames(&mut buf, shard, replies, inflight).await {
+    while handle_frames(&mut buf, shard, replies, inflight, watch).await {
         // The room for a large frame grows with the bytes that arrived (at most doubling
         // per read), so a header alone cannot make the member allocate a whole frame.
         let frame = partial_frame_bytes(buf.pending(), limit)
@@ -218,6 +224,7 @@ async fn handle_frames(
     shard: &Rc<Shard>,
     replies: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
+    watch: &RefCell<Option<ConnWatch>>,
 ) -> bool {
     loop {
         match protocol::split_frame(buf.pending(), shard.config().max_request_bytes) {
@@ -234,7 +241,7 @@ async fn handle_frames(
                 }
                 let frame = &buf.pending()[..total];
                 let aligned = buf.pending_aligned();
-                if !handle_frame(header, frame, aligned, shard, replies, inflight) {
+                if !handle_frame(header, frame, aligned, shard, replies, inflight, watch) {
                     return false;
                 }
                 buf.consume(total);
@@ -298,6 +305,7 @@ fn handle_frame(
     shard: &Rc<Shard>,
     replies: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
+    watch: &RefCell<Option<ConnWatch>>,
 ) -> bool {
     if header.kind != FrameKind::Request {
         let msg = "clients send request frames only".to_string();
@@ -316,7 +324,7 @@ fn handle_frame(
         };
         &copy
     };
-    dispatch(header.request_id, payload, shard, replies, inflight)
+    dispatch(header.request_id, payload, shard, replies, inflight, watch)
 }
 
 /// Handles one request; false when the connection must be closed.
@@ -326,6 +334,7 @@ fn dispatch(
     shard: &Rc<Shard>,
     out: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
+    watch: &RefCell<Option<ConnWatch>>,
 ) -> bool {
     let config = shard.config();
     let request = match protocol::decode_request(payload) {
@@ -397,6 +406,10 @@ fn dispatch(
             });
             return true;
         }
+        ClientRequest::Watch(req) => match watch_request(id, req, shard, out, watch) {
+            Ok(()) => return true,
+            Err(frame) => frame,
+        },
         ClientRequest::Kv(req) => {
             if let Err(e) = validate(&req, config.max_txn_ops) {
                 error_frame(id, ErrorCode::InvalidRequest, e.to_string())
@@ -426,6 +439,28 @@ fn dispatch(
     };
     out.send(reply);
     true
+}
+
+/// Hands a watch request to the hub, registering the connection with it first; its
+/// responses come from the hub. The error frame if the hub cannot take it.
+fn watch_request(
+    id: u64,
+    req: crate::watch::WatchRequest,
+    shard: &Shard,
+    out: &Rc<Replies>,
+    watch: &RefCell<Option<ConnWatch>>,
+) -> Result<(), AlignedVec> {
+    let mut watch = watch.borrow_mut();
+    if watch.is_none() {
+        *watch = ConnWatch::open(&shard.shared, out);
+    }
+    let Some(watch) = watch.as_ref() else {
+        let msg = "too many watch requests pending".to_string();
+        return Err(error_frame(id, ErrorCode::Overloaded, msg));
+    };
+    watch
+        .request(id, req)
+        .map_err(|(code, msg)| error_frame(id, code, msg))
 }
 
 const STOPPING: &str = "the member is stopping";

@@ -24,6 +24,7 @@ mod placement;
 mod raft;
 mod read_buf;
 mod replies;
+mod watch;
 
 pub(crate) use raft::tree_meets_log;
 
@@ -77,6 +78,9 @@ pub struct ServeConfig {
     /// Writes that add data are refused once the tree's live bytes exceed this (0: no
     /// quota), as etcd's `--quota-backend-bytes`.
     pub quota_backend_bytes: u64,
+    /// How often watchers that asked for progress notifications and were sent nothing
+    /// get the member's revision (etcd's `--experimental-watch-progress-notify-interval`).
+    pub watch_progress_notify_ms: u64,
     pub cluster: ClusterConfig,
 }
 
@@ -231,6 +235,8 @@ pub(crate) struct Shared {
     /// The membership as applied (published by the raft role): what a joining member is
     /// told, and who is refused as removed.
     pub membership: Mutex<crate::raftlog::Membership>,
+    /// Watch requests and connection closes for the hub on the apply role.
+    pub watch_inputs: flume::Sender<watch::HubInput>,
     /// Set to stop the member (by its owner, a signal, or a failed role): it drains, syncs
     /// and exits.
     pub stop: Arc<AtomicBool>,
@@ -400,6 +406,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
 
     let (inputs_tx, inputs_rx) = flume::bounded(config.max_pending_proposals);
     let (apply_tx, apply_rx) = flume::bounded(APPLY_QUEUE_MAX);
+    let (watch_tx, watch_rx) = flume::bounded(watch::WATCH_INPUTS_MAX);
     let shared = Arc::new(Shared {
         config: config.clone(),
         inputs: inputs_tx,
@@ -412,6 +419,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         alarms: alarm::Alarms::default(),
         snapshot: Mutex::new(None),
         membership: Mutex::new(Default::default()),
+        watch_inputs: watch_tx,
         stop,
     });
     let (store_tx, store_rx) = flume::bounded(1);
@@ -425,6 +433,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
     });
     let mut apply_role = Some(apply::ApplyRole {
         from_raft: apply_rx,
+        watch_inputs: watch_rx,
         wal_opened: wal_open_rx,
         store_opened: store_tx,
     });

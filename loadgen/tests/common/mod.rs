@@ -35,6 +35,7 @@ pub fn member_config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
         snapshot_catch_up_entries: 5_000,
         wal_segment_bytes: 64 << 20,
         quota_backend_bytes: 8 << 30,
+        watch_progress_notify_ms: 600_000,
         cluster: cairn::server::ClusterConfig {
             initial_cluster: "smoke=http://localhost:2380".into(),
             listen_peer_urls: vec![format!("http://{}", free_addr())],
