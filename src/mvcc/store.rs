@@ -399,17 +399,20 @@ impl Store {
     }
 
     /// The events of whole revisions from `from` on, read from the revision-keyed tree
-    /// (a watcher catching up): at most `max_records` of them unless one revision holds
-    /// more, and the last revision they cover (through which nothing else happened). With
+    /// (a watcher catching up): at most `max_records` of them and about `max_bytes` of keys
+    /// and values, unless one revision holds more, and the last revision they cover
+    /// (through which nothing else happened). With
     /// `with_prev`, each event carries the key as it was the revision before, when that is
     /// not compacted. Revisions below the compaction revision may be missing: check it first.
     pub fn history(
         &self,
         from: i64,
         max_records: usize,
+        max_bytes: usize,
         with_prev: bool,
     ) -> Result<(Vec<Event>, i64), MvccError> {
         let lo = Revision::new(from.max(0), 0).to_key();
+        let mut bytes = 0;
         let mut events: Vec<Event> = Vec::new();
         let mut through = self.current_revision;
         let entries = self.db.range(
@@ -425,10 +428,11 @@ impl Store {
             if rev.main > self.current_revision {
                 break;
             }
-            if events.len() >= max_records && last != Some(rev.main) {
+            if (events.len() >= max_records || bytes >= max_bytes) && last != Some(rev.main) {
                 through = last.unwrap_or(through);
                 break;
             }
+            bytes += key.len() + value.len();
             events.push(Record::decode(&value, rev)?.event(rev.main));
         }
         if with_prev {

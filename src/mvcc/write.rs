@@ -62,12 +62,17 @@ impl<'a> WriteTxn<'a> {
         std::mem::take(&mut self.events)
     }
 
+    /// The key as it was before this transaction (etcd reads a watch's previous key-value
+    /// at the revision before the event's, also for a key a txn changes twice).
     fn prev_for_event(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
-        if self.capture_prev {
-            self.get(key)
-        } else {
-            Ok(None)
+        if !self.capture_prev {
+            return Ok(None);
         }
+        let before = RangeOptions {
+            rev: self.begin,
+            ..RangeOptions::default()
+        };
+        Ok(self.range(KeyRange::Single(key), before)?.kvs.pop())
     }
 
     /// The store's revision when the transaction began.

@@ -46,8 +46,9 @@ impl Sink for ConnSink {
         let _ = self.tx.send(out);
     }
 
+    /// Room for a catch-up chunk: under half the bound queued.
     fn has_room(&self) -> bool {
-        self.queued_bytes.load(Ordering::Acquire) < WATCH_QUEUE_BYTES_MAX
+        self.queued_bytes.load(Ordering::Acquire) < WATCH_QUEUE_BYTES_MAX / 2
     }
 }
 

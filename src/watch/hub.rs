@@ -75,8 +75,10 @@ pub struct HubConfig {
     /// How often watchers with `progress_notify` that were sent nothing get a progress
     /// response (etcd's default is 10 minutes).
     pub progress_notify_ms: u64,
-    /// Records read from the tree per catch-up step, for all unsynced watchers together.
+    /// Records read from the tree per catch-up step, for all unsynced watchers together,
+    /// and their bytes at most (beyond one revision).
     pub catch_up_records: usize,
+    pub catch_up_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -86,6 +88,7 @@ impl Default for HubConfig {
             response_bytes_max: 1_572_864,
             progress_notify_ms: 600_000,
             catch_up_records: 1_000,
+            catch_up_bytes: 2 << 20,
         }
     }
 }
@@ -460,7 +463,8 @@ impl<S: Sink> WatchHub<S> {
             let with_prev = ready
                 .iter()
                 .any(|id| self.watchers.get(id).is_some_and(|w| w.prev_kv));
-            history.events_from(from, self.config.catch_up_records, with_prev)?
+            let (records, bytes) = (self.config.catch_up_records, self.config.catch_up_bytes);
+            history.events_from(from, records, bytes, with_prev)?
         };
         let mut groups = Groups::new();
         for id in &ready {
@@ -472,30 +476,36 @@ impl<S: Sink> WatchHub<S> {
         for e in &events {
             groups.matching(&e.kv.key, |id| matched.entry(id).or_default().push(e));
         }
+        let mut advanced = false;
         for id in ready {
             let events = matched.remove(&id).unwrap_or_default();
-            self.deliver_history(id, events, through);
+            advanced |= self.deliver_history(id, events, through);
         }
         self.answer_all_progress();
-        Ok(self.unsynced.iter().any(|id| {
-            self.conns.get(&id.0).is_some_and(|c| c.sink.has_room())
-                && self
-                    .watchers
-                    .get(id)
-                    .is_some_and(|w| w.next_rev <= self.current)
-        }))
+        // Without progress (the connections had no room for what was read), wait rather
+        // than read the same again at once.
+        Ok(advanced
+            && self.unsynced.iter().any(|id| {
+                self.conns.get(&id.0).is_some_and(|c| c.sink.has_room())
+                    && self
+                        .watchers
+                        .get(id)
+                        .is_some_and(|w| w.next_rev <= self.current)
+            }))
     }
 
-    fn deliver_history(&mut self, id: WatcherId, events: Vec<&Event>, through: i64) {
+    /// Feeds one watcher a chunk of history; true if it moved on.
+    fn deliver_history(&mut self, id: WatcherId, events: Vec<&Event>, through: i64) -> bool {
         let Some(w) = self.watchers.get_mut(&id) else {
-            return;
+            return false;
         };
         if w.next_rev > through {
             // Ahead of this chunk: waits for the hub's revision (or a later chunk).
             if w.next_rev > self.current {
                 self.make_synced(id);
+                return true;
             }
-            return;
+            return false;
         }
         let wanted = w.select(events);
         if !wanted.is_empty() {
@@ -507,10 +517,10 @@ impl<S: Sink> WatchHub<S> {
                 self.config.response_bytes_max,
             );
             let Some(c) = self.conns.get(&id.0) else {
-                return;
+                return false;
             };
             if c.sink.try_send(outs).is_err() {
-                return; // tried again once there is room
+                return false; // tried again once there is room
             }
             w.sent = true;
         }
@@ -518,6 +528,7 @@ impl<S: Sink> WatchHub<S> {
         if w.next_rev > self.current {
             self.make_synced(id);
         }
+        true
     }
 
     /// etcd's rule: a watcher that needs a revision below the compaction revision is
@@ -610,12 +621,13 @@ impl<S: Sink> WatchHub<S> {
 
 /// Where catch-up reads past events: the store's revision-keyed tree.
 pub trait History {
-    /// Events of whole revisions from `from` on, about `max_records` of them, and the last
-    /// revision they cover (see [`crate::mvcc::Store::history`]).
+    /// Events of whole revisions from `from` on, about `max_records` of them and
+    /// `max_bytes`, and the last revision they cover (see [`crate::mvcc::Store::history`]).
     fn events_from(
         &self,
         from: i64,
         max_records: usize,
+        max_bytes: usize,
         with_prev: bool,
     ) -> Result<(Vec<Event>, i64), MvccError>;
 }
@@ -625,9 +637,10 @@ impl History for crate::mvcc::Store {
         &self,
         from: i64,
         max_records: usize,
+        max_bytes: usize,
         with_prev: bool,
     ) -> Result<(Vec<Event>, i64), MvccError> {
-        self.history(from, max_records, with_prev)
+        self.history(from, max_records, max_bytes, with_prev)
     }
 }
 

@@ -328,6 +328,11 @@ impl Cluster {
         self.signal(i, libc::SIGCONT);
     }
 
+    /// The process id of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.members[i].child.is_some()
     }

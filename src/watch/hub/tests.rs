@@ -63,6 +63,7 @@ impl History for TestHistory {
         &self,
         from: i64,
         max_records: usize,
+        _max_bytes: usize,
         with_prev: bool,
     ) -> Result<(Vec<Event>, i64), MvccError> {
         let mut out: Vec<Event> = Vec::new();
