@@ -33,12 +33,15 @@ fn put_op(key: &str, value: &str) -> RequestOp {
     })
 }
 
-/// Writers of two-key transactions: each acknowledged one is (revision, keys).
+/// An acknowledged transaction: its revision and keys.
+type Acked = (i64, Vec<String>);
+
+/// Writers of two-key transactions, each keeping what was acknowledged.
 fn start_writers(
     n: usize,
     endpoints: &[String],
     stop: &Arc<AtomicBool>,
-) -> Vec<JoinHandle<Vec<(i64, Vec<String>)>>> {
+) -> Vec<JoinHandle<Vec<Acked>>> {
     (0..n)
         .map(|w| {
             let mut endpoints = endpoints.to_vec();
@@ -266,7 +269,7 @@ fn watch_guarantees_hold_on_every_member_through_leader_kill_partition_and_resta
     c.start_member(follower);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    let mut acked: Vec<(i64, Vec<String>)> = Vec::new();
+    let mut acked: Vec<Acked> = Vec::new();
     for w in writers {
         acked.extend(w.join().expect("writer"));
     }
