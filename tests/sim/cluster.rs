@@ -146,6 +146,8 @@ struct Up {
     /// Reads whose read index this member has not applied yet (a follower learns the
     /// leader's commit index before it has applied that far).
     reads: Vec<(u64, Vec<Waiting>)>,
+    /// The member's watchers, fed the events of what it applies.
+    hub: crate::watch::SimHub,
 }
 
 pub struct Sim {
@@ -169,6 +171,8 @@ pub struct Sim {
     drop_per_mille: u64,
     dup_per_mille: u64,
     pub stats: Stats,
+    watchers: Vec<crate::watch::Watcher>,
+    next_conn: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -189,6 +193,8 @@ pub struct Stats {
     pub removals: u64,
     pub joins: u64,
     pub promotions: u64,
+    pub watch_events: u64,
+    pub watch_resumes: u64,
 }
 
 impl Sim {
@@ -230,6 +236,8 @@ impl Sim {
             drop_per_mille,
             dup_per_mille,
             stats: Stats::default(),
+            watchers: crate::watch::Watcher::all(),
+            next_conn: 1,
         };
         for m in 0..sim.members.len() {
             sim.bootstrap(m);
@@ -268,6 +276,7 @@ impl Sim {
         }
         self.run_until(self.now() + 300)?;
         self.check_replicas()?;
+        self.check_watchers()?;
         crate::checker::check(&self.final_history())
     }
 
@@ -361,6 +370,7 @@ impl Sim {
                 if let Some(up) = self.members[member].up.as_mut() {
                     up.driver.tick();
                     self.pump(member)?;
+                    self.watch_step(member)?;
                     self.schedule(HEARTBEAT_MS, Event::Tick { member });
                 }
             }
@@ -581,11 +591,13 @@ impl Sim {
         // What the store holds durably can be sent as a snapshot at once.
         let at = store.applied();
         driver.set_snapshot_point(at.index, at.term);
+        let hub = crate::watch::hub(&store);
         member.up = Some(Up {
             driver,
             store,
             since_checkpoint: 0,
             reads: Vec::new(),
+            hub,
         });
         let first_tick = 1 + self.rng.below(HEARTBEAT_MS);
         self.schedule(first_tick, Event::Tick { member: m });
@@ -752,6 +764,10 @@ impl Sim {
             ..DbOptions::default()
         };
         up.store = Store::open("db", options).map_err(|e| format!("member {id}: install: {e}"))?;
+        // The events the snapshot holds were not applied here: watchers read them from
+        // its tree.
+        up.hub
+            .resync(up.store.current_revision(), up.store.compact_revision());
         if up.store.applied().index != index {
             return Err(format!(
                 "member {id}: the snapshot's store holds {} not {index}",
@@ -886,6 +902,11 @@ impl Sim {
         };
         let applied = apply_committed(&mut up.store, committed)
             .map_err(|e| format!("member {id}: apply: {e}"))?;
+        up.hub.notify(
+            &applied.events,
+            up.store.current_revision(),
+            up.store.compact_revision(),
+        );
         up.since_checkpoint += committed.len() as u64;
         if up.since_checkpoint >= CHECKPOINT_ENTRIES {
             up.store
@@ -1177,6 +1198,116 @@ impl Sim {
             self.leaders.insert(term, 0);
         }
         self.stats.leaders = self.leaders.len() as u64;
+    }
+
+    /// The watchers of member `m`: those attached read at random moments (asking for
+    /// progress now and then), those whose member went attach here, and the hub feeds the
+    /// unsynced from the store.
+    fn watch_step(&mut self, m: usize) -> Result<(), String> {
+        let mut watchers = std::mem::take(&mut self.watchers);
+        let result = self.step_watchers(m, &mut watchers);
+        self.watchers = watchers;
+        result
+    }
+
+    fn step_watchers(
+        &mut self,
+        m: usize,
+        watchers: &mut [crate::watch::Watcher],
+    ) -> Result<(), String> {
+        for w in watchers.iter_mut() {
+            if let Some((at, life)) = w.member() {
+                let gone = self.members[at].up.is_none()
+                    || self.members[at].life != life
+                    || self.members[at].removed;
+                if gone {
+                    w.detach();
+                }
+            }
+        }
+        let life = self.members[m].life;
+        let removed = self.members[m].removed;
+        let Some(up) = self.members[m].up.as_mut() else {
+            return Ok(());
+        };
+        for w in watchers.iter_mut() {
+            match w.member() {
+                Some((at, _)) if at == m && self.rng.below(2) == 0 => {
+                    let ask = self.rng.below(5) == 0;
+                    w.read(&mut up.hub, ask)
+                        .map_err(|e| format!("member {}: {e}", m + 1))?;
+                }
+                None if !removed && self.rng.below(3) == 0 => {
+                    let conn = self.next_conn;
+                    self.next_conn += 1;
+                    w.attach(&mut up.hub, &up.store, m, life, conn, &mut self.rng);
+                }
+                _ => {}
+            }
+        }
+        up.hub
+            .catch_up(&up.store)
+            .map_err(|e| format!("member {}: watch catch-up: {e}", m + 1))?;
+        Ok(())
+    }
+
+    /// After settling: each watcher, on a member that is up, catches up to that member's
+    /// revision and must have seen exactly the events of its range since it started.
+    fn check_watchers(&mut self) -> Result<(), String> {
+        let mut watchers = std::mem::take(&mut self.watchers);
+        for w in &mut watchers {
+            // The member furthest on (one added whose addition never committed has
+            // nothing).
+            let best = (0..self.members.len())
+                .filter(|&m| !self.members[m].removed)
+                .filter_map(|m| Some((self.members[m].up.as_ref()?.store.current_revision(), m)))
+                .max()
+                .map(|(_, m)| m)
+                .ok_or("no member up for the watchers")?;
+            let life = self.members[best].life;
+            let m = match w.member() {
+                Some(at) if at == (best, life) => best,
+                _ => {
+                    w.detach();
+                    let m = best;
+                    let conn = self.next_conn;
+                    self.next_conn += 1;
+                    let up = self.members[m].up.as_mut().ok_or("up")?;
+                    w.attach(&mut up.hub, &up.store, m, life, conn, &mut self.rng);
+                    m
+                }
+            };
+            let up = self.members[m].up.as_mut().ok_or("up")?;
+            let revision = up.store.current_revision();
+            for _ in 0..100_000 {
+                w.read(&mut up.hub, true)?;
+                if w.reached(revision) {
+                    break;
+                }
+                up.hub.catch_up(&up.store).map_err(|e| e.to_string())?;
+            }
+            if !w.reached(revision) {
+                return Err(format!(
+                    "a watcher at {} never reached revision {revision} of member {} ({} watchers there, {} unsynced)",
+                    w.next_rev(),
+                    m + 1,
+                    up.hub.len(),
+                    up.hub.unsynced()
+                ));
+            }
+            // One more progress request, answered at once: everything is sent.
+            w.read(&mut up.hub, true)?;
+            w.read(&mut up.hub, false)?;
+            let (all, _) = up
+                .store
+                .history(1, usize::MAX, usize::MAX, false)
+                .map_err(|e| e.to_string())?;
+            w.check(&all)?;
+            self.stats.watch_events += w.events_seen();
+            self.stats.watch_resumes += w.resumes;
+        }
+        self.watchers = watchers;
+        Ok(())
     }
 
     /// After healing: one leader per term, and every member applied the same entries to

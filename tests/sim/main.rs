@@ -5,7 +5,9 @@
 //!
 //! Every run checks that the client history is linearizable (`checker.rs`; a put
 //! acknowledged and then not read back is a violation), that replicas at equal applied
-//! indexes hash equal, that no term has two leaders, and that the healed cluster answers.
+//! indexes hash equal, that no term has two leaders, that the healed cluster answers, and
+//! that watchers (resuming on other members when theirs fails) saw exactly the events of
+//! their ranges in order and progress responses only after what they cover (`watch.rs`).
 //!
 //! ```sh
 //! cargo test --release --test sim                        # CI: a batch of seeds
@@ -15,6 +17,7 @@
 
 mod checker;
 mod cluster;
+mod watch;
 
 use cluster::{Options, Planted, Sim};
 
@@ -99,6 +102,8 @@ fn seeds() {
                 total.removals += s.removals;
                 total.joins += s.joins;
                 total.promotions += s.promotions;
+                total.watch_events += s.watch_events;
+                total.watch_resumes += s.watch_resumes;
             }
             Err(e) => panic!("{e}"),
         }
@@ -113,6 +118,10 @@ fn seeds() {
         assert!(
             total.removals > 0 && total.joins > 0 && total.promotions > 0,
             "the membership changed: {total:?}"
+        );
+        assert!(
+            total.watch_events > 0 && total.watch_resumes > 0,
+            "watchers saw events and resumed on other members: {total:?}"
         );
     }
 }
