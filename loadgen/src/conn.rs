@@ -84,15 +84,21 @@ struct Gen {
     progress: Arc<Progress>,
 }
 
+/// Key number `n` as the workloads write it: decimal, zero-padded to `size` bytes.
+pub fn key_bytes(n: u64, size: usize) -> Vec<u8> {
+    let mut k = format!("{n:0size$}").into_bytes();
+    k.truncate(size.max(1));
+    k
+}
+
 impl Gen {
     fn key(&self, n: u64) -> Vec<u8> {
-        let mut k = format!("{n:0width$}", width = self.args.key_size).into_bytes();
-        k.truncate(self.args.key_size.max(1));
-        k
+        key_bytes(n, self.args.key_size)
     }
 
-    /// The next request, or None once `fill` has put every key.
-    fn request(&mut self) -> Option<ClientRequest> {
+    /// The next request, or None once `fill` has put every key (or the watch workload's
+    /// bookkeeping is full); with the watch workload, also the put's number.
+    fn request(&mut self) -> Option<(ClientRequest, Option<u64>)> {
         let space = self.args.key_space.max(1);
         let n = if self.args.workload == Workload::Fill {
             let n = self.progress.next_key.fetch_add(1, Ordering::Relaxed);
@@ -104,6 +110,16 @@ impl Gen {
             self.rng.gen_range(0..space)
         };
         let key = self.key(n);
+        if self.args.workload == Workload::Watch {
+            let shared = self.progress.watch.as_ref()?;
+            let number = shared.next_put(n)?;
+            let put = PutRequest {
+                key,
+                value: crate::watch::value(number, self.args.value_size),
+                ..Default::default()
+            };
+            return Some((ClientRequest::Kv(Request::Put(put)), Some(number)));
+        }
         let put = || PutRequest {
             key: key.clone(),
             value: self.value.clone(),
@@ -114,8 +130,8 @@ impl Gen {
             serializable: self.args.consistency == "s",
             ..Default::default()
         };
-        Some(ClientRequest::Kv(match self.args.workload {
-            Workload::Put | Workload::Fill => Request::Put(put()),
+        let request = ClientRequest::Kv(match self.args.workload {
+            Workload::Put | Workload::Fill | Workload::Watch => Request::Put(put()),
             Workload::Range => Request::Range(range()),
             Workload::Mixed if self.rng.gen_range(0..10) == 0 => Request::Put(put()),
             Workload::Mixed => Request::Range(range()),
@@ -130,7 +146,8 @@ impl Gen {
                 success: vec![RequestOp::Put(put())],
                 failure: vec![RequestOp::Put(put())],
             }),
-        }))
+        });
+        Some((request, None))
     }
 }
 
@@ -186,6 +203,8 @@ async fn drive_conn(
         .map(|c| now + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / clients as f64)))
         .collect();
     let mut waiting: Vec<bool> = vec![false; clients];
+    // The watch workload's number of each client's put in flight.
+    let mut numbers: Vec<Option<u64>> = vec![None; clients];
     let mut seq = 0u64;
     let mut out: Vec<u8> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -204,10 +223,11 @@ async fn drive_conn(
         // Send every client whose time has come.
         for c in 0..clients {
             if sending && !waiting[c] && intended[c] <= now {
-                let Some(request) = gen.request() else {
+                let Some((request, number)) = gen.request() else {
                     exhausted = true;
                     break;
                 };
+                numbers[c] = number;
                 seq += 1;
                 let id = (seq << SLOT_BITS) | c as u64;
                 let frame =
@@ -270,6 +290,9 @@ async fn drive_conn(
             let done = Instant::now();
             // Latencies are those of completed requests; an error reply is an error.
             if h.kind == FrameKind::Response {
+                if let (Some(n), Some(w)) = (numbers[c], &progress.watch) {
+                    w.acked(n);
+                }
                 let _ = hist.record((done - intended[c]).as_nanos().max(1_000) as u64);
                 progress.ops.fetch_add(1, Ordering::Relaxed);
             } else {

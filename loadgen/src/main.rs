@@ -13,6 +13,7 @@
 //! could not be reached or was lost during the run; 128: bad arguments.
 
 mod conn;
+mod watch;
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
@@ -38,6 +39,10 @@ pub enum Workload {
     /// Puts every key of the key space once, in order, then stops (or stops at --duration):
     /// loads a data set for the other workloads or a restart measurement.
     Fill,
+    /// --watchers watchers (watcher j on key j mod --key-space) on --watch-conns
+    /// connections of their own, while puts of random keys go on (at --rate); reports the
+    /// delivery latency from each put's acknowledgement to its event, and events missing.
+    Watch,
 }
 
 /// Load generator for cairn.
@@ -80,6 +85,16 @@ pub struct Args {
     /// Print the final report as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Watchers of the watch workload.
+    #[arg(long, default_value_t = 1_000)]
+    pub watchers: usize,
+    /// Connections (a thread each) the watchers are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub watch_conns: usize,
+    /// The process id of a member: its resident memory is reported before and after the
+    /// watchers are created.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 /// Counters shared by every executor, read by the progress display.
@@ -91,6 +106,8 @@ pub struct Progress {
     pub next_key: AtomicU64,
     /// Executors whose connections are all done.
     pub finished: AtomicU64,
+    /// The watch workload's shared bookkeeping.
+    pub watch: Option<Arc<watch::Shared>>,
 }
 
 const EXIT_FAILED: i32 = 1;
@@ -137,6 +154,109 @@ fn report(args: &Args, hist: &Histogram<u64>, ops: u64, errors: u64, elapsed: f6
     }
 }
 
+/// The running watchers of the watch workload.
+struct Watching {
+    threads: Vec<std::thread::JoinHandle<Result<Vec<(u64, u64)>, String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    created_s: f64,
+    rss_kib: Option<(u64, u64)>,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Creates the watchers (waiting until all are) before the puts start.
+fn start_watchers(args: &Args, progress: &mut Progress) -> Watching {
+    // Room for every put the run could make at its rate (or closed loop, generously).
+    let puts_max = if args.rate > 0.0 {
+        (args.rate * (args.duration + 5.0)) as usize
+    } else {
+        20_000_000
+    };
+    progress.watch = Some(Arc::new(watch::Shared::new(puts_max)));
+    watch::epoch();
+    let before = args.server_pid.and_then(rss_kib);
+    let ready = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let key_size = args.key_size;
+    let key_of = move |n: u64| conn::key_bytes(n, key_size);
+    let began = Instant::now();
+    let threads = watch::start(args, key_of, ready.clone(), stop.clone());
+    let conns = threads.len() as u64;
+    while ready.load(Ordering::Relaxed) < conns {
+        if threads.iter().any(|t| t.is_finished()) {
+            break; // one failed; its error is reported at the end
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let created_s = began.elapsed().as_secs_f64();
+    let after = args.server_pid.and_then(rss_kib);
+    eprintln!("{} watchers created in {created_s:.2}s", args.watchers);
+    Watching {
+        threads,
+        stop,
+        created_s,
+        rss_kib: before.zip(after),
+    }
+}
+
+/// Lets the last events arrive, stops the watchers and matches what they saw.
+fn finish_watchers(
+    args: &Args,
+    progress: &Progress,
+    w: Watching,
+) -> Result<(watch::Report, Option<(u64, u64)>), String> {
+    std::thread::sleep(Duration::from_secs(1));
+    w.stop.store(true, Ordering::Relaxed);
+    let mut deliveries = Vec::new();
+    for t in w.threads {
+        let got = t
+            .join()
+            .map_err(|_| "a watcher thread panicked".to_string())??;
+        deliveries.extend(got);
+    }
+    let shared = progress.watch.as_ref().ok_or("no watch bookkeeping")?;
+    let owed_before = u64::MAX;
+    Ok((
+        watch::report(args, shared, deliveries, owed_before, w.created_s),
+        w.rss_kib,
+    ))
+}
+
+fn report_watch(
+    args: &Args,
+    (r, rss): &(watch::Report, Option<(u64, u64)>),
+    puts: u64,
+    elapsed: f64,
+) {
+    let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1e6;
+    let (p50, p99, p999, max) = (ms(0.5), ms(0.99), ms(0.999), r.latency.max() as f64 / 1e6);
+    let rss = rss.map_or("null".to_string(), |(b, a)| format!("[{b},{a}]"));
+    if args.json {
+        println!(
+            "{{\"watch\":{{\"watchers\":{},\"created_s\":{:.2},\"puts_per_s\":{:.0},\"delivered\":{},\"missing\":{},\"delivery_p50_ms\":{p50:.3},\"delivery_p99_ms\":{p99:.3},\"delivery_p999_ms\":{p999:.3},\"delivery_max_ms\":{max:.3},\"server_rss_kib_before_after\":{rss}}}}}",
+            r.watchers, r.created_s, puts as f64 / elapsed, r.delivered, r.missing
+        );
+    } else {
+        println!("watchers  created s  puts/s    delivered  missing  delivery p50 ms  p99 ms  p99.9 ms  max ms  server RSS KiB before,after");
+        println!(
+            "{:<9} {:<10.2} {:<9.0} {:<10} {:<8} {:<16.3} {:<7.3} {:<9.3} {:<7.3} {rss}",
+            r.watchers,
+            r.created_s,
+            puts as f64 / elapsed,
+            r.delivered,
+            r.missing,
+            p50,
+            p99,
+            p999,
+            max
+        );
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if args.clients < args.conns || args.conns == 0 {
@@ -152,7 +272,9 @@ fn main() {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1)
         .min(args.conns);
-    let progress = Arc::new(Progress::default());
+    let mut progress = Progress::default();
+    let watching = (args.workload == Workload::Watch).then(|| start_watchers(&args, &mut progress));
+    let progress = Arc::new(progress);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.duration);
     let mut threads = Vec::new();
@@ -211,6 +333,15 @@ fn main() {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let ops = progress.ops.load(Ordering::Relaxed);
+    if let Some(w) = watching {
+        match finish_watchers(&args, &progress, w) {
+            Ok(r) => report_watch(&args, &r, ops, elapsed),
+            Err(e) => {
+                eprintln!("cairn-loadgen: {e}");
+                exit = exit.max(EXIT_FAILED);
+            }
+        }
+    }
     report(
         &args,
         &hist,
