@@ -156,7 +156,7 @@ fn report(args: &Args, hist: &Histogram<u64>, ops: u64, errors: u64, elapsed: f6
 
 /// The running watchers of the watch workload.
 struct Watching {
-    threads: Vec<std::thread::JoinHandle<Result<Vec<(u64, u64)>, String>>>,
+    threads: Vec<watch::WatcherThread>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     created_s: f64,
     rss_kib: Option<(u64, u64)>,

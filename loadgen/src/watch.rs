@@ -64,6 +64,9 @@ pub fn value(n: u64, size: usize) -> Vec<u8> {
     v
 }
 
+/// A watcher thread: (put number, delivery time) of each event it saw, or why it failed.
+pub type WatcherThread = std::thread::JoinHandle<Result<Vec<(u64, u64)>, String>>;
+
 /// The watching side's results.
 pub struct Report {
     pub watchers: usize,
@@ -80,7 +83,7 @@ pub fn start(
     key_of: impl Fn(u64) -> Vec<u8> + Clone + Send + 'static,
     ready: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Result<Vec<(u64, u64)>, String>>> {
+) -> Vec<WatcherThread> {
     let conns = args.watch_conns.max(1);
     (0..conns)
         .map(|c| {
