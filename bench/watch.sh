@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The watch benchmarks of tuning.md on a 3-member loopback cluster:
+#   - 10,000 watchers (spread over the members) while 10,000 puts/s go on: delivery
+#     latency from each put's acknowledgement to its event, events missing;
+#   - 100,000 watchers on one member: that member's resident memory before and after
+#     they are created, with 1,000 puts/s delivered to them.
+# Each is run ROUNDS times; one JSON line per run on stdout, with the members' CPU time
+# per put (user + system, all three processes, from /proc).
+#
+#   bench/watch.sh [ROUNDS] [DURATION_S]    (defaults: 3 10)
+#
+# Needs `cargo build --release --workspace` first.
+set -euo pipefail
+ROUNDS=${1:-3}
+DURATION=${2:-10}
+BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release
+BASE=${PORT:-24900}
+DIR=$(mktemp -d /tmp/cairn-watch.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+NAMES=(m0 m1 m2)
+CLUSTER=""
+ENDPOINTS=""
+for i in 0 1 2; do
+    CLUSTER+="${CLUSTER:+,}${NAMES[$i]}=http://127.0.0.1:$((BASE + 10 + i))"
+    ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$((BASE + i))"
+done
+for i in 0 1 2; do
+    peer=http://127.0.0.1:$((BASE + 10 + i))
+    "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$DIR/${NAMES[$i]}" \
+        --listen-native-addr "127.0.0.1:$((BASE + i))" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "$CLUSTER" --log-level warn &
+    PIDS+=($!)
+done
+until "$BIN/cairn" --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1; do sleep 0.1; done
+cpu_ticks() {
+    local t=0
+    for p in "${PIDS[@]}"; do
+        read -r -a f <"/proc/$p/stat"
+        t=$((t + f[13] + f[14]))
+    done
+    echo $t
+}
+HZ=$(getconf CLK_TCK)
+run() {
+    local label=$1
+    shift
+    local before after out
+    before=$(cpu_ticks)
+    out=$("$BIN/cairn-loadgen" --workload watch --value-size 256 --json "$@" 2>/dev/null)
+    after=$(cpu_ticks)
+    python3 -c 'import json,sys
+lines = [json.loads(l) for l in sys.argv[1].splitlines() if l.strip()]
+w = next(l["watch"] for l in lines if "watch" in l)
+puts = next(l for l in lines if "ops" in l)
+w["bench"] = sys.argv[4]
+w["put_p99_ms"] = puts["p99_ms"]
+ops = puts["ops"]
+w["server_cpu_us_per_put"] = round(int(sys.argv[2]) * 1e6 / int(sys.argv[3]) / ops, 2) if ops else None
+print(json.dumps(w))' "$out" "$((after - before))" "$HZ" "$label"
+}
+echo "# 3 members; $ROUNDS rounds of $DURATION s"
+for r in $(seq "$ROUNDS"); do
+    run "watchers-10k-puts-10k" --endpoints "$ENDPOINTS" --watchers 10000 --watch-conns 6 \
+        --key-space 10000 --rate 10000 --clients 64 --conns 6 --duration "$DURATION"
+done
+for r in $(seq "$ROUNDS"); do
+    # A fresh member 0 each round, so its memory is measured from the same start.
+    kill -TERM "${PIDS[0]}"; wait "${PIDS[0]}" || true
+    peer=http://127.0.0.1:$((BASE + 10))
+    "$BIN/cairn" serve --name m0 --data-dir "$DIR/m0" --listen-native-addr "127.0.0.1:$BASE" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "$CLUSTER" --log-level warn &
+    PIDS[0]=$!
+    until "$BIN/cairn" --endpoints "127.0.0.1:$BASE" endpoint health >/dev/null 2>&1; do sleep 0.1; done
+    run "watchers-100k-one-member" --endpoints "127.0.0.1:$BASE" --watchers 100000 --watch-conns 10 \
+        --key-space 100000 --rate 1000 --clients 16 --conns 2 --duration "$DURATION" \
+        --server-pid "${PIDS[0]}"
+done
+for p in "${PIDS[@]}"; do kill -TERM "$p"; done
+for p in "${PIDS[@]}"; do wait "$p" || true; done
+PIDS=()
