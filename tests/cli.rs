@@ -277,3 +277,71 @@ fn keys_and_values_are_bytes() {
         b"1\nk\xff\xfe\nv\x80\n"
     );
 }
+
+/// Runs `cairn watch ARGS` until it has written `lines` lines (or 10 s passed), then stops
+/// it; its stdout, stderr and exit status (None if it was stopped).
+fn watch_lines(s: &Server, args: &[&str], lines: usize) -> (String, String, Option<i32>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &s.1, "watch"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.iter().filter(|&&b| b == b'\n').count() < lines {
+            match std::io::Read::read(&mut stdout, &mut byte) {
+                Ok(1) => out.push(byte[0]),
+                _ => break,
+            }
+        }
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = child.try_wait().unwrap().and_then(|s| s.code());
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(reader.join().unwrap()).unwrap();
+    (
+        stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status,
+    )
+}
+
+#[test]
+fn watch_prints_events_as_etcdctl_and_exits_5_when_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    ok(&s, &["put", "a", "1"]); // revision 2
+    ok(&s, &["put", "ab", "2"]); // 3
+    ok(&s, &["put", "b", "3"]); // 4
+    ok(&s, &["del", "a"]); // 5
+                           // From a past revision, with previous key-values: the type, then the previous key and
+                           // value, then the key and value (empty for a delete).
+    let (out, _, _) = watch_lines(&s, &["a", "--prefix", "--rev", "2", "--prev-kv"], 11);
+    assert_eq!(out, "PUT\na\n1\nPUT\nab\n2\nDELETE\na\n1\na\n\n");
+    let (out, _, _) = watch_lines(&s, &["a", "--rev", "3", "-w", "json"], 1);
+    assert!(
+        out.starts_with("{\"Header\":{\"revision\":5},\"Events\":[{\"type\":1,\"kv\":{\"key\":\"YQ==\",\"mod_revision\":5}}]"),
+        "{out}"
+    );
+    ok(&s, &["compact", "4"]);
+    let (out, err, status) = watch_lines(&s, &["a", "--rev", "2"], 1);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "watch was canceled (etcdserver: mvcc: required revision has been compacted)\nError: watch is canceled by the server\n"
+    );
+    assert_eq!(status, Some(5));
+    // Bad arguments, as etcdctl words them.
+    let out = cairn(&s, &["watch"], "");
+    assert_eq!(out.status.code(), Some(128));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requires one or two arguments"));
+}
