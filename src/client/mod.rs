@@ -116,6 +116,16 @@ impl Client {
     /// connected. A request that could not be sent is tried on the next endpoint; one that
     /// was sent, or timed out while being sent, is not repeated (it may have been applied).
     pub fn request(&mut self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
+        self.request_within(request, self.timeout)
+    }
+
+    /// As [`Client::request`], waiting up to `timeout` for the reply (a lock waits for its
+    /// turn, which may take long).
+    pub fn request_within(
+        &mut self,
+        request: &ClientRequest,
+        timeout: Duration,
+    ) -> Result<ClientResponse, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let frame = encode_request(id, request).map_err(|e| ClientError::Protocol {
@@ -146,7 +156,7 @@ impl Client {
         }
         // A timeout too large for a deadline (`--command-timeout` is the user's) is none.
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let deadline = Instant::now().checked_add(self.timeout).unwrap_or(far);
+        let deadline = Instant::now().checked_add(timeout).unwrap_or(far);
         self.read_reply(id, deadline)
     }
 

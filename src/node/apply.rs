@@ -106,7 +106,8 @@ fn apply_entry(
         | ArchivedClientRequest::HashKv(_)
         | ArchivedClientRequest::MoveLeader(_)
         | ArchivedClientRequest::Member(_)
-        | ArchivedClientRequest::Watch(_) => {
+        | ArchivedClientRequest::Watch(_)
+        | ArchivedClientRequest::Lock(_) => {
             return Err(bad("a request that is never logged".into()))
         }
     };

@@ -75,6 +75,9 @@ pub enum ClientRequest {
     /// it has responses, until it is canceled; a `Cancel` or `Progress` is answered on its
     /// own request id.
     Watch(crate::watch::WatchRequest),
+    /// Lock, election and semaphore requests (etcd's `Lock` and `Election` services).
+    /// A `Lock`, `Campaign` or `Acquire` is answered once the caller holds.
+    Lock(crate::lock::LockRequest),
 }
 
 /// etcd's `Cluster` service requests. Changes are taken by the leader only (a follower
@@ -206,6 +209,7 @@ pub enum ClientResponse {
     MoveLeader,
     Member(MemberResponse),
     Watch(crate::watch::WatchResponse),
+    Lock(crate::lock::LockResponse),
 }
 
 /// Why a request (or, with request id 0, the connection) failed.

@@ -15,8 +15,8 @@ const APPLY_BATCH_MAX: usize = 256;
 
 pub(crate) struct ApplyRole {
     pub from_raft: flume::Receiver<ToApply>,
-    /// Watch requests from the net shards' connections.
-    pub watch_inputs: flume::Receiver<super::watch::HubInput>,
+    /// Watch requests and lock contenders from the net shards' connections.
+    pub client_inputs: flume::Receiver<super::watch::ClientInput>,
     pub wal_opened: flume::Receiver<()>,
     /// The store's applied index once open (or why not), then the final checkpoint's result.
     pub store_opened: flume::Sender<Result<u64, ServerError>>,
@@ -97,14 +97,14 @@ async fn apply_loop(
         let first = match next_message(role, hub.wait(wait)).await {
             Next::Gone => break, // the raft role is gone
             Next::Raft(msg) => Some(msg),
-            Next::Watch(input) => {
-                hub.handle(input);
+            Next::Client(input) => {
+                hub.handle(input, store)?;
                 None
             }
             Next::Idle => None,
         };
-        for input in role.watch_inputs.try_iter().take(WATCH_BATCH_MAX) {
-            hub.handle(input);
+        for input in role.client_inputs.try_iter().take(WATCH_BATCH_MAX) {
+            hub.handle(input, store)?;
         }
         // Before applying: whether events must carry previous key-values.
         store.set_capture_prev(hub.hub.wants_prev());
@@ -128,9 +128,9 @@ async fn apply_loop(
                 ToApply::Install(file, index, done) => {
                     // The events applied before go out first; those the snapshot holds
                     // are read from its tree by the watchers, which all catch up.
-                    hub.notify(store, &std::mem::take(&mut events));
+                    hub.notify(store, &std::mem::take(&mut events))?;
                     let installed = install(store, &file, index, shared);
-                    hub.resync(store);
+                    hub.resync(store)?;
                     if let Err(e) = &installed {
                         tracing::error!(error = %e, "installing a snapshot failed");
                     } else {
@@ -153,7 +153,7 @@ async fn apply_loop(
         if processed {
             publish(store, applied, shared);
             // Once the view holds them: a watcher that sees an event can read it.
-            hub.notify(store, &events);
+            hub.notify(store, &events)?;
         }
         hub.step(store)?;
         // Replies only once the view holds the writes: a client that reads what it wrote,
@@ -280,7 +280,7 @@ const WATCH_BATCH_MAX: usize = 1024;
 /// What woke the apply role.
 enum Next {
     Raft(ToApply),
-    Watch(super::watch::HubInput),
+    Client(super::watch::ClientInput),
     /// Nothing within the wait.
     Idle,
     /// The raft role is gone.
@@ -290,8 +290,8 @@ enum Next {
 /// The next message from the raft role or a connection, waiting at most `wait` (none:
 /// until one comes; zero: only a yield to the executor's other tasks).
 async fn next_message(role: &ApplyRole, wait: Option<std::time::Duration>) -> Next {
-    if let Ok(input) = role.watch_inputs.try_recv() {
-        return Next::Watch(input);
+    if let Ok(input) = role.client_inputs.try_recv() {
+        return Next::Client(input);
     }
     match role.from_raft.try_recv() {
         Ok(msg) => return Next::Raft(msg),
@@ -309,8 +309,8 @@ async fn next_message(role: &ApplyRole, wait: Option<std::time::Duration>) -> Ne
         }
     };
     let watch = async {
-        match role.watch_inputs.recv_async().await {
-            Ok(input) => Next::Watch(input),
+        match role.client_inputs.recv_async().await {
+            Ok(input) => Next::Client(input),
             // Shared holds a sender as long as the member runs.
             Err(_) => std::future::pending().await,
         }
@@ -327,9 +327,10 @@ async fn next_message(role: &ApplyRole, wait: Option<std::time::Duration>) -> Ne
     futures_lite::future::or(raft, futures_lite::future::or(watch, timer)).await
 }
 
-/// The watch hub as the apply role runs it.
+/// The watch hub and the lock contenders waiting, as the apply role runs them.
 struct Hub {
     hub: WatchHub<super::watch::ConnSink>,
+    locks: crate::lock::Waiters<super::watch::LockReply>,
     /// Unsynced watchers could be fed now: step again soon.
     catching_up: bool,
     started: std::time::Instant,
@@ -348,27 +349,54 @@ impl Hub {
         };
         Hub {
             hub: WatchHub::new(config, store.current_revision(), store.compact_revision()),
+            locks: crate::lock::Waiters::default(),
             catching_up: false,
             started: std::time::Instant::now(),
             progress_notify_ms: shared.config.watch_progress_notify_ms,
         }
     }
 
-    fn handle(&mut self, input: super::watch::HubInput) {
-        self.hub.handle(input);
-        // A watcher from a past revision is fed at the next step.
-        self.catching_up |= self.hub.unsynced() > 0;
+    fn handle(
+        &mut self,
+        input: super::watch::ClientInput,
+        store: &Store,
+    ) -> Result<(), ServerError> {
+        match input {
+            super::watch::ClientInput::Watch(input) => {
+                self.hub.handle(input);
+                // A watcher from a past revision is fed at the next step.
+                self.catching_up |= self.hub.unsynced() > 0;
+            }
+            super::watch::ClientInput::Lock(wait, reply) => {
+                if let Some((reply, outcome)) = self.locks.add(wait, reply, store)? {
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn notify(&mut self, store: &Store, events: &[crate::mvcc::Event]) {
+    fn notify(&mut self, store: &Store, events: &[crate::mvcc::Event]) -> Result<(), ServerError> {
         self.hub
             .notify(events, store.current_revision(), store.compact_revision());
+        if !self.locks.is_empty() {
+            for (reply, outcome) in self.locks.on_events(events, store)? {
+                let _ = reply.send(outcome);
+            }
+            // Contenders whose clients went away are forgotten.
+            self.locks.retain(|reply| !reply.is_disconnected());
+        }
+        Ok(())
     }
 
-    fn resync(&mut self, store: &Store) {
+    fn resync(&mut self, store: &Store) -> Result<(), ServerError> {
         self.hub
             .resync(store.current_revision(), store.compact_revision());
         self.catching_up = self.hub.unsynced() > 0;
+        for (reply, outcome) in self.locks.recheck_all(store)? {
+            let _ = reply.send(outcome);
+        }
+        Ok(())
     }
 
     /// One catch-up step and the progress notifications due.

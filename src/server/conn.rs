@@ -406,6 +406,17 @@ fn dispatch(
             });
             return true;
         }
+        ClientRequest::Lock(req) => {
+            let shared = shard.shared.clone();
+            spawn_reply(out, inflight, async move {
+                let reply = super::lock::handle(req, &shared).await;
+                match reply {
+                    Ok(r) => or_internal(id, encode_response(id, &ClientResponse::Lock(r))),
+                    Err((code, message)) => error_frame(id, code, message),
+                }
+            });
+            return true;
+        }
         ClientRequest::Watch(req) => match watch_request(id, req, shard, out, watch) {
             Ok(()) => return true,
             Err(frame) => frame,
@@ -575,20 +586,26 @@ fn enqueue(inputs: &flume::Sender<Input>, input: Input, id: u64) -> Result<(), A
 fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> AlignedVec {
     match result {
         Ok(r) => or_internal(id, encode_response(id, &ClientResponse::Kv(r))),
+        Err(e) => {
+            let (code, message) = error_of(e);
+            error_frame(id, code, message)
+        }
+    }
+}
+
+/// The error code a client gets for a proposal's failure, and the message.
+pub(crate) fn error_of(e: NodeError) -> (ErrorCode, String) {
+    match e {
         // Not applied, or of unknown outcome but worth a retry by a client that knows
         // its request is safe to apply twice (etcd answers these Unavailable too).
-        Err(
-            e @ (NodeError::NotLeader
-            | NodeError::Stopping
-            | NodeError::Dropped
-            | NodeError::LeaderChanged
-            | NodeError::Timeout),
-        ) => error_frame(id, ErrorCode::Unavailable, e.to_string()),
-        Err(e @ NodeError::Overloaded) => error_frame(id, ErrorCode::Overloaded, e.to_string()),
-        Err(NodeError::Mvcc(e)) if !e.is_fatal() => {
-            error_frame(id, ErrorCode::InvalidRequest, e.to_string())
-        }
-        Err(e) => error_frame(id, ErrorCode::Internal, e.to_string()),
+        e @ (NodeError::NotLeader
+        | NodeError::Stopping
+        | NodeError::Dropped
+        | NodeError::LeaderChanged
+        | NodeError::Timeout) => (ErrorCode::Unavailable, e.to_string()),
+        e @ NodeError::Overloaded => (ErrorCode::Overloaded, e.to_string()),
+        NodeError::Mvcc(e) if !e.is_fatal() => (ErrorCode::InvalidRequest, e.to_string()),
+        e => (ErrorCode::Internal, e.to_string()),
     }
 }
 

@@ -19,6 +19,7 @@ mod alarm;
 mod apply;
 mod cluster;
 mod conn;
+mod lock;
 mod peer;
 mod placement;
 mod raft;
@@ -235,8 +236,8 @@ pub(crate) struct Shared {
     /// The membership as applied (published by the raft role): what a joining member is
     /// told, and who is refused as removed.
     pub membership: Mutex<crate::raftlog::Membership>,
-    /// Watch requests and connection closes for the hub on the apply role.
-    pub watch_inputs: flume::Sender<watch::HubInput>,
+    /// Watch requests, connection closes and lock contenders for the apply role.
+    pub client_inputs: flume::Sender<watch::ClientInput>,
     /// Set to stop the member (by its owner, a signal, or a failed role): it drains, syncs
     /// and exits.
     pub stop: Arc<AtomicBool>,
@@ -419,7 +420,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         alarms: alarm::Alarms::default(),
         snapshot: Mutex::new(None),
         membership: Mutex::new(Default::default()),
-        watch_inputs: watch_tx,
+        client_inputs: watch_tx,
         stop,
     });
     let (store_tx, store_rx) = flume::bounded(1);
@@ -433,7 +434,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
     });
     let mut apply_role = Some(apply::ApplyRole {
         from_raft: apply_rx,
-        watch_inputs: watch_rx,
+        client_inputs: watch_rx,
         wal_opened: wal_open_rx,
         store_opened: store_tx,
     });

@@ -20,6 +20,16 @@ pub(crate) const WATCH_INPUTS_MAX: usize = 65_536;
 /// What the apply role's hub is handed.
 pub(crate) type HubInput = WatchInput<ConnSink>;
 
+/// What a lock contender waiting on the apply role is told.
+pub(crate) type LockReply = flume::Sender<crate::lock::Outcome>;
+
+/// What the net shards hand the apply role for their clients: watch requests, and lock
+/// contenders to wait for their turn.
+pub(crate) enum ClientInput {
+    Watch(HubInput),
+    Lock(crate::lock::LockWait, LockReply),
+}
+
 /// A connection's queue of watch responses, on the hub's side.
 pub(crate) struct ConnSink {
     tx: flume::Sender<WatchOut>,
@@ -55,7 +65,7 @@ impl Sink for ConnSink {
 /// A connection's watch side, once it sent its first watch request.
 pub(crate) struct ConnWatch {
     conn: ConnId,
-    inputs: flume::Sender<HubInput>,
+    inputs: flume::Sender<ClientInput>,
     /// Encodes the queued responses as frames while the connection has room for them.
     _writer: glommio::Task<()>,
 }
@@ -72,8 +82,10 @@ impl ConnWatch {
             tx,
             queued_bytes: queued_bytes.clone(),
         };
-        let inputs = shared.watch_inputs.clone();
-        inputs.try_send(WatchInput::Open { conn, sink }).ok()?;
+        let inputs = shared.client_inputs.clone();
+        inputs
+            .try_send(ClientInput::Watch(WatchInput::Open { conn, sink }))
+            .ok()?;
         let writer = glommio::spawn_local(write_responses(rx, queued_bytes, replies.clone()));
         Some(ConnWatch {
             conn,
@@ -94,15 +106,17 @@ impl ConnWatch {
             request_id,
             request,
         };
-        self.inputs.try_send(input).map_err(|e| match e {
-            flume::TrySendError::Full(_) => (
-                ErrorCode::Overloaded,
-                "too many watch requests pending".to_string(),
-            ),
-            flume::TrySendError::Disconnected(_) => {
-                (ErrorCode::Unavailable, "the member is stopping".to_string())
-            }
-        })
+        self.inputs
+            .try_send(ClientInput::Watch(input))
+            .map_err(|e| match e {
+                flume::TrySendError::Full(_) => (
+                    ErrorCode::Overloaded,
+                    "too many watch requests pending".to_string(),
+                ),
+                flume::TrySendError::Disconnected(_) => {
+                    (ErrorCode::Unavailable, "the member is stopping".to_string())
+                }
+            })
     }
 
     /// The connection closed: its watchers go (waiting for room in the hub's queue, so
@@ -110,7 +124,7 @@ impl ConnWatch {
     pub(crate) async fn close(self) {
         let _ = self
             .inputs
-            .send_async(WatchInput::Close { conn: self.conn })
+            .send_async(ClientInput::Watch(WatchInput::Close { conn: self.conn }))
             .await;
     }
 }

@@ -1,0 +1,233 @@
+//! The lock, election and semaphore services on a net shard: each request becomes
+//! proposals through the log (the contender's key, a deletion, a proclamation) and, for
+//! those that wait, a contender handed to the apply role, which answers once it holds.
+
+use super::watch::ClientInput;
+use super::{Input, Proposal, Shared};
+use crate::lock::{self, LeaderKey, LockRequest, LockResponse, LockWait};
+use crate::mvcc::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, Request,
+    RequestOp, Response, ResponseHeader, ResponseOp, SortOrder, SortTarget, TargetUnion,
+    TxnRequest, TxnResponse,
+};
+use crate::protocol::{encode_request, ClientRequest, ErrorCode, HEADER_BYTES};
+
+type Failure = (ErrorCode, String);
+
+pub(crate) async fn handle(req: LockRequest, shared: &Shared) -> Result<LockResponse, Failure> {
+    Ok(match req {
+        LockRequest::Lock { name, lease } => {
+            let (key, revision, header) = acquire(shared, &name, lease, Vec::new(), 1).await?;
+            LockResponse::Lock {
+                header,
+                key,
+                revision,
+            }
+        }
+        LockRequest::Acquire { name, lease, limit } => {
+            if limit == 0 {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    "a semaphore's limit must be at least 1".into(),
+                ));
+            }
+            let (key, revision, header) = acquire(shared, &name, lease, Vec::new(), limit).await?;
+            LockResponse::Acquire {
+                header,
+                key,
+                revision,
+            }
+        }
+        LockRequest::Campaign { name, lease, value } => {
+            let (key, rev, header) = acquire(shared, &name, lease, value, 1).await?;
+            LockResponse::Campaign {
+                header,
+                leader: LeaderKey {
+                    name,
+                    key,
+                    rev,
+                    lease,
+                },
+            }
+        }
+        LockRequest::Unlock { key } => LockResponse::Unlock {
+            header: delete(shared, key).await?,
+        },
+        LockRequest::Release { key } => LockResponse::Release {
+            header: delete(shared, key).await?,
+        },
+        LockRequest::Proclaim { leader, value } => {
+            let put = RequestOp::Put(PutRequest {
+                key: leader.key.clone(),
+                value,
+                lease: leader.lease,
+                ..PutRequest::default()
+            });
+            let t = run_txn(shared, if_leader(&leader, put)).await?;
+            if !t.succeeded {
+                return Err((ErrorCode::InvalidRequest, lock::NOT_LEADER.into()));
+            }
+            LockResponse::Proclaim { header: t.header }
+        }
+        LockRequest::Resign { leader } => {
+            let delete = RequestOp::DeleteRange(DeleteRangeRequest {
+                key: leader.key.clone(),
+                ..DeleteRangeRequest::default()
+            });
+            let t = run_txn(shared, if_leader(&leader, delete)).await?;
+            LockResponse::Resign { header: t.header }
+        }
+        LockRequest::Leader { name } => {
+            let first = first_created(&lock::prefix(&name));
+            let Response::Range(mut r) = propose(shared, Request::Range(first)).await? else {
+                return Err(unexpected());
+            };
+            let Some(kv) = r.kvs.pop() else {
+                return Err((ErrorCode::InvalidRequest, lock::NO_LEADER.into()));
+            };
+            LockResponse::Leader {
+                header: r.header,
+                kv,
+            }
+        }
+    })
+}
+
+fn unexpected() -> Failure {
+    (
+        ErrorCode::Internal,
+        "an unexpected response from the store".into(),
+    )
+}
+
+/// A transaction doing `op` if `leader` still leads (its key has its create revision).
+fn if_leader(leader: &LeaderKey, op: RequestOp) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Create,
+            key: leader.key.clone(),
+            target_union: Some(TargetUnion::CreateRevision(leader.rev)),
+            range_end: Vec::new(),
+        }],
+        success: vec![op],
+        failure: Vec::new(),
+    }
+}
+
+async fn run_txn(shared: &Shared, t: TxnRequest) -> Result<TxnResponse, Failure> {
+    match propose(shared, Request::Txn(t)).await? {
+        Response::Txn(t) => Ok(t),
+        _ => Err(unexpected()),
+    }
+}
+
+/// The first key created under `prefix`.
+fn first_created(prefix: &[u8]) -> RangeRequest {
+    RangeRequest {
+        key: prefix.to_vec(),
+        range_end: crate::cli::prefix_range_end(prefix),
+        limit: 1,
+        sort_order: SortOrder::Ascend,
+        sort_target: SortTarget::Create,
+        ..RangeRequest::default()
+    }
+}
+
+/// Puts the contender's key (once: kept if it exists) and waits until it is among the
+/// first `limit`: its key, the key's create revision, and the header of when it held.
+async fn acquire(
+    shared: &Shared,
+    name: &[u8],
+    lease: i64,
+    value: Vec<u8>,
+    limit: u32,
+) -> Result<(Vec<u8>, i64, ResponseHeader), Failure> {
+    let key = lock::contender_key(name, lease);
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Create,
+            key: key.clone(),
+            target_union: Some(TargetUnion::CreateRevision(0)),
+            range_end: Vec::new(),
+        }],
+        success: vec![RequestOp::Put(PutRequest {
+            key: key.clone(),
+            value,
+            lease,
+            ..PutRequest::default()
+        })],
+        failure: vec![RequestOp::Range(RangeRequest {
+            key: key.clone(),
+            ..RangeRequest::default()
+        })],
+    };
+    let t = run_txn(shared, txn).await?;
+    let rev = if t.succeeded {
+        t.header.revision
+    } else {
+        match t.responses.first() {
+            Some(ResponseOp::Range(r)) => r.kvs.first().map_or(0, |kv| kv.create_revision),
+            _ => 0,
+        }
+    };
+    if rev == 0 {
+        return Err((ErrorCode::Unavailable, lock::KEY_GONE.into()));
+    }
+    let wait = LockWait {
+        prefix: lock::prefix(name),
+        key: key.clone(),
+        rev,
+        limit,
+    };
+    let (tx, rx) = flume::bounded(1);
+    let stopping = || (ErrorCode::Unavailable, "the member is stopping".to_string());
+    shared
+        .client_inputs
+        .send_async(ClientInput::Lock(wait, tx))
+        .await
+        .map_err(|_| stopping())?;
+    match rx.recv_async().await {
+        Ok(Ok(revision)) => Ok((key, rev, ResponseHeader { revision })),
+        Ok(Err(why)) => Err((ErrorCode::Unavailable, why)),
+        Err(_) => Err(stopping()),
+    }
+}
+
+async fn delete(shared: &Shared, key: Vec<u8>) -> Result<ResponseHeader, Failure> {
+    let del = DeleteRangeRequest {
+        key,
+        ..DeleteRangeRequest::default()
+    };
+    match propose(shared, Request::DeleteRange(del)).await? {
+        Response::DeleteRange(d) => Ok(d.header),
+        _ => Err(unexpected()),
+    }
+}
+
+/// Sends a request through the log as a client's would go, and waits for its result.
+async fn propose(shared: &Shared, request: Request) -> Result<Response, Failure> {
+    crate::mvcc::validate(&request, shared.config.max_txn_ops)
+        .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+    let frame = encode_request(0, &ClientRequest::Kv(request))
+        .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    let command = crate::node::command::client(&frame[HEADER_BYTES..]);
+    let (tx, rx) = flume::bounded(1);
+    let proposal = Input::Propose(Proposal { command, reply: tx });
+    shared.inputs.try_send(proposal).map_err(|e| match e {
+        flume::TrySendError::Full(_) => {
+            (ErrorCode::Overloaded, "too many proposals pending".into())
+        }
+        flume::TrySendError::Disconnected(_) => {
+            (ErrorCode::Unavailable, "the member is stopping".into())
+        }
+    })?;
+    match rx.recv_async().await {
+        Ok(result) => result.map_err(super::conn::error_of),
+        Err(_) => Err((
+            ErrorCode::Internal,
+            "the member failed before this write's outcome was known".into(),
+        )),
+    }
+}
