@@ -41,6 +41,7 @@ pub mod btree;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod protocol;

@@ -308,6 +308,13 @@ struct ServeArgs {
     /// Number of executors for spread and unpinned; 0: one per core this process may use.
     #[arg(long, env = "CAIRN_EXECUTORS", default_value_t = 0)]
     executors: usize,
+    /// Time (in milliseconds) between the leader's checkpoints of the leases' remaining
+    /// TTLs through the log: after a restart, or a new leader, a lease goes on from its last
+    /// checkpoint instead of its whole TTL (etcd's --experimental-lease-checkpoint-interval).
+    #[arg(long, env = "CAIRN_LEASE_CHECKPOINT_INTERVAL",
+          default_value_t = cairn::lease::CHECKPOINT_INTERVAL_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    lease_checkpoint_interval: u64,
 }
 
 /// `cairn member add` prints etcd's variables for the new member's start, as etcdctl does
@@ -849,6 +856,7 @@ fn main() -> ExitCode {
                 },
                 snapshot_count: args.snapshot_count,
                 snapshot_catch_up_entries: args.snapshot_catch_up_entries,
+                lease_checkpoint_interval_ms: args.lease_checkpoint_interval,
                 wal_segment_bytes: args.wal_segment_bytes,
                 quota_backend_bytes: if args.quota_backend_bytes == 0 {
                     DEFAULT_QUOTA_BACKEND_BYTES

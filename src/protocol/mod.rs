@@ -70,6 +70,10 @@ pub enum ClientRequest {
     MoveLeader(u64),
     /// Lists or changes the cluster's members (etcd's `Cluster` service).
     Member(MemberRequest),
+    /// etcd's `Lease` service: grants and revokes go through the log; keepalives and
+    /// time-to-live are answered by the leader (a follower answers Unavailable, "etcdserver:
+    /// not leader: ..."); the list by any member, from its table.
+    Lease(crate::lease::LeaseRequest),
 }
 
 /// etcd's `Cluster` service requests. Changes are taken by the leader only (a follower
@@ -200,6 +204,7 @@ pub enum ClientResponse {
     /// Leadership moved to the member asked for.
     MoveLeader,
     Member(MemberResponse),
+    Lease(crate::lease::LeaseResponse),
 }
 
 /// Why a request (or, with request id 0, the connection) failed.

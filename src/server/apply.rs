@@ -35,7 +35,8 @@ pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), Serv
     let _ = role.store_opened.send(Ok(store.applied().index));
     // What the store holds durably can be sent to a lagging follower at once.
     offer_checkpoint(&store, store.applied(), &shared);
-    let result = apply_loop(&mut store, &role, &shared).await;
+    let mut leases = super::lease::Leases::new(&shared.config);
+    let result = apply_loop(&mut store, &mut leases, &role, &shared).await;
     if result.is_err() {
         shared.request_stop();
     }
@@ -60,6 +61,7 @@ pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), Serv
 
 async fn apply_loop(
     store: &mut Store,
+    leases: &mut super::lease::Leases,
     role: &ApplyRole,
     shared: &Shared,
 ) -> Result<(), ServerError> {
@@ -127,6 +129,7 @@ async fn apply_loop(
                     if let Some(last) = out.last_index {
                         applied = last;
                     }
+                    leases.applied(&out.leases);
                     answers.push((out.results, replies));
                 }
                 ToApply::Reads(index, waiters) => reads.push((index, waiters)),
@@ -149,6 +152,9 @@ async fn apply_loop(
                 }
                 ToApply::Checkpoint => wanted = true,
                 ToApply::Stop => stop = true,
+                ToApply::Leader(leading) => leases.leader(leading, store),
+                ToApply::LeaseTick => leases.tick(shared),
+                ToApply::Lease(req, reply) => leases.request(req, reply, store, shared),
             }
         }
         if processed {
