@@ -6,7 +6,8 @@
 //!   the raft role; per connection a receive buffer sized to the frame being read
 //!   (`read_buf.rs`) and replies bounded in bytes with their writer task (`replies.rs`);
 //! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
-//! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints.
+//! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints;
+//!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives.
 //!
 //! Roles talk through bounded flume channels; `placement.rs` maps them onto executors.
 //! Start: the raft role opens the WAL (its lock guards the data directory), then the apply
