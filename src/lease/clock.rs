@@ -15,7 +15,11 @@
 //!   proposal has not applied within the retry interval (a revoke of a lease already gone
 //!   changes nothing, so a late duplicate is harmless); at most `revokes_per_s` a second;
 //! - a lease whose deadline has passed is not renewed: its revoke may be on its way, and a
-//!   keepalive answered now would promise keys that are about to go.
+//!   keepalive answered now would promise keys that are about to go;
+//! - a renewal of a lease this leader has handed out for a checkpoint since its last renewal
+//!   asks for the checkpoint to be cleared through the log before it is answered
+//!   ([`Renewal::clear`]): the checkpoint, proposed before the renewal, may apply after it,
+//!   and a later leader would then extend the lease from the older remaining TTL.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -47,6 +51,19 @@ struct Deadline {
     /// When it is next handed out for revoking: its deadline, then, once handed out, the
     /// moment a retry is due.
     due_ms: u64,
+    /// Handed out in a checkpoint since its last renewal.
+    checkpointed: bool,
+}
+
+/// A keepalive's outcome on the leader's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// The TTL renewed, in seconds.
+    pub ttl: i64,
+    /// A checkpoint of this lease was handed out since its last renewal: clear it through
+    /// the log (a checkpoint of 0) and answer the keepalive once that applied, so that a
+    /// later leader does not extend the lease from the older remaining TTL.
+    pub clear: bool,
 }
 
 /// A lease as the table holds it, for [`LeaseClock::promote`].
@@ -126,6 +143,7 @@ impl LeaseClock {
             at_ms,
             ttl_s,
             due_ms: at_ms,
+            checkpointed: false,
         };
         if let Some(old) = self.deadlines.insert(id, d) {
             self.by_due.remove(&(old.due_ms, id));
@@ -147,8 +165,8 @@ impl LeaseClock {
         }
     }
 
-    /// A keepalive at `now_ms`: the lease expires its TTL from now; returns the TTL.
-    pub fn renew(&mut self, now_ms: u64, id: i64) -> Result<i64, LeaseError> {
+    /// A keepalive at `now_ms`: the lease expires its TTL from now.
+    pub fn renew(&mut self, now_ms: u64, id: i64) -> Result<Renewal, LeaseError> {
         if !self.leading {
             return Err(LeaseError::NotLeader);
         }
@@ -161,7 +179,10 @@ impl LeaseClock {
             return Err(LeaseError::NotFound);
         }
         self.set(id, now_ms.saturating_add(seconds_ms(d.ttl_s)), d.ttl_s);
-        Ok(d.ttl_s)
+        Ok(Renewal {
+            ttl: d.ttl_s,
+            clear: d.checkpointed,
+        })
     }
 
     /// Milliseconds left of the lease at `now_ms` (0 once expired), on the leader.
@@ -217,20 +238,14 @@ impl LeaseClock {
             return Vec::new();
         }
         self.next_checkpoint_ms = now_ms.saturating_add(self.config.checkpoint_interval_ms);
-        let mut out: Vec<(i64, i64)> = self
-            .deadlines
-            .iter()
-            .filter(|(_, d)| d.at_ms > now_ms)
-            .map(|(&id, d)| {
-                (
-                    id,
-                    d.at_ms.saturating_sub(now_ms).div_ceil(1000) as i64,
-                    d.ttl_s,
-                )
-            })
-            .filter(|&(_, left, ttl)| left < ttl)
-            .map(|(id, left, _)| (id, left))
-            .collect();
+        let mut out: Vec<(i64, i64)> = Vec::new();
+        for (&id, d) in self.deadlines.iter_mut() {
+            let left = d.at_ms.saturating_sub(now_ms).div_ceil(1000) as i64;
+            if d.at_ms > now_ms && left < d.ttl_s {
+                d.checkpointed = true;
+                out.push((id, left));
+            }
+        }
         out.sort_unstable();
         out
     }
@@ -317,7 +332,7 @@ mod tests {
         let mut c = clock();
         c.promote(0, []);
         c.granted(0, 7, 10);
-        assert_eq!(c.renew(9_000, 7), Ok(10));
+        assert_eq!(c.renew(9_000, 7).map(|r| r.ttl), Ok(10));
         assert!(c.expired(18_999).is_empty());
         assert_eq!(c.expired(19_000), vec![7]);
         assert_eq!(c.renew(19_000, 7), Err(LeaseError::NotFound));
@@ -353,5 +368,25 @@ mod tests {
         assert_eq!(c.checkpoint(10_000), vec![(7, 50)]);
         assert!(c.checkpoint(15_000).is_empty());
         assert_eq!(c.checkpoint(20_000), vec![(7, 40), (8, 50)]);
+    }
+
+    #[test]
+    fn a_renewal_after_a_checkpoint_asks_for_it_to_be_cleared_once() {
+        let mut c = clock();
+        c.promote(0, []);
+        c.granted(0, 7, 60);
+        c.granted(0, 8, 60);
+        assert_eq!(c.renew(1_000, 8).map(|r| r.clear), Ok(false));
+        assert_eq!(c.checkpoint(10_000), vec![(7, 50), (8, 51)]);
+        // The checkpoint may apply after this renewal: it must be cleared behind it.
+        assert_eq!(
+            c.renew(10_001, 7),
+            Ok(Renewal {
+                ttl: 60,
+                clear: true
+            })
+        );
+        assert_eq!(c.renew(10_002, 7).map(|r| r.clear), Ok(false));
+        assert_eq!(c.renew(10_003, 8).map(|r| r.clear), Ok(true));
     }
 }

@@ -19,7 +19,8 @@ mod id;
 mod types;
 
 pub use clock::{
-    ClockConfig, LeaseClock, LeaseTimes, CHECKPOINT_INTERVAL_MS_DEFAULT, REVOKES_PER_S_DEFAULT,
+    ClockConfig, LeaseClock, LeaseTimes, Renewal, CHECKPOINT_INTERVAL_MS_DEFAULT,
+    REVOKES_PER_S_DEFAULT,
 };
 pub use id::LeaseIds;
 pub use types::*;

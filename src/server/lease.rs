@@ -138,27 +138,30 @@ impl Leases {
         }))
     }
 
-    /// Renews the lease on the leader's clock. A lease with a checkpointed remaining TTL
-    /// has it cleared through the log before the keepalive is answered (as etcd does):
-    /// otherwise a new leader would extend it from that checkpoint, not from this renewal.
+    /// Renews the lease on the leader's clock. A lease with a checkpointed remaining TTL, or
+    /// one this leader has proposed a checkpoint for since its last renewal (which may
+    /// apply after this renewal), has it cleared through the log before the keepalive is
+    /// answered (as etcd does for the first): otherwise a new leader would extend it from
+    /// that checkpoint, not from this renewal.
     fn keep_alive(&mut self, id: i64, reply: LeaseReply, store: &Store, shared: &Shared) {
         let header = ResponseHeader {
             revision: store.current_revision(),
         };
-        let ttl = match store.leases().get(id) {
+        let renewal = match store.leases().get(id) {
             None => Err(LeaseError::NotFound),
             Some(_) => self.clock.renew(self.time.now_ms(), id),
         };
-        let ttl = match ttl {
-            Ok(ttl) => ttl,
+        let renewal = match renewal {
+            Ok(r) => r,
             Err(e) => {
                 let _ = reply.send(Err(refusal(e)));
                 return;
             }
         };
+        let ttl = renewal.ttl;
         let renewed = LeaseResponse::KeepAlive(LeaseKeepAliveResponse { header, id, ttl });
         let checkpointed = store.leases().get(id).is_some_and(|l| l.remaining_ttl > 0);
-        if !checkpointed {
+        if !checkpointed && !renewal.clear {
             let _ = reply.send(Ok(renewed));
             return;
         }
