@@ -5,7 +5,8 @@
 //!
 //! Every run checks that the client history is linearizable (`checker.rs`; a put
 //! acknowledged and then not read back is a violation), that replicas at equal applied
-//! indexes hash equal, that no term has two leaders, and that the healed cluster answers.
+//! indexes hash equal (lease tables included), that no term has two leaders, that the healed
+//! cluster answers, and that no lease expires before a deadline a client was promised.
 //!
 //! ```sh
 //! cargo test --release --test sim                        # CI: a batch of seeds
@@ -99,6 +100,9 @@ fn seeds() {
                 total.removals += s.removals;
                 total.joins += s.joins;
                 total.promotions += s.promotions;
+                total.lease_grants += s.lease_grants;
+                total.lease_renewals += s.lease_renewals;
+                total.lease_expiries += s.lease_expiries;
             }
             Err(e) => panic!("{e}"),
         }
@@ -113,6 +117,10 @@ fn seeds() {
         assert!(
             total.removals > 0 && total.joins > 0 && total.promotions > 0,
             "the membership changed: {total:?}"
+        );
+        assert!(
+            total.lease_renewals > 0 && total.lease_expiries > 0,
+            "leases were kept alive and expired: {total:?}"
         );
     }
 }
