@@ -97,7 +97,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         data_dir: shared.config.data_dir.clone(),
         releasing: None,
         role,
-        lease_leading: false,
+        lease_term: None,
     };
     let result = raft.start(&log, replayed, identity, batches, &shared).await;
     let result = match result {
@@ -241,8 +241,8 @@ struct Raft {
     role: RaftRole,
     /// WAL segments being deleted behind the last compaction.
     releasing: Option<glommio::Task<Result<usize, crate::wal::WalError>>>,
-    /// What the apply role's lease clock was last told: this member leads.
-    lease_leading: bool,
+    /// What the apply role's lease clock was last told: this member leads in this term.
+    lease_term: Option<u64>,
 }
 
 impl Raft {
@@ -814,18 +814,26 @@ impl Raft {
     }
 
     /// Tells the apply role's lease clock when this member starts or stops leading (it
-    /// starts once every entry of earlier terms is applied), and, while it leads, that a
-    /// heartbeat interval passed.
+    /// starts once every entry of earlier terms is applied; a leader of a new term starts
+    /// afresh, as another leader may have renewed leases in between), and, while it leads,
+    /// that a heartbeat interval passed.
     async fn lease_leadership(
         &mut self,
         driver: &RaftDriver,
         ticked: bool,
     ) -> Result<(), ServerError> {
-        let leading =
-            driver.node().leads_applied_term() || (self.lease_leading && driver.is_leader());
-        if leading != self.lease_leading {
-            self.lease_leading = leading;
-            self.send(ToApply::Leader(leading)).await?;
+        let term = driver.node().term();
+        let still = self.lease_term == Some(term) && driver.is_leader();
+        let leading = still || driver.node().leads_applied_term();
+        let lease_term = leading.then_some(term);
+        if lease_term != self.lease_term {
+            if self.lease_term.is_some() {
+                self.send(ToApply::Leader(false)).await?;
+            }
+            if leading {
+                self.send(ToApply::Leader(true)).await?;
+            }
+            self.lease_term = lease_term;
         }
         if leading && ticked {
             self.send(ToApply::LeaseTick).await?;
@@ -846,7 +854,7 @@ impl Raft {
             req,
             LeaseRequest::KeepAlive(_) | LeaseRequest::TimeToLive(_)
         );
-        if for_leader && !self.lease_leading {
+        if for_leader && self.lease_term.is_none() {
             let _ = reply.send(Err((
                 ErrorCode::Unavailable,
                 format!(

@@ -172,8 +172,9 @@ struct Up {
     reads: Vec<(u64, Vec<Waiting>)>,
     /// The leader's lease deadlines (empty unless it leads).
     leases: LeaseClock,
-    /// What the clock was last told: this member leads and applied its term's entry.
-    lease_leading: bool,
+    /// What the clock was last told: this member leads in this term (and applied its
+    /// term's entry).
+    lease_term: Option<u64>,
 }
 
 /// What the lease agent knows of one lease.
@@ -654,7 +655,7 @@ impl Sim {
                 revokes_per_s: 1000,
                 revoke_retry_ms: 3 * election_timeout_ms,
             }),
-            lease_leading: false,
+            lease_term: None,
         });
         let first_tick = 1 + self.rng.below(HEARTBEAT_MS);
         self.schedule(first_tick, Event::Tick { member: m });
@@ -1327,14 +1328,16 @@ impl Sim {
             return;
         };
         let node = up.driver.node();
-        let leading = node.leads_applied_term() || (up.lease_leading && node.is_leader());
-        if leading != up.lease_leading {
-            up.lease_leading = leading;
+        let term = node.term();
+        let still = up.lease_term == Some(term) && node.is_leader();
+        let leading = still || node.leads_applied_term();
+        let lease_term = leading.then_some(term);
+        if lease_term != up.lease_term {
+            up.leases.demote();
             if leading {
                 up.leases.promote(now, up.store.leases().times());
-            } else {
-                up.leases.demote();
             }
+            up.lease_term = lease_term;
         }
     }
 
@@ -1349,7 +1352,7 @@ impl Sim {
         let Some(up) = self.members[m].up.as_mut() else {
             return;
         };
-        if !up.lease_leading || !up.driver.is_leader() {
+        if up.lease_term.is_none() || !up.driver.is_leader() {
             return;
         }
         let mut ops: Vec<LeaseOp> = up
@@ -1409,7 +1412,7 @@ impl Sim {
             self.members[m]
                 .up
                 .as_ref()
-                .is_some_and(|up| up.lease_leading)
+                .is_some_and(|up| up.lease_term.is_some())
         });
         let Some(m) = leader else {
             return Ok(());
