@@ -438,6 +438,8 @@ fn dispatch(
 }
 
 const STOPPING: &str = "the member is stopping";
+/// What a lease grant is taken to add to the database, for the quota: its record.
+const LEASE_GRANT_COST_BYTES: usize = 64;
 const OUTCOME_UNKNOWN: &str =
     "the member failed before this write's outcome was known: it may or may not have been applied";
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
@@ -492,6 +494,12 @@ fn lease_request(
     let op = match req {
         LeaseRequest::Grant(g) => {
             let shared = &shard.shared;
+            // A grant adds a lease record: refused under the NOSPACE alarm, as etcd's quota
+            // refuses it.
+            if no_space(shared, LEASE_GRANT_COST_BYTES) {
+                out.send(error_frame(id, ErrorCode::NoSpace, NO_SPACE.into()));
+                return;
+            }
             let Some(ids) = shared.lease_ids.get() else {
                 let msg = "the member is starting".to_string();
                 out.send(error_frame(id, ErrorCode::Unavailable, msg));
