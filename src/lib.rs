@@ -13,7 +13,12 @@
 //!   disk's faults (a power failure at any step, unsynced writes lost or torn by sector,
 //!   flipped bits) for simulations and crash tests.
 //! - [`mvcc`]: the etcd v3 data model on top of the tree: revisions, versions, Range, Put,
-//!   DeleteRange, Txn, Compact, HashKV, batched apply with a durable applied-index checkpoint.
+//!   DeleteRange, Txn, Compact, HashKV, batched apply with a durable applied-index checkpoint;
+//!   the lease table (leases, their TTLs and attached keys, in tree 1 of the same file).
+//! - [`lease`]: leases as in etcd v3: the Lease service's messages, the lease operations the
+//!   log carries, and the leader's lease clock, sans-IO (keepalives, expiry proposed as
+//!   revokes, checkpoints of remaining TTLs, the extension on becoming leader). Rules:
+//!   `docs/leases.md`.
 //! - [`node`]: one member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the
 //!   Raft log; the driver that keeps proposal and read waiters (by proposal ids unique across
 //!   members and starts), WAL rounds and log compaction, with the clock and random source
@@ -23,14 +28,15 @@
 //!   shards (SO_REUSEPORT listeners, native protocol, serializable reads from published
 //!   views), the `raft` role (the shell around the driver: WAL group commit, the peer
 //!   transport, snapshots sent and received) and the `apply` role (the store, snapshot
-//!   installs), mapped onto cores by a placement; cluster flags, member identity and the
-//!   members; clean shutdown. Replication: `docs/cluster.md`.
+//!   installs, the leader's lease clock), mapped onto cores by a placement; cluster flags,
+//!   member identity and the members; clean shutdown. Replication: `docs/cluster.md`.
 //! - [`check`]: `cairn check` (what a start would do to a data directory, found without
 //!   changing it) and `cairn repair` (doing it).
 //! - [`client`]: native-protocol clients with timeouts and endpoint failover: blocking, and
-//!   async for glommio code (pipelined).
-//! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del` and `member`, the `txn` text
-//!   format, and the output formats.
+//!   async for glommio code (pipelined); the leader found for lease keepalives, and a
+//!   keepalive loop.
+//! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del`, `member` and `lease`, the `txn`
+//!   text format, and the output formats.
 //! - [`protocol`]: the native wire protocol: frames with request ids carrying validated rkyv
 //!   messages. Format: `docs/protocol.md`.
 //!
@@ -41,6 +47,7 @@ pub mod btree;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod lease;
 pub mod lock;
 pub mod mvcc;
 pub mod node;

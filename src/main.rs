@@ -1,7 +1,7 @@
 //! The `cairn` command: `serve` runs a member, `check` verifies a data directory without
 //! changing it and `repair` does the cuts a start would do (`cairn::check`), and the client
 //! commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint`, `member`, `move-leader`,
-//! `alarm`) talk to members in etcdctl's spirit.
+//! `alarm`, `lease`) talk to members in etcdctl's spirit.
 //!
 //! Exit codes (etcdctl's): 0 success; 1 the request failed (the server's error is printed,
 //! or "context deadline exceeded" when no reply came in time); 2 no endpoint could be
@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cairn::cli::MemberCmd;
+use cairn::cli::{LeaseCmd, MemberCmd};
 use cairn::client::ClientError;
 use cairn::mvcc::{Request, Response};
 use cairn::protocol::{ClientRequest, ClientResponse, MemberRequest, MemberResponse};
@@ -221,6 +221,12 @@ enum Command {
         #[command(subcommand)]
         command: AlarmCmd,
     },
+    /// Lease related commands. Keep-alive and timetolive are sent to the leader: the first
+    /// of the endpoints that leads, or the leader as they know it.
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCmd,
+    },
     /// Transfers leadership to another member (its ID in hex, as `endpoint status` shows
     /// it). The current leader must be among the endpoints.
     MoveLeader {
@@ -349,6 +355,13 @@ struct ServeArgs {
     /// Number of executors for spread and unpinned; 0: one per core this process may use.
     #[arg(long, env = "CAIRN_EXECUTORS", default_value_t = 0)]
     executors: usize,
+    /// Time (in milliseconds) between the leader's checkpoints of the leases' remaining
+    /// TTLs through the log: after a restart, or a new leader, a lease goes on from its last
+    /// checkpoint instead of its whole TTL (etcd's --experimental-lease-checkpoint-interval).
+    #[arg(long, env = "CAIRN_LEASE_CHECKPOINT_INTERVAL",
+          default_value_t = cairn::lease::CHECKPOINT_INTERVAL_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    lease_checkpoint_interval: u64,
 }
 
 /// `cairn member add` prints etcd's variables for the new member's start, as etcdctl does
@@ -524,30 +537,86 @@ fn change_membership(
         }
         .into());
     };
-    let leader = leader_endpoint(follower, timeout_s)
+    let leader = cairn::client::leader_endpoint(follower, Duration::from_secs(timeout_s))
         .map_err(|why| Failure(EXIT_ERROR, format!("{refusal} (and {why})")))?;
     member_reply(endpoint_client(&leader, timeout_s).request(&request)?)
 }
 
-/// The leader's endpoint as a member knows it: its status names the leader, its member
-/// list the leader's client URL.
-fn leader_endpoint(endpoint: &str, timeout_s: u64) -> Result<String, String> {
-    let mut one = endpoint_client(endpoint, timeout_s);
-    let leader = match one.request(&ClientRequest::Status) {
-        Ok(ClientResponse::Status(s)) => s.leader,
-        Ok(_) => return Err(format!("{endpoint} sent an unexpected reply")),
-        Err(e) => return Err(format!("the leader could not be asked of {endpoint}: {e}")),
-    };
-    if leader == 0 {
-        return Err(format!("{endpoint} knows no leader"));
-    }
-    let members = match one.request(&ClientRequest::Member(MemberRequest::List)) {
-        Ok(ClientResponse::Member(r)) => r.members,
-        Ok(_) => return Err(format!("{endpoint} sent an unexpected reply")),
-        Err(e) => return Err(format!("the members could not be asked of {endpoint}: {e}")),
-    };
-    cairn::cli::member::member_endpoint(&members, leader)
-        .ok_or_else(|| format!("the leader {leader:x} has no client URL in the member list"))
+/// `lease ...`: grants, revokes and the list go to the endpoints in order; keep-alive and
+/// timetolive to the leader. `keep-alive` without `--once` writes a line per renewal as it
+/// goes, and ends once the lease is gone.
+fn lease(
+    client: &mut cairn::client::Client,
+    endpoints: &[String],
+    timeout_s: u64,
+    json: bool,
+    command: LeaseCmd,
+) -> Result<Vec<u8>, Failure> {
+    use cairn::cli::{lease as out, output};
+    let timeout = Duration::from_secs(timeout_s);
+    let to_leader = || cairn::client::LeaderClient::new(endpoints.to_vec(), timeout);
+    Ok(match command {
+        LeaseCmd::Grant { ttl } => {
+            let r = client.lease_grant(out::parse_ttl(&ttl)?, 0)?;
+            match json {
+                true => output::lease_grant_json(&r) + "\n",
+                false => out::granted(r.id, r.ttl),
+            }
+            .into_bytes()
+        }
+        LeaseCmd::Revoke { id } => {
+            let id = out::parse_lease_id(&id)?;
+            let r = client.lease_revoke(id)?;
+            match json {
+                true => output::lease_revoke_json(&r) + "\n",
+                false => out::revoked(id),
+            }
+            .into_bytes()
+        }
+        LeaseCmd::KeepAlive { once: true, id } => {
+            let r = to_leader().keep_alive_once(out::parse_lease_id(&id)?)?;
+            match json {
+                true => output::lease_keep_alive_json(&r) + "\n",
+                false => out::keepalived(r.id, r.ttl),
+            }
+            .into_bytes()
+        }
+        LeaseCmd::KeepAlive { once: false, id } => {
+            let id = out::parse_lease_id(&id)?;
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let mut written = Ok(());
+            cairn::client::keep_alive_loop(endpoints.to_vec(), timeout, id, &never, |event| {
+                let line = match event {
+                    cairn::client::KeepAliveEvent::Renewed(r) if json => {
+                        output::lease_keep_alive_json(&r) + "\n"
+                    }
+                    cairn::client::KeepAliveEvent::Renewed(r) => out::keepalived(r.id, r.ttl),
+                    cairn::client::KeepAliveEvent::Gone if !json => out::expired_or_revoked(id),
+                    _ => return,
+                };
+                if written.is_ok() {
+                    written = write_out(line.as_bytes());
+                }
+            });
+            written.map_err(|e| Failure(EXIT_ERROR, e))?;
+            Vec::new()
+        }
+        LeaseCmd::Timetolive { keys, id } => {
+            let r = to_leader().time_to_live(out::parse_lease_id(&id)?, keys)?;
+            match json {
+                true => (output::lease_time_to_live_json(&r) + "\n").into_bytes(),
+                false => out::time_to_live(&r, keys),
+            }
+        }
+        LeaseCmd::List => {
+            let r = client.lease_leases()?;
+            match json {
+                true => output::lease_list_json(&r) + "\n",
+                false => out::list(&r),
+            }
+            .into_bytes()
+        }
+    })
 }
 
 /// Writes a client command's output to stdout as it is.
@@ -860,6 +929,7 @@ fn run_client(
             }
             .into_bytes()
         }
+        Command::Lease { command } => lease(&mut client, endpoints, timeout_s, json, command)?,
         Command::Alarm { command } => {
             use cairn::protocol::{AlarmAction, AlarmRequest};
             let mut alarm = |action, member_id, alarm| match client.request(
@@ -950,6 +1020,7 @@ fn main() -> ExitCode {
                 },
                 snapshot_count: args.snapshot_count,
                 snapshot_catch_up_entries: args.snapshot_catch_up_entries,
+                lease_checkpoint_interval_ms: args.lease_checkpoint_interval,
                 wal_segment_bytes: args.wal_segment_bytes,
                 quota_backend_bytes: if args.quota_backend_bytes == 0 {
                     DEFAULT_QUOTA_BACKEND_BYTES
@@ -990,7 +1061,8 @@ fn main() -> ExitCode {
         | Command::Endpoint { .. }
         | Command::Member { .. }
         | Command::MoveLeader { .. }
-        | Command::Alarm { .. }) => {
+        | Command::Alarm { .. }
+        | Command::Lease { .. }) => {
             match run_client(&cli.endpoints, cli.write_out, cli.command_timeout, command) {
                 Ok(mut out) => {
                     // Every format ends with a newline, as etcdctl's do.

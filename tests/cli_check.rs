@@ -10,7 +10,7 @@ mod common;
 
 use cairn::btree::DbOptions;
 use cairn::client::Client;
-use cairn::mvcc::{AcceptAllLeases, PutRequest, RaftPosition, Request, Store};
+use cairn::mvcc::{PutRequest, RaftPosition, Request, Store};
 use cairn::protocol::{ClientRequest, ClientResponse};
 use cairn::wal::{RecordType, Wal, WalOptions};
 use common::{free_addr, serve_command};
@@ -487,11 +487,7 @@ fn build(dir: &Path) {
             ..Default::default()
         };
         store
-            .apply(
-                RaftPosition { index: i, term: 1 },
-                &[Request::Put(put)],
-                &AcceptAllLeases,
-            )
+            .apply(RaftPosition { index: i, term: 1 }, &[Request::Put(put)])
             .unwrap();
     }
     store.checkpoint().unwrap();

@@ -561,6 +561,16 @@ fn over_the_quota_puts_are_refused_and_reads_deletes_and_compaction_free_it() {
         written >= 40,
         "refused only near the quota, after {written} puts"
     );
+    // A lease grant adds a record too: refused alike.
+    let grant = cairn::lease::LeaseGrantRequest { ttl: 60, id: 0 };
+    c.send(
+        6,
+        &ClientRequest::Lease(cairn::lease::LeaseRequest::Grant(grant)),
+    );
+    assert!(matches!(
+        c.recv(),
+        Some((6, Reply::Err(ErrorCode::NoSpace)))
+    ));
     // Reads and deletes go on; so does a txn that only reads.
     assert_eq!(c.get("k0").map(|(v, _)| v.len()), Some(value.len()));
     let delete = Request::DeleteRange(cairn::mvcc::DeleteRangeRequest {

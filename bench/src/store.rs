@@ -4,8 +4,8 @@
 
 use cairn::btree::DbOptions;
 use cairn::mvcc::{
-    AcceptAllLeases, ApplyOutcome, CompactionRequest, MvccError, PutRequest, RaftPosition,
-    RangeRequest, Request, Store,
+    ApplyOutcome, CompactionRequest, MvccError, PutRequest, RaftPosition, RangeRequest, Request,
+    Store,
 };
 use hdrhistogram::Histogram;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -113,7 +113,7 @@ impl Loader {
             index: self.index,
             term: 1,
         };
-        match self.store.apply(at, batch, &AcceptAllLeases)? {
+        match self.store.apply(at, batch)? {
             ApplyOutcome::Applied(rs) => {
                 if let Some(Err(e)) = rs.into_iter().find(Result::is_err) {
                     return Err(e);

@@ -1,12 +1,15 @@
-//! Client command-line pieces in etcdctl's spirit: the arguments of `get`, `put`, `del` and
-//! `member` and the requests they make, `txn`'s text format, and the output formats.
+//! Client command-line pieces in etcdctl's spirit: the arguments of `get`, `put`, `del`,
+//! `member` and `lease` and the requests they make, `txn`'s text format, and the output
+//! formats.
 
+pub mod lease;
 pub mod member;
 pub mod ops;
 pub mod output;
 pub mod txn;
 pub mod watch;
 
+pub use lease::LeaseCmd;
 pub use member::MemberCmd;
 pub use ops::{prefix_range_end, DelArgs, GetArgs, PutArgs};
 pub use txn::{argify, parse_compare, parse_op, parse_txn};

@@ -492,3 +492,54 @@ pub fn txn_simple(r: &TxnResponse) -> Vec<u8> {
     }
     out
 }
+
+/// `lease grant -w json` (etcd's `LeaseGrantResponse`).
+pub fn lease_grant_json(r: &crate::lease::LeaseGrantResponse) -> String {
+    Obj::new()
+        .raw("header", &header(&r.header))
+        .int("ID", r.id)
+        .int("TTL", r.ttl)
+        .done()
+}
+
+/// `lease revoke -w json`.
+pub fn lease_revoke_json(r: &crate::lease::LeaseRevokeResponse) -> String {
+    Obj::new().raw("header", &header(&r.header)).done()
+}
+
+/// `lease keep-alive -w json`: one object per renewal.
+pub fn lease_keep_alive_json(r: &crate::lease::LeaseKeepAliveResponse) -> String {
+    Obj::new()
+        .raw("header", &header(&r.header))
+        .int("ID", r.id)
+        .int("TTL", r.ttl)
+        .done()
+}
+
+/// `lease timetolive -w json` (keys base64, as etcd's JSON has bytes).
+pub fn lease_time_to_live_json(r: &crate::lease::LeaseTimeToLiveResponse) -> String {
+    Obj::new()
+        .raw("header", &header(&r.header))
+        .int("ID", r.id)
+        .int("TTL", r.ttl)
+        .int("grantedTTL", r.granted_ttl)
+        .list(
+            "keys",
+            r.keys.iter().map(|k| json_string(&base64(k))).collect(),
+        )
+        .done()
+}
+
+/// `lease list -w json`.
+pub fn lease_list_json(r: &crate::lease::LeaseLeasesResponse) -> String {
+    Obj::new()
+        .raw("header", &header(&r.header))
+        .list(
+            "leases",
+            r.leases
+                .iter()
+                .map(|l| Obj::new().int("ID", l.id).done())
+                .collect(),
+        )
+        .done()
+}

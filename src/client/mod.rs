@@ -1,10 +1,16 @@
 //! Clients of the native protocol, with timeouts on every operation and failover across
 //! endpoints: [`Client`] blocks (the CLI, tests, plain threads); [`AsyncClient`] runs on a
-//! glommio executor with many requests in flight on one connection.
+//! glommio executor with many requests in flight on one connection. [`LeaderClient`] finds
+//! the leader for what only it answers (lease keepalives and time-to-live), and
+//! [`keep_alive_loop`] keeps a lease alive.
 
+mod lease;
 mod local;
 mod watch;
 
+pub use lease::{
+    is_lease_not_found, keep_alive_loop, leader_endpoint, KeepAliveEvent, LeaderClient,
+};
 pub use local::{AsyncClient, DEFAULT_MAX_INFLIGHT, REPLY_FRAME_BYTES_MAX};
 pub use watch::WatchStream;
 

@@ -11,21 +11,12 @@ use super::types::{
 };
 use super::write::WriteTxn;
 
-/// Tells the store whether a lease exists. Puts naming a lease that does not exist fail with
-/// "etcdserver: requested lease not found", as in etcd. The lease module implements this;
-/// until then [`AcceptAllLeases`] stands in.
-pub trait LeaseCheck {
+/// Tells a write whether a lease exists. Puts naming a lease that does not exist fail with
+/// "etcdserver: requested lease not found", as in etcd. The store's
+/// [`LeaseTable`](super::LeaseTable) implements it: every member checks against the same
+/// table, at the same point of the log, so every member gives the same answer.
+pub(crate) trait LeaseCheck {
     fn lease_exists(&self, lease: i64) -> bool;
-}
-
-/// Accepts every lease ID.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AcceptAllLeases;
-
-impl LeaseCheck for AcceptAllLeases {
-    fn lease_exists(&self, _lease: i64) -> bool {
-        true
-    }
 }
 
 /// Lease 0 means "no lease" and always passes.

@@ -26,6 +26,9 @@ pub enum MvccError {
     Compacted,
     #[error("mvcc: required revision is a future revision")]
     FutureRev,
+    /// A grant that cannot be made (the id is taken, the TTL too large).
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
 
     /// The tree failed underneath; the store is stopped (see [`MvccError::is_fatal`]).
     #[error("mvcc storage: {0}")]

@@ -10,7 +10,9 @@
 //! - `record`: the byte format of a stored revision and of the store metadata.
 //! - `key_index`: the compact in-memory index, user key -> revisions (etcd's `treeIndex`).
 //! - `write`: one write transaction (etcd's `storeTxnWrite`), with rollback.
-//! - `apply`: Put, DeleteRange, Range and Compaction inside a write transaction, the lease hook.
+//! - `apply`: Put, DeleteRange, Range and Compaction inside a write transaction, the lease check.
+//! - `lease`: [`LeaseTable`], the leases (TTLs, checkpointed remaining TTLs, attached keys),
+//!   kept in tree 1 of the store's file.
 //! - `txn`: request validation, compares, and Txn execution.
 //! - `range`: Range reads (index half, tree half, then filter/sort/limit).
 //! - `hash`: HashKV.
@@ -25,7 +27,8 @@
 //! Deletes write tombstone records; compaction removes superseded revisions. The current and
 //! compaction revisions travel in each tree commit's `user` bytes, with the applied Raft index
 //! and term in the commit itself: a reopened store knows exactly which log entries to replay.
-//! On open the key index is rebuilt by one sequential scan of tree 0.
+//! On open the key index is rebuilt by one sequential scan of tree 0, which also attaches
+//! each live key to its lease. Tree 1 holds the lease records (`lease.rs`).
 //!
 //! # Applying
 //!
@@ -71,6 +74,7 @@ mod apply;
 mod error;
 mod hash;
 mod key_index;
+mod lease;
 mod range;
 mod read_view;
 mod record;
@@ -83,8 +87,8 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{AcceptAllLeases, LeaseCheck};
 pub use error::MvccError;
+pub use lease::{Lease, LeaseChange, LeaseTable};
 pub use read_view::ReadView;
 pub use revision::Revision;
 pub use store::{

@@ -9,17 +9,21 @@ use parking_lot::RwLock;
 
 use crate::btree::{BtreeError, CommitMeta, Db, DbOptions};
 
-use super::apply::{self, LeaseCheck};
+use super::apply;
 use super::error::MvccError;
 use super::hash;
-use super::key_index::{KeyIndex, KeyIndexBuilder};
+use super::key_index::{KeyIndex, KeyIndexBuilder, KeyRange};
+use super::lease::{LeaseChange, LeaseTable};
 use super::range::{self, PRIMARY_TREE};
 use super::read_view::ReadView;
 use super::record::{Record, StoreMeta};
 use super::revision::Revision;
 use super::txn::{self, check_range};
-use super::types::{Event, HashKvResponse, PutRef, RangeRequest, RangeResponse, Request, Response};
+use super::types::{
+    Event, HashKvResponse, PutRef, RangeRequest, RangeResponse, Request, Response, ResponseHeader,
+};
 use super::write::WriteTxn;
+use crate::lease::{LeaseGrantResponse, LeaseOp, LeaseRevokeResponse};
 
 /// Memory the writer may hold in changes not yet checkpointed before `maybe_checkpoint`
 /// commits them, in bytes.
@@ -64,6 +68,8 @@ pub struct Store {
     events: Vec<Event>,
     /// Whether events carry the key as it was before each change.
     capture_prev: bool,
+    /// The leases, their TTLs and attached keys: puts are checked against it.
+    leases: LeaseTable,
 }
 
 impl Store {
@@ -83,7 +89,8 @@ impl Store {
     pub(crate) fn from_db(db: Db) -> Result<Store, MvccError> {
         let commit = db.last_commit().clone();
         let meta = StoreMeta::decode(&commit.user)?;
-        let (mut index, last) = rebuild_index(&db, -1)?;
+        let mut leases = LeaseTable::load(&db)?;
+        let (mut index, last) = rebuild_index(&db, -1, Some(&mut leases))?;
         let meta = match meta {
             Some(meta) => meta,
             None if last.is_none() => StoreMeta::FRESH,
@@ -114,6 +121,7 @@ impl Store {
             background_checkpoints: false,
             events: Vec::new(),
             capture_prev: false,
+            leases,
         })
     }
 
@@ -139,13 +147,12 @@ impl Store {
         &mut self,
         at: RaftPosition,
         batch: &[Request],
-        leases: &dyn LeaseCheck,
     ) -> Result<ApplyOutcome, MvccError> {
         self.apply_each(at, batch.len(), |store, i| {
             // The operation limit is the proposer's business (see `validate`); the rest is
             // deterministic and keeps malformed requests out of the tree.
             txn::validate(&batch[i], usize::MAX)
-                .and_then(|()| store.write(|w| apply::request(w, &batch[i], leases)))
+                .and_then(|()| store.write(|w, leases| apply::request(w, &batch[i], leases)))
         })
     }
 
@@ -155,11 +162,75 @@ impl Store {
         &mut self,
         at: RaftPosition,
         put: PutRef<'_>,
-        leases: &dyn LeaseCheck,
     ) -> Result<ApplyOutcome, MvccError> {
         self.apply_each(at, 1, |store, _| {
-            txn::check_put(put).and_then(|()| store.write(|w| apply::put_checked(w, put, leases)))
+            txn::check_put(put)
+                .and_then(|()| store.write(|w, leases| apply::put_checked(w, put, leases)))
         })
+    }
+
+    /// Applies the Raft entry at `at` holding a lease operation. Same rules as
+    /// [`Store::apply`]. A grant or a checkpoint changes no revision; a revoke deletes the
+    /// lease's keys in one write transaction (one revision, if it had keys) and then the
+    /// lease. Its response: `Response::LeaseGrant`, `LeaseRevoke` or `LeaseCheckpoint`.
+    pub fn apply_lease(
+        &mut self,
+        at: RaftPosition,
+        op: &LeaseOp,
+    ) -> Result<ApplyOutcome, MvccError> {
+        self.apply_each(at, 1, |store, _| store.lease_op(op))
+    }
+
+    fn lease_op(&mut self, op: &LeaseOp) -> Result<Response, MvccError> {
+        match *op {
+            LeaseOp::Grant { id, ttl } => {
+                self.leases.grant(&mut self.db, id, ttl)?;
+                Ok(Response::LeaseGrant(LeaseGrantResponse {
+                    header: self.header(),
+                    id,
+                    ttl,
+                }))
+            }
+            LeaseOp::Revoke { id } => {
+                let keys: Vec<Vec<u8>> = match self.leases.get(id) {
+                    Some(l) => l.keys.iter().cloned().collect(),
+                    None => return Err(MvccError::LeaseNotFound),
+                };
+                if !keys.is_empty() {
+                    self.write(|w, _| {
+                        for key in &keys {
+                            w.delete_range(KeyRange::Single(key))?;
+                        }
+                        Ok(Response::LeaseRevoke(LeaseRevokeResponse::default()))
+                    })?;
+                }
+                self.leases.remove(&mut self.db, id)?;
+                Ok(Response::LeaseRevoke(LeaseRevokeResponse {
+                    header: self.header(),
+                }))
+            }
+            LeaseOp::Checkpoint(ref remaining) => {
+                self.leases.checkpoint(&mut self.db, remaining)?;
+                Ok(Response::LeaseCheckpoint(self.header()))
+            }
+        }
+    }
+
+    fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            revision: self.current_revision,
+        }
+    }
+
+    /// The leases as applied so far.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// The grants and revokes applied since the last call, in order (for the leader's
+    /// clock).
+    pub fn take_lease_changes(&mut self) -> Vec<LeaseChange> {
+        self.leases.take_changes()
     }
 
     /// The rules of applying one entry of `count` requests, each run by `one`: nothing after
@@ -206,9 +277,10 @@ impl Store {
 
     /// Runs one write transaction: its own revision if it changes anything; rolled back if
     /// it fails.
+    /// `f` is given the lease table to check puts against.
     fn write(
         &mut self,
-        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<Response, MvccError>,
+        f: impl FnOnce(&mut WriteTxn<'_>, &LeaseTable) -> Result<Response, MvccError>,
     ) -> Result<Response, MvccError> {
         let mut w = WriteTxn::new(
             &mut self.db,
@@ -216,7 +288,7 @@ impl Store {
             self.current_revision,
             self.capture_prev,
         );
-        let result = f(&mut w);
+        let result = f(&mut w, &self.leases);
         if let Err(e) = &result {
             if !e.is_fatal() {
                 w.rollback()?;
@@ -224,7 +296,10 @@ impl Store {
         }
         if w.changed() {
             self.current_revision += 1;
-            self.events.append(&mut w.take_events());
+            let mut events = w.take_events();
+            // Puts attach their keys to their leases, deletes detach them.
+            self.leases.observe(&events);
+            self.events.append(&mut events);
         }
         let dropped = w.take_compacted();
         if self.compaction_backlog.is_empty() {
@@ -480,7 +555,7 @@ impl Store {
     /// Rebuilds the index from the tree and compares it with the live one.
     #[cfg(test)]
     pub(crate) fn index_matches_tree(&self) -> Result<bool, MvccError> {
-        let (mut rebuilt, _) = rebuild_index(&self.db, -1)?;
+        let (mut rebuilt, _) = rebuild_index(&self.db, -1, None)?;
         let compacted = self.compact_revision();
         if compacted > -1 {
             rebuilt.compact(compacted);
@@ -489,13 +564,21 @@ impl Store {
     }
 }
 
-/// One sequential scan of the primary tree; returns the index and the newest revision seen.
+/// One sequential scan of the primary tree; returns the index and the newest revision seen,
+/// and attaches each live key to its lease in `leases`, if given.
 fn rebuild_index(
     db: &Db,
     compact_revision: i64,
+    leases: Option<&mut LeaseTable>,
 ) -> Result<(KeyIndex, Option<Revision>), MvccError> {
     let entries = db.range(PRIMARY_TREE, Bound::Unbounded, Bound::Unbounded, false);
-    index_from_entries(entries, compact_revision)
+    match leases {
+        // Records come in revision order: each key's last one is its live state.
+        Some(leases) => index_from_entries_with(entries, compact_revision, |key, lease| {
+            leases.attach(key, lease)
+        }),
+        None => index_from_entries(entries, compact_revision),
+    }
 }
 
 /// Builds the index from primary-tree entries in revision order.
@@ -503,11 +586,22 @@ pub(crate) fn index_from_entries(
     entries: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), BtreeError>>,
     compact_revision: i64,
 ) -> Result<(KeyIndex, Option<Revision>), MvccError> {
+    index_from_entries_with(entries, compact_revision, |_, _| {})
+}
+
+/// As [`index_from_entries`], calling `lease(key, lease)` for each record (0 for a
+/// tombstone), in revision order.
+fn index_from_entries_with(
+    entries: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), BtreeError>>,
+    compact_revision: i64,
+    mut lease: impl FnMut(&[u8], i64),
+) -> Result<(KeyIndex, Option<Revision>), MvccError> {
     let mut builder = KeyIndexBuilder::new();
     for entry in entries {
         let (key, value) = entry?;
         let rev = Revision::from_key(&key)?;
         let record = Record::decode(&value, rev)?;
+        lease(record.key, if record.tombstone { 0 } else { record.lease });
         builder.push(
             record.key,
             rev,

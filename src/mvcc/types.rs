@@ -297,7 +297,8 @@ pub enum Request {
     Compaction(CompactionRequest),
 }
 
-/// The response to one [`Request`].
+/// The response to one [`Request`], or to a lease operation of the log
+/// ([`crate::lease::LeaseOp`], applied by [`crate::mvcc::Store::apply_lease`]).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Range(RangeResponse),
@@ -305,6 +306,10 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(crate::lease::LeaseGrantResponse),
+    LeaseRevoke(crate::lease::LeaseRevokeResponse),
+    /// Remaining TTLs recorded (proposed by the leader; no client waits for it).
+    LeaseCheckpoint(ResponseHeader),
 }
 
 /// `mvccpb.Event.EventType`.

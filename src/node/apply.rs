@@ -3,9 +3,7 @@
 use super::command::{self, Command, ALIGN};
 use super::NodeError;
 use super::ProposalId;
-use crate::mvcc::{
-    AcceptAllLeases, ApplyOutcome, ArchivedRequest, PutRef, RaftPosition, Request, Response, Store,
-};
+use crate::mvcc::{ApplyOutcome, ArchivedRequest, PutRef, RaftPosition, Request, Response, Store};
 use crate::protocol::ArchivedClientRequest;
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType};
@@ -22,6 +20,8 @@ pub struct Applied {
     /// The events the writes among them caused, in revision order: every member has the
     /// same (watchers on any member are fed from them).
     pub events: Vec<crate::mvcc::Event>,
+    /// The grants and revokes among them, in order (the leader's lease clock follows them).
+    pub leases: Vec<crate::mvcc::LeaseChange>,
 }
 
 /// Applies committed entries in log order. `Err` is fatal: storage failed, or an entry is
@@ -51,7 +51,7 @@ pub fn apply_committed(store: &mut Store, entries: &[Entry]) -> Result<Applied, 
             // core): the store only records that it is applied, so that its checkpoints
             // (and the snapshots made of them) are at the index of the membership they go
             // with.
-            store.apply(position(e), &[], &AcceptAllLeases)?;
+            store.apply(position(e), &[])?;
             continue;
         }
         let result = apply_entry(store, e, &mut scratch)?;
@@ -60,6 +60,7 @@ pub fn apply_committed(store: &mut Store, entries: &[Entry]) -> Result<Applied, 
         }
     }
     out.events = store.take_events();
+    out.leases = store.take_lease_changes();
     Ok(out)
 }
 
@@ -86,20 +87,21 @@ fn apply_entry(
         // Applied to the membership by the consensus core when handed out.
         Command::Member(_, body) => {
             crate::raftlog::MemberInfo::from_bytes(body).map_err(|err| bad(err.to_string()))?;
-            store.apply(position(e), &[], &AcceptAllLeases)?;
+            store.apply(position(e), &[])?;
             return Ok(None);
         }
+        Command::Lease(op) => return single(store.apply_lease(position(e), &op)?, bad),
     };
     let at = position(e);
     let outcome = match request {
         ArchivedClientRequest::Kv(ArchivedRequest::Put(p)) => {
             // The hot path: key and value go from the log entry to the tree, uncopied.
-            store.apply_put(at, PutRef::archived(p), &AcceptAllLeases)?
+            store.apply_put(at, PutRef::archived(p))?
         }
         ArchivedClientRequest::Kv(request) => {
             let request = rkyv::deserialize::<Request, rkyv::rancor::Error>(request)
                 .map_err(|err| bad(err.to_string()))?;
-            store.apply(at, std::slice::from_ref(&request), &AcceptAllLeases)?
+            store.apply(at, std::slice::from_ref(&request))?
         }
         ArchivedClientRequest::Status
         | ArchivedClientRequest::Alarm(_)
@@ -107,10 +109,19 @@ fn apply_entry(
         | ArchivedClientRequest::MoveLeader(_)
         | ArchivedClientRequest::Member(_)
         | ArchivedClientRequest::Watch(_)
-        | ArchivedClientRequest::Lock(_) => {
+        | ArchivedClientRequest::Lock(_)
+        | ArchivedClientRequest::Lease(_) => {
             return Err(bad("a request that is never logged".into()))
         }
     };
+    single(outcome, bad)
+}
+
+/// The one response of an entry that held one request.
+fn single(
+    outcome: ApplyOutcome,
+    bad: impl Fn(String) -> NodeError,
+) -> Result<Option<Result<Response, NodeError>>, NodeError> {
     match outcome {
         // Below the store's checkpoint (replayed after a restart): applied before, and
         // its client was answered then.

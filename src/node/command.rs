@@ -7,13 +7,23 @@
 //!
 //! ```text
 //! byte 0      format version (1)
-//! byte 1      kind (1 = client request, 2 = member attributes)
+//! byte 1      kind (1 = client request, 2 = member attributes, 3 = lease operation)
 //! bytes 2..16 zero (reserved)
 //! bytes 16..  body: for a client request, the archived `ClientRequest` exactly as it came
 //!             off the socket; for member attributes, `fields u8` (1 peer URLs, 2 name
 //!             and client URLs, or both) then the member's attributes
-//!             (`crate::raftlog::MemberInfo::encode`), applied by the consensus core
+//!             (`crate::raftlog::MemberInfo::encode`), applied by the consensus core;
+//!             for a lease operation (integers little-endian):
+//!               op u8 = 1 grant:      id i64 | ttl i64 (seconds)
+//!               op u8 = 2 revoke:     id i64
+//!               op u8 = 3 checkpoint: count u32 (at most 1000) | (id i64 | remaining i64)*
 //! ```
+//!
+//! Lease operations are not the client's request as it came: a grant's id (when the client
+//! asks for none) and its TTL (raised to the minimum) are settled before proposing, so that
+//! every member applies the same grant; revokes of expired leases and checkpoints of
+//! remaining TTLs are proposed by the leader alone. A client's grant and revoke are
+//! lease commands too, built by the net shard that took them.
 //!
 //! The body starts 16 bytes in, so an entry buffer aligned for rkyv keeps the archive
 //! aligned: a put's key and value are archived once, by the client, and read in place at
@@ -21,6 +31,7 @@
 //! the apply role reports it): skipping it on one member and not on another would make
 //! the replicas diverge.
 
+use crate::lease::{LeaseOp, CHECKPOINT_BATCH_MAX};
 use crate::protocol::{access_request, ArchivedClientRequest};
 
 /// Bytes before the body.
@@ -37,7 +48,13 @@ pub enum Kind {
     /// New attributes for a member: a member publishing its name and client URLs at
     /// start, or `member update` setting its peer URLs.
     Member = 2,
+    /// A lease grant, revoke or checkpoint ([`LeaseOp`]).
+    Lease = 3,
 }
+
+const LEASE_GRANT: u8 = 1;
+const LEASE_REVOKE: u8 = 2;
+const LEASE_CHECKPOINT: u8 = 3;
 
 /// Which of a member's attributes a member command sets.
 pub const SET_PEER_URLS: u8 = 1;
@@ -49,6 +66,7 @@ pub enum Command<'a> {
     /// `fields` and the encoded attributes: the consensus core applies it to the
     /// membership; the store has nothing to do.
     Member(u8, &'a [u8]),
+    Lease(LeaseOp),
 }
 
 /// Why an entry's data is not a command this version can apply.
@@ -85,6 +103,76 @@ pub fn member(fields: u8, member: &crate::raftlog::MemberInfo) -> Vec<u8> {
     out.push(fields);
     member.encode(&mut out);
     out
+}
+
+/// A lease operation as a command.
+pub fn lease(op: &LeaseOp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + 1 + 16);
+    out.extend_from_slice(&header(Kind::Lease));
+    match op {
+        LeaseOp::Grant { id, ttl } => {
+            out.push(LEASE_GRANT);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&ttl.to_le_bytes());
+        }
+        LeaseOp::Revoke { id } => {
+            out.push(LEASE_REVOKE);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        LeaseOp::Checkpoint(list) => {
+            out.push(LEASE_CHECKPOINT);
+            out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+            for (id, remaining) in list {
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&remaining.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Reads a lease command's body (after the header).
+fn decode_lease(body: &[u8]) -> Result<LeaseOp, CommandError> {
+    let bad = |why: &str| CommandError::Body(format!("a lease command {why}"));
+    let int = |at: usize| -> Result<i64, CommandError> {
+        body.get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_le_bytes)
+            .ok_or_else(|| bad("is cut short"))
+    };
+    let exact = |len: usize, op: LeaseOp| {
+        if body.len() == len {
+            Ok(op)
+        } else {
+            Err(bad("has trailing bytes"))
+        }
+    };
+    match body.first() {
+        Some(&LEASE_GRANT) => exact(
+            17,
+            LeaseOp::Grant {
+                id: int(1)?,
+                ttl: int(9)?,
+            },
+        ),
+        Some(&LEASE_REVOKE) => exact(9, LeaseOp::Revoke { id: int(1)? }),
+        Some(&LEASE_CHECKPOINT) => {
+            let count = body
+                .get(1..5)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_le_bytes)
+                .ok_or_else(|| bad("is cut short"))? as usize;
+            if count > CHECKPOINT_BATCH_MAX {
+                return Err(bad("holds too many checkpoints"));
+            }
+            let list = (0..count)
+                .map(|i| Ok((int(5 + 16 * i)?, int(13 + 16 * i)?)))
+                .collect::<Result<Vec<_>, CommandError>>()?;
+            exact(5 + 16 * count, LeaseOp::Checkpoint(list))
+        }
+        Some(other) => Err(bad(&format!("has unknown operation {other}"))),
+        None => Err(bad("is empty")),
+    }
 }
 
 /// Reads a member command without the alignment [`decode`] asks for (its body is not an
@@ -129,6 +217,9 @@ pub fn decode(data: &[u8]) -> Result<Command<'_>, CommandError> {
         };
     }
     let body = &data[HEADER_BYTES..];
+    if data[1] == Kind::Lease as u8 {
+        return decode_lease(body).map(Command::Lease);
+    }
     if !(body.as_ptr() as usize).is_multiple_of(ALIGN) {
         return Err(CommandError::Unaligned);
     }
@@ -183,6 +274,35 @@ mod tests {
         // The value is read where it lies in the entry's bytes.
         let at = p.value.as_ptr() as usize - bytes.as_ptr() as usize;
         assert_eq!(&bytes[at..at + 1], b"v");
+    }
+
+    #[test]
+    fn lease_commands_read_back_and_damaged_ones_are_refused() {
+        let ops = [
+            LeaseOp::Grant { id: 7, ttl: 60 },
+            LeaseOp::Revoke { id: -3 },
+            LeaseOp::Checkpoint(vec![(1, 5), (2, 0)]),
+            LeaseOp::Checkpoint(vec![]),
+        ];
+        for op in ops {
+            let bytes = lease(&op);
+            let Ok(Command::Lease(back)) = decode(&bytes) else {
+                panic!("not a lease command: {op:?}");
+            };
+            assert_eq!(back, op);
+            for cut in HEADER_BYTES..bytes.len() {
+                assert!(decode(&bytes[..cut]).is_err(), "{op:?} cut at {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(decode(&longer).is_err());
+        }
+        let mut unknown = lease(&LeaseOp::Revoke { id: 1 });
+        unknown[HEADER_BYTES] = 9;
+        assert!(matches!(decode(&unknown), Err(CommandError::Body(_))));
+        let mut many = lease(&LeaseOp::Checkpoint(vec![]));
+        many[HEADER_BYTES + 1..HEADER_BYTES + 5].copy_from_slice(&1001u32.to_le_bytes());
+        assert!(matches!(decode(&many), Err(CommandError::Body(_))));
     }
 
     #[test]

@@ -575,6 +575,15 @@ impl Node {
         self.raw.raft.raft_log.applied
     }
 
+    /// This member leads and has handed out an entry of its own term as committed: every
+    /// entry of earlier terms is handed out before it (what a new leader must have applied
+    /// before its lease clock starts, so that it extends leases as of the latest
+    /// checkpoints and keepalives).
+    pub fn leads_applied_term(&self) -> bool {
+        let applied = self.raw.raft.raft_log.applied;
+        self.is_leader() && self.raw.raft.raft_log.term(applied).ok() == Some(self.term())
+    }
+
     /// Term and index of the last log entry.
     pub fn last_log(&self) -> (u64, u64) {
         let last = self.log.last_index().unwrap_or(0);

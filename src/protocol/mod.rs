@@ -78,6 +78,10 @@ pub enum ClientRequest {
     /// Lock, election and semaphore requests (etcd's `Lock` and `Election` services).
     /// A `Lock`, `Campaign` or `Acquire` is answered once the caller holds.
     Lock(crate::lock::LockRequest),
+    /// etcd's `Lease` service: grants and revokes go through the log; keepalives and
+    /// time-to-live are answered by the leader (a follower answers Unavailable, "etcdserver:
+    /// not leader: ..."); the list by any member, from its table.
+    Lease(crate::lease::LeaseRequest),
 }
 
 /// etcd's `Cluster` service requests. Changes are taken by the leader only (a follower
@@ -210,6 +214,7 @@ pub enum ClientResponse {
     Member(MemberResponse),
     Watch(crate::watch::WatchResponse),
     Lock(crate::lock::LockResponse),
+    Lease(crate::lease::LeaseResponse),
 }
 
 /// Why a request (or, with request id 0, the connection) failed.

@@ -38,7 +38,8 @@ pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), Serv
     let _ = role.store_opened.send(Ok(store.applied().index));
     // What the store holds durably can be sent to a lagging follower at once.
     offer_checkpoint(&store, store.applied(), &shared);
-    let result = apply_loop(&mut store, &role, &shared).await;
+    let mut leases = super::lease::Leases::new(&shared.config);
+    let result = apply_loop(&mut store, &mut leases, &role, &shared).await;
     if result.is_err() {
         shared.request_stop();
     }
@@ -63,6 +64,7 @@ pub(crate) async fn run(role: ApplyRole, shared: Arc<Shared>) -> Result<(), Serv
 
 async fn apply_loop(
     store: &mut Store,
+    leases: &mut super::lease::Leases,
     role: &ApplyRole,
     shared: &Shared,
 ) -> Result<(), ServerError> {
@@ -122,6 +124,7 @@ async fn apply_loop(
                         applied = last;
                     }
                     events.extend(out.events);
+                    leases.applied(&out.leases);
                     answers.push((out.results, replies));
                 }
                 ToApply::Reads(index, waiters) => reads.push((index, waiters)),
@@ -148,6 +151,9 @@ async fn apply_loop(
                 }
                 ToApply::Checkpoint => wanted = true,
                 ToApply::Stop => stop = true,
+                ToApply::Leader(leading) => leases.leader(leading, store),
+                ToApply::LeaseTick => leases.tick(shared),
+                ToApply::Lease(req, reply) => leases.request(req, reply, store, shared),
             }
         }
         if processed {

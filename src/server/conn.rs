@@ -7,6 +7,7 @@ use super::read_buf::{ReadBuf, READ_BURST_BYTES, READ_IDLE_BYTES};
 use super::replies::{write_replies, Replies};
 use super::watch::ConnWatch;
 use super::{wait_until, Input, Phase, Proposal, Shared, POLL_BRIEF, POLL_IDLE};
+use crate::lease::{LeaseOp, LeaseRequest, LeaseResponse};
 use crate::mvcc::{validate, ReadView, Request};
 use crate::node::NodeError;
 use crate::protocol::{
@@ -421,6 +422,14 @@ fn dispatch(
             Ok(()) => return true,
             Err(frame) => frame,
         },
+        ClientRequest::Lease(req) => {
+            if stopping {
+                error_frame(id, ErrorCode::Unavailable, STOPPING.into())
+            } else {
+                lease_request(id, req, shard, out, inflight);
+                return true;
+            }
+        }
         ClientRequest::Kv(req) => {
             if let Err(e) = validate(&req, config.max_txn_ops) {
                 error_frame(id, ErrorCode::InvalidRequest, e.to_string())
@@ -475,6 +484,8 @@ fn watch_request(
 }
 
 const STOPPING: &str = "the member is stopping";
+/// What a lease grant is taken to add to the database, for the quota: its record.
+const LEASE_GRANT_COST_BYTES: usize = 64;
 const OUTCOME_UNKNOWN: &str =
     "the member failed before this write's outcome was known: it may or may not have been applied";
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
@@ -513,6 +524,61 @@ fn no_space(shared: &Shared, cost: usize) -> bool {
         return true;
     }
     false
+}
+
+/// A lease request: a grant or revoke goes through the log as a lease command (a grant's id
+/// and TTL settled first, so that every member applies the same grant); keepalives,
+/// time-to-live and the list are answered by the apply role, which has the table and, on
+/// the leader, the lease clock.
+fn lease_request(
+    id: u64,
+    req: LeaseRequest,
+    shard: &Rc<Shard>,
+    out: &Rc<Replies>,
+    inflight: &Rc<Cell<usize>>,
+) {
+    let op = match req {
+        LeaseRequest::Grant(g) => {
+            let shared = &shard.shared;
+            // A grant adds a lease record: refused under the NOSPACE alarm, as etcd's quota
+            // refuses it.
+            if no_space(shared, LEASE_GRANT_COST_BYTES) {
+                out.send(error_frame(id, ErrorCode::NoSpace, NO_SPACE.into()));
+                return;
+            }
+            let Some(ids) = shared.lease_ids.get() else {
+                let msg = "the member is starting".to_string();
+                out.send(error_frame(id, ErrorCode::Unavailable, msg));
+                return;
+            };
+            match crate::lease::prepare_grant(g, shared.min_lease_ttl_s(), ids) {
+                Ok(op) => op,
+                Err(e) => {
+                    out.send(error_frame(id, ErrorCode::InvalidRequest, e.to_string()));
+                    return;
+                }
+            }
+        }
+        LeaseRequest::Revoke(r) => LeaseOp::Revoke { id: r.id },
+        query => {
+            let inputs = shard.shared.inputs.clone();
+            spawn_reply(out, inflight, async move {
+                let (tx, rx) = flume::bounded(1);
+                match enqueue(&inputs, Input::Lease(query, tx), id) {
+                    Err(refused) => refused,
+                    Ok(()) => match rx.recv_async().await {
+                        Ok(Ok(r)) => {
+                            or_internal(id, encode_response(id, &ClientResponse::Lease(r)))
+                        }
+                        Ok(Err((code, e))) => error_frame(id, code, e),
+                        Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
+                    },
+                }
+            });
+            return;
+        }
+    };
+    spawn_proposal(id, crate::node::command::lease(&op), shard, out, inflight);
 }
 
 /// A range from the latest published view.
@@ -583,9 +649,20 @@ fn enqueue(inputs: &flume::Sender<Input>, input: Input, id: u64) -> Result<(), A
     })
 }
 
+/// What a client is answered for an applied command: lease commands answer with the Lease
+/// service's responses.
+fn client_response(r: crate::mvcc::Response) -> ClientResponse {
+    use crate::mvcc::Response;
+    match r {
+        Response::LeaseGrant(g) => ClientResponse::Lease(LeaseResponse::Grant(g)),
+        Response::LeaseRevoke(r) => ClientResponse::Lease(LeaseResponse::Revoke(r)),
+        other => ClientResponse::Kv(other),
+    }
+}
+
 fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> AlignedVec {
     match result {
-        Ok(r) => or_internal(id, encode_response(id, &ClientResponse::Kv(r))),
+        Ok(r) => or_internal(id, encode_response(id, &client_response(r))),
         Err(e) => {
             let (code, message) = error_of(e);
             error_frame(id, code, message)

@@ -6,7 +6,8 @@
 //!   the raft role; per connection a receive buffer sized to the frame being read
 //!   (`read_buf.rs`) and replies bounded in bytes with their writer task (`replies.rs`);
 //! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
-//! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints.
+//! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints;
+//!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives.
 //!
 //! Roles talk through bounded flume channels; `placement.rs` maps them onto executors.
 //! Start: the raft role opens the WAL (its lock guards the data directory), then the apply
@@ -19,6 +20,7 @@ mod alarm;
 mod apply;
 mod cluster;
 mod conn;
+mod lease;
 mod lock;
 mod peer;
 mod placement;
@@ -82,6 +84,10 @@ pub struct ServeConfig {
     /// How often watchers that asked for progress notifications and were sent nothing
     /// get the member's revision (etcd's `--experimental-watch-progress-notify-interval`).
     pub watch_progress_notify_ms: u64,
+    /// How often the leader checkpoints the leases' remaining TTLs through the log, so that
+    /// a restart does not give them their whole TTL again (etcd's
+    /// `--experimental-lease-checkpoint-interval`, 5 minutes).
+    pub lease_checkpoint_interval_ms: u64,
     pub cluster: ClusterConfig,
 }
 
@@ -179,7 +185,18 @@ pub(crate) enum Input {
     Removed(String),
     /// A snapshot for a follower needs a newer checkpoint than the store has.
     CheckpointWanted,
+    /// A lease keepalive, time-to-live or list, for the apply role (keepalives and
+    /// time-to-live are refused at once by a member that does not lead).
+    Lease(crate::lease::LeaseRequest, LeaseReply),
+    /// A lease command the apply role proposes as leader (an expired lease's revoke, a
+    /// checkpoint of remaining TTLs): proposed only if this member still leads, never
+    /// forwarded to another leader, whose clock may disagree.
+    LeasePropose(Proposal),
 }
+
+/// Answers a lease request that does not go through the log.
+pub(crate) type LeaseReply =
+    flume::Sender<Result<crate::lease::LeaseResponse, (crate::protocol::ErrorCode, String)>>;
 
 /// Answers a member request.
 pub(crate) type MemberReply =
@@ -202,6 +219,14 @@ pub(crate) enum ToApply {
     Checkpoint,
     /// Checkpoint and stop.
     Stop,
+    /// This member leads, and has applied every entry of earlier terms (true), or no longer
+    /// leads (false): the lease clock starts (extending every lease) or forgets its
+    /// deadlines.
+    Leader(bool),
+    /// A heartbeat interval passed on the leader: expire leases, checkpoint TTLs if due.
+    LeaseTick,
+    /// A lease keepalive, time-to-live or list to answer.
+    Lease(crate::lease::LeaseRequest, LeaseReply),
 }
 
 /// Where the member is in its life; net shards accept only while serving.
@@ -241,6 +266,8 @@ pub(crate) struct Shared {
     /// Set to stop the member (by its owner, a signal, or a failed role): it drains, syncs
     /// and exits.
     pub stop: Arc<AtomicBool>,
+    /// Ids for grants that ask for none; set once the member's id is known.
+    pub lease_ids: std::sync::OnceLock<crate::lease::LeaseIds>,
 }
 
 impl Shared {
@@ -276,6 +303,14 @@ impl Shared {
 
     pub fn view(&self) -> Option<ReadView> {
         self.view.lock().clone()
+    }
+
+    /// The shortest TTL a lease is granted, in seconds (etcd's `minTTL`).
+    pub fn min_lease_ttl_s(&self) -> i64 {
+        crate::lease::min_ttl_s(
+            self.config.election_timeout_ms,
+            self.config.heartbeat_interval_ms,
+        )
     }
 
     /// The member's status, with its raised alarms as etcd lists them.
@@ -316,6 +351,15 @@ pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
                 )));
             }
             Input::Removed(_) | Input::CheckpointWanted => {}
+            Input::Lease(_, reply) => {
+                let _ = reply.send(Err((
+                    crate::protocol::ErrorCode::Unavailable,
+                    NodeError::Stopping.to_string(),
+                )));
+            }
+            Input::LeasePropose(p) => {
+                let _ = p.reply.send(Err(NodeError::Stopping));
+            }
         }
     }
 }
@@ -422,6 +466,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         membership: Mutex::new(Default::default()),
         client_inputs: watch_tx,
         stop,
+        lease_ids: std::sync::OnceLock::new(),
     });
     let (store_tx, store_rx) = flume::bounded(1);
     let (wal_open_tx, wal_open_rx) = flume::bounded(1);

@@ -97,6 +97,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         data_dir: shared.config.data_dir.clone(),
         releasing: None,
         role,
+        lease_term: None,
     };
     let result = raft.start(&log, replayed, identity, batches, &shared).await;
     let result = match result {
@@ -240,6 +241,8 @@ struct Raft {
     role: RaftRole,
     /// WAL segments being deleted behind the last compaction.
     releasing: Option<glommio::Task<Result<usize, crate::wal::WalError>>>,
+    /// What the apply role's lease clock was last told: this member leads in this term.
+    lease_term: Option<u64>,
 }
 
 impl Raft {
@@ -296,6 +299,13 @@ impl Raft {
             };
         self.identity = meta.identity;
         self.members = meta.members;
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let _ = shared.lease_ids.set(crate::lease::LeaseIds::new(
+            self.identity.member_id,
+            unix_ms,
+        ));
         // A data directory written before member tables were kept in the log knows the
         // members' attributes from its metadata record only.
         log.fill_members(
@@ -675,13 +685,27 @@ impl Raft {
                             self.fail(waiter, e);
                         }
                     }
+                    Input::LeasePropose(p) => {
+                        let proposed = if driver.is_leader() {
+                            driver.propose(p.command, Waiter::Kv(p.reply))
+                        } else {
+                            Err((Waiter::Kv(p.reply), NodeError::NotLeader))
+                        };
+                        if let Err((waiter, e)) = proposed {
+                            self.fail(waiter, e);
+                        }
+                    }
+                    Input::Lease(req, reply) => self.lease_request(driver, req, reply).await?,
                 }
             }
+            let mut ticked = false;
             if Instant::now() >= next_tick {
                 driver.tick();
                 next_tick = Instant::now() + tick;
+                ticked = true;
             }
             self.rounds(driver, shared).await?;
+            self.lease_leadership(driver, ticked).await?;
             self.publish(driver, shared);
             self.answer_move_leader(driver);
             self.publish_attributes(driver, shared);
@@ -787,6 +811,61 @@ impl Raft {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Tells the apply role's lease clock when this member starts or stops leading (it
+    /// starts once every entry of earlier terms is applied; a leader of a new term starts
+    /// afresh, as another leader may have renewed leases in between), and, while it leads,
+    /// that a heartbeat interval passed.
+    async fn lease_leadership(
+        &mut self,
+        driver: &RaftDriver,
+        ticked: bool,
+    ) -> Result<(), ServerError> {
+        let term = driver.node().term();
+        let still = self.lease_term == Some(term) && driver.is_leader();
+        let leading = still || driver.node().leads_applied_term();
+        let lease_term = leading.then_some(term);
+        if lease_term != self.lease_term {
+            if self.lease_term.is_some() {
+                self.send(ToApply::Leader(false)).await?;
+            }
+            if leading {
+                self.send(ToApply::Leader(true)).await?;
+            }
+            self.lease_term = lease_term;
+        }
+        if leading && ticked {
+            self.send(ToApply::LeaseTick).await?;
+        }
+        Ok(())
+    }
+
+    /// A lease keepalive or time-to-live is answered by the leader's lease clock (a
+    /// follower refuses it at once); the list by any member's table.
+    async fn lease_request(
+        &mut self,
+        driver: &RaftDriver,
+        req: crate::lease::LeaseRequest,
+        reply: super::LeaseReply,
+    ) -> Result<(), ServerError> {
+        use crate::lease::LeaseRequest;
+        let for_leader = matches!(
+            req,
+            LeaseRequest::KeepAlive(_) | LeaseRequest::TimeToLive(_)
+        );
+        if for_leader && self.lease_term.is_none() {
+            let _ = reply.send(Err((
+                ErrorCode::Unavailable,
+                format!(
+                    "{} ({:x})",
+                    crate::lease::LeaseError::NotLeader,
+                    driver.leader_id()
+                ),
+            )));
+            return Ok(());
+        }
+        self.send(ToApply::Lease(req, reply)).await
     }
 
     /// Has the apply role install the snapshot received for `index` as the store.

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn::btree::{CommitMeta, Db, DbOptions};
+use cairn::lease::LeaseOp;
 use cairn::mvcc::{
-    AcceptAllLeases, CompactionRequest, DeleteRangeRequest, PutRequest, RaftPosition, RangeRequest,
-    Request, Store,
+    CompactionRequest, DeleteRangeRequest, PutRequest, RaftPosition, RangeRequest, Request, Store,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -113,15 +113,21 @@ fn tree_corpus(root: &Path) -> Vec<Vec<u8>> {
 fn store_corpus(root: &Path) -> Vec<Vec<u8>> {
     let path = root.join("store.db");
     let mut store = Store::open(&path, DbOptions::default()).expect("open");
-    let mut index = 0;
+    // The leases the puts name, so that the file holds the lease tree too.
+    for id in 1..4 {
+        let at = RaftPosition {
+            index: id as u64,
+            term: 1,
+        };
+        store
+            .apply_lease(at, &LeaseOp::Grant { id, ttl: 60 })
+            .expect("grant");
+    }
+    let mut index = 3;
     let mut apply = |store: &mut Store, request: Request| {
         index += 1;
         store
-            .apply(
-                RaftPosition { index, term: 1 },
-                &[request],
-                &AcceptAllLeases,
-            )
+            .apply(RaftPosition { index, term: 1 }, &[request])
             .expect("apply");
     };
     for i in 0..300usize {
@@ -379,7 +385,7 @@ fn store_case(path: &Path, bytes: &[u8], rng: &mut StdRng) {
         index: at.index.saturating_add(1),
         term: at.term,
     };
-    if store.apply(position, &requests, &AcceptAllLeases).is_err() {
+    if store.apply(position, &requests).is_err() {
         return;
     }
     let _ = store.compact_step(100);

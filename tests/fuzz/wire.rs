@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use cairn::lease::{
+    LeaseGrantRequest, LeaseOp, LeaseRequest, LeaseResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
 use cairn::mvcc::{
     CompactionRequest, CompactionResponse, Compare, CompareResult, CompareTarget,
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest,
@@ -131,6 +135,11 @@ pub fn requests() -> Vec<ClientRequest> {
             member_id: 2,
             alarm: Some(AlarmType::Nospace),
         }),
+        ClientRequest::Lease(LeaseRequest::Grant(LeaseGrantRequest { ttl: 60, id: 7 })),
+        ClientRequest::Lease(LeaseRequest::TimeToLive(LeaseTimeToLiveRequest {
+            id: 7,
+            keys: true,
+        })),
     ]
 }
 
@@ -184,6 +193,13 @@ fn responses() -> Vec<ClientResponse> {
             ],
         })),
         ClientResponse::Kv(Response::Compaction(CompactionResponse { header })),
+        ClientResponse::Lease(LeaseResponse::TimeToLive(LeaseTimeToLiveResponse {
+            header,
+            id: 7,
+            ttl: 55,
+            granted_ttl: 60,
+            keys: vec![b"k1".to_vec(), b"k2".to_vec()],
+        })),
     ]
 }
 
@@ -299,10 +315,15 @@ pub fn raft_records() -> Vec<(u8, Vec<u8>)> {
             epoch: 3,
             seq: i as u64,
         };
+        // Some entries hold lease commands (a checkpoint of the leader's) instead.
+        let data = match request {
+            ClientRequest::Lease(_) => command::lease(&LeaseOp::Checkpoint(vec![(7, 30), (8, 0)])),
+            _ => command::client(&data),
+        };
         let mut e = Entry {
             index: i as u64 + 1,
             term: 1 + i as u64 / 3,
-            data: command::client(&data).into(),
+            data: data.into(),
             context: id.encode().into(),
             ..Default::default()
         };

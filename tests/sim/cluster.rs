@@ -2,10 +2,19 @@
 //! WAL's in-memory twin [`MemWal`], the tree file's [`MemDisk`]) in one thread, on a
 //! simulated clock, network and disk.
 //! Everything random is drawn from one seed, so one seed replays one run.
+//!
+//! Leases run beside the clients: a lease agent grants short leases through random members,
+//! attaches a key to each, and keeps half of them alive through whichever member's lease
+//! clock leads; each member's [`LeaseClock`] runs on the simulated clock as the server's
+//! apply role runs it. Checked: no lease is revoked (its keys deleted) on any member before
+//! the last deadline a client was promised (its grant, or a keepalive, plus its TTL), and a
+//! lease's key is deleted at one revision only; the lease tables are part of the replicas'
+//! hash.
 
 use crate::checker::{Kind, Op};
 use cairn::btree::{DbOptions, MemDisk};
-use cairn::mvcc::{PutRequest, RangeRequest, Request, Response, Store};
+use cairn::lease::{ClockConfig, LeaseClock, LeaseOp, CHECKPOINT_BATCH_MAX};
+use cairn::mvcc::{EventType, LeaseChange, PutRequest, RangeRequest, Request, Response, Store};
 use cairn::node::{
     apply_committed, command, conf_change, Clock, Driver, DriverConfig, Node, NodeError, Random,
     SplitMix64,
@@ -60,6 +69,19 @@ const CHECKPOINT_ENTRIES: u64 = 40;
 const RETAIN_ENTRIES: u64 = 10;
 /// Where a member keeps the snapshot it received until it is installed.
 const SNAPSHOT_PATH: &str = "snap";
+/// The leases' TTLs, in seconds: 1 (the shortest there is) or 2 (long enough for a
+/// checkpoint to record less than the TTL).
+const LEASE_TTLS_S: [i64; 2] = [1, 2];
+/// How often the leader checkpoints remaining TTLs.
+const LEASE_CHECKPOINT_MS: u64 = 300;
+/// How often the lease agent acts (grants, keepalives).
+const LEASE_AGENT_MS: u64 = 50;
+/// Leases granted in one run, at most.
+const LEASES_MAX: usize = 12;
+/// A lease's key.
+fn lease_key(id: i64) -> Vec<u8> {
+    format!("lease/{id}").into_bytes()
+}
 
 struct SimClock(Rc<Cell<u64>>);
 
@@ -108,6 +130,8 @@ enum Event {
     },
     /// The next membership change.
     Change,
+    /// The lease agent's next step.
+    LeaseNext,
 }
 
 /// What a client waits for, on which member. The simulator's own membership changes wait
@@ -148,7 +172,31 @@ struct Up {
     reads: Vec<(u64, Vec<Waiting>)>,
     /// The member's watchers, fed the events of what it applies.
     hub: crate::watch::SimHub,
+    /// The leader's lease deadlines (empty unless it leads).
+    leases: LeaseClock,
+    /// What the clock was last told: this member leads in this term (and applied its
+    /// term's entry).
+    lease_term: Option<u64>,
 }
+
+/// What the lease agent knows of one lease.
+struct LeaseRecord {
+    /// The latest deadline a client was promised: its grant or a keepalive sent, plus
+    /// the TTL (the lease's deadline on a leader is never earlier).
+    promised_ms: u64,
+    /// The agent keeps it alive (until a keepalive finds it gone).
+    kept: bool,
+    /// The revision its key was deleted at, as the first member to apply it saw.
+    deleted_at: Option<i64>,
+}
+
+/// A proposal of the simulator's own (membership changes, lease operations): no client
+/// waits for its result.
+const OWN: Waiting = Waiting {
+    op: usize::MAX,
+    client: usize::MAX,
+    member: usize::MAX,
+};
 
 pub struct Sim {
     opts: Options,
@@ -170,6 +218,8 @@ pub struct Sim {
     hashes: BTreeMap<u64, (u64, u32)>,
     drop_per_mille: u64,
     dup_per_mille: u64,
+    /// The lease agent's leases, by id.
+    leases: BTreeMap<i64, LeaseRecord>,
     pub stats: Stats,
     watchers: Vec<crate::watch::Watcher>,
     next_conn: u64,
@@ -195,6 +245,9 @@ pub struct Stats {
     pub promotions: u64,
     pub watch_events: u64,
     pub watch_resumes: u64,
+    pub lease_grants: u64,
+    pub lease_renewals: u64,
+    pub lease_expiries: u64,
 }
 
 impl Sim {
@@ -235,6 +288,7 @@ impl Sim {
             hashes: BTreeMap::new(),
             drop_per_mille,
             dup_per_mille,
+            leases: BTreeMap::new(),
             stats: Stats::default(),
             watchers: crate::watch::Watcher::all(),
             next_conn: 1,
@@ -258,6 +312,7 @@ impl Sim {
         if self.opts.membership {
             self.schedule(150, Event::Change);
         }
+        self.schedule(LEASE_AGENT_MS, Event::LeaseNext);
         self.run_until(self.opts.run_ms)?;
         // Heal everything, let the cluster settle, and read every key.
         self.clients_running = false;
@@ -369,6 +424,7 @@ impl Sim {
             Event::Tick { member } => {
                 if let Some(up) = self.members[member].up.as_mut() {
                     up.driver.tick();
+                    self.lease_tick(member);
                     self.pump(member)?;
                     self.watch_step(member)?;
                     self.schedule(HEARTBEAT_MS, Event::Tick { member });
@@ -407,6 +463,12 @@ impl Sim {
             Event::Change => {
                 if self.clients_running {
                     self.change()?;
+                }
+            }
+            Event::LeaseNext => {
+                if self.clients_running {
+                    self.lease_agent()?;
+                    self.schedule(LEASE_AGENT_MS, Event::LeaseNext);
                 }
             }
         }
@@ -592,12 +654,20 @@ impl Sim {
         let at = store.applied();
         driver.set_snapshot_point(at.index, at.term);
         let hub = crate::watch::hub(&store);
+        let election_timeout_ms = HEARTBEAT_MS * ELECTION_TICKS as u64;
         member.up = Some(Up {
             driver,
             store,
             since_checkpoint: 0,
             reads: Vec::new(),
             hub,
+            leases: LeaseClock::new(ClockConfig {
+                election_timeout_ms,
+                checkpoint_interval_ms: LEASE_CHECKPOINT_MS,
+                revokes_per_s: 1000,
+                revoke_retry_ms: 3 * election_timeout_ms,
+            }),
+            lease_term: None,
         });
         let first_tick = 1 + self.rng.below(HEARTBEAT_MS);
         self.schedule(first_tick, Event::Tick { member: m });
@@ -725,6 +795,7 @@ impl Sim {
                 }
             }
             self.answer_failed(m);
+            self.lease_leadership(m);
             self.retire_removed(m);
             if self.members[m].up.is_none() {
                 return Ok(());
@@ -907,6 +978,26 @@ impl Sim {
             up.store.current_revision(),
             up.store.compact_revision(),
         );
+        for c in &applied.leases {
+            match *c {
+                LeaseChange::Granted { id, ttl } => up.leases.granted(now, id, ttl),
+                LeaseChange::Revoked { id } => up.leases.revoked(id),
+            }
+        }
+        let revoked: Vec<i64> = applied
+            .leases
+            .iter()
+            .filter_map(|c| match *c {
+                LeaseChange::Revoked { id } => Some(id),
+                LeaseChange::Granted { .. } => None,
+            })
+            .collect();
+        let deleted: Vec<(Vec<u8>, i64)> = applied
+            .events
+            .iter()
+            .filter(|e| e.kind == EventType::Delete && e.kv.key.starts_with(b"lease/"))
+            .map(|e| (e.kv.key.clone(), e.revision()))
+            .collect();
         up.since_checkpoint += committed.len() as u64;
         if up.since_checkpoint >= CHECKPOINT_ENTRIES {
             up.store
@@ -926,13 +1017,15 @@ impl Sim {
                 up.driver.compacted(c.to, lsns.start);
             }
         }
-        // The store's hash, and the membership: equal at equal applied indexes.
+        // The store's hash, its leases and the membership: equal at equal applied indexes.
         let hash = up
             .store
             .hash_kv(0)
             .map_err(|e| format!("member {id}: hash: {e}"))?
             .hash
-            ^ conf_hash(&up.driver.node().membership());
+            ^ conf_hash(&up.driver.node().membership())
+            ^ lease_hash(&up.store);
+        self.check_expiries(id, &revoked, &deleted)?;
         // The simulator's own membership changes get no store result.
         let mut waiters = waiters
             .into_iter()
@@ -1334,7 +1427,8 @@ impl Sim {
             };
             let applied = up.driver.node().applied_index();
             let hash = up.store.hash_kv(0).map_err(|e| e.to_string())?.hash
-                ^ conf_hash(&up.driver.node().membership());
+                ^ conf_hash(&up.driver.node().membership())
+                ^ lease_hash(&up.store);
             match seen {
                 None => seen = Some((member.id, applied, hash)),
                 Some((id, a, h)) if a == applied && h != hash => {
@@ -1347,6 +1441,191 @@ impl Sim {
                     return Err(format!(
                         "members {id} and {} applied {a} and {applied} after settling",
                         member.id
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sim {
+    /// Tells member `m`'s lease clock when it starts leading (and has applied its term's
+    /// entry: every earlier entry is applied) or stops, as the server's raft role does.
+    fn lease_leadership(&mut self, m: usize) {
+        let now = self.now();
+        let Some(up) = self.members[m].up.as_mut() else {
+            return;
+        };
+        let node = up.driver.node();
+        let term = node.term();
+        let still = up.lease_term == Some(term) && node.is_leader();
+        let leading = still || node.leads_applied_term();
+        let lease_term = leading.then_some(term);
+        if lease_term != up.lease_term {
+            up.leases.demote();
+            if leading {
+                up.leases.promote(now, up.store.leases().times());
+            }
+            up.lease_term = lease_term;
+        }
+    }
+
+    /// A heartbeat on member `m`: as leader, it proposes the revokes of expired leases
+    /// and checkpoints of remaining TTLs (while the clients run: the healed cluster must
+    /// come to rest for the replicas to be compared).
+    fn lease_tick(&mut self, m: usize) {
+        if !self.clients_running {
+            return;
+        }
+        let now = self.now();
+        let Some(up) = self.members[m].up.as_mut() else {
+            return;
+        };
+        if up.lease_term.is_none() || !up.driver.is_leader() {
+            return;
+        }
+        let mut ops: Vec<LeaseOp> = up
+            .leases
+            .expired(now)
+            .into_iter()
+            .map(|id| LeaseOp::Revoke { id })
+            .collect();
+        for chunk in up.leases.checkpoint(now).chunks(CHECKPOINT_BATCH_MAX) {
+            ops.push(LeaseOp::Checkpoint(chunk.to_vec()));
+        }
+        for op in ops {
+            // Refused (no longer leading): the clock hands the revoke out again later.
+            let _ = up.driver.propose(command::lease(&op), OWN);
+        }
+    }
+
+    /// The lease agent (a client: it reaches members cut off from their peers too): now and then a new lease (TTL 1 or 2 s) with a key attached, through a
+    /// random member; a keepalive of each lease it keeps, through the member that leads.
+    fn lease_agent(&mut self) -> Result<(), String> {
+        let now = self.now();
+        let n = self.members.len() as u64;
+        if self.leases.len() < LEASES_MAX && self.rng.below(2) == 0 {
+            let m = self.rng.below(n) as usize;
+            let kept = self.rng.below(2) == 0;
+            let ttl = LEASE_TTLS_S[self.rng.below(2) as usize];
+            if let Some(up) = self.members[m].up.as_mut() {
+                let id = 1000 + self.leases.len() as i64;
+                let grant = LeaseOp::Grant { id, ttl };
+                let put = ClientRequest::Kv(Request::Put(PutRequest {
+                    key: lease_key(id),
+                    value: b"v".to_vec(),
+                    lease: id,
+                    ..Default::default()
+                }));
+                let frame = encode_request(0, &put).map_err(|e| e.to_string())?;
+                if up.driver.propose(command::lease(&grant), OWN).is_ok() {
+                    // The put fails ("lease not found") if it applies before the grant.
+                    let _ = up
+                        .driver
+                        .propose(command::client(&frame[HEADER_BYTES..]), OWN);
+                }
+                // Whether or not the grant makes it, no deadline comes before this.
+                self.leases.insert(
+                    id,
+                    LeaseRecord {
+                        promised_ms: now + ttl as u64 * 1000,
+                        kept,
+                        deleted_at: None,
+                    },
+                );
+                self.stats.lease_grants += 1;
+                self.pump(m)?;
+            }
+        }
+        let leader = (0..self.members.len()).find(|&m| {
+            self.members[m]
+                .up
+                .as_ref()
+                .is_some_and(|up| up.lease_term.is_some())
+        });
+        let Some(m) = leader else {
+            return Ok(());
+        };
+        let kept: Vec<i64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.kept)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in kept {
+            self.keep_alive(m, id, now);
+        }
+        self.pump(m)
+    }
+
+    /// A keepalive of lease `id` answered by member `m`'s clock, as the server's apply
+    /// role answers one; a renewal counts as a promise only when answered at once (one
+    /// that must first clear a checkpointed remaining TTL through the log is not counted).
+    fn keep_alive(&mut self, m: usize, id: i64, now: u64) {
+        let Some(up) = self.members[m].up.as_mut() else {
+            return;
+        };
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        let Some(held) = up.store.leases().get(id) else {
+            // Not granted here yet, or gone: kept alive no more once gone.
+            lease.kept = lease.deleted_at.is_none();
+            return;
+        };
+        let checkpointed = held.remaining_ttl > 0;
+        match up.leases.renew(now, id) {
+            Ok(r) if !checkpointed && !r.clear => {
+                lease.promised_ms = lease.promised_ms.max(now + r.ttl as u64 * 1000);
+                self.stats.lease_renewals += 1;
+            }
+            Ok(_) => {
+                let _ = up
+                    .driver
+                    .propose(command::lease(&LeaseOp::Checkpoint(vec![(id, 0)])), OWN);
+            }
+            // Expired (no leader long enough): its revoke is on its way.
+            Err(_) => lease.kept = false,
+        }
+    }
+
+    /// Member `id` applied the revokes of `revoked` and deleted `deleted` (lease keys, at
+    /// a revision each): none may come before a deadline a client was promised, and a
+    /// lease's key goes at one revision.
+    fn check_expiries(
+        &mut self,
+        id: u64,
+        revoked: &[i64],
+        deleted: &[(Vec<u8>, i64)],
+    ) -> Result<(), String> {
+        let now = self.now();
+        for lease in revoked {
+            let Some(l) = self.leases.get(lease) else {
+                return Err(format!("member {id} revoked lease {lease}, never granted"));
+            };
+            if now < l.promised_ms {
+                return Err(format!(
+                    "member {id} revoked lease {lease} at {now} ms, before its deadline {} ms",
+                    l.promised_ms
+                ));
+            }
+            self.stats.lease_expiries += 1;
+        }
+        for (key, rev) in deleted {
+            let lease: Option<i64> = std::str::from_utf8(&key[b"lease/".len()..])
+                .ok()
+                .and_then(|s| s.parse().ok());
+            let Some(l) = lease.and_then(|lease| self.leases.get_mut(&lease)) else {
+                continue;
+            };
+            match l.deleted_at {
+                None => l.deleted_at = Some(*rev),
+                Some(first) if first != *rev => {
+                    return Err(format!(
+                        "member {id} deleted {} at revision {rev}, already deleted at {first}",
+                        String::from_utf8_lossy(key)
                     ))
                 }
                 Some(_) => {}
@@ -1374,6 +1653,26 @@ fn info(id: u64) -> MemberInfo {
         peer_urls: vec![format!("http://sim-{id}:2380")],
         client_urls: Vec::new(),
     }
+}
+
+/// A checksum of the lease table: ids, TTLs, checkpointed remaining TTLs, attached keys.
+fn lease_hash(store: &Store) -> u32 {
+    let mut bytes = Vec::new();
+    for t in store.leases().times() {
+        bytes.extend_from_slice(&t.id.to_le_bytes());
+        bytes.extend_from_slice(&t.ttl.to_le_bytes());
+        bytes.extend_from_slice(&t.remaining_ttl.to_le_bytes());
+        for k in store
+            .leases()
+            .get(t.id)
+            .map(|l| &l.keys)
+            .into_iter()
+            .flatten()
+        {
+            bytes.extend_from_slice(k);
+        }
+    }
+    crc32c::crc32c(&bytes)
 }
 
 /// A checksum of the membership's configuration and member table.

@@ -5,9 +5,10 @@
 //!
 //! Every run checks that the client history is linearizable (`checker.rs`; a put
 //! acknowledged and then not read back is a violation), that replicas at equal applied
-//! indexes hash equal, that no term has two leaders, that the healed cluster answers, and
-//! that watchers (resuming on other members when theirs fails) saw exactly the events of
-//! their ranges in order and progress responses only after what they cover (`watch.rs`).
+//! indexes hash equal (lease tables included), that no term has two leaders, that the healed
+//! cluster answers, that no lease expires before a deadline a client was promised, and that
+//! watchers (resuming on other members when theirs fails) saw exactly the events of their
+//! ranges in order and progress responses only after what they cover (`watch.rs`).
 //!
 //! ```sh
 //! cargo test --release --test sim                        # CI: a batch of seeds
@@ -104,6 +105,9 @@ fn seeds() {
                 total.promotions += s.promotions;
                 total.watch_events += s.watch_events;
                 total.watch_resumes += s.watch_resumes;
+                total.lease_grants += s.lease_grants;
+                total.lease_renewals += s.lease_renewals;
+                total.lease_expiries += s.lease_expiries;
             }
             Err(e) => panic!("{e}"),
         }
@@ -118,6 +122,10 @@ fn seeds() {
         assert!(
             total.removals > 0 && total.joins > 0 && total.promotions > 0,
             "the membership changed: {total:?}"
+        );
+        assert!(
+            total.lease_renewals > 0 && total.lease_expiries > 0,
+            "leases were kept alive and expired: {total:?}"
         );
         assert!(
             total.watch_events > 0 && total.watch_resumes > 0,

@@ -1,6 +1,6 @@
 use super::*;
 use crate::btree::DbOptions;
-use crate::mvcc::{AcceptAllLeases, DeleteRangeRequest, PutRequest, RaftPosition, Request};
+use crate::mvcc::{DeleteRangeRequest, PutRequest, RaftPosition, Request};
 
 struct Fixture {
     store: Store,
@@ -25,7 +25,7 @@ impl Fixture {
             index: self.index,
             term: 1,
         };
-        self.store.apply(at, &[r], &AcceptAllLeases).unwrap();
+        self.store.apply(at, &[r]).unwrap();
         self.store.take_events()
     }
 

@@ -6,10 +6,10 @@ use super::harness::{cmp, compact, del, get, keys_of, put, txn, Harness};
 use crate::btree::{CommitMeta, Db, DbOptions};
 use crate::mvcc::range::PRIMARY_TREE;
 use crate::mvcc::{
-    validate, AcceptAllLeases, ApplyOutcome, CompareResult as R, CompareTarget as T,
-    DeleteRangeRequest, KeyValue, LeaseCheck, MvccError, PutRequest, RaftPosition, RangeRequest,
-    Request, RequestOp, Response, ResponseOp, Revision, SortOrder, SortTarget, Store,
-    TargetUnion as U, TxnRequest, TxnResponse, MAX_TXN_OPS_DEFAULT,
+    validate, ApplyOutcome, CompareResult as R, CompareTarget as T, DeleteRangeRequest, KeyValue,
+    MvccError, PutRequest, RaftPosition, RangeRequest, Request, RequestOp, Response, ResponseOp,
+    Revision, SortOrder, SortTarget, Store, TargetUnion as U, TxnRequest, TxnResponse,
+    MAX_TXN_OPS_DEFAULT,
 };
 
 fn put_rev(h: &mut Harness, key: &str, value: &str) -> i64 {
@@ -154,6 +154,7 @@ fn put_ignore_value() {
     assert_eq!(h.err(Request::Txn(in_txn)), "etcdserver: key not found");
     assert_eq!(h.store.current_revision(), 1);
     put_rev(&mut h, "foo", "bar");
+    h.grant(5);
     let leased = PutRequest {
         lease: 5,
         ..ignore.clone()
@@ -191,6 +192,7 @@ fn put_ignore_lease() {
     );
     let in_txn = txn(vec![], vec![RequestOp::Put(ignore.clone())], vec![]);
     assert_eq!(h.err(Request::Txn(in_txn)), "etcdserver: key not found");
+    h.grant(9);
     h.ok(Request::Put(PutRequest {
         lease: 9,
         ..put("zoo", "bar")
@@ -878,30 +880,29 @@ fn compaction_errors() {
 #[test]
 fn apply_skips_entries_at_or_below_the_applied_index() {
     let mut h = Harness::new();
-    let leases = AcceptAllLeases;
     let at = |index| RaftPosition { index, term: 2 };
     let batch = [
         Request::Put(put("a", "1")),
         Request::DeleteRange(del("nothing", "")),
         Request::Put(put("b", "1")),
     ];
-    let ApplyOutcome::Applied(r) = h.store.apply(at(5), &batch, &leases).unwrap() else {
+    let ApplyOutcome::Applied(r) = h.store.apply(at(5), &batch).unwrap() else {
         panic!()
     };
     assert_eq!(r.len(), 3);
     assert_eq!((h.store.current_revision(), h.store.applied()), (3, at(5)));
     for index in [5, 3, 0] {
         assert!(matches!(
-            h.store.apply(at(index), &batch, &leases).unwrap(),
+            h.store.apply(at(index), &batch).unwrap(),
             ApplyOutcome::Skipped
         ));
     }
     assert_eq!(h.store.current_revision(), 3);
-    let ApplyOutcome::Applied(r) = h.store.apply(at(6), &batch[..1], &leases).unwrap() else {
+    let ApplyOutcome::Applied(r) = h.store.apply(at(6), &batch[..1]).unwrap() else {
         panic!()
     };
     assert!(matches!(&r[0], Ok(Response::Put(p)) if p.header.revision == 4));
-    let ApplyOutcome::Applied(r) = h.store.apply(at(7), &[], &leases).unwrap() else {
+    let ApplyOutcome::Applied(r) = h.store.apply(at(7), &[]).unwrap() else {
         panic!()
     };
     assert!(r.is_empty());
@@ -913,27 +914,19 @@ fn apply_skips_entries_at_or_below_the_applied_index() {
 }
 
 #[test]
-fn lease_hook_rejects_unknown_leases() {
-    struct Only7;
-    impl LeaseCheck for Only7 {
-        fn lease_exists(&self, lease: i64) -> bool {
-            lease == 7
-        }
-    }
+fn puts_naming_a_lease_not_granted_fail() {
     let mut h = Harness::new();
+    h.grant(7);
     let leased = |lease| PutRequest {
         lease,
         ..put("k", "v")
     };
-    let results = h.apply_batch(
-        &[
-            Request::Put(leased(8)),
-            Request::Put(leased(7)),
-            Request::Txn(txn(vec![], vec![RequestOp::Put(leased(8))], vec![])),
-            Request::Txn(txn(vec![], vec![], vec![RequestOp::Put(leased(8))])),
-        ],
-        &Only7,
-    );
+    let results = h.apply_batch(&[
+        Request::Put(leased(8)),
+        Request::Put(leased(7)),
+        Request::Txn(txn(vec![], vec![RequestOp::Put(leased(8))], vec![])),
+        Request::Txn(txn(vec![], vec![], vec![RequestOp::Put(leased(8))])),
+    ]);
     let messages: Vec<String> = results
         .iter()
         .map(|r| {
@@ -993,7 +986,7 @@ fn hash_kv_is_deterministic_and_checks_revisions() {
     ];
     let mut one = Harness::new();
     let mut two = Harness::new();
-    one.apply_batch(&history, &AcceptAllLeases);
+    one.apply_batch(&history);
     for request in &history {
         two.apply(request.clone()).unwrap();
     }
@@ -1064,11 +1057,11 @@ fn reopen_from_disk_and_replay_after_crash() {
     };
     for i in 1..=3 {
         let (at, batch) = entry(i);
-        h.store.apply(at, &batch, &AcceptAllLeases).unwrap();
+        h.store.apply(at, &batch).unwrap();
     }
     h.store.checkpoint().unwrap();
     let (at, batch) = entry(4);
-    h.store.apply(at, &batch, &AcceptAllLeases).unwrap();
+    h.store.apply(at, &batch).unwrap();
     // Close without a checkpoint: the put at index 4 is lost, then replayed.
     h.reopen(|old, path| {
         drop(old);
@@ -1081,7 +1074,7 @@ fn reopen_from_disk_and_replay_after_crash() {
     );
     for i in 1..=4 {
         let (at, batch) = entry(i);
-        let outcome = h.store.apply(at, &batch, &AcceptAllLeases).unwrap();
+        let outcome = h.store.apply(at, &batch).unwrap();
         assert_eq!(matches!(outcome, ApplyOutcome::Skipped), i <= 3);
     }
     assert_eq!(one(&mut h, "k").unwrap().value, b"4");
@@ -1123,7 +1116,7 @@ fn corrupt_record_stops_the_store() {
     };
     let err = h
         .store
-        .apply(at, &[Request::Range(get("k", ""))], &AcceptAllLeases)
+        .apply(at, &[Request::Range(get("k", ""))])
         .unwrap_err();
     assert!(
         matches!(err, MvccError::CorruptRecord { .. }) && err.is_fatal(),
@@ -1133,10 +1126,7 @@ fn corrupt_record_stops_the_store() {
         index: 101,
         term: 1,
     };
-    assert!(matches!(
-        h.store.apply(next, &[], &AcceptAllLeases),
-        Err(MvccError::Poisoned)
-    ));
+    assert!(matches!(h.store.apply(next, &[]), Err(MvccError::Poisoned)));
     assert!(matches!(h.store.checkpoint(), Err(MvccError::Poisoned)));
     assert!(h.store.range(&get("k", "")).is_err());
 }
@@ -1184,9 +1174,7 @@ fn compaction_deletes_records_in_steps_and_resumes_after_a_crash() {
     };
     let rev = h.store.current_revision();
     let hash_before = h.store.hash_kv(rev).unwrap();
-    h.store
-        .apply(at, &[compact(rev)], &AcceptAllLeases)
-        .unwrap();
+    h.store.apply(at, &[compact(rev)]).unwrap();
     assert_eq!(h.store.compaction_backlog(), 49);
     assert_eq!(h.store.compact_step(10).unwrap(), 39);
     // The hash and reads do not depend on how far the deletions have got.

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use tempfile::TempDir;
 
 use crate::btree::DbOptions;
+use crate::lease::LeaseOp;
 use crate::mvcc::{
-    AcceptAllLeases, ApplyOutcome, CompactionRequest, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, LeaseCheck, MvccError, PutRequest, RaftPosition, RangeRequest, Request,
-    RequestOp, Response, Store, TargetUnion, TxnRequest,
+    ApplyOutcome, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
+    MvccError, PutRequest, RaftPosition, RangeRequest, Request, RequestOp, Response, Store,
+    TargetUnion, TxnRequest,
 };
 
 pub struct Harness {
@@ -45,17 +46,9 @@ impl Harness {
     }
 
     /// Applies `batch` as the next Raft entry.
-    pub fn apply_batch(
-        &mut self,
-        batch: &[Request],
-        leases: &dyn LeaseCheck,
-    ) -> Vec<Result<Response, MvccError>> {
-        let at = RaftPosition {
-            index: self.next_index,
-            term: 1,
-        };
-        self.next_index += 1;
-        match self.store.apply(at, batch, leases).unwrap() {
+    pub fn apply_batch(&mut self, batch: &[Request]) -> Vec<Result<Response, MvccError>> {
+        let at = self.next_position();
+        match self.store.apply(at, batch).unwrap() {
             ApplyOutcome::Applied(results) => {
                 // As the server's apply loop does: finish a compaction's tree deletions.
                 self.store.finish_compaction().unwrap();
@@ -65,10 +58,32 @@ impl Harness {
         }
     }
 
+    fn next_position(&mut self) -> RaftPosition {
+        let at = RaftPosition {
+            index: self.next_index,
+            term: 1,
+        };
+        self.next_index += 1;
+        at
+    }
+
     pub fn apply(&mut self, request: Request) -> Result<Response, MvccError> {
-        self.apply_batch(&[request], &AcceptAllLeases)
-            .pop()
-            .unwrap()
+        self.apply_batch(&[request]).pop().unwrap()
+    }
+
+    /// Applies a lease operation as the next Raft entry.
+    pub fn lease(&mut self, op: LeaseOp) -> Result<Response, MvccError> {
+        let at = self.next_position();
+        match self.store.apply_lease(at, &op).unwrap() {
+            ApplyOutcome::Applied(mut results) => results.pop().unwrap(),
+            ApplyOutcome::Skipped => panic!("fresh index {} skipped", at.index),
+        }
+    }
+
+    /// Grants lease `id` with a TTL of 60 s.
+    pub fn grant(&mut self, id: i64) {
+        self.lease(LeaseOp::Grant { id, ttl: 60 })
+            .unwrap_or_else(|e| panic!("grant {id}: {e}"));
     }
 
     /// Applies and unwraps a request that must succeed.

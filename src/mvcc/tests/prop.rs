@@ -18,18 +18,9 @@ use super::model::{Model, Outcome, MISSING_LEASE};
 use crate::btree::DbOptions;
 use crate::mvcc::{
     ApplyOutcome, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
-    Event, EventType, KeyValue, LeaseCheck, PutRequest, RaftPosition, RangeRequest, ReadView,
-    Request, RequestOp, Response, SortOrder, SortTarget, Store, TargetUnion, TxnRequest,
+    Event, EventType, KeyValue, PutRequest, RaftPosition, RangeRequest, ReadView, Request,
+    RequestOp, Response, SortOrder, SortTarget, Store, TargetUnion, TxnRequest,
 };
-
-/// Rejects [`MISSING_LEASE`], accepts every other lease.
-struct Leases;
-
-impl LeaseCheck for Leases {
-    fn lease_exists(&self, lease: i64) -> bool {
-        lease != MISSING_LEASE
-    }
-}
 
 const KEYS: &[&[u8]] = &[
     b"a",
@@ -345,8 +336,15 @@ type LoggedEntry = (u64, Vec<Request>, Vec<Outcome<Response>>, Vec<Event>);
 
 impl Run {
     fn new(reopening: Reopening) -> Run {
+        // Every lease the requests name exists, but [`MISSING_LEASE`]; granted and
+        // checkpointed before the history starts.
+        let mut h = Harness::new();
+        for id in 1..MISSING_LEASE {
+            h.grant(id);
+        }
+        h.store.checkpoint().unwrap();
         Run {
-            h: Harness::new(),
+            h,
             model: Model::new(),
             views: Vec::new(),
             log: Vec::new(),
@@ -402,7 +400,7 @@ impl Run {
                     index: *index,
                     term: 1,
                 };
-                let replayed = self.h.store.apply(at, batch, &Leases).map_err(fail)?;
+                let replayed = self.h.store.apply(at, batch).map_err(fail)?;
                 prop_assert!(matches!(replayed, ApplyOutcome::Skipped));
             }
             Op::Replay(_) => {}
@@ -425,7 +423,7 @@ impl Run {
         let before = self.h.store.current_revision();
         let got: Vec<Outcome<Response>> = self
             .h
-            .apply_batch(&applied, &Leases)
+            .apply_batch(&applied)
             .into_iter()
             .map(outcome)
             .collect();
@@ -556,7 +554,7 @@ impl Run {
                 index: *index,
                 term: 1,
             };
-            match self.h.store.apply(at, batch, &Leases).map_err(fail)? {
+            match self.h.store.apply(at, batch).map_err(fail)? {
                 ApplyOutcome::Skipped => prop_assert!(*index <= applied),
                 ApplyOutcome::Applied(got) => {
                     prop_assert!(*index > applied);
