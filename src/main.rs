@@ -191,6 +191,19 @@ enum Command {
     /// interrupted; when the connection fails, goes on through another endpoint from the
     /// revision after the last one seen.
     Watch(cairn::cli::WatchArgs),
+    /// Acquires a named lock: prints its key and holds it until interrupted, or runs the
+    /// command given while holding it (with ETCD_LOCK_KEY and ETCD_LOCK_REV set) and exits
+    /// with its exit code. The lock is released at the end.
+    Lock(cairn::cli::LockArgs),
+    /// Observes and participates in leader election: campaigns with the proposal (prints
+    /// the leader key and value once elected, holds until interrupted, resigns), or with
+    /// -l prints the leader's key and value at every change.
+    Elect(cairn::cli::ElectArgs),
+    /// A semaphore: at most --limit holders at once.
+    Sem {
+        #[command(subcommand)]
+        command: cairn::cli::SemCmd,
+    },
     /// Txn processes all the requests in one transaction, read from standard input: compares,
     /// an empty line, success requests, an empty line, failure requests.
     Txn,
@@ -620,6 +633,17 @@ fn lease(
 }
 
 /// Writes a client command's output to stdout as it is.
+/// The exit of `lock`, `elect` and `sem`: the command's code, or 1 with the error.
+fn session_exit(result: Result<i32, String>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
 /// etcdctl's exit code for a watch the server canceled.
 const EXIT_INTERRUPTED: u8 = 5;
 
@@ -969,9 +993,13 @@ fn run_client(
                     .collect()
             }
         }
-        Command::Serve(_) | Command::Check { .. } | Command::Repair { .. } | Command::Watch(_) => {
-            return Err(Failure(EXIT_BAD_ARGS, "not a client command".into()))
-        }
+        Command::Serve(_)
+        | Command::Check { .. }
+        | Command::Repair { .. }
+        | Command::Watch(_)
+        | Command::Lock(_)
+        | Command::Elect(_)
+        | Command::Sem { .. } => return Err(Failure(EXIT_BAD_ARGS, "not a client command".into())),
     })
 }
 
@@ -1044,6 +1072,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Lock(args) => session_exit(cairn::cli::lock::lock(
+            &cli.endpoints,
+            Duration::from_secs(cli.command_timeout),
+            &args,
+        )),
+        Command::Elect(args) => session_exit(cairn::cli::lock::elect(
+            &cli.endpoints,
+            Duration::from_secs(cli.command_timeout),
+            &args,
+        )),
+        Command::Sem { command } => session_exit(cairn::cli::lock::sem(
+            &cli.endpoints,
+            Duration::from_secs(cli.command_timeout),
+            &command,
+        )),
         Command::Watch(args) => {
             match watch(&cli.endpoints, cli.write_out, cli.command_timeout, &args) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -345,3 +345,54 @@ fn watch_prints_events_as_etcdctl_and_exits_5_when_compacted() {
     assert_eq!(out.status.code(), Some(128));
     assert!(String::from_utf8_lossy(&out.stderr).contains("requires one or two arguments"));
 }
+
+#[test]
+fn lock_runs_a_command_while_holding_and_a_second_waits_for_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    // The command sees the key and fencing revision; its exit code is lock's.
+    let out = cairn(
+        &s,
+        &[
+            "lock",
+            "L",
+            "--",
+            "sh",
+            "-c",
+            "echo $ETCD_LOCK_KEY $ETCD_LOCK_REV; exit 3",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let (key, rev) = line.trim().split_once(' ').unwrap();
+    assert!(key.starts_with("L/"), "{line}");
+    assert!(rev.parse::<i64>().unwrap() > 1);
+    // Released at the end: nothing is left under L/.
+    assert_eq!(ok(&s, &["get", "L/", "--prefix", "--keys-only"]), "");
+    // A holder without a command holds until interrupted; a second one waits for it.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &s.1, "lock", "L"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(first.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("L/"), "{line}");
+    let mut second = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &s.1, "lock", "L", "--", "echo", "second"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(second.try_wait().unwrap().is_none(), "the second waits");
+    // SAFETY: kill only sends SIGINT to our own child.
+    unsafe { libc::kill(first.id() as libc::pid_t, libc::SIGINT) };
+    assert!(first.wait().unwrap().success());
+    let out = second.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "second\n");
+}
