@@ -131,7 +131,10 @@ impl Gen {
             ..Default::default()
         };
         let request = ClientRequest::Kv(match self.args.workload {
-            Workload::Put | Workload::Fill | Workload::Watch => Request::Put(put()),
+            // (The lock and lease workloads run on their own threads, never here.)
+            Workload::Put | Workload::Fill | Workload::Watch | Workload::Lock | Workload::Lease => {
+                Request::Put(put())
+            }
             Workload::Range => Request::Range(range()),
             Workload::Mixed if self.rng.gen_range(0..10) == 0 => Request::Put(put()),
             Workload::Mixed => Request::Range(range()),

@@ -13,6 +13,7 @@
 //! could not be reached or was lost during the run; 128: bad arguments.
 
 mod conn;
+mod coord;
 mod watch;
 
 use clap::{Parser, ValueEnum};
@@ -43,6 +44,12 @@ pub enum Workload {
     /// connections of their own, while puts of random keys go on (at --rate); reports the
     /// delivery latency from each put's acknowledgement to its event, and events missing.
     Watch,
+    /// Each client acquires one of --locks locks (at random) and releases it, in a loop,
+    /// holding a session lease: acquire+release latency, and hand-offs per second.
+    Lock,
+    /// Each client renews its own lease back to back through the leader: keepalives per
+    /// second and their latency.
+    Lease,
 }
 
 /// Load generator for cairn.
@@ -85,6 +92,9 @@ pub struct Args {
     /// Print the final report as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Locks the lock workload's clients contend for.
+    #[arg(long, default_value_t = 1)]
+    pub locks: usize,
     /// Watchers of the watch workload.
     #[arg(long, default_value_t = 1_000)]
     pub watchers: usize,
@@ -257,6 +267,45 @@ fn report_watch(
     }
 }
 
+/// The lock and lease workloads: client threads, progress each second, the report.
+fn run_coordination(args: &Args, progress: &Arc<Progress>, start: Instant, deadline: Instant) {
+    let runner = {
+        let (args, progress) = (args.clone(), progress.clone());
+        std::thread::spawn(move || coord::run(&args, deadline, &progress))
+    };
+    let mut last = 0;
+    while !runner.is_finished() {
+        std::thread::sleep(Duration::from_secs(1));
+        let ops = progress.ops.load(Ordering::Relaxed);
+        eprintln!(
+            "{:>5.1}s  {} ops/s  {} errors",
+            start.elapsed().as_secs_f64(),
+            ops - last,
+            progress.errors.load(Ordering::Relaxed)
+        );
+        last = ops;
+    }
+    let hist = match runner.join() {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            eprintln!("cairn-loadgen: {e}");
+            std::process::exit(EXIT_FAILED);
+        }
+        Err(_) => {
+            eprintln!("cairn-loadgen: the clients failed");
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    report(
+        args,
+        &hist,
+        progress.ops.load(Ordering::Relaxed),
+        progress.errors.load(Ordering::Relaxed),
+        elapsed,
+    );
+}
+
 fn main() {
     let args = Args::parse();
     if args.clients < args.conns || args.conns == 0 {
@@ -277,6 +326,9 @@ fn main() {
     let progress = Arc::new(progress);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.duration);
+    if matches!(args.workload, Workload::Lock | Workload::Lease) {
+        return run_coordination(&args, &progress, start, deadline);
+    }
     let mut threads = Vec::new();
     for core in 0..cores {
         let args = args.clone();
