@@ -19,6 +19,12 @@
 //!   log carries, and the leader's lease clock, sans-IO (keepalives, expiry proposed as
 //!   revokes, checkpoints of remaining TTLs, the extension on becoming leader). Rules:
 //!   `docs/leases.md`.
+//! - [`watch`]: streaming watch, sans-IO: the hub of a member's watchers, synced (fed the
+//!   events each applied batch yields) and unsynced (fed from the revision-keyed tree in
+//!   chunks of whole revisions), with etcd's guarantees; the Watch messages.
+//! - [`lock`]: locks, elections and semaphores on keys, revisions and leases (etcd's
+//!   v3lock and v3election): the messages, and the contenders waiting on the apply role for
+//!   the deletion of the keys just before their own.
 //! - [`node`]: one member's consensus and apply core, sans-IO: raft-rs's `RawNode` over the
 //!   Raft log; the driver that keeps proposal and read waiters (by proposal ids unique across
 //!   members and starts), WAL rounds and log compaction, with the clock and random source
@@ -28,15 +34,17 @@
 //!   shards (SO_REUSEPORT listeners, native protocol, serializable reads from published
 //!   views), the `raft` role (the shell around the driver: WAL group commit, the peer
 //!   transport, snapshots sent and received) and the `apply` role (the store, snapshot
-//!   installs, the leader's lease clock), mapped onto cores by a placement; cluster flags,
+//!   installs, the leader's lease clock, the watch hub and the lock waiters), mapped onto
+//!   cores by a placement; cluster flags,
 //!   member identity and the members; clean shutdown. Replication: `docs/cluster.md`.
 //! - [`check`]: `cairn check` (what a start would do to a data directory, found without
 //!   changing it) and `cairn repair` (doing it).
 //! - [`client`]: native-protocol clients with timeouts and endpoint failover: blocking, and
 //!   async for glommio code (pipelined); the leader found for lease keepalives, and a
-//!   keepalive loop.
-//! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del`, `member` and `lease`, the `txn`
-//!   text format, and the output formats.
+//!   keepalive loop; [`client::WatchStream`], many watchers on one connection, resumed on
+//!   another member after a failure.
+//! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del`, `member`, `lease` and `watch`,
+//!   the `txn` text format, the output formats, and `lock`, `elect` and `sem`.
 //! - [`protocol`]: the native wire protocol: frames with request ids carrying validated rkyv
 //!   messages. Format: `docs/protocol.md`.
 //!
