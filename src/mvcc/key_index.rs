@@ -323,7 +323,7 @@ impl KeyIndex {
     }
 
     /// Calls `f` with each key visible at `at` in `range`, in key order, with the revision
-    /// holding its value.
+    /// holding its value. One walk: for the writer's own thread, which no lock hold delays.
     pub fn visit(&self, range: KeyRange<'_>, at: i64, mut f: impl FnMut(&[u8], Revision)) {
         self.scan_from(range, None, usize::MAX, |key, entry| {
             if let Some(rev) = entry.live_at(at) {
@@ -331,20 +331,6 @@ impl KeyIndex {
             }
             ControlFlow::Continue(())
         });
-    }
-
-    /// etcd's `treeIndex.Revisions`: the revisions of the first `limit` visible keys (all of
-    /// them if `limit <= 0`) and the number of visible keys.
-    pub fn revisions(&self, range: KeyRange<'_>, at: i64, limit: i64) -> (Vec<Revision>, i64) {
-        let mut revs = Vec::new();
-        let mut total = 0i64;
-        self.visit(range, at, |_, rev| {
-            if limit <= 0 || (revs.len() as i64) < limit {
-                revs.push(rev);
-            }
-            total += 1;
-        });
-        (revs, total)
     }
 
     /// The keys visible at `at` in `range`.

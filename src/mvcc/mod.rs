@@ -52,14 +52,32 @@
 //!    reads in one consistent state. This is etcd's rule: reads are checked against the
 //!    current compaction, not the one when the read began.
 //! 3. A revision the index returns for R has main <= P, so its record was written before the
-//!    view was taken, and it has not been removed from the tree before that either (compaction
-//!    removes a record from the index and the tree in the same apply step, before any later
-//!    view). So the view holds it; later tree deletes cannot reach an immutable view.
+//!    view was taken. It was still in the index when the reader found it, after the view was
+//!    taken, and compaction drops a revision from the index before it deletes its record from
+//!    the tree (in later, bounded steps): so the record was in the tree when the view was
+//!    taken, and the view holds it; later tree deletes cannot reach an immutable view.
 //! 4. Each index update (one put, one tombstone, one whole compaction) happens under the write
 //!    lock, so a reader never sees a half-updated entry; tree I/O happens outside the lock.
+//! 5. A Range does not hold the read lock for its whole walk of the index: it walks a chunk
+//!    of at most [`INDEX_CHUNK_KEYS`] keys per hold of the lock, and ends a chunk early when a
+//!    put waits for the lock, so however many keys it covers it keeps a put waiting for a few
+//!    keys' walk only. Each chunk resumes after the last key the previous one walked, found
+//!    by key (not by position, which keys added or removed in between would shift), and
+//!    checks the compaction revision again first. Between two chunks the writer may have
+//!    added revisions above P or keys holding only such revisions (invisible at R, by 1),
+//!    compacted at some C <= R (no key's state at R changes, by 2, in the chunks walked or
+//!    those to come), or compacted past R: then the next chunk answers "compacted", as a read
+//!    starting then would, and the chunks walked are dropped. So every key of the range is
+//!    walked once, in key order, as it is at R, and the chunks together are exactly the one
+//!    walk a single hold would have made.
 //!
 //! A request that fails fatally midway may leave revisions above P in the index; readers
-//! ignore them by (1), and the store stops until reopened.
+//! ignore them by (1), and the store stops until reopened. A request rolled back removes only
+//! revisions above P, which readers ignored too.
+//!
+//! Reads on the writer's own thread (`Store::range`, the reads inside a write transaction)
+//! walk the same way; nothing changes the index between their chunks, as only that thread
+//! writes it.
 
 mod apply;
 mod error;
@@ -79,6 +97,7 @@ mod tests;
 
 pub use apply::{AcceptAllLeases, LeaseCheck};
 pub use error::MvccError;
+pub use range::INDEX_CHUNK_KEYS;
 pub use read_view::ReadView;
 pub use revision::Revision;
 pub use store::{

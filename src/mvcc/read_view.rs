@@ -52,9 +52,33 @@ impl ReadView {
     }
 
     fn range_keys(&self, keys: KeyRange<'_>, ro: RangeOptions) -> Result<RangeResult, MvccError> {
-        // Hold the lock for the index walk only; records come from the immutable view.
-        let selection = range::select(&self.index.read(), keys, self.revision, ro)?;
+        // The lock is held for the index walk only, a chunk at a time; records come from the
+        // immutable view.
+        let selection = range::select(&self.index, keys, self.revision, ro)?;
         range::fetch(&self.view, selection)
+    }
+
+    /// [`ReadView::range`] walking the index `chunk_keys` keys at a time, calling `between`
+    /// between chunks with the lock released.
+    #[cfg(test)]
+    pub(crate) fn range_in_chunks(
+        &self,
+        r: &RangeRequest,
+        chunk_keys: usize,
+        mut between: impl FnMut(),
+    ) -> Result<RangeResponse, MvccError> {
+        check_range(r)?;
+        range::range(r, |keys, ro| {
+            let selection = range::select_in_chunks(
+                &self.index,
+                keys,
+                self.revision,
+                ro,
+                chunk_keys,
+                &mut between,
+            )?;
+            range::fetch(&self.view, selection)
+        })
     }
 
     /// HashKV at `rev` (0 for [`ReadView::revision`]) over this view's tree, with the

@@ -366,7 +366,7 @@ impl Store {
     pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, MvccError> {
         check_range(r)?;
         range::range(r, |keys, ro| {
-            let selection = range::select(&self.index.read(), keys, self.current_revision, ro)?;
+            let selection = range::select(&self.index, keys, self.current_revision, ro)?;
             range::fetch(&self.db, selection)
         })
     }

@@ -77,7 +77,7 @@ impl<'a> WriteTxn<'a> {
 
     /// etcd's `storeTxnWrite.Range`.
     pub fn range(&self, range: KeyRange<'_>, ro: RangeOptions) -> Result<RangeResult, MvccError> {
-        let selection = range::select(&self.index.read(), range, self.read_rev(), ro)?;
+        let selection = range::select(self.index, range, self.read_rev(), ro)?;
         range::fetch(&*self.db, selection)
     }
 

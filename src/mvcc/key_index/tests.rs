@@ -163,10 +163,6 @@ fn ranges_cover_etcd_key_conventions() {
     assert_eq!(keys(KeyRange::new(b"d", b"b")), Vec::<String>::new());
     assert_eq!(keys(KeyRange::new(b"c", b"\0")), ["c", "d", "e"]);
     assert_eq!(keys(KeyRange::new(b"\0", b"\0")), ["a", "b", "c", "d", "e"]);
-    let (revs, total) = index.revisions(KeyRange::new(b"a", b"z"), 100, 2);
-    assert_eq!((revs, total), (vec![rev(2, 0), rev(3, 0)], 5));
-    let (revs, total) = index.revisions(KeyRange::new(b"a", b"z"), 4, 0);
-    assert_eq!((revs, total), (vec![rev(2, 0), rev(3, 0), rev(4, 0)], 3));
 }
 
 /// Walks `range` in chunks of `max_keys`, breaking after each key in `breaks`; returns the
