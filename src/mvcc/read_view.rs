@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-
 use crate::btree::View;
 
 use super::error::MvccError;
 use super::hash;
-use super::key_index::{KeyIndex, KeyRange};
+use super::index_lock::IndexLock;
+use super::key_index::KeyRange;
 use super::range::{self, RangeOptions, RangeResult};
 use super::txn::check_range;
 use super::types::{HashKvResponse, RangeRequest, RangeResponse};
@@ -20,7 +19,7 @@ pub struct ReadView {
     view: View,
     revision: i64,
     compact_revision: i64,
-    index: Arc<RwLock<KeyIndex>>,
+    index: Arc<IndexLock>,
 }
 
 impl ReadView {
@@ -28,7 +27,7 @@ impl ReadView {
         view: View,
         revision: i64,
         compact_revision: i64,
-        index: Arc<RwLock<KeyIndex>>,
+        index: Arc<IndexLock>,
     ) -> ReadView {
         ReadView {
             view,

@@ -5,13 +5,12 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-
 use crate::btree::{BtreeError, CommitMeta, Db, DbOptions};
 
 use super::apply::{self, LeaseCheck};
 use super::error::MvccError;
 use super::hash;
+use super::index_lock::IndexLock;
 use super::key_index::{KeyIndex, KeyIndexBuilder};
 use super::range::{self, PRIMARY_TREE};
 use super::read_view::ReadView;
@@ -47,7 +46,7 @@ pub enum ApplyOutcome {
 
 pub struct Store {
     db: Db,
-    index: Arc<RwLock<KeyIndex>>,
+    index: Arc<IndexLock>,
     current_revision: i64,
     applied: RaftPosition,
     /// Revisions compaction dropped from the index whose records are still in the tree,
@@ -99,7 +98,7 @@ impl Store {
         Ok(Store {
             db,
             compaction_backlog,
-            index: Arc::new(RwLock::new(index)),
+            index: Arc::new(IndexLock::new(index)),
             current_revision: meta.current_revision,
             applied: RaftPosition {
                 index: commit.applied_index,

@@ -2,12 +2,11 @@
 //! `begin + 1`, with sub-revisions numbering the changes. Reads inside it see its own earlier
 //! writes. It keeps an undo log so a request that fails after writing can be rolled back.
 
-use parking_lot::RwLock;
-
 use crate::btree::Db;
 
 use super::error::MvccError;
-use super::key_index::{KeyIndex, KeyRange};
+use super::index_lock::IndexLock;
+use super::key_index::KeyRange;
 use super::range::{self, RangeOptions, RangeResult, PRIMARY_TREE};
 use super::record::Record;
 use super::revision::Revision;
@@ -24,7 +23,7 @@ pub(crate) struct WriteTxn<'a> {
     /// Locked per operation, and for writing only around index updates (a put's includes
     /// its insert into the tree's right edge, in memory but for a page read at most), so
     /// readers on other threads never wait for a tree commit.
-    index: &'a RwLock<KeyIndex>,
+    index: &'a IndexLock,
     begin: i64,
     undo: Vec<Undo>,
     /// Revisions a compaction dropped from the index, for the store to delete from the tree.
@@ -33,7 +32,7 @@ pub(crate) struct WriteTxn<'a> {
 
 impl<'a> WriteTxn<'a> {
     /// Starts a transaction on a store whose current revision is `begin`.
-    pub fn new(db: &'a mut Db, index: &'a RwLock<KeyIndex>, begin: i64) -> WriteTxn<'a> {
+    pub fn new(db: &'a mut Db, index: &'a IndexLock, begin: i64) -> WriteTxn<'a> {
         WriteTxn {
             db,
             index,
