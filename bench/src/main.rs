@@ -3,7 +3,10 @@
 //!
 //! Default: the MVCC store (load, overwrite, compact, reclaim, reopen, point gets).
 //! `--wal-only`: the write-ahead log alone (durable records from concurrent appenders).
+//! `--count-stall`: put latency on the writer with and without full-keyspace counts running
+//! on another thread (and, as a control, a thread that only spins).
 
+mod stall;
 mod store;
 mod wal;
 
@@ -39,6 +42,20 @@ struct Args {
     /// Run only the WAL benchmark.
     #[arg(long)]
     wal_only: bool,
+    /// Run only the count-stall benchmark: load `--keys`, then time single puts in rounds
+    /// taking turns between no reader, a reader counting every key back to back, and a
+    /// thread spinning without touching the store (a control).
+    #[arg(long, conflicts_with = "wal_only")]
+    count_stall: bool,
+    /// Count-stall: rounds of each kind.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Count-stall: a round's length, in milliseconds.
+    #[arg(long, default_value_t = 4_000)]
+    round_ms: u64,
+    /// Count-stall: puts a second the writer is given.
+    #[arg(long, default_value_t = 50_000)]
+    put_rate: u64,
     /// WAL: records to append.
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
@@ -110,6 +127,21 @@ fn main() {
     }
     if let Err(e) = std::fs::create_dir_all(&dir) {
         fail(format!("cannot create {}: {e}", dir.display()));
+    }
+    if args.count_stall {
+        let config = stall::StallConfig {
+            keys: args.keys,
+            value_size: args.value_size,
+            rounds: args.rounds,
+            round_ms: args.round_ms,
+            put_rate: args.put_rate,
+            path: dir.join("db"),
+        };
+        match stall::run_stall_bench(config) {
+            Ok(json) => println!("{json}"),
+            Err(e) => fail(e),
+        }
+        return;
     }
     let config = store::StoreBenchConfig {
         keys: args.keys,

@@ -78,7 +78,7 @@ impl StoreBenchResult {
 const BATCH: u64 = 1000;
 
 /// Key `i` as 16 bytes: a fixed prefix and a scrambled number, so load order is not key order.
-fn key(i: u64) -> Vec<u8> {
+pub fn key(i: u64) -> Vec<u8> {
     let scrambled = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20;
     format!("k{:015x}", scrambled & 0x0fff_ffff_ffff_ffff).into_bytes()
 }
@@ -88,7 +88,7 @@ pub fn rss_peak_bytes() -> u64 {
     status_bytes("VmHWM:")
 }
 
-fn rss_mib() -> u64 {
+pub fn rss_mib() -> u64 {
     status_bytes("VmRSS:") >> 20
 }
 
@@ -101,13 +101,15 @@ fn status_bytes(field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-struct Loader {
-    store: Store,
-    index: u64,
+/// Applies batches as Raft entries of consecutive indexes, checkpointing within the budget.
+pub struct Loader {
+    pub store: Store,
+    /// The last entry index applied.
+    pub index: u64,
 }
 
 impl Loader {
-    fn apply(&mut self, batch: &[Request]) -> Result<(), MvccError> {
+    pub fn apply(&mut self, batch: &[Request]) -> Result<(), MvccError> {
         self.index += 1;
         let at = RaftPosition {
             index: self.index,
@@ -126,7 +128,7 @@ impl Loader {
 
     /// Applies puts of `ids` in batches of 1000 and checkpoints; returns puts per second of
     /// apply and checkpoint time (building the requests is the client's work, not timed).
-    fn puts(
+    pub fn puts(
         &mut self,
         ids: impl Iterator<Item = u64>,
         value: &[u8],

@@ -19,7 +19,7 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 
 use super::error::MvccError;
 use super::revision::Revision;
@@ -181,7 +181,7 @@ impl KeyEntry {
     }
 
     /// The revision holding the key's value at `at`, if the key exists then.
-    fn live_at(&self, at: i64) -> Option<Revision> {
+    pub fn live_at(&self, at: i64) -> Option<Revision> {
         self.at(at).filter(|r| !r.tombstone).map(IndexRev::revision)
     }
 
@@ -245,6 +245,28 @@ impl<'a> KeyRange<'a> {
             KeyRange::Between(..) => None,
         }
     }
+
+    /// Bounds of the keys of this range that sort after `after` (all of them if `None`), or
+    /// `None` if there are none. `after` may lie anywhere, in the range or not.
+    fn bounds_after(self, after: Option<&'a [u8]>) -> Option<KeyBounds<'a>> {
+        let (start, end) = self.bounds()?;
+        let Some(after) = after else {
+            return Some((start, end));
+        };
+        // Checked here because `BTreeMap::range` panics on a start past the end.
+        let past_end = match end {
+            Bound::Included(e) | Bound::Excluded(e) => after >= e,
+            Bound::Unbounded => false,
+        };
+        if past_end {
+            return None;
+        }
+        let start = match start {
+            Bound::Included(s) if s > after => start,
+            _ => Bound::Excluded(after),
+        };
+        Some((start, end))
+    }
 }
 
 /// The key index plus the compaction revision it reflects. Both live under one lock so a
@@ -274,29 +296,41 @@ impl KeyIndex {
         self.keys.len()
     }
 
-    /// Calls `f` with each key visible at `at` in `range`, in key order, with the revision
-    /// holding its value.
-    pub fn visit(&self, range: KeyRange<'_>, at: i64, mut f: impl FnMut(&[u8], Revision)) {
-        let Some(bounds) = range.bounds() else { return };
-        for (key, entry) in self.keys.range::<[u8], _>(bounds) {
-            if let Some(rev) = entry.live_at(at) {
-                f(key.as_bytes(), rev);
+    /// One chunk of a walk over `range`, the unit a caller does under one hold of the lock:
+    /// calls `f` with each key that sorts after `after` (from the range's start if `None`),
+    /// in key order, with its entry, until `f` breaks or `max_keys` keys were visited.
+    /// Returns the last key visited if keys of the range are left after it, to pass as
+    /// `after` to the next chunk; `None` once the range is done. Resuming by key rather
+    /// than by position stays exact whatever keys were added or removed in between.
+    pub fn scan_from(
+        &self,
+        range: KeyRange<'_>,
+        after: Option<&[u8]>,
+        max_keys: usize,
+        mut f: impl FnMut(&[u8], &KeyEntry) -> ControlFlow<()>,
+    ) -> Option<Vec<u8>> {
+        assert!(max_keys > 0, "a chunk visits at least one key");
+        let bounds = range.bounds_after(after)?;
+        let mut keys = self.keys.range::<[u8], _>(bounds);
+        let mut visited = 0;
+        while let Some((key, entry)) = keys.next() {
+            visited += 1;
+            if f(key.as_bytes(), entry).is_break() || visited == max_keys {
+                return keys.next().is_some().then(|| key.as_bytes().to_vec());
             }
         }
+        None
     }
 
-    /// etcd's `treeIndex.Revisions`: the revisions of the first `limit` visible keys (all of
-    /// them if `limit <= 0`) and the number of visible keys.
-    pub fn revisions(&self, range: KeyRange<'_>, at: i64, limit: i64) -> (Vec<Revision>, i64) {
-        let mut revs = Vec::new();
-        let mut total = 0i64;
-        self.visit(range, at, |_, rev| {
-            if limit <= 0 || (revs.len() as i64) < limit {
-                revs.push(rev);
+    /// Calls `f` with each key visible at `at` in `range`, in key order, with the revision
+    /// holding its value. One walk: for the writer's own thread, which no lock hold delays.
+    pub fn visit(&self, range: KeyRange<'_>, at: i64, mut f: impl FnMut(&[u8], Revision)) {
+        self.scan_from(range, None, usize::MAX, |key, entry| {
+            if let Some(rev) = entry.live_at(at) {
+                f(key, rev);
             }
-            total += 1;
+            ControlFlow::Continue(())
         });
-        (revs, total)
     }
 
     /// The keys visible at `at` in `range`.

@@ -9,6 +9,7 @@
 //! - `revision`: [`Revision`] and its 12-byte big-endian tree key.
 //! - `record`: the byte format of a stored revision and of the store metadata.
 //! - `key_index`: the compact in-memory index, user key -> revisions (etcd's `treeIndex`).
+//! - `index_lock`: the lock the writer and readers share the key index by, puts first.
 //! - `write`: one write transaction (etcd's `storeTxnWrite`), with rollback.
 //! - `apply`: Put, DeleteRange, Range and Compaction inside a write transaction, the lease check.
 //! - `lease`: [`LeaseTable`], the leases (TTLs, checkpointed remaining TTLs, attached keys),
@@ -49,7 +50,7 @@
 //!
 //! [`Store::read_view`] publishes a [`ReadView`]: the tree's `View` (an immutable snapshot,
 //! O(1) to take), the current revision P, the compaction revision then, and the shared key
-//! index behind a `parking_lot::RwLock`. The writer keeps mutating the index after the view is
+//! index behind a read-write lock. The writer keeps mutating the index after the view is
 //! published, yet a Range at any R <= P through the view returns exactly the state at R:
 //!
 //! 1. The writer only ever adds revisions above P, or removes revisions by compaction.
@@ -61,18 +62,38 @@
 //!    reads in one consistent state. This is etcd's rule: reads are checked against the
 //!    current compaction, not the one when the read began.
 //! 3. A revision the index returns for R has main <= P, so its record was written before the
-//!    view was taken, and it has not been removed from the tree before that either (compaction
-//!    removes a record from the index and the tree in the same apply step, before any later
-//!    view). So the view holds it; later tree deletes cannot reach an immutable view.
+//!    view was taken. It was still in the index when the reader found it, after the view was
+//!    taken, and compaction drops a revision from the index before it deletes its record from
+//!    the tree (in later, bounded steps): so the record was in the tree when the view was
+//!    taken, and the view holds it; later tree deletes cannot reach an immutable view.
 //! 4. Each index update (one put, one tombstone, one whole compaction) happens under the write
 //!    lock, so a reader never sees a half-updated entry; tree I/O happens outside the lock.
+//! 5. A Range does not hold the read lock for its whole walk of the index: it walks a chunk
+//!    of at most [`INDEX_CHUNK_KEYS`] keys per hold of the lock, and ends a chunk at the first
+//!    key after a put starts waiting, letting the put go before its next chunk (`index_lock`),
+//!    so however many keys it covers it keeps a put waiting for about one key's walk. Each
+//!    chunk resumes after the last key the previous one walked, found by key (not by
+//!    position, which keys added or removed in between would shift), and checks the
+//!    compaction revision again first. Between two chunks the writer may have added
+//!    revisions above P or keys holding only such revisions (invisible at R, by 1), compacted
+//!    at some C <= R (no key's state at R changes, by 2, in the chunks walked or those to
+//!    come), or compacted past R: then the next chunk answers "compacted", as a read starting
+//!    then would, and the chunks walked are dropped. So every key of the range is walked
+//!    once, in key order, as it is at R, and the chunks together are exactly the one walk a
+//!    single hold would have made.
 //!
 //! A request that fails fatally midway may leave revisions above P in the index; readers
-//! ignore them by (1), and the store stops until reopened.
+//! ignore them by (1), and the store stops until reopened. A request rolled back removes only
+//! revisions above P, which readers ignored too.
+//!
+//! Reads on the writer's own thread (`Store::range`, the reads inside a write transaction)
+//! walk the same way; nothing changes the index between their chunks, as only that thread
+//! writes it.
 
 mod apply;
 mod error;
 mod hash;
+mod index_lock;
 mod key_index;
 mod lease;
 mod range;
@@ -89,6 +110,7 @@ mod tests;
 
 pub use error::MvccError;
 pub use lease::{Lease, LeaseChange, LeaseTable};
+pub use range::INDEX_CHUNK_KEYS;
 pub use read_view::ReadView;
 pub use revision::Revision;
 pub use store::{

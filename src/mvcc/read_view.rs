@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-
 use crate::btree::View;
 
 use super::error::MvccError;
 use super::hash;
-use super::key_index::{KeyIndex, KeyRange};
+use super::index_lock::IndexLock;
+use super::key_index::KeyRange;
 use super::range::{self, RangeOptions, RangeResult};
 use super::txn::check_range;
 use super::types::{HashKvResponse, RangeRequest, RangeResponse};
@@ -20,7 +19,7 @@ pub struct ReadView {
     view: View,
     revision: i64,
     compact_revision: i64,
-    index: Arc<RwLock<KeyIndex>>,
+    index: Arc<IndexLock>,
 }
 
 impl ReadView {
@@ -28,7 +27,7 @@ impl ReadView {
         view: View,
         revision: i64,
         compact_revision: i64,
-        index: Arc<RwLock<KeyIndex>>,
+        index: Arc<IndexLock>,
     ) -> ReadView {
         ReadView {
             view,
@@ -52,9 +51,33 @@ impl ReadView {
     }
 
     fn range_keys(&self, keys: KeyRange<'_>, ro: RangeOptions) -> Result<RangeResult, MvccError> {
-        // Hold the lock for the index walk only; records come from the immutable view.
-        let selection = range::select(&self.index.read(), keys, self.revision, ro)?;
+        // The lock is held for the index walk only, a chunk at a time; records come from the
+        // immutable view.
+        let selection = range::select(&self.index, keys, self.revision, ro)?;
         range::fetch(&self.view, selection)
+    }
+
+    /// [`ReadView::range`] walking the index `chunk_keys` keys at a time, calling `between`
+    /// between chunks with the lock released.
+    #[cfg(test)]
+    pub(crate) fn range_in_chunks(
+        &self,
+        r: &RangeRequest,
+        chunk_keys: usize,
+        mut between: impl FnMut(),
+    ) -> Result<RangeResponse, MvccError> {
+        check_range(r)?;
+        range::range(r, |keys, ro| {
+            let selection = range::select_in_chunks(
+                &self.index,
+                keys,
+                self.revision,
+                ro,
+                chunk_keys,
+                &mut between,
+            )?;
+            range::fetch(&self.view, selection)
+        })
     }
 
     /// HashKV at `rev` (0 for [`ReadView::revision`]) over this view's tree, with the

@@ -5,13 +5,12 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-
 use crate::btree::{BtreeError, CommitMeta, Db, DbOptions};
 
 use super::apply;
 use super::error::MvccError;
 use super::hash;
+use super::index_lock::IndexLock;
 use super::key_index::{KeyIndex, KeyIndexBuilder, KeyRange};
 use super::lease::{LeaseChange, LeaseTable};
 use super::range::{self, PRIMARY_TREE};
@@ -51,7 +50,7 @@ pub enum ApplyOutcome {
 
 pub struct Store {
     db: Db,
-    index: Arc<RwLock<KeyIndex>>,
+    index: Arc<IndexLock>,
     current_revision: i64,
     applied: RaftPosition,
     /// Revisions compaction dropped from the index whose records are still in the tree,
@@ -111,7 +110,7 @@ impl Store {
         Ok(Store {
             db,
             compaction_backlog,
-            index: Arc::new(RwLock::new(index)),
+            index: Arc::new(IndexLock::new(index)),
             current_revision: meta.current_revision,
             applied: RaftPosition {
                 index: commit.applied_index,
@@ -468,7 +467,7 @@ impl Store {
     pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, MvccError> {
         check_range(r)?;
         range::range(r, |keys, ro| {
-            let selection = range::select(&self.index.read(), keys, self.current_revision, ro)?;
+            let selection = range::select(&self.index, keys, self.current_revision, ro)?;
             range::fetch(&self.db, selection)
         })
     }

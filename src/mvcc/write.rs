@@ -4,12 +4,11 @@
 //! and the events of its changes (watch, leases and locks consume them) for the store to
 //! hand out once it commits.
 
-use parking_lot::RwLock;
-
 use crate::btree::Db;
 
 use super::error::MvccError;
-use super::key_index::{KeyIndex, KeyRange};
+use super::index_lock::IndexLock;
+use super::key_index::KeyRange;
 use super::range::{self, RangeOptions, RangeResult, PRIMARY_TREE};
 use super::record::Record;
 use super::revision::Revision;
@@ -26,7 +25,7 @@ pub(crate) struct WriteTxn<'a> {
     /// Locked per operation, and for writing only around index updates (a put's includes
     /// its insert into the tree's right edge, in memory but for a page read at most), so
     /// readers on other threads never wait for a tree commit.
-    index: &'a RwLock<KeyIndex>,
+    index: &'a IndexLock,
     begin: i64,
     undo: Vec<Undo>,
     /// Revisions a compaction dropped from the index, for the store to delete from the tree.
@@ -42,7 +41,7 @@ impl<'a> WriteTxn<'a> {
     /// `capture_prev`: events carry the key as it was before each change (a read each).
     pub fn new(
         db: &'a mut Db,
-        index: &'a RwLock<KeyIndex>,
+        index: &'a IndexLock,
         begin: i64,
         capture_prev: bool,
     ) -> WriteTxn<'a> {
@@ -109,7 +108,7 @@ impl<'a> WriteTxn<'a> {
 
     /// etcd's `storeTxnWrite.Range`.
     pub fn range(&self, range: KeyRange<'_>, ro: RangeOptions) -> Result<RangeResult, MvccError> {
-        let selection = range::select(&self.index.read(), range, self.read_rev(), ro)?;
+        let selection = range::select(self.index, range, self.read_rev(), ro)?;
         range::fetch(&*self.db, selection)
     }
 

@@ -1,3 +1,5 @@
+use std::ops::ControlFlow;
+
 use super::*;
 
 fn rev(main: i64, sub: u32) -> Revision {
@@ -161,10 +163,97 @@ fn ranges_cover_etcd_key_conventions() {
     assert_eq!(keys(KeyRange::new(b"d", b"b")), Vec::<String>::new());
     assert_eq!(keys(KeyRange::new(b"c", b"\0")), ["c", "d", "e"]);
     assert_eq!(keys(KeyRange::new(b"\0", b"\0")), ["a", "b", "c", "d", "e"]);
-    let (revs, total) = index.revisions(KeyRange::new(b"a", b"z"), 100, 2);
-    assert_eq!((revs, total), (vec![rev(2, 0), rev(3, 0)], 5));
-    let (revs, total) = index.revisions(KeyRange::new(b"a", b"z"), 4, 0);
-    assert_eq!((revs, total), (vec![rev(2, 0), rev(3, 0), rev(4, 0)], 3));
+}
+
+/// Walks `range` in chunks of `max_keys`, breaking after each key in `breaks`; returns the
+/// keys visited and the number of chunks.
+fn walk_in_chunks(
+    index: &KeyIndex,
+    range: KeyRange<'_>,
+    max_keys: usize,
+    breaks: &[&str],
+) -> (Vec<String>, usize) {
+    let mut seen = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    for chunks in 1..=100 {
+        after = index.scan_from(range, after.as_deref(), max_keys, |key, _| {
+            let key = String::from_utf8(key.to_vec()).unwrap();
+            let stop = breaks.contains(&key.as_str());
+            seen.push(key);
+            if stop {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if after.is_none() {
+            return (seen, chunks);
+        }
+    }
+    panic!("a walk of {max_keys}-key chunks did not end");
+}
+
+#[test]
+fn chunked_walks_visit_every_key_once_in_order() {
+    let mut index = KeyIndex::new(-1);
+    let all = ["a", "b", "c", "d", "e", "f", "g"];
+    for (i, k) in all.iter().enumerate() {
+        index.put(k.as_bytes(), rev(i as i64 + 2, 0), i as i64 + 2, 1);
+    }
+    for range in [
+        KeyRange::new(b"a", b"\0"),
+        KeyRange::new(b"b", b"f"),
+        KeyRange::new(b"\0", b"z"),
+        KeyRange::new(b"c", b""),
+        KeyRange::new(b"cc", b""),
+        KeyRange::new(b"f", b"b"),
+    ] {
+        let (whole, chunks) = walk_in_chunks(&index, range, usize::MAX, &[]);
+        assert_eq!(chunks, 1);
+        for max_keys in 1..=8 {
+            let (seen, chunks) = walk_in_chunks(&index, range, max_keys, &[]);
+            assert_eq!(seen, whole, "{range:?} in chunks of {max_keys}");
+            // No empty last chunk: the walk knows when the range is done.
+            assert_eq!(chunks, whole.len().div_ceil(max_keys).max(1), "{range:?}");
+            let (seen, _) = walk_in_chunks(&index, range, max_keys, &["b", "c", "e"]);
+            assert_eq!(seen, whole, "{range:?} in chunks of {max_keys}, breaking");
+        }
+    }
+    let (seen, chunks) = walk_in_chunks(&index, KeyRange::new(b"a", b"\0"), 100, &["c"]);
+    assert_eq!((seen.len(), chunks), (all.len(), 2), "a break ends a chunk");
+}
+
+#[test]
+fn chunked_walks_resume_after_keys_that_changed() {
+    let mut index = KeyIndex::new(-1);
+    for (i, k) in ["a", "b", "d", "e"].iter().enumerate() {
+        index.put(k.as_bytes(), rev(i as i64 + 2, 0), i as i64 + 2, 1);
+    }
+    let range = KeyRange::new(b"a", b"e");
+    let keys_after = |index: &KeyIndex, after: &[u8]| {
+        let mut seen = Vec::new();
+        let last = index.scan_from(range, Some(after), 10, |key, _| {
+            seen.push(key.to_vec());
+            ControlFlow::Continue(())
+        });
+        assert_eq!(last, None);
+        seen
+    };
+    // Resuming after a key that compaction removed, or one that never existed.
+    assert_eq!(keys_after(&index, b"c"), [b"d".to_vec()]);
+    assert_eq!(keys_after(&index, b"b"), [b"d".to_vec()]);
+    // Before the range's start, and at or past its end.
+    assert_eq!(keys_after(&index, b"\0").len(), 3);
+    assert!(keys_after(&index, b"e").is_empty());
+    assert!(keys_after(&index, b"zz").is_empty());
+    let single = index.scan_from(KeyRange::Single(b"b"), Some(b"b"), 1, |_, _| {
+        panic!("nothing is after the only key")
+    });
+    assert_eq!(single, None);
+    // A key added behind the walk is not visited; one ahead of it is.
+    index.put(b"aa", rev(10, 0), 10, 1);
+    index.put(b"c", rev(11, 0), 11, 1);
+    assert_eq!(keys_after(&index, b"b"), [b"c".to_vec(), b"d".to_vec()]);
 }
 
 #[test]

@@ -380,7 +380,9 @@ impl Run {
                 let (view, current, compact) = &self.views[i % self.views.len()];
                 let mut r = r.clone();
                 resolve_range(&mut r, *current, *compact);
-                prop_assert_eq!(outcome(view.range(&r)), self.model.range(&r, *current));
+                let want = self.model.range(&r, *current);
+                prop_assert_eq!(outcome(view.range(&r)), want.clone());
+                prop_assert_eq!(outcome(view.range_in_chunks(&r, 1, || {})), want);
             }
             Op::ViewHash(i, code) if !self.views.is_empty() => {
                 let (view, current, compact) = &self.views[i % self.views.len()];
@@ -517,13 +519,16 @@ impl Run {
         Ok(())
     }
 
-    /// The same Range three ways: on the writer, through a fresh view, through the log.
+    /// The same Range four ways: on the writer, through a fresh view (walking the index in
+    /// one chunk and a key per chunk), through the log.
     fn range(&mut self, r: &RangeRequest) -> Result<(), TestCaseError> {
         let mut r = r.clone();
         resolve_range(&mut r, self.model.current(), self.model.compact);
         let want = self.model.range(&r, self.model.current());
         prop_assert_eq!(outcome(self.h.store.range(&r)), want.clone());
-        prop_assert_eq!(outcome(self.h.store.read_view().range(&r)), want);
+        let view = self.h.store.read_view();
+        prop_assert_eq!(outcome(view.range(&r)), want.clone());
+        prop_assert_eq!(outcome(view.range_in_chunks(&r, 1, || {})), want);
         self.entry(&[Request::Range(r)])
     }
 

@@ -1,4 +1,5 @@
-//! Readers on other threads query published views while the writer applies and compacts.
+//! Readers on other threads query published views while the writer applies and compacts,
+//! also between the chunks of one read.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -6,8 +7,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 
-use super::harness::{compact, get, put, Harness};
-use crate::mvcc::{KeyValue, MvccError, RangeRequest, ReadView, Request};
+use super::harness::{compact, del, get, put, Harness};
+use crate::mvcc::{KeyValue, MvccError, RangeRequest, ReadView, Request, SortOrder, SortTarget};
 
 const KEYS: i64 = 10;
 const ENTRIES: i64 = 400;
@@ -58,7 +59,14 @@ fn readers_see_exact_past_states_while_the_writer_runs() {
                         revision: rev,
                         ..get("k", "l")
                     };
-                    match view.range(&all) {
+                    // Half the reads walk the index a few keys per chunk, letting the
+                    // writer in between.
+                    let read = if rng.gen_bool(0.5) {
+                        view.range(&all)
+                    } else {
+                        view.range_in_chunks(&all, rng.gen_range(1..=3), std::thread::yield_now)
+                    };
+                    match read {
                         Ok(r) => {
                             assert_eq!(
                                 r.kvs,
@@ -137,4 +145,128 @@ fn old_view_reads_its_revision_after_later_writes_and_compaction() {
         hash,
         "the view's tree is a snapshot"
     );
+}
+
+/// Keys walked per chunk by the reads below: a few chunks over the fixture's 20 keys.
+const SMALL_CHUNK_KEYS: usize = 3;
+
+/// 20 keys with overwrites and deletes, and a view whose revision is past the one the reads
+/// below are at; returns the harness, the view and that read revision.
+fn chunked_fixture() -> (Harness, ReadView, i64) {
+    let mut h = Harness::new();
+    for i in 0..20 {
+        h.ok(Request::Put(put(&format!("k{i:02}"), &format!("v{i}"))));
+    }
+    for i in (0..20).step_by(2) {
+        h.ok(Request::Put(put(&format!("k{i:02}"), "again")));
+    }
+    h.ok(Request::DeleteRange(del("k05", "")));
+    h.ok(Request::DeleteRange(del("k11", "k13")));
+    let read_at = h.store.current_revision();
+    h.ok(Request::Put(put("k01", "after the read revision")));
+    let view = h.store.read_view();
+    (h, view, read_at)
+}
+
+/// The reads compared (at the current revision; the tests set theirs): etcd's options that
+/// the index walk serves.
+fn chunked_reads() -> Vec<RangeRequest> {
+    let all = get("k", "l");
+    vec![
+        all.clone(),
+        RangeRequest {
+            limit: 4,
+            ..all.clone()
+        },
+        RangeRequest {
+            count_only: true,
+            ..all.clone()
+        },
+        RangeRequest {
+            keys_only: true,
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Mod,
+            limit: 5,
+            ..all.clone()
+        },
+        RangeRequest {
+            min_mod_revision: 15,
+            max_create_revision: 18,
+            ..all.clone()
+        },
+        RangeRequest {
+            key: b"k1".to_vec(),
+            range_end: vec![0],
+            limit: 3,
+            ..all
+        },
+    ]
+}
+
+/// The writer's work between two chunks, the `n`th time: puts, deletes and compactions up
+/// to the read revision `at` (never past it), on keys behind and ahead of the walk.
+fn write_between_chunks(h: &mut Harness, n: usize, at: i64) {
+    match n {
+        0 => {
+            h.ok(Request::Put(put("k00", "behind")));
+            h.ok(Request::Put(put("k10a", "new")));
+            h.ok(compact(at - 5));
+        }
+        1 => {
+            h.ok(Request::DeleteRange(del("k15", "k18")));
+            h.ok(Request::Put(put("k1z", "new, ahead")));
+        }
+        2 => {
+            h.ok(compact(at));
+        }
+        _ => {
+            h.ok(Request::Put(put("k19", "again")));
+        }
+    }
+}
+
+#[test]
+fn chunked_read_is_the_read_at_its_revision_while_the_writer_works_between_chunks() {
+    for r in chunked_reads() {
+        let (mut h, view, at) = chunked_fixture();
+        let r = RangeRequest { revision: at, ..r };
+        let want = view.range(&r).unwrap();
+        let mut pauses = 0;
+        let got = view
+            .range_in_chunks(&r, SMALL_CHUNK_KEYS, || {
+                write_between_chunks(&mut h, pauses, at);
+                pauses += 1;
+            })
+            .unwrap();
+        assert_eq!(got, want, "{r:?}");
+        assert!(pauses >= 3, "the writer worked between chunks of {r:?}");
+        assert_eq!(
+            h.store.compact_revision(),
+            at,
+            "compacted up to the read revision"
+        );
+        assert_eq!(
+            view.range(&r).unwrap(),
+            want,
+            "and a read after it all agrees"
+        );
+    }
+}
+
+#[test]
+fn chunked_read_fails_when_compaction_passes_its_revision_midway() {
+    for r in chunked_reads() {
+        let (mut h, view, at) = chunked_fixture();
+        let r = RangeRequest { revision: at, ..r };
+        let mut pauses = 0;
+        let got = view.range_in_chunks(&r, SMALL_CHUNK_KEYS, || {
+            if pauses == 1 {
+                h.ok(compact(at + 1));
+            }
+            pauses += 1;
+        });
+        assert!(matches!(got, Err(MvccError::Compacted)), "{r:?}: {got:?}");
+        assert_eq!(pauses, 2, "the chunk after the compaction failed");
+        assert!(matches!(view.range(&r), Err(MvccError::Compacted)));
+    }
 }
