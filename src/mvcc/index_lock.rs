@@ -3,7 +3,7 @@
 //!
 //! A reader walks the index a chunk at a time and ends its chunk as soon as it sees a put
 //! waiting (`range.rs`). What is left is the handoff itself. A `parking_lot` writer that finds
-//! readers spins for a microsecond or so, then sleeps until the last reader wakes it, which
+//! readers spins for a few microseconds, then sleeps until the last reader wakes it, which
 //! costs tens of microseconds on a virtual machine, more than the put itself; a reader that
 //! finds the writer in sleeps the same way and the writer's unlock pays for waking it. So a
 //! put announces itself and spins while readers leave, and readers spin while a put is

@@ -68,7 +68,7 @@ pub(crate) struct RangeResult {
 }
 
 /// Keys one chunk of an index walk visits at most: the longest a Range holds the index's
-/// read lock at once, 0.2 to 0.4 ms at the 45 to 90 ns a key measured over 2,000,000 keys
+/// read lock at once, 0.15 to 0.3 ms at the 35 to 67 ns a key measured over 2,000,000 keys
 /// (tuning.md). A chunk also ends at the first key walked after a put starts waiting, so a
 /// put waits for about one key's walk, not a chunk's.
 pub const INDEX_CHUNK_KEYS: usize = 4096;
