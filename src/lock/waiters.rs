@@ -108,17 +108,9 @@ impl<R> Waiters<R> {
         }
         let mut answers = Vec::new();
         for id in woken {
-            let Some(w) = self.waiting.remove(&id) else {
+            let Some(w) = self.unpark(id) else {
                 continue;
             };
-            for k in w.blockers.iter().chain(std::iter::once(&w.wait.key)) {
-                if let Some(ids) = self.by_key.get_mut(k) {
-                    ids.remove(&id);
-                    if ids.is_empty() {
-                        self.by_key.remove(k);
-                    }
-                }
-            }
             match blockers(&w.wait, store)? {
                 Look::Holds => answers.push((w.reply, Ok(store.current_revision()))),
                 Look::Gone => answers.push((w.reply, Err(KEY_GONE.to_string()))),
@@ -149,17 +141,22 @@ impl<R> Waiters<R> {
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
-            if let Some(w) = self.waiting.remove(&id) {
-                for k in w.blockers.iter().chain(std::iter::once(&w.wait.key)) {
-                    if let Some(ids) = self.by_key.get_mut(k) {
-                        ids.remove(&id);
-                        if ids.is_empty() {
-                            self.by_key.remove(k);
-                        }
-                    }
+            self.unpark(id);
+        }
+    }
+
+    /// Takes a contender out, and out of the keys it waited on.
+    fn unpark(&mut self, id: u64) -> Option<Waiting<R>> {
+        let w = self.waiting.remove(&id)?;
+        for k in w.blockers.iter().chain(std::iter::once(&w.wait.key)) {
+            if let Some(ids) = self.by_key.get_mut(k) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_key.remove(k);
                 }
             }
         }
+        Some(w)
     }
 }
 

@@ -395,26 +395,18 @@ impl<S: Sink> WatchHub<S> {
         };
         // A synced watcher has everything up to the hub's revision before this batch.
         w.next_rev = w.next_rev.max(before + 1);
-        let wanted = w.select(events);
-        if wanted.is_empty() {
-            return;
-        }
-        let outs = responses(
+        let conn = self.conns.get(&id.0);
+        match offer(
             w,
             id.1,
             self.current,
-            wanted,
             self.config.response_bytes_max,
-        );
-        let Some(c) = self.conns.get(&id.0) else {
-            return;
-        };
-        match c.sink.try_send(outs) {
-            Ok(()) => {
-                w.sent = true;
-                w.next_rev = self.current + 1;
-            }
-            Err(_) => self.make_unsynced(id),
+            conn,
+            events,
+        ) {
+            Offer::Nothing => {}
+            Offer::Sent => w.next_rev = self.current + 1,
+            Offer::Full => self.make_unsynced(id),
         }
     }
 
@@ -507,22 +499,17 @@ impl<S: Sink> WatchHub<S> {
             }
             return false;
         }
-        let wanted = w.select(events);
-        if !wanted.is_empty() {
-            let outs = responses(
-                w,
-                id.1,
-                self.current,
-                wanted,
-                self.config.response_bytes_max,
-            );
-            let Some(c) = self.conns.get(&id.0) else {
-                return false;
-            };
-            if c.sink.try_send(outs).is_err() {
-                return false; // tried again once there is room
-            }
-            w.sent = true;
+        let conn = self.conns.get(&id.0);
+        let offered = offer(
+            w,
+            id.1,
+            self.current,
+            self.config.response_bytes_max,
+            conn,
+            events,
+        );
+        if offered == Offer::Full {
+            return false; // tried again once there is room
         }
         w.next_rev = through + 1;
         if w.next_rev > self.current {
@@ -616,6 +603,39 @@ impl<S: Sink> WatchHub<S> {
             };
             self.control(conn, request_id, response);
         }
+    }
+}
+
+/// What offering a watcher its events came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Offer {
+    /// None of them was for it.
+    Nothing,
+    Sent,
+    /// Its connection had no room (or is gone): nothing was sent.
+    Full,
+}
+
+/// Sends a watcher the events it wants of `events`, as responses, all or none.
+fn offer<S: Sink>(
+    w: &mut Watcher,
+    watch_id: i64,
+    current: i64,
+    bytes_max: usize,
+    conn: Option<&Conn<S>>,
+    events: Vec<&Event>,
+) -> Offer {
+    let wanted = w.select(events);
+    if wanted.is_empty() {
+        return Offer::Nothing;
+    }
+    let outs = responses(w, watch_id, current, wanted, bytes_max);
+    match conn.map(|c| c.sink.try_send(outs)) {
+        Some(Ok(())) => {
+            w.sent = true;
+            Offer::Sent
+        }
+        _ => Offer::Full,
     }
 }
 
