@@ -44,6 +44,40 @@ pub enum ClientError {
     Timeout { endpoint: String, after: Duration },
 }
 
+/// A connection (no delay) to the first endpoint that answers, trying them in order from
+/// `first`: its index and the stream.
+pub(crate) fn dial(
+    endpoints: &[String],
+    first: usize,
+    timeout: Duration,
+) -> Result<(usize, TcpStream), ClientError> {
+    let mut last = String::from("no endpoints given");
+    for k in 0..endpoints.len() {
+        let i = (first + k) % endpoints.len();
+        let endpoint = &endpoints[i];
+        let addrs = match endpoint.to_socket_addrs() {
+            Ok(a) => a,
+            Err(e) => {
+                last = format!("{endpoint}: {e}");
+                continue;
+            }
+        };
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok((i, s));
+                }
+                Err(e) => last = format!("{endpoint}: {e}"),
+            }
+        }
+    }
+    Err(ClientError::Unreachable {
+        endpoints: endpoints.to_vec(),
+        last,
+    })
+}
+
 pub struct Client {
     endpoints: Vec<String>,
     timeout: Duration,
@@ -65,38 +99,15 @@ impl Client {
     }
 
     fn connect(&mut self) -> Result<(), ClientError> {
-        let mut last = String::from("no endpoints given");
         let start = self.conn.as_ref().map_or(0, |(i, _)| i + 1);
-        for k in 0..self.endpoints.len() {
-            let i = (start + k) % self.endpoints.len();
-            let endpoint = &self.endpoints[i];
-            let addrs = match endpoint.to_socket_addrs() {
-                Ok(a) => a,
-                Err(e) => {
-                    last = format!("{endpoint}: {e}");
-                    continue;
-                }
-            };
-            for addr in addrs {
-                match TcpStream::connect_timeout(&addr, self.timeout) {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        s.set_read_timeout(Some(self.timeout))
-                            .map_err(|e| self.io(i, e))?;
-                        s.set_write_timeout(Some(self.timeout))
-                            .map_err(|e| self.io(i, e))?;
-                        self.conn = Some((i, s));
-                        self.buf.clear();
-                        return Ok(());
-                    }
-                    Err(e) => last = format!("{endpoint}: {e}"),
-                }
-            }
-        }
-        Err(ClientError::Unreachable {
-            endpoints: self.endpoints.clone(),
-            last,
-        })
+        let (i, s) = dial(&self.endpoints, start, self.timeout)?;
+        s.set_read_timeout(Some(self.timeout))
+            .map_err(|e| self.io(i, e))?;
+        s.set_write_timeout(Some(self.timeout))
+            .map_err(|e| self.io(i, e))?;
+        self.conn = Some((i, s));
+        self.buf.clear();
+        Ok(())
     }
 
     fn io(&self, i: usize, source: std::io::Error) -> ClientError {

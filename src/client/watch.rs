@@ -13,7 +13,7 @@ use crate::watch::{WatchCreateRequest, WatchRequest, WatchResponse};
 use rkyv::util::AlignedVec;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 struct Watch {
@@ -62,33 +62,10 @@ impl WatchStream {
     }
 
     fn reconnect(&mut self, first: usize) -> Result<(), ClientError> {
-        let mut last = String::from("no endpoints given");
-        for k in 0..self.endpoints.len() {
-            let i = (first + k) % self.endpoints.len();
-            let endpoint = &self.endpoints[i];
-            let addrs = match endpoint.to_socket_addrs() {
-                Ok(a) => a,
-                Err(e) => {
-                    last = format!("{endpoint}: {e}");
-                    continue;
-                }
-            };
-            for addr in addrs {
-                match TcpStream::connect_timeout(&addr, self.timeout) {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        self.conn = Some((i, s));
-                        self.buf.clear();
-                        return Ok(());
-                    }
-                    Err(e) => last = format!("{endpoint}: {e}"),
-                }
-            }
-        }
-        Err(ClientError::Unreachable {
-            endpoints: self.endpoints.clone(),
-            last,
-        })
+        let (i, s) = super::dial(&self.endpoints, first, self.timeout)?;
+        self.conn = Some((i, s));
+        self.buf.clear();
+        Ok(())
     }
 
     fn send(&mut self, request: WatchRequest) -> Result<u64, ClientError> {
