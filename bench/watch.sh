@@ -16,38 +16,7 @@ DURATION=${2:-10}
 BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release
 BASE=${PORT:-24900}
 DIR=$(mktemp -d /tmp/cairn-watch.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-NAMES=(m0 m1 m2)
-CLUSTER=""
-ENDPOINTS=""
-for i in 0 1 2; do
-    CLUSTER+="${CLUSTER:+,}${NAMES[$i]}=http://127.0.0.1:$((BASE + 10 + i))"
-    ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$((BASE + i))"
-done
-for i in 0 1 2; do
-    peer=http://127.0.0.1:$((BASE + 10 + i))
-    "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$DIR/${NAMES[$i]}" \
-        --listen-native-addr "127.0.0.1:$((BASE + i))" \
-        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-        --initial-cluster "$CLUSTER" --log-level warn &
-    PIDS+=($!)
-done
-until "$BIN/cairn" --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1; do sleep 0.1; done
-cpu_ticks() {
-    local t=0
-    for p in "${PIDS[@]}"; do
-        read -r -a f <"/proc/$p/stat"
-        t=$((t + f[13] + f[14]))
-    done
-    echo $t
-}
-HZ=$(getconf CLK_TCK)
+. "$(dirname "$0")/cluster-common.sh"
 run() {
     local label=$1
     shift

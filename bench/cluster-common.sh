@@ -1,0 +1,36 @@
+# Sourced by bench/lock.sh and bench/watch.sh: starts 3 members on loopback (ports from
+# $BASE; native 127.0.0.1:BASE+i, peers BASE+10+i) in $DIR, sets NAMES, CLUSTER, ENDPOINTS
+# and PIDS, kills them on exit, waits until the cluster is healthy, and defines
+# cpu_ticks (the members' user + system clock ticks so far) and HZ.
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+NAMES=(m0 m1 m2)
+CLUSTER=""
+ENDPOINTS=""
+for i in 0 1 2; do
+    CLUSTER+="${CLUSTER:+,}${NAMES[$i]}=http://127.0.0.1:$((BASE + 10 + i))"
+    ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$((BASE + i))"
+done
+for i in 0 1 2; do
+    peer=http://127.0.0.1:$((BASE + 10 + i))
+    "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$DIR/${NAMES[$i]}" \
+        --listen-native-addr "127.0.0.1:$((BASE + i))" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "$CLUSTER" --log-level warn &
+    PIDS+=($!)
+done
+until "$BIN/cairn" --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1; do sleep 0.1; done
+cpu_ticks() {
+    local t=0
+    for p in "${PIDS[@]}"; do
+        read -r -a f <"/proc/$p/stat"
+        t=$((t + f[13] + f[14]))
+    done
+    echo $t
+}
+HZ=$(getconf CLK_TCK)
