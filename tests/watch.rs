@@ -303,6 +303,25 @@ fn watch_guarantees_hold_on_every_member_through_leader_kill_partition_and_resta
     }
 }
 
+/// Runs `f` while sampling the process's resident size every 20 ms; returns `f`'s result
+/// and the largest size seen, in KiB.
+fn with_peak_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicI64::new(rss_kib(pid) as i64));
+    let (s, p) = (stop.clone(), peak.clone());
+    let sampler = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            p.fetch_max(rss_kib(pid) as i64, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    peak.fetch_max(rss_kib(pid) as i64, Ordering::Relaxed);
+    (out, peak.load(Ordering::Relaxed) as u64)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let line = status.lines().find(|l| l.starts_with("VmRSS:"));
@@ -370,10 +389,10 @@ fn a_watcher_that_does_not_read_holds_bounded_memory_and_then_catches_up() {
     let mut client = Client::new(vec![endpoint.clone()], Duration::from_secs(10));
     let value = vec![b'x'; 100_000];
     // 150 MB of writes bring the member's memory to what writing alone takes (the log
-    // and tree pages held until a checkpoint).
-    let first = put_big(&mut client, &mut fast, &value, 0);
-    std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(pid);
+    // and tree pages held until a checkpoint). Its peak is the baseline: between
+    // checkpoints and allocator purges the resident size swings by tens of MB, so a
+    // single reading after the writes may land in a trough.
+    let (first, before) = with_peak_rss(pid, || put_big(&mut client, &mut fast, &value, 0));
     // A watcher that sends its request and then does not read, through 150 MB more.
     let mut slow = std::net::TcpStream::connect(&endpoint).expect("connect");
     let create = WatchRequest::Create(WatchCreateRequest {
@@ -382,24 +401,9 @@ fn a_watcher_that_does_not_read_holds_bounded_memory_and_then_catches_up() {
     });
     slow.write_all(&encode_request(1, &ClientRequest::Watch(create)).expect("encode"))
         .expect("send");
-    let sampler = {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicI64::new(0));
-        let (s, p) = (stop.clone(), peak.clone());
-        let t = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(rss_kib(pid) as i64, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        (stop, peak, t)
-    };
-    let last_rev = put_big(&mut client, &mut fast, &value, 1);
-    sampler.0.store(true, Ordering::Relaxed);
-    sampler.2.join().expect("sampler");
-    let peak = sampler.1.load(Ordering::Relaxed) as u64;
+    let (last_rev, peak) = with_peak_rss(pid, || put_big(&mut client, &mut fast, &value, 1));
     let grown = peak.saturating_sub(before);
-    eprintln!("VmRSS KiB: {before} after 150 MB of writes, {peak} at most through 150 MB more with a watcher not reading them");
+    eprintln!("VmRSS KiB: {before} at most through 150 MB of writes, {peak} at most through 150 MB more with a watcher not reading them");
     // Unbounded, the unread events would take 150 MB; bounded, the 8 MiB watch queue and
     // the 4 MiB reply backlog.
     assert!(grown < 40 << 10, "VmRSS grew {grown} KiB");
