@@ -41,9 +41,6 @@ fn release_memory() {
     unsafe { mi_collect(true) }
 }
 
-/// Each connection takes a descriptor: the soft limit is raised to the hard one, as Go's
-/// runtime does for etcd (a soft limit of 1,024 is common and far under what a member
-/// serves).
 /// A duration as etcd's flags write them: a number and a unit (`ms`, `s`, `m`, `h`),
 /// several of them added up (`1m30s`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -75,6 +72,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Each connection takes a descriptor: the soft limit is raised to the hard one, as Go's
+/// runtime does for etcd (a soft limit of 1,024 is common and far under what a member
+/// serves).
 fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -632,7 +632,6 @@ fn lease(
     })
 }
 
-/// Writes a client command's output to stdout as it is.
 /// The exit of `lock`, `elect` and `sem`: the command's code, or 1 with the error.
 fn session_exit(result: Result<i32, String>) -> ExitCode {
     match result {
@@ -704,6 +703,7 @@ fn watch(
     }
 }
 
+/// Writes a client command's output to stdout as it is.
 fn write_out(out: &[u8]) -> Result<(), String> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
