@@ -408,6 +408,11 @@ where
         }
     }
     let header = &data_headers[last];
+    let next_seq = header.seq.checked_add(1).ok_or_else(|| WalError::Corrupt {
+        path: segments[last].1.clone(),
+        offset: 0,
+        reason: "the segment has the last sequence number possible; none can follow it".to_owned(),
+    })?;
     let (tail, torn) = recover_tail(access, &segments[last].1, header, &mut chain).await?;
     remove(access, dir, &leftovers).await?;
     Ok(Recovered {
@@ -415,7 +420,7 @@ where
         tail,
         next_lsn: chain.next_lsn,
         chain_crc: chain.crc,
-        next_seq: header.seq + 1,
+        next_seq,
         torn,
         leftovers,
         segment_bytes: Some(header.segment_bytes),

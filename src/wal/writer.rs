@@ -541,6 +541,12 @@ impl Future for Append<'_> {
                     this.stage = Stage::Done;
                     return Poll::Ready(Ok(st.next_lsn..st.next_lsn));
                 }
+                if st.next_lsn.checked_add(this.records.len() as u64).is_none() {
+                    this.stage = Stage::Done;
+                    return Poll::Ready(Err(WalError::Failed {
+                        reason: format!("LSN {} leaves no room for more records", st.next_lsn),
+                    }));
+                }
                 let first_in_line = match *ticket {
                     None => st.admission.is_empty(),
                     Some(t) => st.admission.front().is_some_and(|(front, _)| *front == t),
@@ -877,7 +883,19 @@ async fn switch_segment(
     let ready = match next.take() {
         Some(task) => task,
         None => {
-            let seq = old.as_ref().map_or(0, |a| a.segment.seq + 1);
+            let seq = match &old {
+                None => 0,
+                Some(a) => a
+                    .segment
+                    .seq
+                    .checked_add(1)
+                    .ok_or_else(|| WalError::Failed {
+                        reason: format!(
+                            "segment {:016x} is the last sequence number a segment can have",
+                            a.segment.seq
+                        ),
+                    })?,
+            };
             spawn_create(
                 &shared.directory,
                 &shared.dir,
@@ -889,14 +907,17 @@ async fn switch_segment(
         }
     };
     let segment = ready.await?;
-    *next = Some(spawn_create(
-        &shared.directory,
-        &shared.dir,
-        segment.seq + 1,
-        &shared.options,
-        &shared.spare,
-        &shared.creation,
-    ));
+    // None past the last sequence number: the next switch then fails instead.
+    *next = segment.seq.checked_add(1).map(|seq| {
+        spawn_create(
+            &shared.directory,
+            &shared.dir,
+            seq,
+            &shared.options,
+            &shared.spare,
+            &shared.creation,
+        )
+    });
     if let Some(old) = old {
         close_segment(old.segment).await;
     }

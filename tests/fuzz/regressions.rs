@@ -308,3 +308,80 @@ fn overlapping_entries_that_hold_more_than_a_page_are_corrupt() {
         .and_then(|()| db.commit(CommitMeta::default()));
     assert!(changed.is_err());
 }
+
+/// A WAL holding one record, damaged by `change` (header and batch checksums then made
+/// right again) and opened afresh, expecting its log to start at `first_lsn`; returns what open said and, if it opened, what one more
+/// append said.
+fn reopen_damaged_wal(
+    first_lsn: u64,
+    change: impl FnOnce(&mut (String, Vec<u8>)) + Send + 'static,
+) -> (Result<(), String>, Option<Result<(), String>>) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let wal_dir = dir.path().join("wal");
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            cairn::wal::keep_reactor_awake();
+            let wal = Wal::open(&wal_dir, wal_options(), 1, |_, _, _| Ok(()))
+                .await
+                .expect("open");
+            wal.append(RecordType::ENTRY, b"one").await.expect("append");
+            wal.close().await.expect("close");
+            let name = "0000000000000000.wal".to_owned();
+            let bytes = std::fs::read(wal_dir.join(&name)).expect("read");
+            let mut files = vec![(name, bytes)];
+            change(&mut files[0]);
+            wal_reseal(&mut files, false);
+            for entry in std::fs::read_dir(&wal_dir).expect("list") {
+                std::fs::remove_file(entry.expect("entry").path()).expect("remove");
+            }
+            std::fs::write(wal_dir.join(&files[0].0), &files[0].1).expect("write");
+            match Wal::open(&wal_dir, wal_options(), first_lsn, |_, _, _| Ok(())).await {
+                Err(e) => (Err(e.to_string()), None),
+                Ok(wal) => {
+                    let appended = wal.append(RecordType::ENTRY, b"two").await;
+                    let _ = wal.close().await;
+                    (
+                        Ok(()),
+                        Some(appended.map(|_| ()).map_err(|e| e.to_string())),
+                    )
+                }
+            }
+        })
+        .expect("executor")
+        .join()
+        .expect("executor thread")
+}
+
+/// A lone segment named and stamped with the last sequence number: the writer added one to
+/// it for the segment to preallocate next, and overflowed. No segment can follow it, so
+/// open refuses it as damage.
+#[test]
+fn a_segment_with_the_last_sequence_number_is_corrupt_not_an_overflow() {
+    let (opened, _) = reopen_damaged_wal(1, |(name, bytes)| {
+        *name = format!("{:016x}.wal", u64::MAX);
+        set_u64(bytes, 16, u64::MAX);
+        set_u64(bytes, PAGE + 16, u64::MAX);
+    });
+    let error = opened.expect_err("opened");
+    assert!(error.contains("last sequence number"), "{error}");
+}
+
+/// A record at the next-to-last LSN: the next append would need LSNs past the last one.
+/// It fails with an error instead of overflowing.
+#[test]
+fn appending_past_the_last_lsn_is_an_error_not_an_overflow() {
+    let (opened, appended) = reopen_damaged_wal(u64::MAX - 1, |(name, bytes)| {
+        // Segment 1, as if segment 0 had been deleted after a log compaction: only segment
+        // 0 must start at LSN 1.
+        *name = format!("{:016x}.wal", 1);
+        set_u64(bytes, 16, 1);
+        set_u64(bytes, PAGE + 16, 1);
+        set_u64(bytes, 32, u64::MAX - 1);
+        set_u64(bytes, PAGE + 8, u64::MAX - 1);
+    });
+    assert_eq!(opened, Ok(()));
+    let error = appended
+        .expect("appended")
+        .expect_err("appended past the last LSN");
+    assert!(error.contains("no room for more records"), "{error}");
+}
