@@ -1,8 +1,12 @@
-# Sourced by bench/lock.sh and bench/watch.sh: starts 3 members on loopback (ports from
-# $BASE; native 127.0.0.1:BASE+i, peers BASE+10+i) in $DIR, sets NAMES, CLUSTER, ENDPOINTS
-# and PIDS, kills them on exit, waits until the cluster is healthy, and defines
-# cpu_ticks (the members' user + system clock ticks so far) and HZ.
+# Sourced by bench/lock.sh and bench/watch.sh. Defines:
+#   start_cluster: starts 3 fresh members on loopback (ports from $BASE; native
+#     127.0.0.1:BASE+i, peers BASE+10+i) in a new directory under $DIR, sets NAMES,
+#     CLUSTER, ENDPOINTS and PIDS, and waits until the cluster is healthy;
+#   stop_cluster: stops them (SIGTERM, then waits) and deletes their data;
+#   cpu_ticks: the members' user + system clock ticks so far; HZ.
+# Whatever is left running is killed on exit, and $DIR deleted.
 PIDS=()
+ROUND_DIR=""
 cleanup() {
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     rm -rf "$DIR"
@@ -16,15 +20,24 @@ for i in 0 1 2; do
     CLUSTER+="${CLUSTER:+,}${NAMES[$i]}=http://127.0.0.1:$((BASE + 10 + i))"
     ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$((BASE + i))"
 done
-for i in 0 1 2; do
-    peer=http://127.0.0.1:$((BASE + 10 + i))
-    "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$DIR/${NAMES[$i]}" \
-        --listen-native-addr "127.0.0.1:$((BASE + i))" \
-        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-        --initial-cluster "$CLUSTER" --log-level warn &
-    PIDS+=($!)
-done
-until "$BIN/cairn" --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1; do sleep 0.1; done
+start_cluster() {
+    ROUND_DIR=$(mktemp -d "$DIR/cluster.XXXXXX")
+    for i in 0 1 2; do
+        local peer=http://127.0.0.1:$((BASE + 10 + i))
+        "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$ROUND_DIR/${NAMES[$i]}" \
+            --listen-native-addr "127.0.0.1:$((BASE + i))" \
+            --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+            --initial-cluster "$CLUSTER" --log-level warn &
+        PIDS+=($!)
+    done
+    until "$BIN/cairn" --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1; do sleep 0.1; done
+}
+stop_cluster() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p"; done
+    for p in "${PIDS[@]}"; do wait "$p" || true; done
+    PIDS=()
+    rm -rf "$ROUND_DIR"
+}
 cpu_ticks() {
     local t=0
     for p in "${PIDS[@]}"; do

@@ -16,6 +16,7 @@ BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release
 BASE=${PORT:-25900}
 DIR=$(mktemp -d /tmp/cairn-lock.XXXXXX)
 . "$(dirname "$0")/cluster-common.sh"
+start_cluster
 run() {
     local label=$1
     shift
@@ -46,6 +47,4 @@ for r in $(seq "$ROUNDS"); do
     run lock-16-on-1 --endpoints "$ENDPOINTS" --workload lock --clients 16 --locks 1 --duration "$DURATION"
     run lease-keepalive-16 --endpoints "$ENDPOINTS" --workload lease --clients 16 --duration "$DURATION"
 done
-for p in "${PIDS[@]}"; do kill -TERM "$p"; done
-for p in "${PIDS[@]}"; do wait "$p" || true; done
-PIDS=()
+stop_cluster

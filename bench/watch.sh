@@ -2,8 +2,9 @@
 # The watch benchmarks of tuning.md on a 3-member loopback cluster:
 #   - 10,000 watchers (spread over the members) while 10,000 puts/s go on: delivery
 #     latency from each put's acknowledgement to its event, events missing;
-#   - 100,000 watchers on one member: that member's resident memory before and after
-#     they are created, with 1,000 puts/s delivered to them.
+#   - 100,000 watchers on one member of a fresh cluster: that member's resident memory
+#     before and after they are created and at the end of the run, with 1,000 puts/s
+#     delivered to them.
 # Each is run ROUNDS times; one JSON line per run on stdout, with the members' CPU time
 # per put (user + system, all three processes, from /proc).
 #
@@ -35,23 +36,20 @@ w["server_cpu_us_per_put"] = round(int(sys.argv[2]) * 1e6 / int(sys.argv[3]) / o
 print(json.dumps(w))' "$out" "$((after - before))" "$HZ" "$label"
 }
 echo "# 3 members; $ROUNDS rounds of $DURATION s"
+start_cluster
 for r in $(seq "$ROUNDS"); do
     run "watchers-10k-puts-10k" --endpoints "$ENDPOINTS" --watchers 10000 --watch-conns 6 \
         --key-space 10000 --rate 10000 --clients 64 --conns 6 --duration "$DURATION"
 done
+stop_cluster
 for r in $(seq "$ROUNDS"); do
-    # A fresh member 0 each round, so its memory is measured from the same start.
-    kill -TERM "${PIDS[0]}"; wait "${PIDS[0]}" || true
-    peer=http://127.0.0.1:$((BASE + 10))
-    "$BIN/cairn" serve --name m0 --data-dir "$DIR/m0" --listen-native-addr "127.0.0.1:$BASE" \
-        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-        --initial-cluster "$CLUSTER" --log-level warn &
-    PIDS[0]=$!
-    until "$BIN/cairn" --endpoints "127.0.0.1:$BASE" endpoint health >/dev/null 2>&1; do sleep 0.1; done
+    # A fresh cluster each round: member 0's memory is measured from the same start, and
+    # nothing of an earlier run or of a restart's replay is given back while the watchers
+    # are created.
+    start_cluster
+    sleep 2
     run "watchers-100k-one-member" --endpoints "127.0.0.1:$BASE" --watchers 100000 --watch-conns 10 \
         --key-space 100000 --rate 1000 --clients 16 --conns 2 --duration "$DURATION" \
         --server-pid "${PIDS[0]}"
+    stop_cluster
 done
-for p in "${PIDS[@]}"; do kill -TERM "$p"; done
-for p in "${PIDS[@]}"; do wait "$p" || true; done
-PIDS=()

@@ -102,7 +102,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4)]
     pub watch_conns: usize,
     /// The process id of a member: its resident memory is reported before and after the
-    /// watchers are created.
+    /// watchers are created, and at the end of the run.
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
@@ -218,8 +218,9 @@ fn finish_watchers(
     args: &Args,
     progress: &Progress,
     w: Watching,
-) -> Result<(watch::Report, Option<(u64, u64)>), String> {
+) -> Result<(watch::Report, Option<[u64; 3]>), String> {
     std::thread::sleep(Duration::from_secs(1));
+    let end = args.server_pid.and_then(rss_kib);
     w.stop.store(true, Ordering::Relaxed);
     let mut deliveries = Vec::new();
     for t in w.threads {
@@ -232,26 +233,26 @@ fn finish_watchers(
     let owed_before = u64::MAX;
     Ok((
         watch::report(args, shared, deliveries, owed_before, w.created_s),
-        w.rss_kib,
+        w.rss_kib.zip(end).map(|((b, c), e)| [b, c, e]),
     ))
 }
 
 fn report_watch(
     args: &Args,
-    (r, rss): &(watch::Report, Option<(u64, u64)>),
+    (r, rss): &(watch::Report, Option<[u64; 3]>),
     puts: u64,
     elapsed: f64,
 ) {
     let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1e6;
     let (p50, p99, p999, max) = (ms(0.5), ms(0.99), ms(0.999), r.latency.max() as f64 / 1e6);
-    let rss = rss.map_or("null".to_string(), |(b, a)| format!("[{b},{a}]"));
+    let rss = rss.map_or("null".to_string(), |[b, c, e]| format!("[{b},{c},{e}]"));
     if args.json {
         println!(
-            "{{\"watch\":{{\"watchers\":{},\"created_s\":{:.2},\"puts_per_s\":{:.0},\"delivered\":{},\"missing\":{},\"delivery_p50_ms\":{p50:.3},\"delivery_p99_ms\":{p99:.3},\"delivery_p999_ms\":{p999:.3},\"delivery_max_ms\":{max:.3},\"server_rss_kib_before_after\":{rss}}}}}",
+            "{{\"watch\":{{\"watchers\":{},\"created_s\":{:.2},\"puts_per_s\":{:.0},\"delivered\":{},\"missing\":{},\"delivery_p50_ms\":{p50:.3},\"delivery_p99_ms\":{p99:.3},\"delivery_p999_ms\":{p999:.3},\"delivery_max_ms\":{max:.3},\"server_rss_kib_before_created_end\":{rss}}}}}",
             r.watchers, r.created_s, puts as f64 / elapsed, r.delivered, r.missing
         );
     } else {
-        println!("watchers  created s  puts/s    delivered  missing  delivery p50 ms  p99 ms  p99.9 ms  max ms  server RSS KiB before,after");
+        println!("watchers  created s  puts/s    delivered  missing  delivery p50 ms  p99 ms  p99.9 ms  max ms  server RSS KiB before,created,end");
         println!(
             "{:<9} {:<10.2} {:<9.0} {:<10} {:<8} {:<16.3} {:<7.3} {:<9.3} {:<7.3} {rss}",
             r.watchers,
