@@ -3,10 +3,9 @@
 //! command ends (so what it held is released at once), or left to expire if the process
 //! is killed.
 
-use crate::client::{keep_alive_loop, Client, ClientError, WatchStream};
+use crate::client::{keep_alive_loop, Client, ClientError, ObserveStream};
 use crate::lock::{LeaderKey, LockRequest, LockResponse};
 use crate::protocol::{ClientRequest, ClientResponse};
-use crate::watch::WatchCreateRequest;
 use clap::{Args, Subcommand};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -265,47 +264,19 @@ pub fn elect(endpoints: &[String], timeout: Duration, args: &ElectArgs) -> Resul
 }
 
 /// Prints the election's leader (key, then value) now and at each change, until
-/// interrupted.
+/// interrupted; the member streams them (`Observe`).
 fn observe(endpoints: &[String], timeout: Duration, name: &[u8]) -> Result<i32, String> {
     catch_signals();
-    let mut client = Client::new(endpoints.to_vec(), timeout);
-    let prefix = crate::lock::prefix(name);
     let mut stream =
-        WatchStream::connect(endpoints.to_vec(), timeout).map_err(|e| e.to_string())?;
-    stream
-        .create(WatchCreateRequest {
-            key: prefix.clone(),
-            range_end: crate::cli::prefix_range_end(&prefix),
-            ..WatchCreateRequest::default()
-        })
-        .map_err(|e| e.to_string())?;
-    let mut shown: Option<(Vec<u8>, Vec<u8>)> = None;
+        ObserveStream::connect(endpoints.to_vec(), timeout, name).map_err(|e| e.to_string())?;
     while !INTERRUPTED.load(Ordering::Relaxed) {
-        match wait_turn(
-            &mut client,
-            LockRequest::Leader {
-                name: name.to_vec(),
-            },
-        ) {
-            Ok(LockResponse::Leader { kv, .. }) => {
-                let now = (kv.key, kv.value);
-                if shown.as_ref() != Some(&now) {
-                    print_line(&now.0);
-                    print_line(&now.1);
-                    shown = Some(now);
-                }
+        match stream.next(Duration::from_millis(200)) {
+            Ok(Some(kv)) => {
+                print_line(&kv.key);
+                print_line(&kv.value);
             }
-            Ok(_) => return Err("unexpected reply".into()),
-            Err(e) if e.contains(crate::lock::NO_LEADER) => {}
-            Err(e) => return Err(e),
-        }
-        // Until something under the prefix changes.
-        while !INTERRUPTED.load(Ordering::Relaxed) {
-            match stream.next(Duration::from_millis(200)) {
-                Ok(Some(r)) if !r.events.is_empty() => break,
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(0)

@@ -6,12 +6,14 @@
 
 mod lease;
 mod local;
+mod observe;
 mod watch;
 
 pub use lease::{
     is_lease_not_found, keep_alive_loop, leader_endpoint, KeepAliveEvent, LeaderClient,
 };
 pub use local::{AsyncClient, DEFAULT_MAX_INFLIGHT, REPLY_FRAME_BYTES_MAX};
+pub use observe::ObserveStream;
 pub use watch::WatchStream;
 
 use crate::protocol::{
@@ -243,5 +245,83 @@ impl Client {
     /// The endpoint currently connected to.
     pub fn endpoint(&self) -> Option<&str> {
         self.conn.as_ref().map(|(i, _)| self.endpoints[*i].as_str())
+    }
+}
+
+/// Reads one reply frame from a stream connection, `buf` holding what was read past the
+/// last one: its request id and the response; or the error, and whether the connection
+/// is broken (closed, failed, or out of step) and must be replaced.
+pub(crate) fn read_response(
+    stream: &mut std::net::TcpStream,
+    buf: &mut Vec<u8>,
+    endpoint: &str,
+    deadline: std::time::Instant,
+    timeout: Duration,
+) -> Result<(u64, ClientResponse), (ClientError, bool)> {
+    use crate::protocol::{decode_error, decode_response, split_frame, FrameKind, HEADER_BYTES};
+    use std::io::Read;
+    let bad = |reason: String| {
+        let e = ClientError::Protocol {
+            endpoint: endpoint.to_string(),
+            reason,
+        };
+        (e, true)
+    };
+    loop {
+        let split = split_frame(buf, REPLY_FRAME_BYTES_MAX);
+        if let Some((h, total)) = split.map_err(|e| bad(e.to_string()))? {
+            let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(total - HEADER_BYTES);
+            payload.extend_from_slice(&buf[HEADER_BYTES..total]);
+            buf.drain(..total);
+            return match h.kind {
+                FrameKind::Response => match decode_response(&payload) {
+                    Ok(r) => Ok((h.request_id, r)),
+                    Err(e) => Err(bad(e.to_string())),
+                },
+                FrameKind::Error => {
+                    let e = decode_error(&payload).map_err(|e| bad(e.to_string()))?;
+                    let e = ClientError::Server {
+                        code: e.code,
+                        message: e.message,
+                    };
+                    Err((e, false))
+                }
+                FrameKind::Request => Err(bad("the server sent a request frame".into())),
+            };
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timed_out = || {
+            let e = ClientError::Timeout {
+                endpoint: endpoint.to_string(),
+                after: timeout,
+            };
+            (e, false)
+        };
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let mut chunk = [0u8; 64 << 10];
+        let read = stream
+            .set_read_timeout(Some(left))
+            .and_then(|()| stream.read(&mut chunk));
+        match read {
+            Ok(0) => return Err(bad("the connection closed".into())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timed_out())
+            }
+            Err(source) => {
+                let e = ClientError::Io {
+                    endpoint: endpoint.to_string(),
+                    source,
+                };
+                return Err((e, true));
+            }
+        }
     }
 }

@@ -4,15 +4,11 @@
 //! the last one each saw, under the same ids, so a caller sees every event once, in order,
 //! across member failures (etcd's clientv3 does the same).
 
-use super::{ClientError, REPLY_FRAME_BYTES_MAX};
-use crate::protocol::{
-    decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
-    FrameKind, HEADER_BYTES,
-};
+use super::ClientError;
+use crate::protocol::{encode_request, ClientRequest, ClientResponse};
 use crate::watch::{WatchCreateRequest, WatchRequest, WatchResponse};
-use rkyv::util::AlignedVec;
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -239,66 +235,18 @@ impl WatchStream {
         let Some((i, stream)) = self.conn.as_mut() else {
             return Err(self.unreachable("not connected"));
         };
-        let i = *i;
-        let endpoint = self.endpoints[i].clone();
-        let bad = |reason: String| ClientError::Protocol {
-            endpoint: endpoint.clone(),
-            reason,
-        };
-        loop {
-            let split = split_frame(&self.buf, REPLY_FRAME_BYTES_MAX);
-            if let Some((h, total)) = split.map_err(|e| bad(e.to_string()))? {
-                let mut payload = AlignedVec::<16>::with_capacity(total - HEADER_BYTES);
-                payload.extend_from_slice(&self.buf[HEADER_BYTES..total]);
-                self.buf.drain(..total);
-                return match h.kind {
-                    FrameKind::Response => match decode_response(&payload) {
-                        Ok(ClientResponse::Watch(r)) => Ok((h.request_id, r)),
-                        Ok(other) => Err(bad(format!("not a watch response: {other:?}"))),
-                        Err(e) => Err(bad(e.to_string())),
-                    },
-                    FrameKind::Error => {
-                        let e = decode_error(&payload).map_err(|e| bad(e.to_string()))?;
-                        Err(ClientError::Server {
-                            code: e.code,
-                            message: e.message,
-                        })
-                    }
-                    FrameKind::Request => Err(bad("the server sent a request frame".into())),
-                };
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout {
-                    endpoint,
-                    after: self.timeout,
-                });
-            }
-            let mut chunk = [0u8; 64 << 10];
-            let read = stream
-                .set_read_timeout(Some(left))
-                .and_then(|()| stream.read(&mut chunk));
-            match read {
-                Ok(0) => {
+        let endpoint = &self.endpoints[*i];
+        match super::read_response(stream, &mut self.buf, endpoint, deadline, self.timeout) {
+            Ok((id, ClientResponse::Watch(r))) => Ok((id, r)),
+            Ok((_, other)) => Err(ClientError::Protocol {
+                endpoint: endpoint.clone(),
+                reason: format!("not a watch response: {other:?}"),
+            }),
+            Err((e, broken)) => {
+                if broken {
                     self.conn = None;
-                    return Err(bad("the connection closed".into()));
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ClientError::Timeout {
-                        endpoint,
-                        after: self.timeout,
-                    })
-                }
-                Err(source) => {
-                    self.conn = None;
-                    return Err(ClientError::Io { endpoint, source });
-                }
             }
         }
     }

@@ -11,11 +11,14 @@
 //! expires, and the next contender holds.
 //!
 //! The waiting is done by the apply role ([`Waiters`]), which sees every deletion as it is
-//! applied, on every member alike; the requests are handled by the net shards.
+//! applied, on every member alike; so is the observing of elections ([`Observers`]). The
+//! requests are handled by the net shards.
 
+mod observers;
 mod types;
 mod waiters;
 
+pub use observers::{LeaderSink, Observers};
 pub use types::*;
 pub use waiters::{LockWait, Outcome, Waiters};
 

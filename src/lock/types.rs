@@ -44,6 +44,10 @@ pub enum LockRequest {
     },
     /// Releases what `Acquire` returned (deletes its key).
     Release { key: Vec<u8> },
+    /// `v3electionpb.LeaderRequest` on `Observe`: a stream of `Leader` responses, the
+    /// election's leader now (if any) and at each change (a new leader, a proclamation),
+    /// until the client closes the connection.
+    Observe { name: Vec<u8> },
 }
 
 /// The answers, one per request kind.

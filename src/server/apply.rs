@@ -337,11 +337,16 @@ async fn next_message(role: &ApplyRole, wait: Option<std::time::Duration>) -> Ne
 struct Hub {
     hub: WatchHub<super::watch::ConnSink>,
     locks: crate::lock::Waiters<super::watch::LockReply>,
+    observers: crate::lock::Observers<super::watch::ObserveSink>,
+    observers_swept: std::time::Instant,
     /// Unsynced watchers could be fed now: step again soon.
     catching_up: bool,
     started: std::time::Instant,
     progress_notify_ms: u64,
 }
+
+/// How often the observers of elections whose clients went away are forgotten.
+const OBSERVERS_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often unsynced watchers whose connections had no room are looked at again.
 const WATCH_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
@@ -356,6 +361,8 @@ impl Hub {
         Hub {
             hub: WatchHub::new(config, store.current_revision(), store.compact_revision()),
             locks: crate::lock::Waiters::default(),
+            observers: crate::lock::Observers::default(),
+            observers_swept: std::time::Instant::now(),
             catching_up: false,
             started: std::time::Instant::now(),
             progress_notify_ms: shared.config.watch_progress_notify_ms,
@@ -378,6 +385,9 @@ impl Hub {
                     let _ = reply.send(outcome);
                 }
             }
+            super::watch::ClientInput::Observe(prefix, sink) => {
+                self.observers.add(prefix, sink, store)?;
+            }
         }
         Ok(())
     }
@@ -392,6 +402,7 @@ impl Hub {
             // Contenders whose clients went away are forgotten.
             self.locks.retain(|reply| !reply.is_disconnected());
         }
+        self.observers.on_events(events, store)?;
         Ok(())
     }
 
@@ -402,22 +413,32 @@ impl Hub {
         for (reply, outcome) in self.locks.recheck_all(store)? {
             let _ = reply.send(outcome);
         }
+        self.observers.recheck_all(store)?;
         Ok(())
     }
 
-    /// One catch-up step and the progress notifications due.
+    /// One catch-up step (of watchers, and of observers that had no room) and the
+    /// progress notifications due.
     fn step(&mut self, store: &Store) -> Result<(), ServerError> {
         self.catching_up = self.hub.unsynced() > 0 && self.hub.catch_up(store)?;
         self.hub.tick(self.started.elapsed().as_millis() as u64);
+        if self.observers.any_behind() {
+            self.observers.catch_up(store)?;
+        }
+        // Observers whose clients went away cost only a send that goes nowhere until then.
+        if self.observers_swept.elapsed() >= OBSERVERS_SWEEP {
+            self.observers.retain_live();
+            self.observers_swept = std::time::Instant::now();
+        }
         Ok(())
     }
 
     /// How long the apply role may wait for a message: `wait`, shortened while watchers
-    /// are behind (their connections may have room again) or may be owed a progress
-    /// notification.
+    /// or observers are behind (their connections may have room again) or watchers may be
+    /// owed a progress notification.
     fn wait(&self, wait: Option<std::time::Duration>) -> Option<std::time::Duration> {
         let mut bound = None;
-        if self.hub.unsynced() > 0 {
+        if self.hub.unsynced() > 0 || self.observers.any_behind() {
             bound = Some(WATCH_RETRY);
         } else if !self.hub.is_empty() {
             let progress =

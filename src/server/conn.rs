@@ -154,6 +154,7 @@ async fn connection(stream: TcpStream, shard: Rc<Shard>) {
     let inflight = Rc::new(Cell::new(0usize));
     let watch = RefCell::new(None);
     read_requests(&mut reader, &shard, &replies, &inflight, &watch).await;
+    replies.client_left();
     if let Some(watch) = watch.into_inner() {
         watch.close().await;
     }
@@ -407,10 +408,15 @@ fn dispatch(
             });
             return true;
         }
+        ClientRequest::Lock(crate::lock::LockRequest::Observe { name }) => {
+            let (shared, replies) = (shard.shared.clone(), out.clone());
+            spawn_reply(out, inflight, observe(id, name, shared, replies));
+            return true;
+        }
         ClientRequest::Lock(req) => {
-            let shared = shard.shared.clone();
+            let (shared, replies) = (shard.shared.clone(), out.clone());
             spawn_reply(out, inflight, async move {
-                let reply = super::lock::handle(req, &shared).await;
+                let reply = super::lock::handle(req, &shared, replies.left()).await;
                 match reply {
                     Ok(r) => or_internal(id, encode_response(id, &ClientResponse::Lock(r))),
                     Err((code, message)) => error_frame(id, code, message),
@@ -459,6 +465,35 @@ fn dispatch(
     };
     out.send(reply);
     true
+}
+
+/// Streams an election's leaders to the client, each frame with the request's id, until
+/// the client leaves; the frame that ends it says why (the member is stopping).
+async fn observe(id: u64, name: Vec<u8>, shared: Arc<Shared>, out: Rc<Replies>) -> AlignedVec {
+    let leaders = match super::lock::observe(&shared, &name).await {
+        Ok(rx) => rx,
+        Err((code, message)) => return error_frame(id, code, message),
+    };
+    loop {
+        let next = async { leaders.recv_async().await.ok() };
+        let left = async {
+            out.left().await;
+            None
+        };
+        let Some((revision, kv)) = futures_lite::future::or(left, next).await else {
+            // The client left (the frame goes nowhere), or the member stops.
+            return error_frame(id, ErrorCode::Unavailable, STOPPING.into());
+        };
+        out.room().await;
+        let leader = crate::lock::LockResponse::Leader {
+            header: crate::mvcc::ResponseHeader { revision },
+            kv,
+        };
+        out.send(or_internal(
+            id,
+            encode_response(id, &ClientResponse::Lock(leader)),
+        ));
+    }
 }
 
 /// Hands a watch request to the hub, registering the connection with it first; its

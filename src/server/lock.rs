@@ -2,22 +2,31 @@
 //! proposals through the log (the contender's key, a deletion, a proclamation) and, for
 //! those that wait, a contender handed to the apply role, which answers once it holds.
 
-use super::watch::ClientInput;
+use super::watch::{ClientInput, ObserveSink};
 use super::{Input, Proposal, Shared};
 use crate::lock::{self, LeaderKey, LockRequest, LockResponse, LockWait};
 use crate::mvcc::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, Request,
-    RequestOp, Response, ResponseHeader, ResponseOp, SortOrder, SortTarget, TargetUnion,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
+    Request, RequestOp, Response, ResponseHeader, ResponseOp, SortOrder, SortTarget, TargetUnion,
     TxnRequest, TxnResponse,
 };
 use crate::protocol::{encode_request, ClientRequest, ErrorCode, HEADER_BYTES};
+use std::future::Future;
 
 type Failure = (ErrorCode, String);
 
-pub(crate) async fn handle(req: LockRequest, shared: &Shared) -> Result<LockResponse, Failure> {
+/// Answers a request. A contender that waits stops waiting when `left` ends (its client
+/// went away), and its key is deleted, as etcd's services do: otherwise it would hold
+/// with nobody to release until its lease expired. `Observe` is [`observe`]'s.
+pub(crate) async fn handle(
+    req: LockRequest,
+    shared: &Shared,
+    left: impl Future<Output = ()>,
+) -> Result<LockResponse, Failure> {
     Ok(match req {
         LockRequest::Lock { name, lease } => {
-            let (key, revision, header) = acquire(shared, &name, lease, Vec::new(), 1).await?;
+            let (key, revision, header) =
+                acquire(shared, &name, lease, Vec::new(), 1, left).await?;
             LockResponse::Lock {
                 header,
                 key,
@@ -31,7 +40,8 @@ pub(crate) async fn handle(req: LockRequest, shared: &Shared) -> Result<LockResp
                     "a semaphore's limit must be at least 1".into(),
                 ));
             }
-            let (key, revision, header) = acquire(shared, &name, lease, Vec::new(), limit).await?;
+            let (key, revision, header) =
+                acquire(shared, &name, lease, Vec::new(), limit, left).await?;
             LockResponse::Acquire {
                 header,
                 key,
@@ -39,7 +49,7 @@ pub(crate) async fn handle(req: LockRequest, shared: &Shared) -> Result<LockResp
             }
         }
         LockRequest::Campaign { name, lease, value } => {
-            let (key, rev, header) = acquire(shared, &name, lease, value, 1).await?;
+            let (key, rev, header) = acquire(shared, &name, lease, value, 1, left).await?;
             LockResponse::Campaign {
                 header,
                 leader: LeaderKey {
@@ -90,8 +100,50 @@ pub(crate) async fn handle(req: LockRequest, shared: &Shared) -> Result<LockResp
                 kv,
             }
         }
+        LockRequest::Observe { .. } => {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "observe is a stream, not a request with one answer".into(),
+            ))
+        }
     })
 }
+
+/// Room for leaders not yet sent to an observer; one that falls behind is told the leader
+/// of the moment once it has room (see `lock::Observers`).
+const OBSERVE_QUEUE_MAX: usize = 64;
+
+impl crate::lock::LeaderSink for ObserveSink {
+    fn offer(&self, revision: i64, kv: &KeyValue) -> bool {
+        match self.try_send((revision, kv.clone())) {
+            Ok(()) => true,
+            Err(flume::TrySendError::Full(_)) => false,
+            // Gone: forgotten at the next sweep.
+            Err(flume::TrySendError::Disconnected(_)) => true,
+        }
+    }
+
+    fn is_gone(&self) -> bool {
+        self.is_disconnected()
+    }
+}
+
+/// Starts observing the election `name`: the leaders as they come, `(revision, leader's
+/// key-value)`, until the receiver is dropped; the stream ends if the member stops.
+pub(crate) async fn observe(
+    shared: &Shared,
+    name: &[u8],
+) -> Result<flume::Receiver<(i64, KeyValue)>, Failure> {
+    let (tx, rx) = flume::bounded(OBSERVE_QUEUE_MAX);
+    shared
+        .client_inputs
+        .send_async(ClientInput::Observe(lock::prefix(name), tx))
+        .await
+        .map_err(|_| (ErrorCode::Unavailable, STOPPING.to_string()))?;
+    Ok(rx)
+}
+
+const STOPPING: &str = "the member is stopping";
 
 fn unexpected() -> Failure {
     (
@@ -142,6 +194,7 @@ async fn acquire(
     lease: i64,
     value: Vec<u8>,
     limit: u32,
+    left: impl Future<Output = ()>,
 ) -> Result<(Vec<u8>, i64, ResponseHeader), Failure> {
     let key = lock::contender_key(name, lease);
     let txn = TxnRequest {
@@ -182,16 +235,39 @@ async fn acquire(
         limit,
     };
     let (tx, rx) = flume::bounded(1);
-    let stopping = || (ErrorCode::Unavailable, "the member is stopping".to_string());
+    let stopping = || (ErrorCode::Unavailable, STOPPING.to_string());
     shared
         .client_inputs
         .send_async(ClientInput::Lock(wait, tx))
         .await
         .map_err(|_| stopping())?;
-    match rx.recv_async().await {
-        Ok(Ok(revision)) => Ok((key, rev, ResponseHeader { revision })),
-        Ok(Err(why)) => Err((ErrorCode::Unavailable, why)),
-        Err(_) => Err(stopping()),
+    let turn = async { Some(rx.recv_async().await) };
+    let gone = async {
+        left.await;
+        None
+    };
+    match futures_lite::future::or(turn, gone).await {
+        Some(Ok(Ok(revision))) => Ok((key, rev, ResponseHeader { revision })),
+        Some(Ok(Err(why))) => Err((ErrorCode::Unavailable, why)),
+        Some(Err(_)) => Err(stopping()),
+        None => {
+            // Whether it held by now or not, nobody will use or release it.
+            let withdraw = if_leader(
+                &LeaderKey {
+                    key: key.clone(),
+                    rev,
+                    ..LeaderKey::default()
+                },
+                RequestOp::DeleteRange(DeleteRangeRequest {
+                    key,
+                    ..DeleteRangeRequest::default()
+                }),
+            );
+            if let Err((_, e)) = run_txn(shared, withdraw).await {
+                tracing::debug!(error = %e, "a contender whose client left was not withdrawn; its lease will end it");
+            }
+            Err((ErrorCode::Unavailable, "the client left".into()))
+        }
     }
 }
 
@@ -219,9 +295,7 @@ async fn propose(shared: &Shared, request: Request) -> Result<Response, Failure>
         flume::TrySendError::Full(_) => {
             (ErrorCode::Overloaded, "too many proposals pending".into())
         }
-        flume::TrySendError::Disconnected(_) => {
-            (ErrorCode::Unavailable, "the member is stopping".into())
-        }
+        flume::TrySendError::Disconnected(_) => (ErrorCode::Unavailable, STOPPING.into()),
     })?;
     match rx.recv_async().await {
         Ok(result) => result.map_err(super::conn::error_of),

@@ -30,6 +30,11 @@ pub(super) struct Replies {
     closing: Cell<bool>,
     /// The socket failed: replies are dropped and nobody waits for room.
     failed: Cell<bool>,
+    /// Dropped once the client stopped sending (it closed, or the connection failed):
+    /// what it waits for alone (a lock's turn, an election's leaders) is of no use any
+    /// more. Tasks wait for that on `leave_rx`, each wait removed when it ends.
+    leave_tx: RefCell<Option<flume::Sender<()>>>,
+    leave_rx: flume::Receiver<()>,
     writer: RefCell<Option<Waker>>,
     /// Tasks waiting for the backlog to fall under the cap: the connection's reader and
     /// its linearizable reads, so at most `max_inflight_per_conn + 1`.
@@ -41,11 +46,14 @@ pub(super) struct Replies {
 
 impl Replies {
     pub(super) fn new(busy: Rc<Cell<usize>>) -> Rc<Replies> {
+        let (leave_tx, leave_rx) = flume::bounded(0);
         Rc::new(Replies {
             queue: RefCell::new(VecDeque::new()),
             bytes: Cell::new(0),
             closing: Cell::new(false),
             failed: Cell::new(false),
+            leave_tx: RefCell::new(Some(leave_tx)),
+            leave_rx,
             writer: RefCell::new(None),
             waiting: RefCell::new(Vec::new()),
             busy,
@@ -67,6 +75,17 @@ impl Replies {
     pub(super) fn close(&self) {
         self.closing.set(true);
         self.wake_writer();
+    }
+
+    /// The client left: the tasks waiting in [`Replies::left`] end their waits.
+    pub(super) fn client_left(&self) {
+        self.leave_tx.take();
+    }
+
+    /// Waits until the client leaves.
+    pub(super) async fn left(&self) {
+        // Nothing is ever sent: this ends when the sender is dropped.
+        let _ = self.leave_rx.recv_async().await;
     }
 
     /// The shard's count of requests being answered plus replies not yet written.

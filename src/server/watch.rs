@@ -23,11 +23,15 @@ pub(crate) type HubInput = WatchInput<ConnSink>;
 /// What a lock contender waiting on the apply role is told.
 pub(crate) type LockReply = flume::Sender<crate::lock::Outcome>;
 
-/// What the net shards hand the apply role for their clients: watch requests, and lock
-/// contenders to wait for their turn.
+/// Where an election's observer is told its leaders: `(revision, leader's key-value)`.
+pub(crate) type ObserveSink = flume::Sender<(i64, crate::mvcc::KeyValue)>;
+
+/// What the net shards hand the apply role for their clients: watch requests, lock
+/// contenders to wait for their turn, and observers of an election (`NAME/`).
 pub(crate) enum ClientInput {
     Watch(HubInput),
     Lock(crate::lock::LockWait, LockReply),
+    Observe(Vec<u8>, ObserveSink),
 }
 
 /// A connection's queue of watch responses, on the hub's side.
