@@ -396,3 +396,51 @@ fn lock_runs_a_command_while_holding_and_a_second_waits_for_the_first() {
     let out = second.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "second\n");
 }
+
+/// Reads one line of a child's output.
+fn read_line(from: &mut std::io::BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(from, &mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn elect_campaigns_and_elect_l_prints_each_leader_as_etcdctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["--endpoints", &s.1])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut observer = spawn(&["elect", "-l", "E"]);
+    let mut observed = std::io::BufReader::new(observer.stdout.take().unwrap());
+    // The first to campaign leads: it prints its key and proposal, as does the observer.
+    let mut one = spawn(&["elect", "E", "one"]);
+    let mut one_out = std::io::BufReader::new(one.stdout.take().unwrap());
+    let key_one = read_line(&mut one_out);
+    assert!(key_one.starts_with("E/"), "{key_one}");
+    assert_eq!(read_line(&mut one_out), "one");
+    assert_eq!(read_line(&mut observed), key_one);
+    assert_eq!(read_line(&mut observed), "one");
+    // The second waits; when the first resigns (interrupted), it leads.
+    let mut two = spawn(&["elect", "E", "two"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(two.try_wait().unwrap().is_none(), "the second waits");
+    // SAFETY: kill only sends SIGINT to our own child.
+    unsafe { libc::kill(one.id() as libc::pid_t, libc::SIGINT) };
+    assert!(one.wait().unwrap().success());
+    let mut two_out = std::io::BufReader::new(two.stdout.take().unwrap());
+    let key_two = read_line(&mut two_out);
+    assert_ne!(key_two, key_one);
+    assert_eq!(read_line(&mut observed), key_two);
+    assert_eq!(read_line(&mut observed), "two");
+    for child in [&mut two, &mut observer] {
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        assert!(child.wait().unwrap().success());
+    }
+}

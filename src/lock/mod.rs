@@ -8,7 +8,11 @@
 //! deletion of the keys just before its own (the one before, for a lock), never for all of
 //! them, so a release wakes one waiter. A holder's create revision is its fencing token:
 //! it increases with every new holder. A holder that dies loses its key when its lease
-//! expires, and the next contender holds.
+//! expires, and the next contender holds. A contender whose client goes away while it
+//! waits is withdrawn at once (its key deleted, if it is still the key it put), as etcd's
+//! services do; like theirs, a client that loses its connection and asks again with the
+//! same lease may see its key withdrawn under it, and must treat the lock as lost when a
+//! protected write's fence no longer matches.
 //!
 //! The waiting is done by the apply role ([`Waiters`]), which sees every deletion as it is
 //! applied, on every member alike; so is the observing of elections ([`Observers`]). The
