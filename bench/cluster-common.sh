@@ -1,7 +1,8 @@
 # Sourced by bench/lock.sh and bench/watch.sh. Defines:
 #   start_cluster: starts 3 fresh members on loopback (ports from $BASE; native
-#     127.0.0.1:BASE+i, peers BASE+10+i) in a new directory under $DIR, sets NAMES,
-#     CLUSTER, ENDPOINTS and PIDS, and waits until the cluster is healthy;
+#     127.0.0.1:BASE+i, peers BASE+10+i) in a new directory under $DIR, with the extra
+#     `cairn serve` flags in $SERVE_FLAGS if set, sets NAMES, CLUSTER, ENDPOINTS and PIDS,
+#     and waits until the cluster is healthy;
 #   stop_cluster: stops them (SIGTERM, then waits) and deletes their data;
 #   cpu_ticks: the members' user + system clock ticks so far; HZ.
 # Whatever is left running is killed on exit, and $DIR deleted.
@@ -27,7 +28,7 @@ start_cluster() {
         "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$ROUND_DIR/${NAMES[$i]}" \
             --listen-native-addr "127.0.0.1:$((BASE + i))" \
             --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-            --initial-cluster "$CLUSTER" --log-level warn &
+            --initial-cluster "$CLUSTER" --log-level warn ${SERVE_FLAGS:-} &
         PIDS+=($!)
     done
     until "$BIN/cairn" --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1; do sleep 0.1; done
