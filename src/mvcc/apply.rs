@@ -39,8 +39,7 @@ pub(crate) fn request(
         Request::DeleteRange(d) => Response::DeleteRange(delete_range(w, d)?),
         Request::Txn(t) => Response::Txn(txn::txn(w, t, leases)?),
         Request::Compaction(c) => {
-            let dropped = w.compact(c.revision)?;
-            w.note_compacted(dropped);
+            w.compact(c.revision)?;
             let header = ResponseHeader {
                 revision: w.begin_rev(),
             };

@@ -271,7 +271,7 @@ impl<'a> KeyRange<'a> {
 
 /// The key index plus the compaction revision it reflects. Both live under one lock so a
 /// reader checks compaction and reads the index atomically.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct KeyIndex {
     keys: BTreeMap<CompactKey, KeyEntry>,
     compact_revision: i64,
@@ -421,12 +421,61 @@ impl KeyIndex {
     /// Compacts every key at `at` (see the module doc) and returns the revisions to delete
     /// from the tree, ascending.
     pub fn compact(&mut self, at: i64) -> Vec<Revision> {
-        assert!(at > self.compact_revision, "compaction must move forward");
+        self.begin_compact(at);
         let mut dropped = Vec::new();
-        self.keys.retain(|_, entry| entry.compact(at, &mut dropped));
-        self.compact_revision = at;
+        let mut after = None;
+        loop {
+            after = self.compact_chunk(after.as_deref(), usize::MAX, &mut dropped);
+            if after.is_none() {
+                break;
+            }
+        }
         dropped.sort_unstable();
         dropped
+    }
+
+    /// Starts a compaction at `at` done in chunks ([`KeyIndex::compact_chunk`]): reads below
+    /// `at` fail from now on, and reads at or above it find the same whether a key is
+    /// compacted yet or not (compaction only drops what no such read reaches).
+    pub fn begin_compact(&mut self, at: i64) {
+        assert!(at > self.compact_revision, "compaction must move forward");
+        self.compact_revision = at;
+    }
+
+    /// Compacts, at the compaction revision, up to `max_keys` keys after `after` (from the
+    /// first key if `None`), in key order; adds the revisions dropped to `dropped`. Returns
+    /// the last key compacted if keys are left after it, to pass as `after` next; `None`
+    /// once every key is. Keys put in between are compacted when the walk reaches them;
+    /// compacting a key twice at one revision changes nothing.
+    pub fn compact_chunk(
+        &mut self,
+        after: Option<&[u8]>,
+        max_keys: usize,
+        dropped: &mut Vec<Revision>,
+    ) -> Option<Vec<u8>> {
+        assert!(max_keys > 0, "a chunk compacts at least one key");
+        let at = self.compact_revision;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut keys = self.keys.range_mut::<[u8], _>((start, Bound::Unbounded));
+        let mut emptied = Vec::new();
+        let mut resume = None;
+        let mut visited = 0;
+        while let Some((key, entry)) = keys.next() {
+            if !entry.compact(at, dropped) {
+                emptied.push(key.as_bytes().to_vec());
+            }
+            visited += 1;
+            if visited == max_keys {
+                if keys.next().is_some() {
+                    resume = Some(key.as_bytes().to_vec());
+                }
+                break;
+            }
+        }
+        for key in emptied {
+            self.keys.remove(key.as_slice());
+        }
+        resume
     }
 }
 

@@ -66,8 +66,12 @@
 //!    taken, and compaction drops a revision from the index before it deletes its record from
 //!    the tree (in later, bounded steps): so the record was in the tree when the view was
 //!    taken, and the view holds it; later tree deletes cannot reach an immutable view.
-//! 4. Each index update (one put, one tombstone, one whole compaction) happens under the write
-//!    lock, so a reader never sees a half-updated entry; tree I/O happens outside the lock.
+//! 4. Each index update (one put, one tombstone, the start of a compaction, one chunk of a
+//!    compaction's walk) happens under the write lock, so a reader never sees a half-updated
+//!    entry; tree I/O happens outside the lock. A compaction at C sets the compaction
+//!    revision first (reads below C fail from then on), then compacts the keys in chunks of
+//!    `INDEX_COMPACTION_CHUNK_KEYS`, one per apply step, readers and writers going on in
+//!    between: by 2, a key compacted or not yet gives the same answer at any R >= C.
 //! 5. A Range does not hold the read lock for its whole walk of the index: it walks a chunk
 //!    of at most [`INDEX_CHUNK_KEYS`] keys per hold of the lock, and ends a chunk at the first
 //!    key after a put starts waiting, letting the put go before its next chunk (`index_lock`),

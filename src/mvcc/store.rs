@@ -28,6 +28,14 @@ use crate::lease::{LeaseGrantResponse, LeaseOp, LeaseRevokeResponse};
 /// commits them, in bytes.
 pub const CHECKPOINT_UNCOMMITTED_BYTES_MAX: u64 = 32 << 20;
 
+/// Keys of the index one compaction step compacts under one hold of the index lock.
+const INDEX_COMPACTION_CHUNK_KEYS: usize = 4096;
+
+/// Where a compaction's walk over the index is: the last key compacted.
+struct IndexWalk {
+    after: Option<Vec<u8>>,
+}
+
 /// Records left by compaction that one `maybe_checkpoint` deletes at most.
 pub const COMPACTION_STEP_RECORDS: usize = 10_000;
 
@@ -57,6 +65,8 @@ pub struct Store {
     /// ascending; deleted from the end in bounded steps. Not persisted: open recomputes it
     /// by compacting the rebuilt index again.
     compaction_backlog: Vec<Revision>,
+    /// A compaction's walk over the index, while keys are left to compact.
+    index_compaction: Option<IndexWalk>,
     /// Set by a fatal error: a write may be half done, so nothing more may be applied or made
     /// durable. The remedy is to reopen, which rolls back to the last checkpoint.
     poisoned: bool,
@@ -110,6 +120,7 @@ impl Store {
         Ok(Store {
             db,
             compaction_backlog,
+            index_compaction: None,
             index: Arc::new(IndexLock::new(index)),
             current_revision: meta.current_revision,
             applied: RaftPosition {
@@ -300,13 +311,10 @@ impl Store {
             self.leases.observe(&events);
             self.events.append(&mut events);
         }
-        let dropped = w.take_compacted();
-        if self.compaction_backlog.is_empty() {
-            self.compaction_backlog = dropped;
-        } else if !dropped.is_empty() {
-            self.compaction_backlog.extend(dropped);
-            self.compaction_backlog.sort_unstable();
-            self.compaction_backlog.dedup();
+        if w.take_compacted() {
+            // From the first key again, at the new revision: keys an earlier walk compacted
+            // are compacted once more, at the new revision.
+            self.index_compaction = Some(IndexWalk { after: None });
         }
         result
     }
@@ -413,6 +421,24 @@ impl Store {
         if self.poisoned {
             return Err(MvccError::Poisoned);
         }
+        if let Some(walk) = &mut self.index_compaction {
+            // One chunk of keys under one hold of the index lock: readers go on between
+            // chunks, where one walk of millions of keys held them for seconds.
+            let mut dropped = Vec::new();
+            let next = self.index.write().compact_chunk(
+                walk.after.as_deref(),
+                INDEX_COMPACTION_CHUNK_KEYS,
+                &mut dropped,
+            );
+            match next {
+                Some(key) => walk.after = Some(key),
+                None => self.index_compaction = None,
+            }
+            // Each revision is dropped once (it leaves the index as it is), so the backlog
+            // holds no repeats; sorted, the deletions walk the tree in order.
+            dropped.sort_unstable();
+            self.compaction_backlog.extend(dropped);
+        }
         let keep = self.compaction_backlog.len().saturating_sub(max);
         for rev in self.compaction_backlog.split_off(keep).into_iter().rev() {
             if let Err(e) = self.db.delete(PRIMARY_TREE, &rev.to_key()) {
@@ -420,7 +446,7 @@ impl Store {
                 return Err(e.into());
             }
         }
-        Ok(self.compaction_backlog.len())
+        Ok(self.compaction_backlog())
     }
 
     /// Finishes a compaction's tree deletions, checkpointing along the way so memory stays
@@ -432,9 +458,10 @@ impl Store {
         self.maybe_checkpoint().map(|_| ())
     }
 
-    /// Records still to delete after a compaction.
+    /// Records still to delete after a compaction, plus one while keys of the index are
+    /// still to compact: 0 once a compaction is wholly done.
     pub fn compaction_backlog(&self) -> usize {
-        self.compaction_backlog.len()
+        self.compaction_backlog.len() + usize::from(self.index_compaction.is_some())
     }
 
     /// Bytes of changes held in memory since the last checkpoint.
@@ -556,10 +583,20 @@ impl Store {
     pub(crate) fn index_matches_tree(&self) -> Result<bool, MvccError> {
         let (mut rebuilt, _) = rebuild_index(&self.db, -1, None)?;
         let compacted = self.compact_revision();
+        let mut live = self.index.read().clone();
         if compacted > -1 {
             rebuilt.compact(compacted);
+            // A compaction's walk may be under way: compacting every key again at the same
+            // revision changes only the keys it has not reached.
+            let mut after = None;
+            loop {
+                after = live.compact_chunk(after.as_deref(), usize::MAX, &mut Vec::new());
+                if after.is_none() {
+                    break;
+                }
+            }
         }
-        Ok(rebuilt == *self.index.read())
+        Ok(rebuilt == live)
     }
 }
 

@@ -28,8 +28,8 @@ pub(crate) struct WriteTxn<'a> {
     index: &'a IndexLock,
     begin: i64,
     undo: Vec<Undo>,
-    /// Revisions a compaction dropped from the index, for the store to delete from the tree.
-    compacted: Vec<Revision>,
+    /// A compaction began: its index walk and tree deletions are the store's to do.
+    compacted: bool,
     /// One per change, in sub-revision order; dropped by a rollback.
     events: Vec<Event>,
     /// Whether events carry the key as it was before the change.
@@ -50,7 +50,7 @@ impl<'a> WriteTxn<'a> {
             index,
             begin,
             undo: Vec::new(),
-            compacted: Vec::new(),
+            compacted: false,
             events: Vec::new(),
             capture_prev,
         }
@@ -79,12 +79,8 @@ impl<'a> WriteTxn<'a> {
         self.begin
     }
 
-    /// Records revisions that a compaction made unreachable.
-    pub fn note_compacted(&mut self, dropped: Vec<Revision>) {
-        self.compacted = dropped;
-    }
-
-    pub fn take_compacted(&mut self) -> Vec<Revision> {
+    /// Whether a compaction began in this transaction (its index walk is the store's to do).
+    pub fn take_compacted(&mut self) -> bool {
         std::mem::take(&mut self.compacted)
     }
 
@@ -202,16 +198,19 @@ impl<'a> WriteTxn<'a> {
         Ok(())
     }
 
-    /// etcd's `store.Compact`: drops what compaction at `rev` makes unreachable from the
-    /// index, and returns the revisions whose records the store then deletes from the tree
-    /// in bounded steps (see `Store::compact_step`).
-    pub fn compact(&mut self, rev: i64) -> Result<Vec<Revision>, MvccError> {
+    /// etcd's `store.Compact`: from now on reads below `rev` fail. The store then drops
+    /// what the compaction makes unreachable from the index, a chunk of keys at a time, and
+    /// deletes those revisions' records from the tree, in bounded steps (see
+    /// `Store::compact_step`).
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
         if rev <= self.compact_revision() {
             return Err(MvccError::Compacted);
         }
         if rev > self.begin {
             return Err(MvccError::FutureRev);
         }
-        Ok(self.index.write().compact(rev))
+        self.index.write().begin_compact(rev);
+        self.compacted = true;
+        Ok(())
     }
 }

@@ -1175,7 +1175,8 @@ fn compaction_deletes_records_in_steps_and_resumes_after_a_crash() {
     let rev = h.store.current_revision();
     let hash_before = h.store.hash_kv(rev).unwrap();
     h.store.apply(at, &[compact(rev)]).unwrap();
-    assert_eq!(h.store.compaction_backlog(), 49);
+    // The index walk is still to do (one key: one step); then 49 records to delete.
+    assert_eq!(h.store.compaction_backlog(), 1);
     assert_eq!(h.store.compact_step(10).unwrap(), 39);
     // The hash and reads do not depend on how far the deletions have got.
     let hash_mid = h.store.hash_kv(rev).unwrap();
@@ -1197,4 +1198,87 @@ fn compaction_deletes_records_in_steps_and_resumes_after_a_crash() {
         "compaction changes the kept history"
     );
     assert!(h.store.index_matches_tree().unwrap());
+}
+
+/// Compaction walks the key index a chunk of keys at a time, between which readers and
+/// writers go on: reads at or above the compaction revision find the same whatever keys
+/// the walk has reached, reads below it fail at once, writes in between are kept, and a
+/// crash in the middle of the walk loses nothing (reopening compacts the rebuilt index).
+#[test]
+fn compaction_walks_the_index_in_chunks_between_which_reads_and_writes_go_on() {
+    let mut h = Harness::new();
+    let keys = 10_000;
+    for i in 0..keys {
+        put_rev(&mut h, &format!("k{i:05}"), "old");
+        put_rev(&mut h, &format!("k{i:05}"), "new");
+    }
+    let before_compaction = h.store.current_revision();
+    // Applied straight to the store: the harness would finish the compaction at once.
+    let mut index = 1_000_000;
+    let mut apply = |h: &mut Harness, r: Request| {
+        index += 1;
+        let at = RaftPosition { index, term: 1 };
+        match h.store.apply(at, &[r]).unwrap() {
+            ApplyOutcome::Applied(mut results) => results.pop().unwrap().unwrap(),
+            ApplyOutcome::Skipped => panic!("skipped"),
+        }
+    };
+    apply(&mut h, compact(before_compaction));
+    // Applying it only began it: the walk (one count) is still to do, no record is yet.
+    assert_eq!(h.store.compaction_backlog(), 1);
+    // Reads below the compaction revision fail before any key is compacted.
+    let below = RangeRequest {
+        revision: before_compaction - 1,
+        ..get("k00000", "")
+    };
+    assert!(matches!(h.store.range(&below), Err(MvccError::Compacted)));
+    let count_all = |h: &mut Harness, rev: i64| {
+        let r = RangeRequest {
+            revision: rev,
+            count_only: true,
+            ..get("k", "l")
+        };
+        h.store.range(&r).unwrap().count
+    };
+    let mut steps = 0;
+    let mut written = Vec::new();
+    while h.store.compaction_backlog() > 0 {
+        // Between steps: a write to a key the walk has passed, one it has not reached,
+        // and reads at the compaction revision and now.
+        let i = steps * 997 % keys;
+        let key = format!("k{i:05}");
+        let Response::Put(p) = apply(&mut h, Request::Put(put(&key, &format!("s{steps}")))) else {
+            panic!("not a put response");
+        };
+        written.push((key, p.header.revision));
+        assert_eq!(count_all(&mut h, before_compaction), keys as i64);
+        let r = RangeRequest {
+            revision: before_compaction,
+            ..get("k09999", "")
+        };
+        assert_eq!(h.store.range(&r).unwrap().kvs[0].value, b"new");
+        h.store.compact_step(1000).unwrap();
+        steps += 1;
+        if steps == 2 {
+            // A crash in the middle of the walk, after a checkpoint.
+            h.store.checkpoint().unwrap();
+            h.reopen(|old, path| {
+                drop(old);
+                Store::open(path, DbOptions::default())
+            })
+            .unwrap();
+        }
+    }
+    assert!(steps > 3, "the walk took {steps} steps");
+    assert!(h.store.index_matches_tree().unwrap());
+    for (key, rev) in written {
+        let kv = one(&mut h, &key).unwrap();
+        assert!(kv.mod_revision >= rev, "{key}: {kv:?}");
+    }
+    // Each key keeps only its revision at the compaction and those after it.
+    let kept = stored_revisions(&mut h);
+    assert_eq!(
+        kept.iter().filter(|&&r| r <= before_compaction).count(),
+        keys
+    );
 }
