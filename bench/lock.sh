@@ -17,28 +17,6 @@ BASE=${PORT:-25900}
 DIR=$(mktemp -d /tmp/cairn-lock.XXXXXX)
 . "$(dirname "$0")/cluster-common.sh"
 start_cluster
-run() {
-    local label=$1
-    shift
-    local before after out ops
-    before=$(cpu_ticks)
-    out=$("$BIN/cairn-loadgen" --json "$@" 2>/dev/null)
-    after=$(cpu_ticks)
-    ops=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ops"])' "$out")
-    python3 -c 'import json,sys
-r = json.loads(sys.argv[1]); ops = int(sys.argv[2]); ticks = int(sys.argv[3]); hz = int(sys.argv[4])
-r["bench"] = sys.argv[5]
-r["server_cpu_us_per_op"] = round(ticks * 1e6 / hz / ops, 2) if ops else None
-print(json.dumps(r))' "$out" "$ops" "$((after - before))" "$HZ" "$label"
-}
-leader() {
-    "$BIN/cairn" --endpoints "$ENDPOINTS" endpoint status -w json 2>/dev/null |
-        python3 -c 'import json,sys
-for e in json.load(sys.stdin):
-    s = e.get("Status", {})
-    if s.get("leader") and s.get("leader") == s.get("header", {}).get("member_id"):
-        print(e["Endpoint"])' 2>/dev/null || true
-}
 until [ -n "$(leader)" ]; do sleep 0.1; done
 LEADER=$(leader)
 echo "# 3 members, leader $LEADER; $ROUNDS rounds of $DURATION s"

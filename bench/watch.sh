@@ -18,7 +18,7 @@ BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release
 BASE=${PORT:-24900}
 DIR=$(mktemp -d /tmp/cairn-watch.XXXXXX)
 . "$(dirname "$0")/cluster-common.sh"
-run() {
+run_watch() {
     local label=$1
     shift
     local before after out
@@ -39,10 +39,10 @@ echo "# 3 members; $ROUNDS rounds of $DURATION s"
 start_cluster
 # A warm-up run, not reported: the first run on a fresh cluster also creates the 10,000
 # keys and grows the tree file and the members' memory.
-run "warm-up" --endpoints "$ENDPOINTS" --watchers 10000 --watch-conns 6 \
+run_watch "warm-up" --endpoints "$ENDPOINTS" --watchers 10000 --watch-conns 6 \
     --key-space 10000 --rate 10000 --clients 64 --conns 6 --duration 5 >/dev/null
 for r in $(seq "$ROUNDS"); do
-    run "watchers-10k-puts-10k" --endpoints "$ENDPOINTS" --watchers 10000 --watch-conns 6 \
+    run_watch "watchers-10k-puts-10k" --endpoints "$ENDPOINTS" --watchers 10000 --watch-conns 6 \
         --key-space 10000 --rate 10000 --clients 64 --conns 6 --duration "$DURATION"
 done
 stop_cluster
@@ -52,7 +52,7 @@ for r in $(seq "$ROUNDS"); do
     # are created.
     start_cluster
     sleep 2
-    run "watchers-100k-one-member" --endpoints "127.0.0.1:$BASE" --watchers 100000 --watch-conns 10 \
+    run_watch "watchers-100k-one-member" --endpoints "127.0.0.1:$BASE" --watchers 100000 --watch-conns 10 \
         --key-space 100000 --rate 1000 --clients 16 --conns 2 --duration "$DURATION" \
         --server-pid "${PIDS[0]}"
     stop_cluster
