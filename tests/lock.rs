@@ -319,6 +319,23 @@ fn keys_under(client: &mut Client, prefix: &[u8]) -> Vec<Vec<u8>> {
     }
 }
 
+/// Sends `req` until a member answers it: a request in flight on the member killed fails
+/// with the connection, and the client does not send it again by itself (it may have been
+/// applied). Campaigning again with the same lease, proclaiming the same value again or
+/// resigning again leaves the election as the first one did.
+fn until_answered(client: &mut Client, req: &LockRequest) -> LockResponse {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match lock(client, req.clone()) {
+            Ok(r) => return r,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{req:?}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 #[test]
 fn an_election_is_observed_through_every_member_across_a_leader_kill() {
     let _one = one_cluster_at_a_time();
@@ -363,7 +380,7 @@ fn an_election_is_observed_through_every_member_across_a_leader_kill() {
             lease,
             value: value.into(),
         };
-        match lock(client, req).expect("campaign") {
+        match until_answered(client, &req) {
             LockResponse::Campaign { leader, .. } => leader,
             other => panic!("campaign answered {other:?}"),
         }
@@ -373,7 +390,7 @@ fn an_election_is_observed_through_every_member_across_a_leader_kill() {
             leader: leader.clone(),
             value: value.into(),
         };
-        lock(client, req).expect("proclaim");
+        until_answered(client, &req);
     };
     let first = campaign(&mut client, one.lease, "a1");
     proclaim(&mut client, &first, "a2");
@@ -387,7 +404,7 @@ fn an_election_is_observed_through_every_member_across_a_leader_kill() {
                 lease,
                 value: b"b1".to_vec(),
             };
-            match lock(&mut client, req).expect("campaign") {
+            match until_answered(&mut client, &req) {
                 LockResponse::Campaign { leader, .. } => leader,
                 other => panic!("campaign answered {other:?}"),
             }
@@ -398,13 +415,12 @@ fn an_election_is_observed_through_every_member_across_a_leader_kill() {
     let others: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
     c.wait_leader(&others, Duration::from_secs(20));
     proclaim(&mut client, &first, "a3");
-    lock(
+    until_answered(
         &mut client,
-        LockRequest::Resign {
+        &LockRequest::Resign {
             leader: first.clone(),
         },
-    )
-    .expect("resign");
+    );
     let second = second.join().expect("second contender");
     proclaim(&mut client, &second, "b2");
     let key = |l: &cairn::lock::LeaderKey| String::from_utf8_lossy(&l.key).into_owned();
