@@ -55,6 +55,7 @@ pub mod btree;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod grpc;
 pub mod lease;
 pub mod lock;
 pub mod mvcc;
