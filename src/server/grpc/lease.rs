@@ -23,7 +23,7 @@ impl Ctx {
     /// A keepalive or time-to-live, from this member if it leads, else from the leader.
     async fn on_leader(&self, req: LeaseRequest) -> Result<LeaseResponse, Failure> {
         match front::lease_query(&self.shared, req).await {
-            Err((_, m)) if m == LeaseError::NotLeader.to_string() => {
+            Err((_, m)) if m.starts_with(&LeaseError::NotLeader.to_string()) => {
                 match self.forward(ClientRequest::Lease(req)).await? {
                     ClientResponse::Lease(r) => Ok(r),
                     _ => Err((

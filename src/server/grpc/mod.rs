@@ -13,6 +13,7 @@ mod cluster;
 mod convert;
 mod kv;
 mod lease;
+mod limits;
 mod maintenance;
 mod status;
 
@@ -212,10 +213,7 @@ async fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
                     tokio::time::sleep(PHASE_POLL).await;
                 }
             };
-            if let Err(e) = router(ctx)
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-            {
+            if let Err(e) = serve(ctx, incoming, stop).await {
                 tracing::warn!(error = %e, "the gRPC server failed");
             }
         });
@@ -245,19 +243,18 @@ fn has_leader(shared: Arc<Shared>) -> impl tonic::service::Interceptor + Clone {
     }
 }
 
-fn router(
+/// Serves the services on `incoming` until `stop` ends.
+async fn serve(
     ctx: Ctx,
-) -> tonic::transport::server::Router<
-    tower::layer::util::Stack<
-        tonic::service::InterceptorLayer<impl tonic::service::Interceptor + Clone>,
-        tower::layer::util::Identity,
-    >,
-> {
+    incoming: tokio_stream::wrappers::TcpListenerStream,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let recv_max = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
+        .layer(limits::EtcdLimitsLayer)
         .layer(tonic::service::InterceptorLayer::new(has_leader(
             ctx.shared.clone(),
         )))
@@ -281,4 +278,6 @@ fn router(
                 .max_decoding_message_size(recv_max)
                 .max_encoding_message_size(SEND_BYTES_MAX),
         )
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
 }
