@@ -1,6 +1,6 @@
 # Sourced by bench/lock.sh and bench/watch.sh. Defines:
 #   start_cluster: starts 3 fresh members on loopback (ports from $BASE; native
-#     127.0.0.1:BASE+i, peers BASE+10+i) in a new directory under $DIR, sets NAMES,
+#     127.0.0.1:BASE+i, peers BASE+10+i, gRPC BASE+20+i) in a new directory under $DIR, sets NAMES,
 #     CLUSTER, ENDPOINTS and PIDS, and waits until the cluster is healthy;
 #   stop_cluster: stops them (SIGTERM, then waits) and deletes their data;
 #   cpu_ticks: the members' user + system clock ticks so far; HZ.
@@ -26,6 +26,7 @@ start_cluster() {
         local peer=http://127.0.0.1:$((BASE + 10 + i))
         "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$ROUND_DIR/${NAMES[$i]}" \
             --listen-native-addr "127.0.0.1:$((BASE + i))" \
+            --listen-client-urls "http://127.0.0.1:$((BASE + 20 + i))" \
             --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
             --initial-cluster "$CLUSTER" --log-level warn &
         PIDS+=($!)

@@ -33,6 +33,7 @@ for i in 0 1 2; do
     peer=http://127.0.0.1:$((BASE + 10 + i))
     "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$DIR/${NAMES[$i]}" \
         --listen-native-addr "127.0.0.1:$((BASE + i))" \
+        --listen-client-urls "http://127.0.0.1:$((BASE + 20 + i))" \
         --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
         --initial-cluster "$CLUSTER" --placement "$PLACEMENT" --executors "$EXECUTORS" \
         --log-level warn &

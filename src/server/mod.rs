@@ -5,6 +5,8 @@
 //!   reads from the latest published [`ReadView`], proposals and linearizable reads sent to
 //!   the raft role; per connection a receive buffer sized to the frame being read
 //!   (`read_buf.rs`) and replies bounded in bytes with their writer task (`replies.rs`);
+//! - the etcd v3 gRPC API (`grpc/`): tonic on a thread of its own, the same requests as the
+//!   native protocol's through `front.rs`, the path both front ends share;
 //! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
 //! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints;
 //!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives.
