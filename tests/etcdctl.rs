@@ -37,6 +37,9 @@ struct Run {
     errors: String,
 }
 
+/// How long a `watch` runs before it is stopped (it prints the history asked for at once).
+const WATCH_RUN: Duration = Duration::from_millis(1500);
+
 fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> Run {
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -53,6 +56,13 @@ fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> Run {
         .expect("run etcdctl");
     if let Some(mut input) = child.stdin.take() {
         std::io::Write::write_all(&mut input, stdin.as_bytes()).expect("etcdctl's stdin");
+    }
+    if args.first() == Some(&"watch") {
+        let deadline = Instant::now() + WATCH_RUN;
+        while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
     }
     let out = child.wait_with_output().expect("etcdctl");
     let errors = String::from_utf8_lossy(&out.stderr)
@@ -187,7 +197,10 @@ const SCRIPT: &[(&[&str], &str)] = &[
         "value(\"foo\") = \"nope\"\n\nput foo x\n\ndel zoo\n\n",
     ),
     (&["get", "foo", "-w", "json"], ""),
+    (&["watch", "foo", "--rev", "2", "--prev-kv"], ""),
+    (&["watch", "zoo", "--rev", "1"], ""),
     (&["compaction", "3"], ""),
+    (&["watch", "foo", "--rev", "2"], ""),
     (&["get", "foo", "--rev", "2"], ""),
     (&["get", "foo", "--rev", "1000"], ""),
     (&["put", "", "x"], ""),
@@ -283,4 +296,11 @@ fn etcdctl_sees_cairn_as_etcd() {
     // etcd answered, and the script exercised both outcomes: some commands failed, alike.
     assert_eq!(etcd[3].1.stdout, "foo\nbar\n", "{:?}", etcd[3]);
     assert!(etcd.iter().any(|(_, r)| r.exit != Some(0)));
+    let watched = etcd
+        .iter()
+        .find(|(c, _)| c == "watch foo --rev 2 --prev-kv");
+    assert!(
+        watched.is_some_and(|(_, r)| r.stdout.matches("PUT").count() == 3),
+        "{watched:?}"
+    );
 }

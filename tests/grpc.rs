@@ -1,5 +1,5 @@
 //! The etcd v3 gRPC API of real `cairn serve` processes, through the generated tonic
-//! client: each KV, Lease, Cluster and Maintenance call with its results, response
+//! client: each KV, Watch, Lease, Cluster and Maintenance call with its results, response
 //! headers and etcd's error codes and messages, on a 3-member cluster through a follower;
 //! the `hasleader` metadata; limits, malformed requests and unknown methods, after which
 //! the member still serves. `tests/etcdctl.rs` compares etcdctl's output with etcd's.
@@ -12,6 +12,7 @@ use pb::cluster_client::ClusterClient;
 use pb::kv_client::KvClient;
 use pb::lease_client::LeaseClient;
 use pb::maintenance_client::MaintenanceClient;
+use pb::watch_client::WatchClient;
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -93,6 +94,7 @@ fn a_follower_serves_the_etcd_api() {
         maintenance_calls(&ch, &grpc_addrs, follower_id, c.members[leader].id).await;
         cluster_calls(&ch, &c, &grpc_addrs).await;
         lease_calls(&ch, &mut kv).await;
+        watch_calls(&ch, &mut kv).await;
     });
     // With the other two gone, the follower has no leader: `hasleader` requests are
     // refused at once, as etcd refuses them.
@@ -575,6 +577,79 @@ async fn lease_calls(ch: &Channel, kv: &mut KvClient<Channel>) {
         (g.id, 0),
         "a lease that is gone is renewed with TTL 0"
     );
+}
+
+async fn next(responses: &mut tonic::Streaming<pb::WatchResponse>) -> pb::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("a watch response in time")
+        .expect("watch stream")
+        .expect("a watch response")
+}
+
+async fn watch_calls(ch: &Channel, kv: &mut KvClient<Channel>) {
+    let mut w = WatchClient::new(ch.clone());
+    let first = kv.put(put("w/1", "a")).await.expect("put").into_inner();
+    let from = first.header.expect("header").revision;
+    let create = |key: &str, start_revision: i64, watch_id: i64| pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: key.into(),
+                range_end: prefix_end(key),
+                start_revision,
+                prev_kv: true,
+                watch_id,
+                ..Default::default()
+            },
+        )),
+    };
+    let (requests, asks) = tokio::sync::mpsc::channel(4);
+    requests.send(create("w/", from, 7)).await.expect("send");
+    let mut responses = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(asks))
+        .await
+        .expect("watch")
+        .into_inner();
+    let created = next(&mut responses).await;
+    assert!(created.created && created.watch_id == 7, "{created:?}");
+    assert!(created.header.expect("header").member_id != 0);
+    // The history from `from`, then what is written after.
+    let past = next(&mut responses).await;
+    assert_eq!(past.events.len(), 1, "{past:?}");
+    assert_eq!(past.events[0].kv.as_ref().expect("kv").value, b"a");
+    kv.put(put("w/1", "b")).await.expect("put");
+    kv.delete_range(pb::DeleteRangeRequest {
+        key: "w/1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete");
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        events.extend(next(&mut responses).await.events);
+    }
+    use cairn::grpc::pb::mvccpb::event::EventType;
+    assert_eq!(events[0].r#type, EventType::Put as i32);
+    assert_eq!(events[0].prev_kv.as_ref().expect("prev_kv").value, b"a");
+    assert_eq!(events[1].r#type, EventType::Delete as i32);
+    assert_eq!(events[1].kv.as_ref().expect("kv").key, b"w/1");
+    // A watcher on a compacted revision is canceled with the compaction's revision.
+    requests.send(create("w/", 1, 8)).await.expect("send");
+    let mut canceled = next(&mut responses).await;
+    while canceled.watch_id != 8 || !canceled.canceled {
+        canceled = next(&mut responses).await;
+    }
+    assert!(canceled.compact_revision > 1, "{canceled:?}");
+    let cancel = pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CancelRequest(
+            pb::WatchCancelRequest { watch_id: 7 },
+        )),
+    };
+    requests.send(cancel).await.expect("send");
+    let mut r = next(&mut responses).await;
+    while !(r.canceled && r.watch_id == 7) {
+        r = next(&mut responses).await;
+    }
 }
 
 /// A request over `--max-request-bytes` is etcd's "request is too large"; one over the

@@ -1,8 +1,9 @@
 //! The etcd v3 gRPC API (tonic), on a thread of its own with a one-thread tokio runtime,
 //! translating each call to the same internal requests the native protocol makes
 //! (`super::front`): proposals with the same log commands, ReadIndex for linearizable
-//! reads, the published view for serializable ones. Services: KV, Lease, Cluster,
-//! Maintenance; others are answered Unimplemented, as any unknown method is.
+//! reads, the published view for serializable ones, the watch hub for watch streams.
+//! Services: KV, Watch, Lease, Cluster, Maintenance; others are answered Unimplemented, as
+//! any unknown method is.
 //!
 //! Bounds: streams per connection, request message size (`--max-request-bytes` plus
 //! etcd's 512 KiB of gRPC overhead: more is ResourceExhausted; a request over
@@ -16,6 +17,7 @@ mod lease;
 mod limits;
 mod maintenance;
 mod status;
+mod watch;
 
 use super::front::{self, Failure, NATIVE_SCHEME};
 use super::{Phase, ServerError, Shared};
@@ -265,6 +267,11 @@ async fn serve(
         )
         .add_service(
             pb::lease_server::LeaseServer::new(ctx.clone())
+                .max_decoding_message_size(recv_max)
+                .max_encoding_message_size(SEND_BYTES_MAX),
+        )
+        .add_service(
+            pb::watch_server::WatchServer::new(ctx.clone())
                 .max_decoding_message_size(recv_max)
                 .max_encoding_message_size(SEND_BYTES_MAX),
         )
