@@ -1,8 +1,8 @@
 # Sourced by bench/lock.sh and bench/watch.sh. Defines:
 #   start_cluster: starts 3 fresh members on loopback (ports from $BASE; native
-#     127.0.0.1:BASE+i, peers BASE+10+i) in a new directory under $DIR, with the
-#     `cairn serve` flags in $SERVE_FLAGS (default: one unpinned executor each, the
-#     placement tuning.md gives for several members sharing few cores), sets NAMES,
+#     127.0.0.1:BASE+i, peers BASE+10+i, gRPC BASE+20+i) in a new directory under $DIR,
+#     with the `cairn serve` flags in $SERVE_FLAGS (default: one unpinned executor each,
+#     the placement tuning.md gives for several members sharing few cores), sets NAMES,
 #     CLUSTER, ENDPOINTS and PIDS, and waits until the cluster is healthy;
 #   leader: the native endpoint of the member that leads now (empty if none);
 #   start_etcd / stop_etcd: the same for a 3-member etcd (Debian's etcd-server) on ports
@@ -36,6 +36,7 @@ start_cluster() {
         local peer=http://127.0.0.1:$((BASE + 10 + i))
         "$BIN/cairn" serve --name "${NAMES[$i]}" --data-dir "$ROUND_DIR/${NAMES[$i]}" \
             --listen-native-addr "127.0.0.1:$((BASE + i))" \
+            --listen-client-urls "http://127.0.0.1:$((BASE + 20 + i))" \
             --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
             --initial-cluster "$CLUSTER" --log-level warn \
             ${SERVE_FLAGS:---placement unpinned --executors 1} &

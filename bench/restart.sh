@@ -20,7 +20,8 @@ cleanup() {
 trap cleanup EXIT
 
 start() {
-    "$BIN/cairn" serve --data-dir "$DIR/data" --listen-native-addr "$ADDR" --log-level warn &
+    "$BIN/cairn" serve --data-dir "$DIR/data" --listen-native-addr "$ADDR" \
+        --listen-client-urls http://127.0.0.1:0 --log-level warn &
     PID=$!
 }
 last_key=$(printf "%016d" $((KEYS - 1)))

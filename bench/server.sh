@@ -14,6 +14,7 @@ ADDR=127.0.0.1:${PORT:-23780}
 PEER=http://127.0.0.1:${PEER_PORT:-23781}
 DIR=$(mktemp -d /tmp/cairn-bench.XXXXXX)
 "$BIN/cairn" serve --data-dir "$DIR" --listen-native-addr "$ADDR" --listen-peer-urls "$PEER" \
+    --listen-client-urls http://127.0.0.1:0 \
     --placement "$PLACEMENT" --log-level warn &
 PID=$!
 trap 'kill -9 $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT

@@ -45,6 +45,8 @@
 //!   another member after a failure.
 //! - [`cli`]: etcdctl-style arguments of `get`, `put`, `del`, `member`, `lease` and `watch`,
 //!   the `txn` text format, the output formats, and `lock`, `elect` and `sem`.
+//! - [`grpc`]: etcd's v3 API messages, servers and clients, generated from etcd's `.proto`
+//!   files (`proto/`) at build time; the server side is `server`'s gRPC front end.
 //! - [`protocol`]: the native wire protocol: frames with request ids carrying validated rkyv
 //!   messages. Format: `docs/protocol.md`.
 //!
@@ -55,6 +57,7 @@ pub mod btree;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod grpc;
 pub mod lease;
 pub mod lock;
 pub mod mvcc;

@@ -283,6 +283,18 @@ struct ServeArgs {
         default_value = "127.0.0.1:2378"
     )]
     listen_native_addr: String,
+    /// URLs to listen on for the etcd v3 gRPC API (comma-separated; port 0: any free port).
+    #[arg(
+        long,
+        env = "CAIRN_LISTEN_CLIENT_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    listen_client_urls: Vec<String>,
+    /// This member's gRPC client URLs to advertise to clients in the member list
+    /// (comma-separated; default: the listen URLs).
+    #[arg(long, env = "CAIRN_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     max_request_bytes: u32,
@@ -380,8 +392,10 @@ struct ServeArgs {
 /// `cairn member add` prints etcd's variables for the new member's start, as etcdctl does
 /// (scripts use its lines as they are): `serve` reads each for its flag, by the flag's id,
 /// when the flag's own CAIRN_ variable is not set.
-const ETCD_VARIABLES: [(&str, &str); 4] = [
+const ETCD_VARIABLES: [(&str, &str); 6] = [
     ("name", "ETCD_NAME"),
+    ("listen_client_urls", "ETCD_LISTEN_CLIENT_URLS"),
+    ("advertise_client_urls", "ETCD_ADVERTISE_CLIENT_URLS"),
     ("initial_cluster", "ETCD_INITIAL_CLUSTER"),
     (
         "initial_advertise_peer_urls",
@@ -1034,7 +1048,11 @@ fn main() -> ExitCode {
                 name: args.name,
                 data_dir: args.data_dir,
                 listen_native_addr: args.listen_native_addr,
-                max_request_bytes: args.max_request_bytes + 4096,
+                listen_client_urls: args.listen_client_urls,
+                advertise_client_urls: args.advertise_client_urls,
+                max_request_bytes: args
+                    .max_request_bytes
+                    .saturating_add(cairn::server::REQUEST_ENVELOPE_BYTES),
                 max_txn_ops: args.max_txn_ops,
                 heartbeat_interval_ms: args.heartbeat_interval,
                 election_timeout_ms: args.election_timeout,

@@ -800,7 +800,7 @@ fn a_member_of_another_cluster_is_refused() {
     let addr = free_addr();
     let intruder = Process(
         Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .arg("serve")
+            .args(["serve", "--listen-client-urls", "http://127.0.0.1:0"])
             .args(["--name", "intruder", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen-native-addr", &addr])

@@ -14,6 +14,8 @@ fn config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
         name: "embedded".into(),
         data_dir: dir.to_path_buf(),
         listen_native_addr: addr.to_string(),
+        listen_client_urls: Vec::new(),
+        advertise_client_urls: Vec::new(),
         max_request_bytes: 1 << 20,
         max_txn_ops: 128,
         heartbeat_interval_ms: 100,

@@ -15,6 +15,7 @@ use std::time::Duration;
 fn serve(dir: &Path, addr: &str, peer: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["serve", "--log-level", "warn", "--listen-native-addr", addr])
+        .args(["--listen-client-urls", "http://127.0.0.1:0"])
         .arg("--listen-peer-urls")
         .arg(format!("http://{peer}"))
         .arg("--data-dir")

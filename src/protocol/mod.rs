@@ -276,6 +276,12 @@ pub fn encode_request(
     frame(FrameKind::Request, request_id, &archive(request)?)
 }
 
+/// A request archived as the native protocol carries it, without the frame header: the
+/// body of the log command a write becomes (`crate::node::command::client`).
+pub fn archive_request(request: &ClientRequest) -> Result<AlignedVec, ProtocolError> {
+    archive(request)
+}
+
 /// A whole response frame.
 pub fn encode_response(
     request_id: u64,

@@ -6,8 +6,8 @@
 use super::read_buf::{ReadBuf, READ_BURST_BYTES, READ_IDLE_BYTES};
 use super::replies::{write_replies, Replies};
 use super::watch::ConnWatch;
-use super::{wait_until, Input, Phase, Proposal, Shared, POLL_BRIEF, POLL_IDLE};
-use crate::lease::{LeaseOp, LeaseRequest, LeaseResponse};
+use super::{front, wait_until, Phase, Shared, POLL_BRIEF, POLL_IDLE};
+use crate::lease::{LeaseRequest, LeaseResponse};
 use crate::mvcc::{validate, ReadView, Request};
 use crate::node::NodeError;
 use crate::protocol::{
@@ -375,35 +375,24 @@ fn dispatch(
             },
         },
         ClientRequest::MoveLeader(to) => {
-            let inputs = shard.shared.inputs.clone();
+            let shared = shard.shared.clone();
             spawn_reply(out, inflight, async move {
-                let (tx, rx) = flume::bounded(1);
-                match enqueue(&inputs, Input::MoveLeader(to, tx), id) {
-                    Err(refused) => refused,
-                    Ok(()) => match rx.recv_async().await {
-                        Ok(Ok(())) => {
-                            or_internal(id, encode_response(id, &ClientResponse::MoveLeader))
-                        }
-                        Ok(Err(e)) => error_frame(id, ErrorCode::Unavailable, e),
-                        Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
-                    },
+                match front::move_leader(&shared, to).await {
+                    Ok(()) => or_internal(id, encode_response(id, &ClientResponse::MoveLeader)),
+                    Err((code, e)) => error_frame(id, code, e),
                 }
             });
             return true;
         }
         ClientRequest::Member(req) => {
-            let inputs = shard.shared.inputs.clone();
+            let shared = shard.shared.clone();
             spawn_reply(out, inflight, async move {
-                let (tx, rx) = flume::bounded(1);
-                match enqueue(&inputs, Input::Member(req, tx), id) {
-                    Err(refused) => refused,
-                    Ok(()) => match rx.recv_async().await {
-                        Ok(Ok(r)) => {
-                            or_internal(id, encode_response(id, &ClientResponse::Member(r)))
-                        }
-                        Ok(Err((code, e))) => error_frame(id, code, e),
-                        Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
-                    },
+                match front::member(&shared, req).await {
+                    Ok(r) => {
+                        let r = front::member_urls(r, true);
+                        or_internal(id, encode_response(id, &ClientResponse::Member(r)))
+                    }
+                    Err((code, e)) => error_frame(id, code, e),
                 }
             });
             return true;
@@ -446,8 +435,8 @@ fn dispatch(
                 serve_range(id, r, shard)
             } else if stopping {
                 error_frame(id, ErrorCode::Unavailable, STOPPING.into())
-            } else if adds_data(&req) && no_space(&shard.shared, payload.len()) {
-                error_frame(id, ErrorCode::NoSpace, NO_SPACE.into())
+            } else if front::adds_data(&req) && front::no_space(&shard.shared, payload.len()) {
+                error_frame(id, ErrorCode::NoSpace, front::NO_SPACE.into())
             } else if let Request::Range(r) = req {
                 spawn_linearizable_read(id, r, shard, out, inflight);
                 return true;
@@ -518,48 +507,7 @@ fn watch_request(
         .map_err(|(code, msg)| error_frame(id, code, msg))
 }
 
-const STOPPING: &str = "the member is stopping";
-/// What a lease grant is taken to add to the database, for the quota: its record.
-const LEASE_GRANT_COST_BYTES: usize = 64;
-const OUTCOME_UNKNOWN: &str =
-    "the member failed before this write's outcome was known: it may or may not have been applied";
-const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
-
-/// Whether a request may grow the database (etcd's quota applies to puts, also in txns).
-fn adds_data(req: &Request) -> bool {
-    fn txn_puts(t: &crate::mvcc::TxnRequest) -> bool {
-        t.success.iter().chain(&t.failure).any(|op| match op {
-            crate::mvcc::RequestOp::Put(_) => true,
-            crate::mvcc::RequestOp::Txn(t) => txn_puts(t),
-            _ => false,
-        })
-    }
-    match req {
-        Request::Put(_) => true,
-        Request::Txn(t) => txn_puts(t),
-        _ => false,
-    }
-}
-
-/// Whether a write that adds `cost` bytes is refused for space: the NOSPACE alarm is raised,
-/// or this write would take the tree's live bytes past the quota (which raises it, as etcd
-/// does: it stays raised until disarmed, whatever is freed meanwhile).
-fn no_space(shared: &Shared, cost: usize) -> bool {
-    if shared.alarms.nospace() {
-        return true;
-    }
-    let quota = shared.config.quota_backend_bytes;
-    let used = shared.quota_used.load(std::sync::atomic::Ordering::Relaxed);
-    if quota > 0 && used.saturating_add(cost as u64) > quota {
-        shared
-            .alarms
-            .raise(crate::protocol::AlarmType::Nospace, || {
-                format!("the database holds {used} bytes; --quota-backend-bytes is {quota}")
-            });
-        return true;
-    }
-    false
-}
+const STOPPING: &str = front::STOPPING;
 
 /// A lease request: a grant or revoke goes through the log as a lease command (a grant's id
 /// and TTL settled first, so that every member applies the same grant); keepalives,
@@ -572,58 +520,26 @@ fn lease_request(
     out: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
 ) {
-    let op = match req {
-        LeaseRequest::Grant(g) => {
-            let shared = &shard.shared;
-            // A grant adds a lease record: refused under the NOSPACE alarm, as etcd's quota
-            // refuses it.
-            if no_space(shared, LEASE_GRANT_COST_BYTES) {
-                out.send(error_frame(id, ErrorCode::NoSpace, NO_SPACE.into()));
-                return;
-            }
-            let Some(ids) = shared.lease_ids.get() else {
-                let msg = "the member is starting".to_string();
-                out.send(error_frame(id, ErrorCode::Unavailable, msg));
-                return;
-            };
-            match crate::lease::prepare_grant(g, shared.min_lease_ttl_s(), ids) {
-                Ok(op) => op,
-                Err(e) => {
-                    out.send(error_frame(id, ErrorCode::InvalidRequest, e.to_string()));
-                    return;
-                }
-            }
-        }
-        LeaseRequest::Revoke(r) => LeaseOp::Revoke { id: r.id },
-        query => {
-            let inputs = shard.shared.inputs.clone();
+    match front::lease_command(&shard.shared, &req) {
+        Some(Ok(command)) => spawn_proposal(id, command, shard, out, inflight),
+        Some(Err((code, e))) => out.send(error_frame(id, code, e)),
+        None => {
+            let shared = shard.shared.clone();
             spawn_reply(out, inflight, async move {
-                let (tx, rx) = flume::bounded(1);
-                match enqueue(&inputs, Input::Lease(query, tx), id) {
-                    Err(refused) => refused,
-                    Ok(()) => match rx.recv_async().await {
-                        Ok(Ok(r)) => {
-                            or_internal(id, encode_response(id, &ClientResponse::Lease(r)))
-                        }
-                        Ok(Err((code, e))) => error_frame(id, code, e),
-                        Err(_) => error_frame(id, ErrorCode::Unavailable, STOPPING.into()),
-                    },
+                match front::lease_query(&shared, req).await {
+                    Ok(r) => or_internal(id, encode_response(id, &ClientResponse::Lease(r))),
+                    Err((code, e)) => error_frame(id, code, e),
                 }
             });
-            return;
         }
-    };
-    spawn_proposal(id, crate::node::command::lease(&op), shard, out, inflight);
+    }
 }
 
 /// A range from the latest published view.
 fn serve_range(id: u64, r: &crate::mvcc::RangeRequest, shard: &Shard) -> AlignedVec {
     let Some(view) = shard.view() else {
-        return error_frame(
-            id,
-            ErrorCode::Unavailable,
-            "the store is not open yet".into(),
-        );
+        let (code, e) = front::not_open();
+        return error_frame(id, code, e);
     };
     reply_frame(
         id,
@@ -646,42 +562,16 @@ fn spawn_linearizable_read(
     let shard = shard.clone();
     let replies = out.clone();
     spawn_reply(out, inflight, async move {
-        let (tx, rx) = flume::bounded(1);
-        match enqueue(&shard.shared.inputs, Input::Read(tx), id) {
-            Err(refused) => refused,
-            Ok(()) => match rx.recv_async().await {
-                Ok(()) => {
-                    // A pipelined burst of reads must not pile up replies the client has
-                    // not read: encode only once there is room (a later view is as good).
-                    replies.room().await;
-                    serve_range(id, &r, &shard)
-                }
-                Err(_) => error_frame(
-                    id,
-                    ErrorCode::Unavailable,
-                    "no leader to confirm the read".into(),
-                ),
-            },
+        match front::read_index(&shard.shared).await {
+            Err((code, e)) => error_frame(id, code, e),
+            Ok(()) => {
+                // A pipelined burst of reads must not pile up replies the client has not
+                // read: encode only once there is room (a later view is as good).
+                replies.room().await;
+                serve_range(id, &r, &shard)
+            }
         }
     });
-}
-
-/// Hands a request to the raft role, or the error frame saying why it cannot be.
-fn enqueue(inputs: &flume::Sender<Input>, input: Input, id: u64) -> Result<(), AlignedVec> {
-    let what = match &input {
-        Input::Propose(_) => "proposals",
-        _ => "requests",
-    };
-    inputs.try_send(input).map_err(|e| match e {
-        flume::TrySendError::Full(_) => error_frame(
-            id,
-            ErrorCode::Overloaded,
-            format!("too many {what} pending"),
-        ),
-        flume::TrySendError::Disconnected(_) => {
-            error_frame(id, ErrorCode::Unavailable, STOPPING.into())
-        }
-    })
 }
 
 /// What a client is answered for an applied command: lease commands answer with the Lease
@@ -699,25 +589,9 @@ fn reply_frame(id: u64, result: Result<crate::mvcc::Response, NodeError>) -> Ali
     match result {
         Ok(r) => or_internal(id, encode_response(id, &client_response(r))),
         Err(e) => {
-            let (code, message) = error_of(e);
+            let (code, message) = front::error_of(e);
             error_frame(id, code, message)
         }
-    }
-}
-
-/// The error code a client gets for a proposal's failure, and the message.
-pub(crate) fn error_of(e: NodeError) -> (ErrorCode, String) {
-    match e {
-        // Not applied, or of unknown outcome but worth a retry by a client that knows
-        // its request is safe to apply twice (etcd answers these Unavailable too).
-        e @ (NodeError::NotLeader
-        | NodeError::Stopping
-        | NodeError::Dropped
-        | NodeError::LeaderChanged
-        | NodeError::Timeout) => (ErrorCode::Unavailable, e.to_string()),
-        e @ NodeError::Overloaded => (ErrorCode::Overloaded, e.to_string()),
-        NodeError::Mvcc(e) if !e.is_fatal() => (ErrorCode::InvalidRequest, e.to_string()),
-        e => (ErrorCode::Internal, e.to_string()),
     }
 }
 
@@ -730,18 +604,11 @@ fn spawn_proposal(
     out: &Rc<Replies>,
     inflight: &Rc<Cell<usize>>,
 ) {
-    let proposals = shard.shared.inputs.clone();
+    let shared = shard.shared.clone();
     spawn_reply(out, inflight, async move {
-        let (tx, rx) = flume::bounded(1);
-        let proposal = Proposal { command, reply: tx };
-        match enqueue(&proposals, Input::Propose(proposal), id) {
-            Err(refused) => refused,
-            Ok(()) => match rx.recv_async().await {
-                Ok(result) => reply_frame(id, result),
-                // Proposed, but its answer was lost with a failing role: it may have been
-                // applied, so this is not "try again" (a retried txn could apply twice).
-                Err(_) => error_frame(id, ErrorCode::Internal, OUTCOME_UNKNOWN.into()),
-            },
+        match front::propose(&shared, command).await {
+            Ok(r) => or_internal(id, encode_response(id, &client_response(r))),
+            Err((code, e)) => error_frame(id, code, e),
         }
     });
 }

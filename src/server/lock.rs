@@ -298,7 +298,7 @@ async fn propose(shared: &Shared, request: Request) -> Result<Response, Failure>
         flume::TrySendError::Disconnected(_) => (ErrorCode::Unavailable, STOPPING.into()),
     })?;
     match rx.recv_async().await {
-        Ok(result) => result.map_err(super::conn::error_of),
+        Ok(result) => result.map_err(super::front::error_of),
         Err(_) => Err((
             ErrorCode::Internal,
             "the member failed before this write's outcome was known".into(),

@@ -5,6 +5,8 @@
 //!   reads from the latest published [`ReadView`], proposals and linearizable reads sent to
 //!   the raft role; per connection a receive buffer sized to the frame being read
 //!   (`read_buf.rs`) and replies bounded in bytes with their writer task (`replies.rs`);
+//! - the etcd v3 gRPC API (`grpc/`): tonic on a thread of its own, the same requests as the
+//!   native protocol's through `front.rs`, the path both front ends share;
 //! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
 //! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints;
 //!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives.
@@ -20,6 +22,8 @@ mod alarm;
 mod apply;
 mod cluster;
 mod conn;
+mod front;
+mod grpc;
 mod lease;
 mod lock;
 mod peer;
@@ -46,13 +50,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
+/// What a native frame may hold beyond `--max-request-bytes` (the envelope around a
+/// request's fields).
+pub const REQUEST_ENVELOPE_BYTES: u32 = 4096;
+
 /// Everything `cairn serve` is configured with.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub name: String,
     pub data_dir: PathBuf,
     pub listen_native_addr: String,
-    /// Largest request payload, in bytes.
+    /// URLs the etcd v3 gRPC API listens on (`http://host:port`; port 0: any free port).
+    /// None: no gRPC API.
+    pub listen_client_urls: Vec<String>,
+    /// The gRPC URLs the member list gives clients; empty: the listen URLs as bound.
+    pub advertise_client_urls: Vec<String>,
+    /// Largest request payload, in bytes: `--max-request-bytes` plus
+    /// [`REQUEST_ENVELOPE_BYTES`].
     pub max_request_bytes: u32,
     pub max_txn_ops: usize,
     pub heartbeat_interval_ms: u64,
@@ -268,6 +282,8 @@ pub(crate) struct Shared {
     pub stop: Arc<AtomicBool>,
     /// Ids for grants that ask for none; set once the member's id is known.
     pub lease_ids: std::sync::OnceLock<crate::lease::LeaseIds>,
+    /// The client URLs this member publishes: its gRPC URLs and its native address.
+    pub client_urls: Vec<String>,
 }
 
 impl Shared {
@@ -446,6 +462,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let (grpc_listeners, grpc_urls) = grpc::bind(&config)?;
     let db_dir = config.data_dir.join("db");
     std::fs::create_dir_all(&db_dir).map_err(dir_err(&db_dir))?;
 
@@ -467,6 +484,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         client_inputs: watch_tx,
         stop,
         lease_ids: std::sync::OnceLock::new(),
+        client_urls: front::published_client_urls(&config, &grpc_urls),
     });
     let (store_tx, store_rx) = flume::bounded(1);
     let (wal_open_tx, wal_open_rx) = flume::bounded(1);
@@ -483,6 +501,17 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         wal_opened: wal_open_rx,
         store_opened: store_tx,
     });
+    let grpc_thread = if grpc_listeners.is_empty() {
+        None
+    } else {
+        match grpc::start(shared.clone(), grpc_listeners) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                shared.set_phase(Phase::Stopped);
+                return Err(e);
+            }
+        }
+    };
     let mut handles = Vec::new();
     for (i, p) in plan.iter().enumerate() {
         let placement = match p.cpu {
@@ -510,11 +539,13 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
                 for h in handles {
                     let _ = h.join();
                 }
+                if let Some(t) = grpc_thread {
+                    let _ = t.join();
+                }
                 return Err(e);
             }
         }
     }
-    drop(shared);
     let mut result = Ok(());
     for h in handles {
         let r = h
@@ -523,6 +554,15 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
             .and_then(|r| r);
         if let (Ok(()), Err(e)) = (&result, r) {
             result = Err(e);
+        }
+    }
+    // The executors are done: a gRPC thread still waiting for the member to serve (a start
+    // that failed) sees it stopped.
+    shared.set_phase(Phase::Stopped);
+    drop(shared);
+    if let Some(t) = grpc_thread {
+        if t.join().is_err() && result.is_ok() {
+            result = Err(ServerError::RoleLost("gRPC"));
         }
     }
     result

@@ -1073,7 +1073,7 @@ impl Raft {
         let Some(current) = ms.member(me) else {
             return; // not in the membership (yet): a joining member learns it first
         };
-        let client_urls = vec![format!("http://{}", shared.config.listen_native_addr)];
+        let client_urls = shared.client_urls.clone();
         if current.name == shared.config.name && current.client_urls == client_urls {
             self.publish.done = true;
             return;

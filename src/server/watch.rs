@@ -66,6 +66,25 @@ impl Sink for ConnSink {
     }
 }
 
+impl ConnSink {
+    /// A sink, the queue it fills, and the bytes queued (the reader takes off what it
+    /// has sent on).
+    pub(crate) fn channel() -> (ConnSink, flume::Receiver<WatchOut>, Arc<AtomicUsize>) {
+        let (tx, rx) = flume::unbounded();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let sink = ConnSink {
+            tx,
+            queued_bytes: queued_bytes.clone(),
+        };
+        (sink, rx, queued_bytes)
+    }
+}
+
+/// A new connection id for the hub, unique in the process.
+pub(crate) fn next_conn() -> ConnId {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A connection's watch side, once it sent its first watch request.
 pub(crate) struct ConnWatch {
     conn: ConnId,
@@ -79,13 +98,8 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 impl ConnWatch {
     /// Registers the connection with the hub; `None` if the hub's queue is full or gone.
     pub(crate) fn open(shared: &Shared, replies: &Rc<Replies>) -> Option<ConnWatch> {
-        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = flume::unbounded();
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let sink = ConnSink {
-            tx,
-            queued_bytes: queued_bytes.clone(),
-        };
+        let conn = next_conn();
+        let (sink, rx, queued_bytes) = ConnSink::channel();
         let inputs = shared.client_inputs.clone();
         inputs
             .try_send(ClientInput::Watch(WatchInput::Open { conn, sink }))

@@ -58,6 +58,8 @@ pub struct Member {
     pub id: u64,
     /// The native protocol's address (kept across restarts).
     pub client_addr: String,
+    /// The etcd v3 gRPC API's address (kept across restarts).
+    pub grpc_addr: String,
     /// The advertised peer URL: the proxy's port for this member.
     pub peer_url: String,
     /// For a member added to the running cluster: the `--initial-cluster` it joins with
@@ -116,6 +118,7 @@ impl Cluster {
                 name,
                 id,
                 client_addr: free_addr(),
+                grpc_addr: free_addr(),
                 peer_url,
                 join: None,
                 child: None,
@@ -164,6 +167,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&m.data_dir)
             .args(["--listen-native-addr", &m.client_addr])
+            .args(["--listen-client-urls", &format!("http://{}", m.grpc_addr)])
             .args(["--listen-peer-urls", &format!("http://{listen_peer}")])
             .args(["--initial-advertise-peer-urls", &m.peer_url]);
         match &m.join {
@@ -246,6 +250,7 @@ impl Cluster {
             name: name.to_string(),
             id: 0,
             client_addr: free_addr(),
+            grpc_addr: free_addr(),
             peer_url,
             join: None,
             child: None,

@@ -35,7 +35,8 @@ pub fn serve_command(dir: &std::path::Path, addr: &str) -> std::process::Command
     cmd.args(["serve", "--listen-native-addr", addr, "--data-dir"])
         .arg(dir)
         .arg("--listen-peer-urls")
-        .arg(format!("http://{}", free_addr()));
+        .arg(format!("http://{}", free_addr()))
+        .args(["--listen-client-urls", "http://127.0.0.1:0"]);
     cmd
 }
 

@@ -1,0 +1,3 @@
+//! The etcd v3 gRPC API.
+
+pub mod pb;

@@ -1,0 +1,148 @@
+//! etcd's KV service: ranges from the published view (after a ReadIndex unless
+//! serializable), writes through the log as the native protocol's are.
+
+use super::convert;
+use super::status::{status, too_large};
+use super::Ctx;
+use crate::grpc::pb::etcdserverpb as pb;
+use crate::mvcc::{Request, Response};
+use crate::server::front;
+use prost::Message;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+type Reply<T> = Result<GrpcResponse<T>, Status>;
+
+fn unexpected() -> Status {
+    Status::internal("the write was answered with another kind of response")
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for Ctx {
+    async fn range(&self, req: GrpcRequest<pb::RangeRequest>) -> Reply<pb::RangeResponse> {
+        let req = Request::Range(convert::range_request(req.into_inner())?);
+        self.validate(&req)?;
+        let Request::Range(r) = req else {
+            return Err(unexpected());
+        };
+        if !r.serializable {
+            self.serving()?;
+            front::read_index(&self.shared).await.map_err(status)?;
+        }
+        let view = self
+            .shared
+            .view()
+            .ok_or_else(|| status(front::not_open()))?;
+        let resp = view
+            .range(&r)
+            .map_err(|e| status(front::error_of(e.into())))?;
+        let header = self.header(resp.header.revision);
+        Ok(GrpcResponse::new(convert::range_response(resp, header)))
+    }
+
+    type RangeStreamStream = tokio_stream::Empty<Result<pb::RangeStreamResponse, Status>>;
+
+    async fn range_stream(
+        &self,
+        _: GrpcRequest<pb::RangeRequest>,
+    ) -> Reply<Self::RangeStreamStream> {
+        Err(Status::unimplemented(
+            "RangeStream is not part of etcd 3.4's API",
+        ))
+    }
+
+    async fn put(&self, req: GrpcRequest<pb::PutRequest>) -> Reply<pb::PutResponse> {
+        let req = req.into_inner();
+        let len = req.encoded_len();
+        match self
+            .write(Request::Put(convert::put_request(req)), len)
+            .await?
+        {
+            Response::Put(r) => {
+                let header = self.header(r.header.revision);
+                Ok(GrpcResponse::new(convert::put_response(r, header)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: GrpcRequest<pb::DeleteRangeRequest>,
+    ) -> Reply<pb::DeleteRangeResponse> {
+        let req = req.into_inner();
+        let len = req.encoded_len();
+        match self
+            .write(Request::DeleteRange(convert::delete_request(req)), len)
+            .await?
+        {
+            Response::DeleteRange(r) => {
+                let header = self.header(r.header.revision);
+                Ok(GrpcResponse::new(convert::delete_response(r, header)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn txn(&self, req: GrpcRequest<pb::TxnRequest>) -> Reply<pb::TxnResponse> {
+        let req = req.into_inner();
+        let len = req.encoded_len();
+        match self
+            .write(Request::Txn(convert::txn_request(req)?), len)
+            .await?
+        {
+            Response::Txn(t) => {
+                let header = self.header(t.header.revision);
+                Ok(GrpcResponse::new(convert::txn_response(t, header)))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: GrpcRequest<pb::CompactionRequest>,
+    ) -> Reply<pb::CompactionResponse> {
+        let req = req.into_inner();
+        let c = crate::mvcc::CompactionRequest {
+            revision: req.revision,
+            physical: req.physical,
+        };
+        match self
+            .write(Request::Compaction(c), req.encoded_len())
+            .await?
+        {
+            Response::Compaction(r) => Ok(GrpcResponse::new(pb::CompactionResponse {
+                header: self.header(r.header.revision),
+            })),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+impl Ctx {
+    fn validate(&self, req: &Request) -> Result<(), Status> {
+        crate::mvcc::validate(req, self.shared.config.max_txn_ops)
+            .map_err(|e| status((crate::protocol::ErrorCode::InvalidRequest, e.to_string())))
+    }
+
+    /// A write through the log: the request archived as a native client would send it,
+    /// so that the log command is the same whichever front end took it.
+    async fn write(&self, req: Request, request_bytes: usize) -> Result<Response, Status> {
+        if request_bytes > self.max_request_bytes {
+            return Err(too_large());
+        }
+        self.validate(&req)?;
+        self.serving()?;
+        let adds_data = front::adds_data(&req);
+        let archived = crate::protocol::archive_request(&crate::protocol::ClientRequest::Kv(req))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if adds_data && front::no_space(&self.shared, archived.len()) {
+            return Err(status((
+                crate::protocol::ErrorCode::NoSpace,
+                front::NO_SPACE.into(),
+            )));
+        }
+        let command = crate::node::command::client(&archived);
+        front::propose(&self.shared, command).await.map_err(status)
+    }
+}

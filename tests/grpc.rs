@@ -1,0 +1,753 @@
+//! The etcd v3 gRPC API of real `cairn serve` processes, through the generated tonic
+//! client: each KV, Watch, Lease, Cluster and Maintenance call with its results, response
+//! headers and etcd's error codes and messages, on a 3-member cluster through a follower;
+//! the `hasleader` metadata; limits, malformed requests and unknown methods, after which
+//! the member still serves. `tests/etcdctl.rs` compares etcdctl's output with etcd's.
+
+mod common;
+
+use cairn::grpc::pb::etcdserverpb as pb;
+use common::cluster::{poll, Cluster};
+use pb::cluster_client::ClusterClient;
+use pb::kv_client::KvClient;
+use pb::lease_client::LeaseClient;
+use pb::maintenance_client::MaintenanceClient;
+use pb::watch_client::WatchClient;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+async fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("URL")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+fn put(key: &str, value: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+fn range(key: &str) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+fn keys(r: &pb::RangeResponse) -> Vec<String> {
+    r.kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+#[track_caller]
+fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, message: &str) {
+    match r {
+        Err(s) => assert_eq!((s.code(), s.message()), (code, message), "{s:?}"),
+        Ok(v) => panic!("expected {code:?} {message:?}, got {v:?}"),
+    }
+}
+
+/// The follower of a 3-member cluster answers every call as etcd would: KV, Maintenance,
+/// Cluster and Lease, with headers naming the cluster, the member and the Raft term.
+#[test]
+fn a_follower_serves_the_etcd_api() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], CONVERGE);
+    let follower = (leader + 1) % 3;
+    let (cluster_id, follower_id) = {
+        let s = c.status(follower).expect("status");
+        (s.cluster_id, s.member_id)
+    };
+    let grpc_addrs: Vec<String> = c.members.iter().map(|m| m.grpc_addr.clone()).collect();
+    let rt = runtime();
+    rt.block_on(async {
+        let ch = channel(&grpc_addrs[follower]).await;
+        let mut kv = KvClient::new(ch.clone());
+        kv_calls(&mut kv, cluster_id, follower_id).await;
+        maintenance_calls(&ch, &grpc_addrs, follower_id, c.members[leader].id).await;
+        cluster_calls(&ch, &c, &grpc_addrs).await;
+        lease_calls(&ch, &mut kv).await;
+        watch_calls(&ch, &mut kv).await;
+    });
+    // With the other two gone, the follower has no leader: `hasleader` requests are
+    // refused at once, as etcd refuses them.
+    let others: Vec<usize> = (0..3).filter(|&i| i != follower).collect();
+    for &i in &others {
+        c.kill(i);
+    }
+    rt.block_on(async {
+        let mut kv = KvClient::new(channel(&grpc_addrs[follower]).await);
+        poll(CONVERGE, "the follower knows no leader", || {
+            c.status(follower).filter(|s| s.leader == 0)
+        });
+        let mut req = tonic::Request::new(range("a"));
+        req.metadata_mut()
+            .insert("hasleader", "true".parse().expect("metadata"));
+        assert_status(
+            kv.range(req).await,
+            Code::Unavailable,
+            "etcdserver: no leader",
+        );
+        // Without it, a serializable read is still served.
+        let ser = pb::RangeRequest {
+            serializable: true,
+            ..range("a")
+        };
+        assert!(kv.range(ser).await.is_ok());
+    });
+}
+
+async fn kv_calls(kv: &mut KvClient<Channel>, cluster_id: u64, member_id: u64) {
+    let first = kv.put(put("a", "1")).await.expect("put").into_inner();
+    let h = first.header.expect("header");
+    assert_eq!((h.cluster_id, h.member_id), (cluster_id, member_id));
+    assert!(h.raft_term > 0 && h.revision > 1, "{h:?}");
+    let rev_a = h.revision;
+    for (k, v) in [("b", "22"), ("c", "333"), ("d", "4")] {
+        kv.put(put(k, v)).await.expect("put");
+    }
+    // prev_kv, ignore_value.
+    let r = kv
+        .put(pb::PutRequest {
+            prev_kv: true,
+            ..put("a", "11")
+        })
+        .await
+        .expect("put")
+        .into_inner();
+    let prev = r.prev_kv.expect("prev_kv");
+    assert_eq!(
+        (prev.value.as_slice(), prev.mod_revision),
+        (&b"1"[..], rev_a)
+    );
+    let r = kv
+        .put(pb::PutRequest {
+            ignore_value: true,
+            ..put("a", "")
+        })
+        .await
+        .expect("put with ignore_value");
+    let rev_now = r.into_inner().header.expect("header").revision;
+    let got = kv.range(range("a")).await.expect("range").into_inner();
+    assert_eq!(got.kvs[0].value, b"11");
+    assert_eq!((got.kvs[0].version, got.kvs[0].mod_revision), (3, rev_now));
+
+    // Range with its fields.
+    let all = pb::RangeRequest {
+        range_end: vec![0],
+        ..range("a")
+    };
+    let r = kv.range(all.clone()).await.expect("range").into_inner();
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (
+            vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            4,
+            false
+        )
+    );
+    let r = kv
+        .range(pb::RangeRequest {
+            limit: 2,
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            sort_target: pb::range_request::SortTarget::Value as i32,
+            ..all.clone()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (vec!["d".into(), "c".into()], 4, true)
+    );
+    let r = kv
+        .range(pb::RangeRequest {
+            keys_only: true,
+            serializable: true,
+            ..all.clone()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()) && r.kvs.len() == 4);
+    let r = kv
+        .range(pb::RangeRequest {
+            count_only: true,
+            ..all.clone()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!((r.kvs.len(), r.count), (0, 4));
+    let r = kv
+        .range(pb::RangeRequest {
+            revision: rev_a,
+            ..all.clone()
+        })
+        .await
+        .expect("range at a revision")
+        .into_inner();
+    assert_eq!(keys(&r), vec!["a".to_string()]);
+    let r = kv
+        .range(pb::RangeRequest {
+            min_mod_revision: rev_a + 1,
+            max_mod_revision: rev_a + 2,
+            ..all.clone()
+        })
+        .await
+        .expect("range by mod revision")
+        .into_inner();
+    assert_eq!(keys(&r), vec!["b".to_string(), "c".to_string()]);
+    let r = kv
+        .range(pb::RangeRequest {
+            min_create_revision: rev_a + 3,
+            ..all.clone()
+        })
+        .await
+        .expect("range by create revision")
+        .into_inner();
+    assert_eq!(keys(&r), vec!["d".to_string()]);
+
+    // Txn: compares, then/else, nested.
+    let cmp = |key: &str, value: &str| pb::Compare {
+        key: key.into(),
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Value as i32,
+        target_union: Some(pb::compare::TargetUnion::Value(value.into())),
+        ..Default::default()
+    };
+    let op_put = |k: &str, v: &str| pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(put(k, v))),
+    };
+    let op_get = |k: &str| pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(range(k))),
+    };
+    let txn = pb::TxnRequest {
+        compare: vec![cmp("b", "22")],
+        success: vec![
+            op_put("t", "yes"),
+            pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestTxn(pb::TxnRequest {
+                    compare: vec![cmp("c", "nope")],
+                    success: vec![],
+                    failure: vec![op_get("c")],
+                })),
+            },
+        ],
+        failure: vec![op_put("t", "no")],
+    };
+    let r = kv.txn(txn.clone()).await.expect("txn").into_inner();
+    assert!(r.succeeded);
+    match &r.responses[1].response {
+        Some(pb::response_op::Response::ResponseTxn(inner)) => {
+            assert!(!inner.succeeded);
+            match &inner.responses[0].response {
+                Some(pb::response_op::Response::ResponseRange(g)) => {
+                    assert_eq!(g.kvs[0].value, b"333")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = kv
+        .txn(pb::TxnRequest {
+            compare: vec![cmp("b", "other")],
+            ..txn
+        })
+        .await
+        .expect("txn")
+        .into_inner();
+    assert!(!r.succeeded);
+    let got = kv.range(range("t")).await.expect("range").into_inner();
+    assert_eq!(got.kvs[0].value, b"no");
+
+    // DeleteRange with prev_kv.
+    let r = kv
+        .delete_range(pb::DeleteRangeRequest {
+            key: "c".into(),
+            range_end: prefix_end("d"),
+            prev_kv: true,
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(r.deleted, 2);
+    assert_eq!(r.prev_kvs.len(), 2);
+    let rev_deleted = r.header.expect("header").revision;
+
+    // Errors, with etcd's codes and words.
+    assert_status(
+        kv.put(put("", "x")).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
+    let many = pb::TxnRequest {
+        success: (0..129).map(|i| op_put(&format!("k{i}"), "v")).collect(),
+        ..Default::default()
+    };
+    assert_status(
+        kv.txn(many).await,
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+    );
+    let dup = pb::TxnRequest {
+        success: vec![op_put("x", "1"), op_put("x", "2")],
+        ..Default::default()
+    };
+    assert_status(
+        kv.txn(dup).await,
+        Code::InvalidArgument,
+        "etcdserver: duplicate key given in txn request",
+    );
+    let future = pb::RangeRequest {
+        revision: rev_deleted + 1000,
+        ..range("a")
+    };
+    assert_status(
+        kv.range(future).await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision is a future revision",
+    );
+    let compact = kv
+        .compact(pb::CompactionRequest {
+            revision: rev_deleted,
+            physical: true,
+        })
+        .await
+        .expect("compact")
+        .into_inner();
+    assert!(compact.header.expect("header").revision >= rev_deleted);
+    let old = pb::RangeRequest {
+        revision: rev_a,
+        ..range("a")
+    };
+    assert_status(
+        kv.range(old).await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+    assert_status(
+        kv.compact(pb::CompactionRequest {
+            revision: rev_a,
+            physical: false,
+        })
+        .await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+}
+
+async fn maintenance_calls(ch: &Channel, grpc_addrs: &[String], member_id: u64, leader_id: u64) {
+    let mut m = MaintenanceClient::new(ch.clone());
+    let s = m
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(s.header.expect("header").member_id, member_id);
+    assert_eq!(s.leader, leader_id);
+    assert!(!s.is_learner && s.raft_index > 0 && s.raft_applied_index > 0 && s.raft_term > 0);
+    assert!(s.db_size > 0 && s.version.starts_with("3."), "{s:?}");
+    let alarms = m
+        .alarm(pb::AlarmRequest::default())
+        .await
+        .expect("alarm list");
+    assert!(alarms.into_inner().alarms.is_empty());
+
+    // Every member's HashKV agrees at one revision, once each has applied it.
+    let rev = s.header.expect("header").revision;
+    let mut hashes = Vec::new();
+    for addr in grpc_addrs {
+        let mut m = MaintenanceClient::new(channel(addr).await);
+        let mut kv = KvClient::new(channel(addr).await);
+        kv.range(range("a")).await.expect("linearizable read");
+        let h = m
+            .hash_kv(pb::HashKvRequest { revision: rev })
+            .await
+            .expect("hashkv")
+            .into_inner();
+        hashes.push(h.hash);
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+
+    // MoveLeader is the leader's to take, as with etcd; to a member that does not exist it
+    // is etcd's "bad leader transferee".
+    let not_leader = m
+        .move_leader(pb::MoveLeaderRequest {
+            target_id: member_id,
+        })
+        .await;
+    assert_eq!(
+        not_leader.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::FailedPrecondition)
+    );
+}
+
+async fn cluster_calls(ch: &Channel, c: &Cluster, grpc_addrs: &[String]) {
+    let mut cl = ClusterClient::new(ch.clone());
+    let list = cl
+        .member_list(pb::MemberListRequest { linearizable: true })
+        .await
+        .expect("member list")
+        .into_inner();
+    assert_eq!(list.members.len(), 3);
+    for m in &c.members {
+        let listed = list
+            .members
+            .iter()
+            .find(|l| l.id == m.id)
+            .expect("member listed");
+        assert_eq!(listed.client_ur_ls, vec![format!("http://{}", m.grpc_addr)]);
+        assert_eq!(listed.peer_ur_ls, vec![m.peer_url.clone()]);
+        assert_eq!(listed.name, m.name);
+    }
+    // Changes through a follower reach the leader.
+    let url = format!("http://{}", common::free_addr());
+    let added = cl
+        .member_add(pb::MemberAddRequest {
+            peer_ur_ls: vec![url.clone()],
+            is_learner: true,
+        })
+        .await
+        .expect("member add")
+        .into_inner();
+    let new = added.member.expect("the member added");
+    assert!(new.is_learner && new.peer_ur_ls == vec![url.clone()]);
+    assert_eq!(added.members.len(), 4);
+    assert_status(
+        cl.member_add(pb::MemberAddRequest {
+            peer_ur_ls: vec![url],
+            is_learner: true,
+        })
+        .await,
+        Code::FailedPrecondition,
+        "etcdserver: Peer URLs already exists",
+    );
+    assert_status(
+        cl.member_promote(pb::MemberPromoteRequest { id: new.id })
+            .await,
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    );
+    let moved = format!("http://{}", common::free_addr());
+    let updated = cl
+        .member_update(pb::MemberUpdateRequest {
+            id: new.id,
+            peer_ur_ls: vec![moved.clone()],
+        })
+        .await
+        .expect("member update")
+        .into_inner();
+    let listed = updated
+        .members
+        .iter()
+        .find(|m| m.id == new.id)
+        .expect("listed");
+    assert_eq!(listed.peer_ur_ls, vec![moved]);
+    let removed = cl
+        .member_remove(pb::MemberRemoveRequest { id: new.id })
+        .await
+        .expect("member remove")
+        .into_inner();
+    assert_eq!(removed.members.len(), 3);
+    assert!(removed.members.iter().all(|m| m.client_ur_ls.len() == 1));
+    assert_status(
+        cl.member_remove(pb::MemberRemoveRequest { id: 0x1234 })
+            .await,
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    assert_eq!(grpc_addrs.len(), 3);
+}
+
+async fn lease_calls(ch: &Channel, kv: &mut KvClient<Channel>) {
+    let mut l = LeaseClient::new(ch.clone());
+    let g = l
+        .lease_grant(pb::LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner();
+    assert!(g.id != 0 && g.ttl == 30 && g.error.is_empty());
+    kv.put(pb::PutRequest {
+        lease: g.id,
+        ..put("leased", "v")
+    })
+    .await
+    .expect("put with a lease");
+    assert_status(
+        kv.put(pb::PutRequest {
+            lease: 0x7777,
+            ..put("leased", "v")
+        })
+        .await,
+        Code::NotFound,
+        "etcdserver: requested lease not found",
+    );
+    // Keepalives and time-to-live through the follower are answered by the leader.
+    let asks = tokio_stream::iter(vec![pb::LeaseKeepAliveRequest { id: g.id }; 2]);
+    let mut renewals = l
+        .lease_keep_alive(asks)
+        .await
+        .expect("keepalive")
+        .into_inner();
+    for _ in 0..2 {
+        let r = renewals
+            .message()
+            .await
+            .expect("renewal")
+            .expect("a renewal");
+        assert_eq!((r.id, r.ttl), (g.id, 30));
+        assert!(r.header.expect("header").revision > 0);
+    }
+    let ttl = l
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: g.id,
+            keys: true,
+        })
+        .await
+        .expect("time to live")
+        .into_inner();
+    assert_eq!(
+        (ttl.granted_ttl, ttl.keys.clone()),
+        (30, vec![b"leased".to_vec()])
+    );
+    assert!(ttl.ttl > 0 && ttl.ttl <= 30);
+    let leases = l
+        .lease_leases(pb::LeaseLeasesRequest {})
+        .await
+        .expect("leases")
+        .into_inner();
+    assert!(leases.leases.iter().any(|s| s.id == g.id));
+    l.lease_revoke(pb::LeaseRevokeRequest { id: g.id })
+        .await
+        .expect("revoke");
+    let got = kv.range(range("leased")).await.expect("range").into_inner();
+    assert_eq!(got.count, 0, "revoking deletes the lease's keys");
+    assert_status(
+        l.lease_revoke(pb::LeaseRevokeRequest { id: g.id }).await,
+        Code::NotFound,
+        "etcdserver: requested lease not found",
+    );
+    let gone = l
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: g.id,
+            keys: false,
+        })
+        .await
+        .expect("time to live of a lease that is gone")
+        .into_inner();
+    assert_eq!(gone.ttl, -1);
+    let asks = tokio_stream::iter(vec![pb::LeaseKeepAliveRequest { id: g.id }]);
+    let mut renewals = l
+        .lease_keep_alive(asks)
+        .await
+        .expect("keepalive")
+        .into_inner();
+    let r = renewals.message().await.expect("renewal").expect("a reply");
+    assert_eq!(
+        (r.id, r.ttl),
+        (g.id, 0),
+        "a lease that is gone is renewed with TTL 0"
+    );
+}
+
+async fn next(responses: &mut tonic::Streaming<pb::WatchResponse>) -> pb::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("a watch response in time")
+        .expect("watch stream")
+        .expect("a watch response")
+}
+
+async fn watch_calls(ch: &Channel, kv: &mut KvClient<Channel>) {
+    let mut w = WatchClient::new(ch.clone());
+    let first = kv.put(put("w/1", "a")).await.expect("put").into_inner();
+    let from = first.header.expect("header").revision;
+    let create = |key: &str, start_revision: i64, watch_id: i64| pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: key.into(),
+                range_end: prefix_end(key),
+                start_revision,
+                prev_kv: true,
+                watch_id,
+                ..Default::default()
+            },
+        )),
+    };
+    let (requests, asks) = tokio::sync::mpsc::channel(4);
+    requests.send(create("w/", from, 7)).await.expect("send");
+    let mut responses = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(asks))
+        .await
+        .expect("watch")
+        .into_inner();
+    let created = next(&mut responses).await;
+    assert!(created.created && created.watch_id == 7, "{created:?}");
+    assert!(created.header.expect("header").member_id != 0);
+    // The history from `from`, then what is written after.
+    let past = next(&mut responses).await;
+    assert_eq!(past.events.len(), 1, "{past:?}");
+    assert_eq!(past.events[0].kv.as_ref().expect("kv").value, b"a");
+    kv.put(put("w/1", "b")).await.expect("put");
+    kv.delete_range(pb::DeleteRangeRequest {
+        key: "w/1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete");
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        events.extend(next(&mut responses).await.events);
+    }
+    use cairn::grpc::pb::mvccpb::event::EventType;
+    assert_eq!(events[0].r#type, EventType::Put as i32);
+    assert_eq!(events[0].prev_kv.as_ref().expect("prev_kv").value, b"a");
+    assert_eq!(events[1].r#type, EventType::Delete as i32);
+    assert_eq!(events[1].kv.as_ref().expect("kv").key, b"w/1");
+    // A watcher on a compacted revision is canceled with the compaction's revision.
+    requests.send(create("w/", 1, 8)).await.expect("send");
+    let mut canceled = next(&mut responses).await;
+    while canceled.watch_id != 8 || !canceled.canceled {
+        canceled = next(&mut responses).await;
+    }
+    assert!(canceled.compact_revision > 1, "{canceled:?}");
+    let cancel = pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CancelRequest(
+            pb::WatchCancelRequest { watch_id: 7 },
+        )),
+    };
+    requests.send(cancel).await.expect("send");
+    let mut r = next(&mut responses).await;
+    while !(r.canceled && r.watch_id == 7) {
+        r = next(&mut responses).await;
+    }
+}
+
+/// A request over `--max-request-bytes` is etcd's "request is too large"; one over the
+/// gRPC message limit (that plus etcd's 512 KiB) is ResourceExhausted; a message that does
+/// not decode is Internal (as grpc-go answers it); an unknown method or service is
+/// Unimplemented. The member serves the next request after each.
+#[test]
+fn limits_malformed_and_unknown_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let native = common::free_addr();
+    let grpc = common::free_addr();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args(["serve", "--listen-native-addr", &native, "--data-dir"])
+        .arg(dir.path().join("d"))
+        .args([
+            "--listen-peer-urls",
+            &format!("http://{}", common::free_addr()),
+        ])
+        .args(["--listen-client-urls", &format!("http://{grpc}")])
+        .args(["--max-request-bytes", "65536", "--log-level", "warn"])
+        .stderr(std::process::Stdio::null());
+    let mut child = Process(cmd.spawn().expect("spawn cairn serve"));
+    common::wait_serving(&native, Some(&mut child.0));
+    runtime().block_on(async {
+        let ch = channel(&grpc).await;
+        let mut kv = KvClient::new(ch.clone());
+        kv.put(put("k", "v")).await.expect("put");
+        let big = "x".repeat(65536 + 1);
+        assert_status(
+            kv.put(put("k", &big)).await,
+            Code::InvalidArgument,
+            "etcdserver: request is too large",
+        );
+        kv.put(put("k", "v2"))
+            .await
+            .expect("served after a large request");
+        let huge = "x".repeat(65536 + 512 * 1024 + 1);
+        let r = kv.put(put("k", &huge)).await;
+        assert_eq!(
+            r.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::ResourceExhausted)
+        );
+        let mut kv = KvClient::new(channel(&grpc).await);
+        kv.put(put("k", "v3"))
+            .await
+            .expect("served after an oversized message");
+
+        // A KeyValue's field 2 is an integer; a RangeRequest's is bytes: it does not decode.
+        let bad = cairn::grpc::pb::mvccpb::KeyValue {
+            create_revision: 5,
+            ..Default::default()
+        };
+        let r = raw_call::<_, pb::RangeResponse>(&ch, "/etcdserverpb.KV/Range", bad).await;
+        assert_eq!(r.map(|_| ()).map_err(|s| s.code()), Err(Code::Internal));
+        let r = raw_call::<_, pb::RangeResponse>(&ch, "/etcdserverpb.KV/NoSuchMethod", range("k"))
+            .await;
+        assert_eq!(
+            r.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::Unimplemented)
+        );
+        let r =
+            raw_call::<_, pb::RangeResponse>(&ch, "/etcdserverpb.Nothing/Range", range("k")).await;
+        assert_eq!(
+            r.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::Unimplemented)
+        );
+        let got = kv.range(range("k")).await.expect("range").into_inner();
+        assert_eq!(got.kvs[0].value, b"v3");
+    });
+}
+
+/// A unary call of `path` with any message, for requests the generated client cannot make.
+async fn raw_call<Req, Resp>(
+    ch: &Channel,
+    path: &'static str,
+    req: Req,
+) -> Result<Resp, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(req), path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
