@@ -20,10 +20,13 @@ mod alarm;
 mod apply;
 mod cluster;
 mod conn;
+mod http;
 mod lease;
 mod lock;
+mod metrics;
 mod peer;
 mod placement;
+mod procfs;
 mod raft;
 mod read_buf;
 mod replies;
@@ -88,6 +91,9 @@ pub struct ServeConfig {
     /// a restart does not give them their whole TTL again (etcd's
     /// `--experimental-lease-checkpoint-interval`, 5 minutes).
     pub lease_checkpoint_interval_ms: u64,
+    /// `http://host:port` URLs serving `/metrics`, `/health`, `/livez`, `/readyz` and
+    /// `/version` (etcd's `--listen-metrics-urls`); none by default.
+    pub listen_metrics_urls: Vec<String>,
     pub cluster: ClusterConfig,
 }
 
@@ -268,6 +274,8 @@ pub(crate) struct Shared {
     pub stop: Arc<AtomicBool>,
     /// Ids for grants that ask for none; set once the member's id is known.
     pub lease_ids: std::sync::OnceLock<crate::lease::LeaseIds>,
+    /// What the roles measure, for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 impl Shared {
@@ -446,6 +454,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let http_listeners = http::bind(&config.listen_metrics_urls)?;
     let db_dir = config.data_dir.join("db");
     std::fs::create_dir_all(&db_dir).map_err(dir_err(&db_dir))?;
 
@@ -467,7 +476,10 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         client_inputs: watch_tx,
         stop,
         lease_ids: std::sync::OnceLock::new(),
+        metrics: metrics::Metrics::new(plan.clone()),
     });
+    // Stops (its acceptors) when dropped, once the executors are gone or failed to start.
+    let _http = http::HttpServer::start(http_listeners, &shared)?;
     let (store_tx, store_rx) = flume::bounded(1);
     let (wal_open_tx, wal_open_rx) = flume::bounded(1);
     let mut raft_role = Some(raft::RaftRole {

@@ -60,6 +60,8 @@ pub struct Member {
     pub client_addr: String,
     /// The advertised peer URL: the proxy's port for this member.
     pub peer_url: String,
+    /// Where it serves `/metrics`, `/health` and the probes (kept across restarts).
+    pub metrics_addr: String,
     /// For a member added to the running cluster: the `--initial-cluster` it joins with
     /// (`--initial-cluster-state existing`).
     join: Option<String>,
@@ -117,6 +119,7 @@ impl Cluster {
                 id,
                 client_addr: free_addr(),
                 peer_url,
+                metrics_addr: free_addr(),
                 join: None,
                 child: None,
             });
@@ -165,6 +168,10 @@ impl Cluster {
             .arg(&m.data_dir)
             .args(["--listen-native-addr", &m.client_addr])
             .args(["--listen-peer-urls", &format!("http://{listen_peer}")])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://{}", m.metrics_addr),
+            ])
             .args(["--initial-advertise-peer-urls", &m.peer_url]);
         match &m.join {
             None => cmd.args(["--initial-cluster", &self.initial_cluster]),
@@ -247,6 +254,7 @@ impl Cluster {
             id: 0,
             client_addr: free_addr(),
             peer_url,
+            metrics_addr: free_addr(),
             join: None,
             child: None,
         });
