@@ -7,7 +7,10 @@
 //!   (`read_buf.rs`) and replies bounded in bytes with their writer task (`replies.rs`);
 //! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
 //! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints;
-//!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives.
+//!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives;
+//! - HTTP on `--listen-metrics-urls` (`http.rs`), on threads of its own: `/metrics` from what
+//!   the roles measure (`metrics.rs`) and `/proc` (`procfs.rs`), `/health`, `/livez`,
+//!   `/readyz`, `/version`.
 //!
 //! Roles talk through bounded flume channels; `placement.rs` maps them onto executors.
 //! Start: the raft role opens the WAL (its lock guards the data directory), then the apply
