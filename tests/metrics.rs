@@ -349,7 +349,7 @@ fn a_three_member_cluster_exports_etcds_metrics_measured() {
     // A checkpoint every 20 entries, so that backend commits happen within the test.
     let options = Options::snapshots(20, 10);
     let cluster = Cluster::start_with(3, options);
-    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(10));
+    cluster.wait_leader(&[0, 1, 2], Duration::from_secs(10));
     let addrs: Vec<String> = cluster
         .members
         .iter()
@@ -387,10 +387,6 @@ fn a_three_member_cluster_exports_etcds_metrics_measured() {
             ),
             1.0
         );
-        assert_eq!(
-            s.value("etcd_server_is_leader", &[]),
-            f64::from(i == leader)
-        );
         assert!(s.value("etcd_server_leader_changes_seen_total", &[]) >= 1.0);
         // The members run with --placement unpinned: a net shard on each executor, raft on
         // the first, apply on the last.
@@ -403,12 +399,18 @@ fn a_three_member_cluster_exports_etcds_metrics_measured() {
         assert!(roles.iter().any(|r| r.contains("apply")), "{roles:?}");
         assert!(roles.iter().all(|r| r.starts_with("net")), "{roles:?}");
     }
-    // Every member knows the leader once it has heard from it.
-    for a in &addrs {
-        poll(Duration::from_secs(5), "etcd_server_has_leader 1", || {
-            (scrape(a).value("etcd_server_has_leader", &[]) == 1.0).then_some(())
-        });
-    }
+    // Every member knows the leader once it has heard from it, and one of them leads.
+    poll(Duration::from_secs(10), "a leader known to all", || {
+        let scrapes: Vec<Scrape> = addrs.iter().map(|a| scrape(a)).collect();
+        let known = scrapes
+            .iter()
+            .all(|s| s.value("etcd_server_has_leader", &[]) == 1.0);
+        let leaders: f64 = scrapes
+            .iter()
+            .map(|s| s.value("etcd_server_is_leader", &[]))
+            .sum();
+        (known && leaders == 1.0).then_some(())
+    });
     let n = 60;
     let mut client = cairn::client::Client::new(cluster.endpoints(), Duration::from_secs(10));
     for k in 0..n {
@@ -448,7 +450,6 @@ fn a_three_member_cluster_exports_etcds_metrics_measured() {
             "member {i}"
         );
         assert!(after.value("etcd_debugging_mvcc_current_revision", &[]) >= f64::from(n));
-        assert_eq!(after.value("etcd_server_proposals_failed_total", &[]), 0.0);
         // 60 entries with a checkpoint every 20: some are durable by now.
         poll(Duration::from_secs(5), "a backend commit measured", || {
             let s = scrape(a);
@@ -562,6 +563,27 @@ fn leader_changes_are_counted_and_health_follows_the_quorum() {
             && ready.body.ends_with("readyz check failed\n"),
         "{}",
         ready.body
+    );
+    // A write to a member without a leader fails, and is counted.
+    let failed = scrape(&a).value("etcd_server_proposals_failed_total", &[]);
+    let mut client = cairn::client::Client::new(
+        vec![cluster.members[last].client_addr.clone()],
+        Duration::from_secs(3),
+    );
+    let req =
+        cairn::protocol::ClientRequest::Kv(cairn::mvcc::Request::Put(cairn::mvcc::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }));
+    assert!(client.request(&req).is_err(), "a put without a quorum");
+    poll(
+        Duration::from_secs(5),
+        "the failed proposal counted",
+        || {
+            let s = scrape(&a);
+            (s.value("etcd_server_proposals_failed_total", &[]) > failed).then_some(())
+        },
     );
     let live = get(&a, "/livez");
     assert_eq!((live.status, live.body.as_str()), (200, "ok"));

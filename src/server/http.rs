@@ -65,8 +65,8 @@ pub(crate) fn bind(urls: &[String]) -> Result<Vec<(String, TcpListener)>, Server
         .collect()
 }
 
-/// The running server; dropping it stops the acceptors (connections being served finish
-/// their request on their own).
+/// The running server; dropping it stops the acceptors, and connection threads close
+/// their connections after the request they are answering (idle ones within a second).
 pub(crate) struct HttpServer {
     stop: Arc<AtomicBool>,
     acceptors: Vec<std::thread::JoinHandle<()>>,
@@ -116,7 +116,12 @@ impl Drop for Slot {
     }
 }
 
-fn accept(listener: TcpListener, shared: &Arc<Shared>, stop: &AtomicBool, open: &Arc<AtomicUsize>) {
+fn accept(
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+    open: &Arc<AtomicUsize>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let mut fds = libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -144,13 +149,13 @@ fn accept(listener: TcpListener, shared: &Arc<Shared>, stop: &AtomicBool, open: 
             continue;
         }
         let slot = Slot(open.clone());
-        let shared = shared.clone();
+        let (shared, stopped) = (shared.clone(), stop.clone());
         let spawned = std::thread::Builder::new()
             .name("cairn-http".into())
             .stack_size(THREAD_STACK_BYTES)
             .spawn(move || {
                 let _slot = slot;
-                serve_connection(stream, &shared);
+                serve_connection(stream, &shared, &stopped);
             });
         if let Err(e) = spawned {
             // The closure, the stream and its slot are dropped: the connection closes.
@@ -177,9 +182,18 @@ enum HeadError {
     TimedOut,
 }
 
+/// How often an idle connection looks whether the server stops.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
 /// Reads until `buf` holds a whole request head (ended by an empty line); its length,
-/// terminator included. `buf` may already hold bytes of it (pipelined requests).
-fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, HeadError> {
+/// terminator included. `buf` may already hold bytes of it (pipelined requests). Waiting
+/// for a request to start ends after [`IDLE_TIMEOUT`], or once `stop` is set.
+fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    stop: &AtomicBool,
+) -> Result<usize, HeadError> {
+    let idle_since = Instant::now();
     let mut started = (!buf.is_empty()).then(Instant::now);
     let mut chunk = [0u8; 4096];
     loop {
@@ -190,7 +204,12 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, HeadErr
             return Err(HeadError::TooLarge);
         }
         let wait = match started {
-            None => IDLE_TIMEOUT,
+            None => match IDLE_TIMEOUT.checked_sub(idle_since.elapsed()) {
+                Some(left) if !left.is_zero() && !stop.load(Ordering::Relaxed) => {
+                    left.min(IDLE_POLL)
+                }
+                _ => return Err(HeadError::Closed),
+            },
             Some(at) => match HEAD_TIMEOUT.checked_sub(at.elapsed()) {
                 Some(left) if !left.is_zero() => left,
                 _ => return Err(HeadError::TimedOut),
@@ -213,10 +232,9 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, HeadErr
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(match started {
-                    None => HeadError::Closed,
-                    Some(_) => HeadError::TimedOut,
-                });
+                // Idle: looked at again above (the idle time, the stop); started: the head
+                // timeout is checked above too.
+                continue;
             }
             Err(_) => return Err(HeadError::Closed),
         }
@@ -371,7 +389,9 @@ fn write_response(
     stream.write_all(out.as_bytes())
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+/// Serves one connection's requests until it closes, fails, breaks the protocol, or the
+/// server stops (`stop`: the connection is closed after the request being answered).
+fn serve_connection(mut stream: TcpStream, shared: &Shared, stop: &AtomicBool) {
     if stream.set_nonblocking(false).is_err()
         || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
     {
@@ -380,7 +400,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(1024);
     for _ in 0..REQUESTS_PER_CONNECTION_MAX {
-        let end = match read_head(&mut stream, &mut buf) {
+        let end = match read_head(&mut stream, &mut buf, stop) {
             Ok(end) => end,
             Err(HeadError::Closed) => return,
             Err(e) => {
@@ -400,6 +420,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
         let keep_alive = req.keep_alive && !req.has_body;
         let response = route(&req, shared);
         let head_only = req.method == "HEAD";
+        let keep_alive = keep_alive && !stop.load(Ordering::Relaxed);
         if write_response(&mut stream, &response, head_only, keep_alive).is_err() || !keep_alive {
             return;
         }

@@ -607,7 +607,10 @@ async fn probe(link: Link, shared: Arc<Shared>) {
     while !link.ended() {
         let addr = link.addr(attempt);
         attempt += 1;
-        match connect_kind(link.me, link.to, &addr, PROBE_MAGIC).await {
+        // Bounded: a peer that never answers the hello (stopped, or a network that drops
+        // everything) would otherwise hold the probe past the peer's removal.
+        let connecting = connect_kind(link.me, link.to, &addr, PROBE_MAGIC);
+        match with_timeout(PROBE_TIMEOUT, connecting).await {
             Ok(mut stream) => {
                 while !link.ended() {
                     seq = seq.wrapping_add(1);

@@ -133,9 +133,12 @@ pub(crate) fn executor_threads() -> Vec<ExecutorThread> {
 /// for any other.
 fn executor_index(comm: &str) -> Option<usize> {
     let rest = comm.strip_prefix("cairn-")?;
-    let (index, id) = rest.split_once('-').unwrap_or((rest, ""));
+    let (index, id) = match rest.split_once('-') {
+        Some((index, id)) => (index, Some(id)),
+        None => (rest, None),
+    };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(index) || !(id.is_empty() || digits(id)) {
+    if !digits(index) || !id.is_none_or(digits) {
         return None;
     }
     index.parse().ok()
