@@ -598,18 +598,25 @@ fn leader_changes_are_counted_and_health_follows_the_quorum() {
 /// One member serving HTTP on a port of its own; killed when dropped.
 struct Single {
     child: Child,
+    native: String,
     http: String,
     _dir: tempfile::TempDir,
 }
 
 impl Single {
     fn start() -> Single {
+        Single::start_with(&[])
+    }
+
+    /// With more `cairn serve` flags.
+    fn start_with(flags: &[&str]) -> Single {
         let dir = tempfile::tempdir().expect("tempdir");
         let native = free_addr();
         let http = free_addr();
         let mut child = common::serve_command(dir.path(), &native)
             .args(["--listen-metrics-urls", &format!("http://{http}")])
             .args(["--placement", "unpinned"])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -617,6 +624,7 @@ impl Single {
         common::wait_serving(&native, Some(&mut child));
         Single {
             child,
+            native,
             http,
             _dir: dir,
         }
@@ -699,6 +707,41 @@ fn probes_version_and_methods_answer_as_etcd_does() {
     assert!(s
         .find("etcd_network_peer_round_trip_time_seconds_count", &[])
         .is_empty());
+}
+
+#[test]
+fn a_nospace_alarm_makes_the_member_unhealthy_unless_excluded() {
+    let _serial = serial();
+    let m = Single::start_with(&["--quota-backend-bytes", "65536"]);
+    let a = &m.http;
+    poll(Duration::from_secs(5), "healthy", || {
+        (get(a, "/health").status == 200).then_some(())
+    });
+    assert_eq!(
+        scrape(a).value("etcd_server_quota_backend_bytes", &[]),
+        65536.0
+    );
+    // A put past the quota is refused and raises the alarm.
+    let mut client = cairn::client::Client::new(vec![m.native.clone()], Duration::from_secs(5));
+    let req =
+        cairn::protocol::ClientRequest::Kv(cairn::mvcc::Request::Put(cairn::mvcc::PutRequest {
+            key: b"big".to_vec(),
+            value: vec![b'x'; 70_000],
+            ..Default::default()
+        }));
+    assert!(client.request(&req).is_err(), "a put past the quota");
+    let h = get(a, "/health");
+    assert_eq!(
+        (h.status, h.body.as_str()),
+        (503, "{\"health\":\"false\",\"reason\":\"ALARM NOSPACE\"}\n")
+    );
+    let excluded = get(a, "/health?exclude=NOSPACE");
+    assert_eq!(
+        (excluded.status, excluded.body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+    // Not a corruption: still ready, as etcd 3.6 says.
+    assert_eq!(get(a, "/readyz").status, 200);
 }
 
 /// Reads what the server sends until it closes the connection (or `limit` passes); the

@@ -274,11 +274,14 @@ fn render_server(out: &mut String, shared: &Shared) {
         "gauge",
         "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
     );
-    let _ = writeln!(
-        out,
-        "etcd_server_id{{server_id=\"{:x}\"}} 1",
-        status.member_id
-    );
+    // Known once the raft role has started.
+    if status.member_id != 0 {
+        let _ = writeln!(
+            out,
+            "etcd_server_id{{server_id=\"{:x}\"}} 1",
+            status.member_id
+        );
+    }
     header(
         out,
         "etcd_disk_wal_fsync_duration_seconds",
