@@ -36,7 +36,8 @@
 //!   transport, snapshots sent and received) and the `apply` role (the store, snapshot
 //!   installs, the leader's lease clock, the watch hub and the lock waiters), mapped onto
 //!   cores by a placement; cluster flags,
-//!   member identity and the members; clean shutdown. Replication: `docs/cluster.md`.
+//!   member identity and the members; clean shutdown; HTTP metrics and health probes on
+//!   threads of their own. Replication: `docs/cluster.md`; metrics: `docs/metrics.md`.
 //! - [`check`]: `cairn check` (what a start would do to a data directory, found without
 //!   changing it) and `cairn repair` (doing it).
 //! - [`client`]: native-protocol clients with timeouts and endpoint failover: blocking, and

@@ -387,12 +387,17 @@ struct ServeArgs {
           default_value_t = cairn::lease::CHECKPOINT_INTERVAL_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..))]
     lease_checkpoint_interval: u64,
+    /// URLs (http://host:port, comma-separated) serving /metrics (Prometheus text),
+    /// /health, /livez, /readyz and /version; none by default, as etcd.
+    #[arg(long, env = "CAIRN_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    listen_metrics_urls: Vec<String>,
 }
 
 /// `cairn member add` prints etcd's variables for the new member's start, as etcdctl does
-/// (scripts use its lines as they are): `serve` reads each for its flag, by the flag's id,
-/// when the flag's own CAIRN_ variable is not set.
-const ETCD_VARIABLES: [(&str, &str); 6] = [
+/// (scripts use its lines as they are), and deployments set etcd's variables for the other
+/// flags cairn shares with etcd: `serve` reads each for its flag, by the flag's id, when
+/// the flag's own CAIRN_ variable is not set.
+const ETCD_VARIABLES: [(&str, &str); 7] = [
     ("name", "ETCD_NAME"),
     ("listen_client_urls", "ETCD_LISTEN_CLIENT_URLS"),
     ("advertise_client_urls", "ETCD_ADVERTISE_CLIENT_URLS"),
@@ -402,6 +407,7 @@ const ETCD_VARIABLES: [(&str, &str); 6] = [
         "ETCD_INITIAL_ADVERTISE_PEER_URLS",
     ),
     ("initial_cluster_state", "ETCD_INITIAL_CLUSTER_STATE"),
+    ("listen_metrics_urls", "ETCD_LISTEN_METRICS_URLS"),
 ];
 
 /// The command line's grammar, with etcd's variables in place of ours where only theirs are
@@ -1067,6 +1073,7 @@ fn main() -> ExitCode {
                 snapshot_count: args.snapshot_count,
                 snapshot_catch_up_entries: args.snapshot_catch_up_entries,
                 lease_checkpoint_interval_ms: args.lease_checkpoint_interval,
+                listen_metrics_urls: args.listen_metrics_urls,
                 wal_segment_bytes: args.wal_segment_bytes,
                 quota_backend_bytes: if args.quota_backend_bytes == 0 {
                     DEFAULT_QUOTA_BACKEND_BYTES
@@ -1220,12 +1227,14 @@ mod tests {
             "CAIRN_INITIAL_CLUSTER",
             "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
             "CAIRN_INITIAL_CLUSTER_STATE",
+            "CAIRN_LISTEN_METRICS_URLS",
         ];
         for var in ETCD_VARIABLES.map(|(_, var)| var).iter().chain(&ours) {
             std::env::remove_var(var);
         }
         let args = serve(parse_cli(["cairn", "serve"]).unwrap());
         assert_eq!(args.name, "default");
+        assert!(args.listen_metrics_urls.is_empty());
         std::env::set_var("ETCD_NAME", "infra4");
         std::env::set_var(
             "ETCD_INITIAL_CLUSTER",
@@ -1236,7 +1245,15 @@ mod tests {
             "http://10.0.1.14:2380,http://10.0.2.14:2380",
         );
         std::env::set_var("ETCD_INITIAL_CLUSTER_STATE", "existing");
+        std::env::set_var(
+            "ETCD_LISTEN_METRICS_URLS",
+            "http://127.0.0.1:2381,http://10.0.1.14:2381",
+        );
         let args = serve(parse_cli(["cairn", "serve"]).unwrap());
+        assert_eq!(
+            args.listen_metrics_urls,
+            ["http://127.0.0.1:2381", "http://10.0.1.14:2381"]
+        );
         assert_eq!(args.name, "infra4");
         assert_eq!(
             args.initial_cluster,

@@ -69,6 +69,9 @@ pub struct Db {
     durable_pages: u64,
     /// A background commit known durable and not yet reported by [`Db::poll_commit`].
     unreported: Option<CommitMeta>,
+    /// How long the last commit that became durable took, until taken
+    /// ([`Db::take_commit_duration`]).
+    last_commit_duration: Option<std::time::Duration>,
     /// Opened by [`Db::open_read_only`]: changes stay in memory, commits are refused.
     read_only: bool,
 }
@@ -94,6 +97,8 @@ struct WrittenCommit {
     record: CommitRecord,
     data_pages: u64,
     written: write::Written,
+    /// How long it took to write and sync, on its thread.
+    elapsed: std::time::Duration,
     /// The state the commit wrote, held until the writer has looked its nodes up by address
     /// (so that no address is reused before).
     _state: Roots,
@@ -322,6 +327,7 @@ impl Db {
             pending: None,
             durable_pages,
             unreported: None,
+            last_commit_duration: None,
             read_only,
         }
     }
@@ -415,6 +421,7 @@ impl Db {
     pub fn commit(&mut self, meta: CommitMeta) -> Result<()> {
         self.check_writable()?;
         self.wait_commit()?;
+        let started = std::time::Instant::now();
         if meta.user.len() > COMMIT_USER_BYTES_MAX {
             return Err(BtreeError::MetaTooLarge(meta.user.len()));
         }
@@ -428,7 +435,14 @@ impl Db {
         }
         self.meta = meta;
         self.durable_pages = end_pages(&self.state.last);
+        self.last_commit_duration = Some(started.elapsed());
         Ok(())
+    }
+
+    /// How long the last commit that became durable took (pages written, file synced,
+    /// commit record written and synced), once: `None` until another one does.
+    pub fn take_commit_duration(&mut self) -> Option<std::time::Duration> {
+        self.last_commit_duration.take()
     }
 
     /// As [`Db::commit`], but returns at once: the commit's pages are encoded and written,
@@ -454,6 +468,7 @@ impl Db {
         let spawned = std::thread::Builder::new()
             .name("cairn-commit".into())
             .spawn(move || {
+                let started = std::time::Instant::now();
                 let mut written = write::Written::new();
                 let built = write_commit(
                     &state,
@@ -469,6 +484,7 @@ impl Db {
                     record: built.record,
                     data_pages,
                     written,
+                    elapsed: started.elapsed(),
                     _state: state,
                 })
             });
@@ -520,6 +536,7 @@ impl Db {
         };
         match result {
             Ok(done) => {
+                self.last_commit_duration = Some(done.elapsed);
                 self.adopt(done);
                 self.meta = p.meta.clone();
                 self.durable_pages = end_pages(&self.state.last);

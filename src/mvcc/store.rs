@@ -345,6 +345,11 @@ impl Store {
         }))
     }
 
+    /// How long the last checkpoint that became durable took to write and sync, once.
+    pub fn take_checkpoint_duration(&mut self) -> Option<std::time::Duration> {
+        self.db.take_commit_duration()
+    }
+
     /// Whether a background checkpoint is not yet known to be durable.
     pub fn checkpoint_pending(&self) -> bool {
         self.db.commit_pending()

@@ -201,6 +201,11 @@ impl<P, Q> Driver<P, Q> {
         self.node.leader_id()
     }
 
+    /// Proposals proposed and not yet committed or failed.
+    pub fn proposals_pending(&self) -> usize {
+        self.proposals.len()
+    }
+
     /// Proposals and reads waiting for an answer.
     pub fn waiting(&self) -> usize {
         self.proposals.len() + self.reads_waiting

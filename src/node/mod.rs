@@ -570,6 +570,11 @@ impl Node {
         &self.log
     }
 
+    /// The commit index: the last entry this member knows a quorum holds.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
     /// Index of the last entry handed out as committed (empty entries included).
     pub fn applied_index(&self) -> u64 {
         self.raw.raft.raft_log.applied

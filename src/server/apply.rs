@@ -114,10 +114,12 @@ async fn apply_loop(
         let mut answers = Vec::new();
         let mut processed = false;
         let mut events = Vec::new();
+        let mut batch_entries = 0u64;
         for msg in first.into_iter().chain(more) {
             processed = true;
             match msg {
                 ToApply::Entries(entries, replies) => {
+                    batch_entries += entries.len() as u64;
                     log_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
                     let out = apply_committed(store, &entries)?;
                     if let Some(last) = out.last_index {
@@ -156,12 +158,19 @@ async fn apply_loop(
                 ToApply::Lease(req, reply) => leases.request(req, reply, store, shared),
             }
         }
+        if batch_entries > 0 {
+            shared.metrics.apply_batch_entries.observe(batch_entries);
+        }
         if processed {
             publish(store, applied, shared);
             // Once the view holds them: a watcher that sees an event can read it.
             hub.notify(store, &events)?;
         }
         hub.step(store)?;
+        shared
+            .metrics
+            .watchers
+            .store(hub.hub.len() as u64, Ordering::Relaxed);
         // Replies only once the view holds the writes: a client that reads what it wrote,
         // even serializably from any shard, sees it.
         for (results, replies) in answers {
@@ -224,6 +233,9 @@ async fn apply_loop(
             Ok(false) => {}
             Err(ServerError::Mvcc(e)) if e.is_no_space() => space.failed(&e, shared),
             Err(e) => return Err(e),
+        }
+        if let Some(took) = store.take_checkpoint_duration() {
+            shared.metrics.backend_commit.observe_duration(took);
         }
     }
     Ok(())

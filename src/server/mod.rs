@@ -9,7 +9,10 @@
 //!   native protocol's through `front.rs`, the path both front ends share;
 //! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
 //! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints;
-//!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives.
+//!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives;
+//! - HTTP on `--listen-metrics-urls` (`http.rs`), on threads of its own: `/metrics` from what
+//!   the roles measure (`metrics.rs`) and `/proc` (`procfs.rs`), `/health`, `/livez`,
+//!   `/readyz`, `/version`.
 //!
 //! Roles talk through bounded flume channels; `placement.rs` maps them onto executors.
 //! Start: the raft role opens the WAL (its lock guards the data directory), then the apply
@@ -24,10 +27,13 @@ mod cluster;
 mod conn;
 mod front;
 mod grpc;
+mod http;
 mod lease;
 mod lock;
+mod metrics;
 mod peer;
 mod placement;
+mod procfs;
 mod raft;
 mod read_buf;
 mod replies;
@@ -102,6 +108,9 @@ pub struct ServeConfig {
     /// a restart does not give them their whole TTL again (etcd's
     /// `--experimental-lease-checkpoint-interval`, 5 minutes).
     pub lease_checkpoint_interval_ms: u64,
+    /// `http://host:port` URLs serving `/metrics`, `/health`, `/livez`, `/readyz` and
+    /// `/version` (etcd's `--listen-metrics-urls`); none by default.
+    pub listen_metrics_urls: Vec<String>,
     pub cluster: ClusterConfig,
 }
 
@@ -284,6 +293,8 @@ pub(crate) struct Shared {
     pub lease_ids: std::sync::OnceLock<crate::lease::LeaseIds>,
     /// The client URLs this member publishes: its gRPC URLs and its native address.
     pub client_urls: Vec<String>,
+    /// What the roles measure, for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 impl Shared {
@@ -463,6 +474,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (grpc_listeners, grpc_urls) = grpc::bind(&config)?;
+    let http_listeners = http::bind(&config.listen_metrics_urls)?;
     let db_dir = config.data_dir.join("db");
     std::fs::create_dir_all(&db_dir).map_err(dir_err(&db_dir))?;
 
@@ -485,7 +497,10 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         stop,
         lease_ids: std::sync::OnceLock::new(),
         client_urls: front::published_client_urls(&config, &grpc_urls),
+        metrics: metrics::Metrics::new(plan.clone()),
     });
+    // Stops (its acceptors) when dropped, once the executors are gone or failed to start.
+    let _http = http::HttpServer::start(http_listeners, &shared)?;
     let (store_tx, store_rx) = flume::bounded(1);
     let (wal_open_tx, wal_open_rx) = flume::bounded(1);
     let mut raft_role = Some(raft::RaftRole {

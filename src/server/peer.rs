@@ -44,6 +44,12 @@
 //! done   (listener): status u8 (0 installed-ready) | reason len u16 | reason
 //! ```
 //!
+//! Each member also measures the round trip to every peer (for
+//! `etcd_network_peer_round_trip_time_seconds`, as etcd's prober does) on a third connection
+//! of its own to each, opened with the same hello under a fourth magic: every
+//! [`PROBE_INTERVAL`] the dialer writes a sequence number (u64) and the listener writes it
+//! back at once; the time from the write to the echo is the round trip.
+//!
 //! `source` names the leader's tree file: snapshots of one source are prefixes of one
 //! append-only file, so a transfer cut short resumes where it stopped. The follower keeps
 //! the bytes in `snap/<source>.part`, checks every chunk, then the whole file (its newest
@@ -68,6 +74,13 @@ use std::time::Duration;
 const MAGIC: u64 = u64::from_le_bytes(*b"cairnpr\0");
 const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"cairnsn\0");
 const MEMBERS_MAGIC: u64 = u64::from_le_bytes(*b"cairnmq\0");
+const PROBE_MAGIC: u64 = u64::from_le_bytes(*b"cairnpg\0");
+/// How often a member measures the round trip to each peer.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A probe not echoed within this ends its connection (a new one is dialed).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A probe connection with no probe for this long is closed by the listener.
+const PROBE_IDLE_MAX: Duration = Duration::from_secs(30);
 /// A membership answer, at most.
 const MEMBERS_BYTES_MAX: usize = 16 << 20;
 /// Answer statuses.
@@ -180,6 +193,15 @@ impl Peers {
                 inputs: self.shared.inputs.clone(),
             };
             glommio::spawn_local(dial(link, rx, q.bytes.clone())).detach();
+            let probe_link = Link {
+                me: self.me,
+                to: m.id,
+                addrs: q.addrs.clone(),
+                gone: q.gone.clone(),
+                stop: self.shared.stop.clone(),
+                inputs: self.shared.inputs.clone(),
+            };
+            glommio::spawn_local(probe(probe_link, self.shared.clone())).detach();
             self.queues.push((m.id, q));
         }
     }
@@ -563,6 +585,89 @@ impl Link {
     fn ended(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || self.gone.get()
     }
+
+    /// The address for the `attempt`th dial: each of the peer's in turn.
+    fn addr(&self, attempt: usize) -> String {
+        let addrs = self.addrs.borrow();
+        match addrs.get(attempt % addrs.len().max(1)) {
+            Some(a) => a.clone(),
+            None => String::new(),
+        }
+    }
+}
+
+/// Measures the round trip to the link's peer every [`PROBE_INTERVAL`], on a connection of
+/// its own, until the member stops or the peer leaves the membership.
+async fn probe(link: Link, shared: Arc<Shared>) {
+    let Some(rtt) = shared.metrics.peer_rtt(link.to) else {
+        return;
+    };
+    let mut attempt = 0;
+    let mut seq = 0u64;
+    while !link.ended() {
+        let addr = link.addr(attempt);
+        attempt += 1;
+        // Bounded: a peer that never answers the hello (stopped, or a network that drops
+        // everything) would otherwise hold the probe past the peer's removal.
+        let connecting = connect_kind(link.me, link.to, &addr, PROBE_MAGIC);
+        match with_timeout(PROBE_TIMEOUT, connecting).await {
+            Ok(mut stream) => {
+                while !link.ended() {
+                    seq = seq.wrapping_add(1);
+                    let started = std::time::Instant::now();
+                    match with_timeout(PROBE_TIMEOUT, ping(&mut stream, seq)).await {
+                        Ok(()) => rtt.observe_duration(started.elapsed()),
+                        Err(e) => {
+                            tracing::debug!(peer = %format!("{:x}", link.to), error = %e, "peer probe failed");
+                            break;
+                        }
+                    }
+                    glommio::timer::sleep(PROBE_INTERVAL).await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = %format!("{:x}", link.to), addr, error = %e, "cannot probe peer");
+                glommio::timer::sleep(PROBE_INTERVAL).await;
+            }
+        }
+    }
+    shared.metrics.forget_peer(link.to);
+}
+
+/// One probe: `seq` written, and read back.
+async fn ping(stream: &mut TcpStream, seq: u64) -> std::io::Result<()> {
+    stream.write_all(&seq.to_le_bytes()).await?;
+    let mut back = [0u8; 8];
+    stream.read_exact(&mut back).await?;
+    if u64::from_le_bytes(back) != seq {
+        return Err(invalid("the probe came back changed".into()));
+    }
+    Ok(())
+}
+
+/// Writes back every probe read, until the dialer closes or sends none for
+/// [`PROBE_IDLE_MAX`].
+async fn echo(stream: &mut TcpStream) -> std::io::Result<()> {
+    loop {
+        let mut probe = [0u8; 8];
+        with_timeout(PROBE_IDLE_MAX, stream.read_exact(&mut probe)).await?;
+        stream.write_all(&probe).await?;
+    }
+}
+
+/// `io`, or a TimedOut error once `limit` has passed.
+async fn with_timeout<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    futures_lite::future::or(io, async {
+        glommio::timer::sleep(limit).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        ))
+    })
+    .await
 }
 
 /// Dials the peer and sends it what its queue holds, until the member stops or the peer
@@ -573,13 +678,7 @@ async fn dial(link: Link, rx: flume::Receiver<(Message, usize)>, bytes: Rc<Cell<
     let mut logged = None::<String>;
     let mut at = 0;
     while !link.ended() {
-        let addr = {
-            let addrs = link.addrs.borrow();
-            match addrs.get(at % addrs.len().max(1)) {
-                Some(a) => a.clone(),
-                None => String::new(),
-            }
-        };
+        let addr = link.addr(at);
         at += 1;
         let addr = &addr;
         match connect(me, to, addr).await {
@@ -814,6 +913,9 @@ async fn receive(mut stream: TcpStream, me: Me, shared: Arc<Shared>, refusals: R
             answer.extend_from_slice(&body);
             return stream.write_all(&answer).await;
         }
+        if kind == PROBE_MAGIC {
+            return echo(&mut stream).await;
+        }
         if kind == SNAPSHOT_MAGIC {
             // Bounded like the sender's side, for a file of up to 64 GiB.
             let limit = snapshot_timeout(64 << 30);
@@ -916,7 +1018,7 @@ async fn hello(
         write_answer(stream, None).await?;
         return Ok((from, magic));
     }
-    let refusal = if magic != MAGIC && magic != SNAPSHOT_MAGIC {
+    let refusal = if magic != MAGIC && magic != SNAPSHOT_MAGIC && magic != PROBE_MAGIC {
         Some("not a cairn peer connection".to_string())
     } else if version != VERSION {
         Some(format!(

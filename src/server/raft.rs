@@ -16,6 +16,7 @@ use crate::raftlog::{MemberInfo, Membership, RaftLog};
 use crate::wal::{Lsn, RecordType, Wal, WalOptions};
 use raft::eraftpb::{ConfChangeType, ConfChangeV2};
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,13 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
             return Err(e.into());
         }
     };
+    let measured = shared.clone();
+    wal.on_batch_written(move |b| {
+        let m = &measured.metrics;
+        m.wal_fsync.observe_duration(b.duration);
+        m.wal_batch_records.observe(u64::from(b.records));
+        m.wal_batch_bytes.observe(b.bytes);
+    });
     // On a full disk whose current segment is full too, appends wait for space: a stop
     // gives up on it (failing those appends; none was acknowledged) rather than hang.
     let stopper = wal.creation_stopper();
@@ -98,6 +106,7 @@ pub(crate) async fn run(role: RaftRole, shared: Arc<Shared>) -> Result<(), Serve
         releasing: None,
         role,
         lease_term: None,
+        last_leader: raft::INVALID_ID,
     };
     let result = raft.start(&log, replayed, identity, batches, &shared).await;
     let result = match result {
@@ -243,6 +252,8 @@ struct Raft {
     releasing: Option<glommio::Task<Result<usize, crate::wal::WalError>>>,
     /// What the apply role's lease clock was last told: this member leads in this term.
     lease_term: Option<u64>,
+    /// The leader as last published, or none (for counting leader changes).
+    last_leader: u64,
 }
 
 impl Raft {
@@ -973,6 +984,10 @@ impl Raft {
 
     /// A proposal that will not be applied, or whose outcome is unknown.
     fn fail(&mut self, waiter: Waiter, e: NodeError) {
+        self.shared
+            .metrics
+            .proposals_failed
+            .fetch_add(1, Ordering::Relaxed);
         match waiter {
             Waiter::Kv(reply) => {
                 let _ = reply.send(Err(e));
@@ -1328,7 +1343,19 @@ impl Raft {
         }
     }
 
-    fn publish(&self, driver: &RaftDriver, shared: &Shared) {
+    fn publish(&mut self, driver: &RaftDriver, shared: &Shared) {
+        let leader = driver.leader_id();
+        let m = &shared.metrics;
+        // As etcd counts them: each time a leader is known that was not known the moment
+        // before (the first one, another one, or the same one after a time without).
+        if leader != raft::INVALID_ID && leader != self.last_leader {
+            m.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_leader = leader;
+        m.committed_index
+            .store(driver.node().commit_index(), Ordering::Relaxed);
+        m.proposals_pending
+            .store(driver.proposals_pending() as u64, Ordering::Relaxed);
         let (term, index) = driver.node().last_log();
         let mut status = shared.status.lock();
         let member = self.identity.member_id;

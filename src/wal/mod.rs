@@ -43,7 +43,7 @@ pub use format::{Lsn, RecordType};
 pub use mem::{MemDamage, MemReplay, MemWal, WriteToken, SECTOR_BYTES};
 pub use options::{Prealloc, WalOptions};
 pub use reader::{inspect, lock_shared, Inspection, Leftover, ReplayError, SharedLock, TornTail};
-pub use writer::{Append, CreationStopper, WaitDurable, Wal, WalMetrics};
+pub use writer::{Append, BatchWritten, CreationStopper, WaitDurable, Wal, WalMetrics};
 
 /// How often [`keep_reactor_awake`] wakes its executor.
 pub const REACTOR_TICK: std::time::Duration = std::time::Duration::from_millis(20);

@@ -1064,3 +1064,28 @@ fn inspect_reports_what_open_repairs_and_changes_nothing() {
         Some(small_options().segment_bytes)
     );
 }
+
+#[test]
+fn each_batch_written_is_reported_with_its_records_and_bytes() {
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let dir = tmp.path().join("wal");
+    run(move || async move {
+        let (wal, _) = open(&dir, small_options(), 1).await.expect("open");
+        let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = seen.clone();
+        wal.on_batch_written(move |b| sink.borrow_mut().push(b));
+        let records: Vec<(RecordType, &[u8])> =
+            vec![(RecordType::ENTRY, b"one"), (RecordType::ENTRY, b"two")];
+        wal.append_many(&records).await.expect("append");
+        wal.append(RecordType::ENTRY, b"three")
+            .await
+            .expect("append");
+        let seen = seen.borrow().clone();
+        assert_eq!(seen.len() as u64, wal.metrics().batches);
+        assert_eq!(seen.iter().map(|b| b.records).collect::<Vec<_>>(), [2, 1]);
+        let bytes: u64 = seen.iter().map(|b| b.bytes).sum();
+        assert_eq!(bytes, wal.metrics().bytes_written);
+        assert!(seen.iter().all(|b| !b.duration.is_zero()));
+        wal.close().await.expect("close");
+    });
+}

@@ -47,6 +47,19 @@ pub struct WalMetrics {
     pub bytes_written: u64,
 }
 
+/// One batch made durable, as [`Wal::on_batch_written`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchWritten {
+    /// How long its O_DSYNC write took (the write and the device flush are one operation).
+    pub duration: Duration,
+    pub records: u32,
+    /// Bytes written: headers, records, padding and a segment header stamp.
+    pub bytes: u64,
+}
+
+/// Called after each batch write, on the WAL's executor.
+type BatchObserver = Box<dyn Fn(BatchWritten)>;
+
 /// A write-ahead log open for appending. Lives on the glommio executor that opened it;
 /// share it between tasks with `Rc<Wal>` or by reference.
 ///
@@ -66,6 +79,7 @@ struct Shared {
     /// A released segment kept (as a `.tmp` file) for the next segment to be created over.
     spare: Rc<RefCell<Option<PathBuf>>>,
     creation: Rc<Creation>,
+    observer: RefCell<Option<BatchObserver>>,
     /// Makes the next batch write fail, to test the failed state.
     #[cfg(test)]
     fail_next_write: std::cell::Cell<bool>,
@@ -306,6 +320,7 @@ impl Wal {
             state: RefCell::new(state),
             spare,
             creation,
+            observer: RefCell::new(None),
             #[cfg(test)]
             fail_next_write: std::cell::Cell::new(false),
         });
@@ -452,6 +467,13 @@ impl Wal {
     /// The torn tail truncated when this WAL was opened, if any.
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.shared.torn.as_ref()
+    }
+
+    /// Has `observe` called after each batch write that succeeds (replacing an observer set
+    /// before): for latency and batch size histograms. It runs on the flusher's path, so it
+    /// must be quick, and must not call into the WAL.
+    pub fn on_batch_written(&self, observe: impl Fn(BatchWritten) + 'static) {
+        *self.shared.observer.borrow_mut() = Some(Box::new(observe));
     }
 
     /// Counters since open.
@@ -851,9 +873,17 @@ async fn write_batch(
             source: std::io::Error::other("injected"),
         });
     }
+    let started = std::time::Instant::now();
     let written = file.write_at(dma, pos).await.at(path)?;
     if written != len {
         return Err(segment::short_write(path, pos, written, len));
+    }
+    if let Some(observe) = shared.observer.borrow().as_ref() {
+        observe(BatchWritten {
+            duration: started.elapsed(),
+            records: batch.records,
+            bytes: len as u64,
+        });
     }
     let mut st = shared.state.borrow_mut();
     st.metrics.fsyncs += 1;

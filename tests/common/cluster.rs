@@ -62,6 +62,8 @@ pub struct Member {
     pub grpc_addr: String,
     /// The advertised peer URL: the proxy's port for this member.
     pub peer_url: String,
+    /// Where it serves `/metrics`, `/health` and the probes (kept across restarts).
+    pub metrics_addr: String,
     /// For a member added to the running cluster: the `--initial-cluster` it joins with
     /// (`--initial-cluster-state existing`).
     join: Option<String>,
@@ -120,6 +122,7 @@ impl Cluster {
                 client_addr: free_addr(),
                 grpc_addr: free_addr(),
                 peer_url,
+                metrics_addr: free_addr(),
                 join: None,
                 child: None,
             });
@@ -169,6 +172,10 @@ impl Cluster {
             .args(["--listen-native-addr", &m.client_addr])
             .args(["--listen-client-urls", &format!("http://{}", m.grpc_addr)])
             .args(["--listen-peer-urls", &format!("http://{listen_peer}")])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://{}", m.metrics_addr),
+            ])
             .args(["--initial-advertise-peer-urls", &m.peer_url]);
         match &m.join {
             None => cmd.args(["--initial-cluster", &self.initial_cluster]),
@@ -252,6 +259,7 @@ impl Cluster {
             client_addr: free_addr(),
             grpc_addr: free_addr(),
             peer_url,
+            metrics_addr: free_addr(),
             join: None,
             child: None,
         });
