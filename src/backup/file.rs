@@ -270,22 +270,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 fn combine_into(full: &Path, increments: &[PathBuf], part: &Path) -> Result<Combined> {
-    let (file, len) = open(full)?;
-    let tree_bytes = match FileKind::of(&file, full, len)? {
-        FileKind::Full { tree_bytes } => tree_bytes,
-        FileKind::Database { .. } => {
-            return Err(bad_file(
-                full,
-                "has no SHA-256 trailer: not a full snapshot",
-            ))
-        }
-        FileKind::Increment { .. } => {
-            return Err(bad_file(
-                full,
-                "is an incremental snapshot; the first file must be a full one",
-            ))
-        }
-    };
     let mut out = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -294,60 +278,18 @@ fn combine_into(full: &Path, increments: &[PathBuf], part: &Path) -> Result<Comb
         .open(part)
         .map_err(io_err(part))?;
     let mut whole = Sha256::new();
-    for_each_chunk(&file, full, 0, tree_bytes, |c| {
-        whole.update(c);
-        out.write_all(c).map_err(io_err(part))
-    })?;
-    let mut prev_sha = read_trailer(&file, full, len)?;
-    let got: [u8; HASH_BYTES] = whole.clone().finalize().into();
-    if got != prev_sha {
-        return Err(hash_mismatch(full, &prev_sha, &got));
-    }
-    let mut end = tree_bytes;
+    let (mut end, mut prev_sha) = copy_full(full, &mut out, part, &mut whole)?;
     for inc in increments {
-        let (file, len) = open(inc)?;
-        let (header, payload_bytes) = match FileKind::of(&file, inc, len)? {
-            FileKind::Increment {
-                header,
-                payload_bytes,
-            } => (header, payload_bytes),
-            _ => return Err(bad_file(inc, "is not an incremental snapshot")),
-        };
         let tail = tail_crc(end, |at, buf| {
             out.read_exact_at(buf, at).map_err(io_err(part))?;
             Ok(buf.len())
         })?;
-        let follows = header.base.sha256 == prev_sha && header.base.end == end;
-        if !follows || header.base.tail_crc != tail {
-            return Err(bad_file(
-                inc,
-                format!(
-                    "does not follow the snapshot before it (it follows one ending at byte {} \
-                     with SHA-256 {}; the one before ends at byte {end} with SHA-256 {})",
-                    header.base.end,
-                    hex(&header.base.sha256),
-                    hex(&prev_sha)
-                ),
-            ));
-        }
-        let mut own = Sha256::new();
-        let mut header_bytes = [0u8; INCREMENT_HEADER_BYTES];
-        file.read_exact_at(&mut header_bytes, 0)
-            .map_err(io_err(inc))?;
-        own.update(header_bytes);
-        let from = INCREMENT_HEADER_BYTES as u64;
-        for_each_chunk(&file, inc, from, from + payload_bytes, |c| {
-            own.update(c);
-            whole.update(c);
-            out.write_all(c).map_err(io_err(part))
-        })?;
-        let trailer = read_trailer(&file, inc, len)?;
-        let got: [u8; HASH_BYTES] = own.finalize().into();
-        if got != trailer {
-            return Err(hash_mismatch(inc, &trailer, &got));
-        }
-        prev_sha = trailer;
-        end += payload_bytes;
+        let after = SnapshotPoint {
+            end,
+            tail_crc: tail,
+            sha256: prev_sha,
+        };
+        (end, prev_sha) = append_increment(inc, &after, &mut out, part, &mut whole)?;
     }
     let sha256: [u8; HASH_BYTES] = whole.finalize().into();
     out.write_all(&sha256).map_err(io_err(part))?;
@@ -365,4 +307,90 @@ fn combine_into(full: &Path, increments: &[PathBuf], part: &Path) -> Result<Comb
         ));
     }
     Ok(Combined { end, sha256 })
+}
+
+/// Copies the full snapshot's database to `out`, checking its trailer; where it ends, and
+/// the trailer.
+fn copy_full(
+    full: &Path,
+    out: &mut File,
+    part: &Path,
+    whole: &mut Sha256,
+) -> Result<(u64, [u8; HASH_BYTES])> {
+    let (file, len) = open(full)?;
+    let tree_bytes = match FileKind::of(&file, full, len)? {
+        FileKind::Full { tree_bytes } => tree_bytes,
+        FileKind::Database { .. } => {
+            return Err(bad_file(
+                full,
+                "has no SHA-256 trailer: not a full snapshot",
+            ))
+        }
+        FileKind::Increment { .. } => {
+            return Err(bad_file(
+                full,
+                "is an incremental snapshot; the first file must be a full one",
+            ))
+        }
+    };
+    for_each_chunk(&file, full, 0, tree_bytes, |c| {
+        whole.update(c);
+        out.write_all(c).map_err(io_err(part))
+    })?;
+    let trailer = read_trailer(&file, full, len)?;
+    let got: [u8; HASH_BYTES] = whole.clone().finalize().into();
+    if got != trailer {
+        return Err(hash_mismatch(full, &trailer, &got));
+    }
+    Ok((tree_bytes, trailer))
+}
+
+/// Appends the increment's bytes to `out`, which holds the snapshot ending at `after`,
+/// checking that it follows that snapshot and its own trailer; the new end, and the
+/// increment's trailer.
+fn append_increment(
+    inc: &Path,
+    after: &SnapshotPoint,
+    out: &mut File,
+    part: &Path,
+    whole: &mut Sha256,
+) -> Result<(u64, [u8; HASH_BYTES])> {
+    let (file, len) = open(inc)?;
+    let (header, payload_bytes) = match FileKind::of(&file, inc, len)? {
+        FileKind::Increment {
+            header,
+            payload_bytes,
+        } => (header, payload_bytes),
+        _ => return Err(bad_file(inc, "is not an incremental snapshot")),
+    };
+    if header.base != *after {
+        return Err(bad_file(
+            inc,
+            format!(
+                "does not follow the snapshot before it (it follows one ending at byte {} \
+                 with SHA-256 {}; the one before ends at byte {} with SHA-256 {})",
+                header.base.end,
+                hex(&header.base.sha256),
+                after.end,
+                hex(&after.sha256)
+            ),
+        ));
+    }
+    let mut own = Sha256::new();
+    let mut header_bytes = [0u8; INCREMENT_HEADER_BYTES];
+    file.read_exact_at(&mut header_bytes, 0)
+        .map_err(io_err(inc))?;
+    own.update(header_bytes);
+    let from = INCREMENT_HEADER_BYTES as u64;
+    for_each_chunk(&file, inc, from, from + payload_bytes, |c| {
+        own.update(c);
+        whole.update(c);
+        out.write_all(c).map_err(io_err(part))
+    })?;
+    let trailer = read_trailer(&file, inc, len)?;
+    let got: [u8; HASH_BYTES] = own.finalize().into();
+    if got != trailer {
+        return Err(hash_mismatch(inc, &trailer, &got));
+    }
+    Ok((after.end + payload_bytes, trailer))
 }

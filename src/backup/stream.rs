@@ -72,6 +72,18 @@ impl SnapshotStream {
         self.snapshot.len()
     }
 
+    /// Bytes the stream has yet to yield, the trailer included (what etcd's
+    /// `SnapshotResponse.remaining_bytes` counts).
+    pub fn remaining_bytes(&self) -> u64 {
+        let header = self.header.as_ref().map_or(0, |h| h.len() as u64);
+        let trailer = if self.hasher.is_some() {
+            HASH_BYTES as u64
+        } else {
+            0
+        };
+        header + (self.snapshot.len() - self.pos.min(self.snapshot.len())) + trailer
+    }
+
     /// The commit the snapshot ends with.
     pub fn meta(&self) -> &crate::btree::CommitMeta {
         self.snapshot.meta()

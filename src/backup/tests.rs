@@ -32,13 +32,16 @@ fn store_with(path: &Path, n: u64) -> Store {
     store
 }
 
-fn save(stream: SnapshotStream, path: &Path) -> Vec<u8> {
+fn save(mut stream: SnapshotStream, path: &Path) -> Vec<u8> {
+    let total = stream.remaining_bytes();
     let mut bytes = Vec::new();
-    for chunk in stream {
+    while let Some(chunk) = stream.next() {
         let chunk = chunk.expect("chunk");
         assert!(!chunk.is_empty() && chunk.len() <= CHUNK_BYTES);
         bytes.extend_from_slice(&chunk);
+        assert_eq!(stream.remaining_bytes(), total - bytes.len() as u64);
     }
+    assert_eq!(stream.remaining_bytes(), 0);
     std::fs::write(path, &bytes).expect("write snapshot");
     bytes
 }
@@ -296,6 +299,56 @@ fn damaged_and_cut_snapshots_are_refused_by_status_and_restore() {
     skip.skip_hash_check = true;
     restore(&skip).unwrap();
     assert!(!status(&dir.path().join("copy.db")).unwrap().hash_checked);
+}
+
+#[test]
+fn damaged_pages_under_a_matching_trailer_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let store = store_with(&db, 300);
+    drop(store);
+    let good = full(&db, &dir.path().join("good"));
+    let tree_len = good.len() - HASH_BYTES;
+    let page = crate::btree::PAGE_SIZE;
+    // The header page, a data page of the newest commit, a record copy each, and bytes all
+    // over the file: every damage that is not to a dead page is found, with its offset.
+    let mut offsets = vec![10, tree_len - 3 * page + 100, tree_len - 2 * page + 50];
+    offsets.extend((1..40).map(|i| i * tree_len / 40));
+    for (n, at) in offsets.into_iter().enumerate() {
+        let mut bytes = flip(&good[..tree_len], at);
+        let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        bytes.extend_from_slice(&sha);
+        let file = dir.path().join(format!("d{n}"));
+        std::fs::write(&file, &bytes).unwrap();
+        // Either the damage is found, or it lies in pages nothing reads any more (and then
+        // status reports what the good file does).
+        let found = match status(&file) {
+            Err(e) => {
+                assert!(e.to_string().contains("corrupt"), "byte {at}: {e}");
+                true
+            }
+            Ok(s) => {
+                assert_eq!(s.hash, status(&dir.path().join("good")).unwrap().hash);
+                false
+            }
+        };
+        let target = dir.path().join(format!("d{n}.data"));
+        let restored = restore(&RestoreConfig {
+            snapshot: file,
+            data_dir: target.clone(),
+            name: "default".into(),
+            initial_cluster: "default=http://localhost:2380".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            skip_hash_check: false,
+        });
+        // Restore reads what status reads: it refuses the same files, leaving nothing.
+        assert_eq!(restored.is_err(), found, "byte {at}");
+        assert_eq!(target.exists(), !found, "byte {at}");
+    }
+    // The header and the newest commit's data are always read.
+    assert!(status(&dir.path().join("d0")).is_err());
+    assert!(status(&dir.path().join("d1")).is_err());
 }
 
 fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
