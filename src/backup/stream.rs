@@ -41,6 +41,12 @@ pub struct SnapshotStream {
     hasher: Option<Sha256>,
 }
 
+// A front end sends the chunks from a thread of its own (the gRPC server's runtime).
+const _: () = {
+    const fn send<T: Send + 'static>() {}
+    send::<SnapshotStream>()
+};
+
 impl SnapshotStream {
     /// The whole snapshot: the tree file up to its commit, then the hash.
     pub fn full(snapshot: Arc<Snapshot>) -> SnapshotStream {
