@@ -38,6 +38,10 @@
 //!   cores by a placement; cluster flags,
 //!   member identity and the members; clean shutdown; HTTP metrics and health probes on
 //!   threads of their own. Replication: `docs/cluster.md`; metrics: `docs/metrics.md`.
+//! - [`backup`]: snapshot files (the tree file up to a commit, then its SHA-256, as etcd's
+//!   snapshots end), streamed in chunks, incremental snapshots and their combination,
+//!   `cairn snapshot status` and `cairn snapshot restore` (a new cluster's data directory
+//!   from a snapshot). Format: `docs/backup.md`.
 //! - [`check`]: `cairn check` (what a start would do to a data directory, found without
 //!   changing it) and `cairn repair` (doing it).
 //! - [`client`]: native-protocol clients with timeouts and endpoint failover: blocking, and
@@ -54,6 +58,7 @@
 //! The storage layers are sans-IO where they can be: the MVCC apply path is a deterministic
 //! function of its input batch and the tree state, so a simulator can drive it.
 
+pub mod backup;
 pub mod btree;
 pub mod check;
 pub mod cli;

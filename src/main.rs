@@ -1,5 +1,6 @@
 //! The `cairn` command: `serve` runs a member, `check` verifies a data directory without
-//! changing it and `repair` does the cuts a start would do (`cairn::check`), and the client
+//! changing it and `repair` does the cuts a start would do (`cairn::check`), `snapshot` reads,
+//! combines and restores snapshot files (`cairn::backup`), and the client
 //! commands (`put`, `get`, `del`, `txn`, `compact`, `endpoint`, `member`, `move-leader`,
 //! `alarm`, `lease`) talk to members in etcdctl's spirit.
 //!
@@ -245,6 +246,11 @@ enum Command {
     MoveLeader {
         /// The member to lead, in hex.
         transferee: String,
+    },
+    /// Snapshot files: status, restore into a new cluster, combine increments.
+    Snapshot {
+        #[command(subcommand)]
+        command: cairn::backup::cli::SnapshotCmd,
     },
     /// Verifies a stopped member's data directory without changing it: every WAL record,
     /// every revision page, and the log entries a start would apply; prints a summary as one
@@ -1014,6 +1020,7 @@ fn run_client(
             }
         }
         Command::Serve(_)
+        | Command::Snapshot { .. }
         | Command::Check { .. }
         | Command::Repair { .. }
         | Command::Watch(_)
@@ -1151,8 +1158,32 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Snapshot { command } => snapshot(&command, cli.write_out),
         Command::Check { data_dir } => check(&data_dir),
         Command::Repair { data_dir } => repair(&data_dir),
+    }
+}
+
+/// `cairn snapshot ...`: the output on stdout, an error on stderr with exit code 1.
+fn snapshot(command: &cairn::backup::cli::SnapshotCmd, format: OutputFormat) -> ExitCode {
+    use cairn::backup::cli::Format;
+    let format = match format {
+        OutputFormat::Simple => Format::Simple,
+        OutputFormat::Json => Format::Json,
+        OutputFormat::Table => Format::Table,
+    };
+    match cairn::backup::cli::run(command, format) {
+        Ok(out) => match write_out(out.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
     }
 }
 

@@ -125,7 +125,7 @@ impl FinishCommit {
     }
 }
 
-fn end_pages(last: &CommitRecord) -> u64 {
+pub(crate) fn end_pages(last: &CommitRecord) -> u64 {
     if last.page_id == NO_PAGE {
         1
     } else {
@@ -890,7 +890,7 @@ fn recover(file: Arc<FileShared>) -> Result<(FileState, Option<Cut>)> {
 
 /// Reads only: the newest valid commit (its pages verified, or the empty commit of a file
 /// holding only its header), the file's length, and what lies after that commit.
-fn find_state(file: &FileShared) -> Result<(CommitRecord, u64, Option<Cut>)> {
+pub(crate) fn find_state(file: &FileShared) -> Result<(CommitRecord, u64, Option<Cut>)> {
     let path = &file.path;
     let len = file.file.len().map_err(|e| io_err(path, e))?;
     let pages = len / PAGE_SIZE as u64;

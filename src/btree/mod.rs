@@ -44,7 +44,7 @@ mod write;
 
 pub use db::{Cut, Db, Inspection, Leftover, View};
 pub use mem::{CrashLoss, MemDisk, MemFile};
-pub use page::{COMMIT_USER_BYTES_MAX, PAGE_SIZE};
+pub use page::{COMMIT_COPIES, COMMIT_USER_BYTES_MAX, PAGE_SIZE};
 pub use reclaim::RECLAIM_TOUCHED_KEYS_MAX;
 pub use snapshot::Snapshot;
 pub use view::RangeIter;

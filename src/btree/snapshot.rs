@@ -3,9 +3,13 @@
 //! database file whose newest commit is C. A space reclamation that switches files keeps the
 //! old file open for as long as a snapshot of it is alive.
 
+use super::backing::Backing;
+use super::db::{end_pages, find_state};
 use super::file::{io_err, FileShared};
+use super::page::PAGE_SIZE;
 use super::{CommitMeta, Result};
 use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 
 pub struct Snapshot {
@@ -23,6 +27,26 @@ impl Snapshot {
             pos: 0,
             meta,
         }
+    }
+
+    /// The newest complete commit of the database file at `path`, as a snapshot: what
+    /// [`Db::open`](super::Db::open) would find there (the header checked, the newest valid
+    /// commit record, the pages of that commit verified), read-only. Another process may be
+    /// writing the file meanwhile: its bytes up to that commit never change, and the file
+    /// stays open here, so even a switch to a reclaimed file leaves the snapshot whole.
+    /// Bytes after the commit (one being written, or a snapshot file's trailer) are ignored.
+    pub fn of_file(path: impl AsRef<Path>) -> Result<Snapshot> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+        let shared = FileShared::new(Backing::Disk(file), path.to_path_buf(), 0);
+        let (last, _, _) = find_state(&shared)?;
+        let len = end_pages(&last) * PAGE_SIZE as u64;
+        let meta = CommitMeta {
+            applied_index: last.applied_index,
+            applied_term: last.applied_term,
+            user: last.user,
+        };
+        Ok(Snapshot::new(Arc::new(shared), len, meta))
     }
 
     /// Total bytes of the stream.

@@ -395,7 +395,7 @@ pub fn member_changed(id: u64, done: &str, r: &MemberResponse) -> String {
 }
 
 /// A table with etcdctl's borders: header centered, cells right-aligned.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let widths: Vec<usize> = (0..N)
         .map(|i| {
             rows.iter()

@@ -116,6 +116,7 @@ pub use error::MvccError;
 pub use lease::{Lease, LeaseChange, LeaseTable};
 pub use range::INDEX_CHUNK_KEYS;
 pub use read_view::ReadView;
+pub use record::commit_revisions;
 pub use revision::Revision;
 pub use store::{
     ApplyOutcome, RaftPosition, Store, CHECKPOINT_UNCOMMITTED_BYTES_MAX, COMPACTION_STEP_RECORDS,

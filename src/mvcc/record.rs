@@ -225,6 +225,13 @@ impl StoreMeta {
     }
 }
 
+/// The current and compaction revisions a tree commit's user bytes record (a store never
+/// checkpointed: revision 1, never compacted).
+pub fn commit_revisions(user: &[u8]) -> Result<(i64, i64), MvccError> {
+    let meta = StoreMeta::decode(user)?.unwrap_or(StoreMeta::FRESH);
+    Ok((meta.current_revision, meta.compact_revision))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

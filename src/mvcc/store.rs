@@ -325,6 +325,14 @@ impl Store {
         self.commit(false)
     }
 
+    /// Moves the store onto another Raft log, at `at`, and checkpoints: a snapshot restored
+    /// into a new cluster, whose log begins afresh, holds the store's data as of `at` there.
+    /// Nothing else changes (revisions, keys, leases).
+    pub fn restart_at(&mut self, at: RaftPosition) -> Result<(), MvccError> {
+        self.applied = at;
+        self.checkpoint()
+    }
+
     /// As [`Store::checkpoint`], but only the tree pages are written before it returns; the
     /// syncs and the commit record follow on a background thread while applies go on.
     /// [`Store::poll_checkpoint`] says when it is durable; until then a crash recovers the
