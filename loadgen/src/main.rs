@@ -1,4 +1,6 @@
-//! `cairn-loadgen`: a thread-per-core load generator for cairn's native protocol.
+//! `cairn-loadgen`: a thread-per-core load generator for cairn's native protocol, and for
+//! etcd's v3 gRPC API (`--target etcd`: an etcd, or cairn's gRPC port), so that both are
+//! measured by one client in one run.
 //!
 //! One glommio executor per core; each runs its share of the connections, and each
 //! connection keeps its share of the clients' requests in flight (pipelined, answered out
@@ -14,6 +16,7 @@
 
 mod conn;
 mod coord;
+mod etcd;
 mod watch;
 
 use clap::{Parser, ValueEnum};
@@ -52,13 +55,26 @@ pub enum Workload {
     Lease,
 }
 
+/// What the load generator speaks.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Target {
+    /// cairn's native protocol (`--listen-native-addr`).
+    Native,
+    /// etcd's v3 gRPC API: an etcd, or cairn's `--listen-client-urls`.
+    Etcd,
+}
+
 /// Load generator for cairn.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "cairn-loadgen")]
 pub struct Args {
-    /// Native protocol endpoints, comma separated (connections are spread over them).
+    /// Endpoints, comma separated (connections are spread over them): native protocol
+    /// addresses, or with `--target etcd` gRPC addresses (host:port or http://host:port).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2378")]
     pub endpoints: Vec<String>,
+    /// The protocol: cairn's native one, or etcd's gRPC API.
+    #[arg(long, value_enum, default_value = "native")]
+    pub target: Target,
     /// The workload.
     #[arg(long, value_enum, default_value = "put")]
     pub workload: Workload,
@@ -101,10 +117,11 @@ pub struct Args {
     /// Connections (a thread each) the watchers are spread over.
     #[arg(long, default_value_t = 4)]
     pub watch_conns: usize,
-    /// The process id of a member: its resident memory is reported before and after the
-    /// watchers are created, and at the end of the run.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Process ids of the servers, comma separated: their CPU time (user + system, from
+    /// /proc) per completed operation is reported; with the watch workload, the first one's
+    /// resident memory before and after the watchers are created, and at the end.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 }
 
 /// Counters shared by every executor, read by the progress display.
@@ -128,6 +145,13 @@ const EXIT_BAD_ARGS: i32 = 128;
 /// none to report (`null` in JSON, `-` in the table, and a line saying so).
 fn report(args: &Args, hist: &Histogram<u64>, ops: u64, errors: u64, elapsed: f64) {
     let qps = ops as f64 / elapsed;
+    // The servers' CPU time per operation, a figure far steadier than throughput on a
+    // shared machine.
+    let cpu = SERVER_CPU_START.get().and_then(|start| {
+        let now = server_cpu_seconds(&args.server_pid)?;
+        (ops > 0).then(|| (now - start) * 1e6 / ops as f64)
+    });
+    let cpu_json = cpu.map_or("null".to_string(), |c| format!("{c:.2}"));
     let ms = |nanos: u64| (!hist.is_empty()).then(|| nanos as f64 / 1e6);
     let latencies = [
         ms(hist.value_at_quantile(0.5)),
@@ -139,8 +163,8 @@ fn report(args: &Args, hist: &Histogram<u64>, ops: u64, errors: u64, elapsed: f6
     if args.json {
         let [p50, p99, p999, max] = latencies.map(|v| cell(v, "null"));
         println!(
-            "{{\"workload\":\"{:?}\",\"clients\":{},\"conns\":{},\"ops\":{ops},\"errors\":{errors},\"qps\":{qps:.0},\"p50_ms\":{p50},\"p99_ms\":{p99},\"p999_ms\":{p999},\"max_ms\":{max}}}",
-            args.workload, args.clients, args.conns,
+            "{{\"workload\":\"{:?}\",\"clients\":{},\"conns\":{},\"ops\":{ops},\"errors\":{errors},\"qps\":{qps:.0},\"p50_ms\":{p50},\"p99_ms\":{p99},\"p999_ms\":{p999},\"max_ms\":{max},\"target\":\"{:?}\",\"server_cpu_us_per_op\":{cpu_json}}}",
+            args.workload, args.clients, args.conns, args.target,
         );
     } else {
         let [p50, p99, p999, max] = latencies.map(|v| cell(v, "-"));
@@ -159,9 +183,38 @@ fn report(args: &Args, hist: &Histogram<u64>, ops: u64, errors: u64, elapsed: f6
             max
         );
     }
+    if let (false, Some(c)) = (args.json, cpu) {
+        println!("server CPU per operation: {c:.2} µs");
+    }
     if hist.is_empty() {
         eprintln!("cairn-loadgen: no request completed, so there are no latencies");
     }
+}
+
+/// The servers' CPU time when the run began.
+static SERVER_CPU_START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// The user + system CPU seconds the processes `pids` have used; `None` without pids or if
+/// one cannot be read.
+fn server_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return None;
+    }
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces), from its closing ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / hz as f64)
 }
 
 /// The running watchers of the watch workload.
@@ -188,7 +241,7 @@ fn start_watchers(args: &Args, progress: &mut Progress) -> Watching {
     };
     progress.watch = Some(Arc::new(watch::Shared::new(puts_max)));
     watch::epoch();
-    let before = args.server_pid.and_then(rss_kib);
+    let before = args.server_pid.first().copied().and_then(rss_kib);
     let ready = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let key_size = args.key_size;
@@ -203,7 +256,7 @@ fn start_watchers(args: &Args, progress: &mut Progress) -> Watching {
         std::thread::sleep(Duration::from_millis(10));
     }
     let created_s = began.elapsed().as_secs_f64();
-    let after = args.server_pid.and_then(rss_kib);
+    let after = args.server_pid.first().copied().and_then(rss_kib);
     eprintln!("{} watchers created in {created_s:.2}s", args.watchers);
     Watching {
         threads,
@@ -220,7 +273,7 @@ fn finish_watchers(
     w: Watching,
 ) -> Result<(watch::Report, Option<[u64; 3]>), String> {
     std::thread::sleep(Duration::from_secs(1));
-    let end = args.server_pid.and_then(rss_kib);
+    let end = args.server_pid.first().copied().and_then(rss_kib);
     w.stop.store(true, Ordering::Relaxed);
     let mut deliveries = Vec::new();
     for t in w.threads {
@@ -266,6 +319,56 @@ fn report_watch(
             max
         );
     }
+}
+
+/// The etcd target: the clients on a tokio runtime, progress each second, the report.
+fn run_etcd(
+    args: &Args,
+    cores: usize,
+    progress: &Arc<Progress>,
+    start: Instant,
+    deadline: Instant,
+) {
+    let runner = {
+        let (args, progress) = (args.clone(), progress.clone());
+        std::thread::spawn(move || etcd::run(&args, cores, deadline, &progress))
+    };
+    let mut last = 0;
+    while !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        if start.elapsed().as_secs() > last {
+            last = start.elapsed().as_secs();
+            eprintln!(
+                "{:>5.1}s  {} ops  {} errors",
+                start.elapsed().as_secs_f64(),
+                progress.ops.load(Ordering::Relaxed),
+                progress.errors.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let hist = match runner.join() {
+        Ok(Ok(h)) => h,
+        Ok(Err(etcd::Failure::Unreachable(e))) => {
+            eprintln!("cairn-loadgen: {e}");
+            std::process::exit(EXIT_UNREACHABLE);
+        }
+        Ok(Err(etcd::Failure::Failed(e))) => {
+            eprintln!("cairn-loadgen: {e}");
+            std::process::exit(EXIT_FAILED);
+        }
+        Err(_) => {
+            eprintln!("cairn-loadgen: the clients failed");
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    report(
+        args,
+        &hist,
+        progress.ops.load(Ordering::Relaxed),
+        progress.errors.load(Ordering::Relaxed),
+        elapsed,
+    );
 }
 
 /// The lock and lease workloads: client threads, progress each second, the report.
@@ -322,11 +425,21 @@ fn main() {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1)
         .min(args.conns);
+    if args.target == Target::Etcd && args.workload == Workload::Watch {
+        eprintln!("cairn-loadgen: the watch workload runs against the native target only");
+        std::process::exit(EXIT_BAD_ARGS);
+    }
     let mut progress = Progress::default();
     let watching = (args.workload == Workload::Watch).then(|| start_watchers(&args, &mut progress));
     let progress = Arc::new(progress);
+    if let Some(cpu) = server_cpu_seconds(&args.server_pid) {
+        let _ = SERVER_CPU_START.set(cpu);
+    }
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.duration);
+    if args.target == Target::Etcd {
+        return run_etcd(&args, cores, &progress, start, deadline);
+    }
     if matches!(args.workload, Workload::Lock | Workload::Lease) {
         return run_coordination(&args, &progress, start, deadline);
     }

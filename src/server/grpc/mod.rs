@@ -207,7 +207,9 @@ async fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
                 continue;
             }
         };
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Replies are small and written as they are ready: no Nagle delay on them.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let (ctx, stopping) = (ctx.clone(), shared.clone());
         servers.spawn(async move {
             let stop = async move {

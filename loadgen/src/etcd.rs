@@ -1,0 +1,317 @@
+//! `--target etcd`: the same workloads through etcd's v3 gRPC API, to an etcd or to
+//! cairn's gRPC port, so both are measured by one client in one run. A tokio runtime with a
+//! worker per core; `--conns` HTTP/2 connections spread over the endpoints, `--clients`
+//! client tasks spread over the connections, each with one request in flight (gRPC
+//! multiplexes them on the connection). Closed loop by default; with `--rate`, open loop,
+//! latency measured from each request's scheduled time, as the native target does.
+
+use crate::{Args, Progress, Workload};
+use cairn::grpc::pb::etcdserverpb::{
+    compare, kv_client::KvClient, lease_client::LeaseClient, request_op, Compare,
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
+};
+use cairn::grpc::pb::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
+use hdrhistogram::Histogram;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long connecting to an endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take before it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the run failed: the endpoints could not be reached (exit 2), or anything else.
+pub enum Failure {
+    Unreachable(String),
+    Failed(String),
+}
+
+/// Runs the workload until the deadline; the latencies of the requests that completed.
+pub fn run(
+    args: &Args,
+    cores: usize,
+    deadline: Instant,
+    progress: &Arc<Progress>,
+) -> Result<Histogram<u64>, Failure> {
+    if args.workload == Workload::Watch {
+        return Err(Failure::Failed(
+            "the watch workload runs against the native target only".into(),
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))?;
+    let args = Arc::new(args.clone());
+    let progress = progress.clone();
+    runtime.block_on(async move {
+        let mut channels = Vec::with_capacity(args.conns);
+        for c in 0..args.conns {
+            let endpoint = &args.endpoints[c % args.endpoints.len()];
+            channels.push(connect(endpoint).await?);
+        }
+        let tasks: Vec<_> = (0..args.clients)
+            .map(|c| {
+                let channel = channels[c % channels.len()].clone();
+                let (args, progress) = (args.clone(), progress.clone());
+                tokio::spawn(async move { client(&args, c, channel, deadline, &progress).await })
+            })
+            .collect();
+        let mut hist = crate::conn::new_hist();
+        for t in tasks {
+            let h = t
+                .await
+                .map_err(|e| Failure::Failed(format!("a client task failed: {e}")))?
+                .map_err(Failure::Failed)?;
+            hist.add(h).map_err(|e| Failure::Failed(e.to_string()))?;
+        }
+        progress.finished.fetch_add(1, Ordering::Relaxed);
+        Ok(hist)
+    })
+}
+
+async fn connect(endpoint: &str) -> Result<Channel, Failure> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let unreachable = |e: &dyn std::fmt::Display| Failure::Unreachable(format!("{url}: {e}"));
+    Endpoint::from_shared(url.clone())
+        .map_err(|e| Failure::Failed(format!("{url}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| unreachable(&e))
+}
+
+/// One client's loop; its latencies.
+async fn client(
+    args: &Args,
+    c: usize,
+    channel: Channel,
+    deadline: Instant,
+    progress: &Progress,
+) -> Result<Histogram<u64>, String> {
+    match args.workload {
+        Workload::Lock => lock_client(args, c, channel, deadline, progress).await,
+        Workload::Lease => lease_client(channel, deadline, progress).await,
+        _ => kv_client(args, c, channel, deadline, progress).await,
+    }
+}
+
+/// The key-value workloads: put, range, txn, mixed and fill, as the native target makes
+/// them (same keys, values and mix).
+async fn kv_client(
+    args: &Args,
+    c: usize,
+    channel: Channel,
+    deadline: Instant,
+    progress: &Progress,
+) -> Result<Histogram<u64>, String> {
+    let mut kv = KvClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut rng = StdRng::seed_from_u64(c as u64);
+    let mut hist = crate::conn::new_hist();
+    let value = vec![b'v'; args.value_size];
+    let space = args.key_space.max(1);
+    // Open loop: each client sends every `interval`, staggered over the clients.
+    let interval =
+        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate));
+    let mut intended = Instant::now()
+        + interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(c as f64 / args.clients.max(1) as f64)
+        });
+    loop {
+        let scheduled = match interval {
+            Some(i) => {
+                let now = Instant::now();
+                if intended > now {
+                    tokio::time::sleep(intended - now).await;
+                }
+                intended += i;
+                intended - i
+            }
+            None => Instant::now(),
+        };
+        if Instant::now() >= deadline {
+            return Ok(hist);
+        }
+        let n = if args.workload == Workload::Fill {
+            let n = progress.next_key.fetch_add(1, Ordering::Relaxed);
+            if n >= space {
+                return Ok(hist);
+            }
+            n
+        } else {
+            rng.gen_range(0..space)
+        };
+        let key = crate::conn::key_bytes(n, args.key_size);
+        let put = || PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+            ..PutRequest::default()
+        };
+        let range = || RangeRequest {
+            key: key.clone(),
+            serializable: args.consistency == "s",
+            ..RangeRequest::default()
+        };
+        let call = async {
+            match args.workload {
+                Workload::Range => kv.range(range()).await.map(drop),
+                Workload::Mixed if rng.gen_range(0..10) != 0 => kv.range(range()).await.map(drop),
+                Workload::Txn => {
+                    let op = || RequestOp {
+                        request: Some(request_op::Request::RequestPut(put())),
+                    };
+                    let t = TxnRequest {
+                        compare: vec![Compare {
+                            result: compare::CompareResult::Greater as i32,
+                            target: compare::CompareTarget::Mod as i32,
+                            key: key.clone(),
+                            range_end: Vec::new(),
+                            target_union: Some(compare::TargetUnion::ModRevision(0)),
+                        }],
+                        success: vec![op()],
+                        failure: vec![op()],
+                    };
+                    kv.txn(t).await.map(drop)
+                }
+                _ => kv.put(put()).await.map(drop),
+            }
+        };
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call).await;
+        record(
+            &mut hist,
+            progress,
+            scheduled,
+            matches!(outcome, Ok(Ok(()))),
+        );
+    }
+}
+
+fn record(hist: &mut Histogram<u64>, progress: &Progress, from: Instant, ok: bool) {
+    if ok {
+        let _ = hist.record(from.elapsed().as_nanos().max(1_000) as u64);
+        progress.ops.fetch_add(1, Ordering::Relaxed);
+    } else {
+        progress.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// etcd's v3lock service: the client holds a session lease (kept alive on its own stream),
+/// and in a loop locks one of `--locks` locks and unlocks it.
+async fn lock_client(
+    args: &Args,
+    c: usize,
+    channel: Channel,
+    deadline: Instant,
+    progress: &Progress,
+) -> Result<Histogram<u64>, String> {
+    let mut leases = LeaseClient::new(channel.clone());
+    let lease = leases
+        .lease_grant(LeaseGrantRequest { ttl: 10, id: 0 })
+        .await
+        .map_err(|e| format!("lease grant: {}", e.message()))?
+        .into_inner()
+        .id;
+    let keeper = tokio::spawn(keep_alive(LeaseClient::new(channel.clone()), lease));
+    let mut locks = LockClient::new(channel);
+    let mut rng = StdRng::seed_from_u64(c as u64);
+    let mut hist = crate::conn::new_hist();
+    let count = args.locks.max(1);
+    while Instant::now() < deadline {
+        let name = format!("lock-{}", rng.gen_range(0..count)).into_bytes();
+        let began = Instant::now();
+        let held =
+            tokio::time::timeout(REQUEST_TIMEOUT, locks.lock(LockRequest { name, lease })).await;
+        let Ok(Ok(held)) = held else {
+            progress.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let key = held.into_inner().key;
+        let released =
+            tokio::time::timeout(REQUEST_TIMEOUT, locks.unlock(UnlockRequest { key })).await;
+        record(&mut hist, progress, began, matches!(released, Ok(Ok(_))));
+    }
+    keeper.abort();
+    let _ = leases.lease_revoke(LeaseRevokeRequest { id: lease }).await;
+    Ok(hist)
+}
+
+/// Keeps `lease` alive on a stream of its own, a renewal every 2 s, until aborted.
+async fn keep_alive(mut leases: LeaseClient<Channel>, lease: i64) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    // Queued before the call: a server may answer the call only once a request came.
+    if tx.send(LeaseKeepAliveRequest { id: lease }).await.is_err() {
+        return;
+    }
+    let Ok(responses) = leases
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    else {
+        return;
+    };
+    let mut responses = responses.into_inner();
+    loop {
+        if !matches!(responses.message().await, Ok(Some(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if tx.send(LeaseKeepAliveRequest { id: lease }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Renews one lease back to back on a keepalive stream: the latency of each renewal.
+async fn lease_client(
+    channel: Channel,
+    deadline: Instant,
+    progress: &Progress,
+) -> Result<Histogram<u64>, String> {
+    let mut leases = LeaseClient::new(channel);
+    let lease = leases
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .map_err(|e| format!("lease grant: {}", e.message()))?
+        .into_inner()
+        .id;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    // The first renewal is queued before the call: a server may answer the call only once
+    // a request came.
+    let mut began = Instant::now();
+    tx.send(LeaseKeepAliveRequest { id: lease })
+        .await
+        .map_err(|_| "the keepalive stream closed".to_string())?;
+    let mut responses = leases
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("lease keepalive stream: {}", e.message()))?
+        .into_inner();
+    let mut hist = crate::conn::new_hist();
+    let mut first = true;
+    while Instant::now() < deadline {
+        if !std::mem::take(&mut first) {
+            began = Instant::now();
+            if tx.send(LeaseKeepAliveRequest { id: lease }).await.is_err() {
+                return Err("the keepalive stream closed".into());
+            }
+        }
+        let renewed = tokio::time::timeout(REQUEST_TIMEOUT, responses.message()).await;
+        let ok = matches!(&renewed, Ok(Ok(Some(r))) if r.ttl > 0);
+        record(&mut hist, progress, began, ok);
+        if !matches!(renewed, Ok(Ok(Some(_)))) {
+            return Err("the keepalive stream failed".into());
+        }
+    }
+    drop(tx);
+    let _ = leases.lease_revoke(LeaseRevokeRequest { id: lease }).await;
+    Ok(hist)
+}
