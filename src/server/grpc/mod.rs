@@ -250,7 +250,7 @@ fn has_leader(shared: Arc<Shared>) -> impl tonic::service::Interceptor + Clone {
 /// Serves the services on `incoming` until `stop` ends.
 async fn serve(
     ctx: Ctx,
-    incoming: tokio_stream::wrappers::TcpListenerStream,
+    incoming: tonic::transport::server::TcpIncoming,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let recv_max = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
