@@ -43,6 +43,8 @@ impl Member {
             .args(["serve", "--name", name, "--data-dir"])
             .arg(dir)
             .args(["--listen-native-addr", &addr])
+            // Any free port for the gRPC API: members of one test never share 2379.
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
             .args(["--listen-peer-urls", &format!("http://{peer}")])
             .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
             .args(["--initial-cluster", cluster])
