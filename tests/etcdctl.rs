@@ -82,7 +82,7 @@ fn normalize(text: &str, endpoint: &str, peer: &str) -> String {
     let rules: &[(&str, &str)] = &[
         (r"took = [0-9.]+[µmn]?s", "took = T"),
         (r"remaining\(\d+s\)", "remaining(R)"),
-        (r"\b[0-9a-f]{16}\b", "ID"),
+        (r"\b[0-9a-f]{13,16}\b", "ID"),
         (
             r#""(cluster_id|member_id|raft_term|ID|leader|raftIndex|raftTerm|raftAppliedIndex|dbSize|dbSizeInUse|hash|hash_revision)":\d+"#,
             r#""$1":N"#,
