@@ -329,54 +329,33 @@ fn run_etcd(
     start: Instant,
     deadline: Instant,
 ) {
-    let runner = {
-        let (args, progress) = (args.clone(), progress.clone());
-        std::thread::spawn(move || etcd::run(&args, cores, deadline, &progress))
-    };
-    let mut last = 0;
-    while !runner.is_finished() {
-        std::thread::sleep(Duration::from_millis(100));
-        if start.elapsed().as_secs() > last {
-            last = start.elapsed().as_secs();
-            eprintln!(
-                "{:>5.1}s  {} ops  {} errors",
-                start.elapsed().as_secs_f64(),
-                progress.ops.load(Ordering::Relaxed),
-                progress.errors.load(Ordering::Relaxed)
-            );
-        }
-    }
-    let hist = match runner.join() {
-        Ok(Ok(h)) => h,
-        Ok(Err(etcd::Failure::Unreachable(e))) => {
-            eprintln!("cairn-loadgen: {e}");
-            std::process::exit(EXIT_UNREACHABLE);
-        }
-        Ok(Err(etcd::Failure::Failed(e))) => {
-            eprintln!("cairn-loadgen: {e}");
-            std::process::exit(EXIT_FAILED);
-        }
-        Err(_) => {
-            eprintln!("cairn-loadgen: the clients failed");
-            std::process::exit(EXIT_FAILED);
-        }
-    };
-    let elapsed = start.elapsed().as_secs_f64();
-    report(
-        args,
-        &hist,
-        progress.ops.load(Ordering::Relaxed),
-        progress.errors.load(Ordering::Relaxed),
-        elapsed,
-    );
+    let (args2, progress2) = (args.clone(), progress.clone());
+    let runner = std::thread::spawn(move || {
+        etcd::run(&args2, cores, deadline, &progress2).map_err(|e| match e {
+            etcd::Failure::Unreachable(e) => (EXIT_UNREACHABLE, e),
+            etcd::Failure::Failed(e) => (EXIT_FAILED, e),
+        })
+    });
+    finish_threaded(args, progress, start, runner);
 }
 
 /// The lock and lease workloads: client threads, progress each second, the report.
 fn run_coordination(args: &Args, progress: &Arc<Progress>, start: Instant, deadline: Instant) {
-    let runner = {
-        let (args, progress) = (args.clone(), progress.clone());
-        std::thread::spawn(move || coord::run(&args, deadline, &progress))
-    };
+    let (args2, progress2) = (args.clone(), progress.clone());
+    let runner = std::thread::spawn(move || {
+        coord::run(&args2, deadline, &progress2).map_err(|e| (EXIT_FAILED, e))
+    });
+    finish_threaded(args, progress, start, runner);
+}
+
+/// Shows the progress of clients running on `runner` each second, then reports them (or
+/// exits with the code and message of their failure).
+fn finish_threaded(
+    args: &Args,
+    progress: &Progress,
+    start: Instant,
+    runner: std::thread::JoinHandle<Result<Histogram<u64>, (i32, String)>>,
+) {
     let mut last = 0;
     while !runner.is_finished() {
         std::thread::sleep(Duration::from_secs(1));
@@ -391,9 +370,9 @@ fn run_coordination(args: &Args, progress: &Arc<Progress>, start: Instant, deadl
     }
     let hist = match runner.join() {
         Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
+        Ok(Err((code, e))) => {
             eprintln!("cairn-loadgen: {e}");
-            std::process::exit(EXIT_FAILED);
+            std::process::exit(code);
         }
         Err(_) => {
             eprintln!("cairn-loadgen: the clients failed");
