@@ -534,11 +534,13 @@ fn answer(
     replies: Vec<(ProposalId, Reply)>,
 ) {
     let mut replies = replies.into_iter().peekable();
+    let mut deliveries = super::mailbox::Deliveries::default();
     for (id, result) in results {
         if let Some((_, reply)) = replies.next_if(|(r, _)| *r == id) {
-            let _ = reply.send(result);
+            deliveries.add(reply, result);
         }
     }
+    deliveries.send();
 }
 
 fn publish(store: &Store, applied: u64, shared: &Shared) {

@@ -35,7 +35,13 @@ pub(crate) fn submit(shared: &Shared, input: Input) -> Result<(), Failure> {
 /// Sends a log command through Raft and waits for its applied result.
 pub(crate) async fn propose(shared: &Shared, command: Vec<u8>) -> Result<Response, Failure> {
     let (tx, rx) = flume::bounded(1);
-    submit(shared, Input::Propose(Proposal { command, reply: tx }))?;
+    submit(
+        shared,
+        Input::Propose(Proposal {
+            command,
+            reply: super::Reply::Own(tx),
+        }),
+    )?;
     match rx.recv_async().await {
         Ok(result) => result.map_err(error_of),
         // Proposed, but its answer was lost with a failing role: it may have been applied,

@@ -190,7 +190,7 @@ fn propose(shared: &Shared, op: &LeaseOp) -> Option<flume::Receiver<Result<Respo
     let (tx, rx) = flume::bounded(1);
     let proposal = Proposal {
         command: crate::node::command::lease(op),
-        reply: tx,
+        reply: super::Reply::Own(tx),
     };
     shared.inputs.try_send(Input::LeasePropose(proposal)).ok()?;
     Some(rx)

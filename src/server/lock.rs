@@ -290,7 +290,10 @@ async fn propose(shared: &Shared, request: Request) -> Result<Response, Failure>
         .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
     let command = crate::node::command::client(&frame[HEADER_BYTES..]);
     let (tx, rx) = flume::bounded(1);
-    let proposal = Input::Propose(Proposal { command, reply: tx });
+    let proposal = Input::Propose(Proposal {
+        command,
+        reply: super::Reply::Own(tx),
+    });
     shared.inputs.try_send(proposal).map_err(|e| match e {
         flume::TrySendError::Full(_) => {
             (ErrorCode::Overloaded, "too many proposals pending".into())

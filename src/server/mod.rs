@@ -30,6 +30,7 @@ mod grpc;
 mod http;
 mod lease;
 mod lock;
+mod mailbox;
 mod metrics;
 mod peer;
 mod placement;
@@ -47,7 +48,7 @@ pub use cluster::{
 pub use peer::snapshot_file;
 pub use placement::{usable_cpus, ExecutorPlan, Placement, PlacementMode};
 
-use crate::mvcc::{ReadView, Response};
+use crate::mvcc::ReadView;
 use crate::node::NodeError;
 use crate::protocol::StatusResponse;
 use parking_lot::Mutex;
@@ -185,7 +186,7 @@ pub(crate) struct Proposal {
     pub reply: Reply,
 }
 
-pub(crate) type Reply = flume::Sender<Result<Response, NodeError>>;
+pub(crate) use mailbox::Reply;
 
 /// What the net shards and the apply role hand to the raft role.
 pub(crate) enum Input {
@@ -363,9 +364,7 @@ pub(crate) fn rename_durably(from: &std::path::Path, to: &std::path::Path) -> st
 pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
     for input in inputs.drain() {
         match input {
-            Input::Propose(p) => {
-                let _ = p.reply.send(Err(NodeError::Stopping));
-            }
+            Input::Propose(p) => p.reply.send(Err(NodeError::Stopping)),
             Input::Read(waiter) => drop(waiter), // answered Unavailable
             Input::Checkpointed(..) | Input::Peer(_) | Input::SnapshotSent(..) => {}
             Input::MoveLeader(_, reply) => {
@@ -384,9 +383,7 @@ pub(crate) fn refuse_queued(inputs: &flume::Receiver<Input>) {
                     NodeError::Stopping.to_string(),
                 )));
             }
-            Input::LeasePropose(p) => {
-                let _ = p.reply.send(Err(NodeError::Stopping));
-            }
+            Input::LeasePropose(p) => p.reply.send(Err(NodeError::Stopping)),
         }
     }
 }

@@ -989,9 +989,7 @@ impl Raft {
             .proposals_failed
             .fetch_add(1, Ordering::Relaxed);
         match waiter {
-            Waiter::Kv(reply) => {
-                let _ = reply.send(Err(e));
-            }
+            Waiter::Kv(reply) => reply.send(Err(e)),
             Waiter::Member(reply, _) => {
                 let code = match e {
                     NodeError::Overloaded => ErrorCode::Overloaded,

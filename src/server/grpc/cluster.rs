@@ -115,7 +115,7 @@ impl pb::cluster_server::Cluster for Ctx {
         // Linearizable unless asked otherwise (etcd 3.5's field): confirm the membership
         // is the one committed.
         if req.into_inner().linearizable {
-            front::read_index(&self.shared).await.map_err(status)?;
+            self.reads.read_index().await.map_err(status)?;
         }
         let r = self.members(MemberRequest::List).await?;
         Ok(Response::new(pb::MemberListResponse {

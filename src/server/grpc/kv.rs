@@ -26,7 +26,7 @@ impl pb::kv_server::Kv for Ctx {
         };
         if !r.serializable {
             self.serving()?;
-            front::read_index(&self.shared).await.map_err(status)?;
+            self.reads.read_index().await.map_err(status)?;
         }
         let view = self
             .shared
@@ -143,6 +143,9 @@ impl Ctx {
             )));
         }
         let command = crate::node::command::client(&archived);
-        front::propose(&self.shared, command).await.map_err(status)
+        self.hub
+            .propose(&self.shared, command)
+            .await
+            .map_err(status)
     }
 }

@@ -74,7 +74,9 @@ impl pb::lease_server::Lease for Ctx {
             Some(c) => c.map_err(status)?,
             None => return Err(Status::internal("a grant is a log command")),
         };
-        match front::propose(&self.shared, command)
+        match self
+            .hub
+            .propose(&self.shared, command)
             .await
             .map_err(status)?
         {
@@ -100,7 +102,9 @@ impl pb::lease_server::Lease for Ctx {
             Some(c) => c.map_err(status)?,
             None => return Err(Status::internal("a revoke is a log command")),
         };
-        match front::propose(&self.shared, command)
+        match self
+            .hub
+            .propose(&self.shared, command)
             .await
             .map_err(status)?
         {

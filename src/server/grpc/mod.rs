@@ -52,6 +52,10 @@ pub(crate) struct Ctx {
     /// `--max-request-bytes`, as the client gave it.
     max_request_bytes: usize,
     forwards: Arc<tokio::sync::Semaphore>,
+    /// Writes in flight, answered a batch at a time.
+    hub: Arc<super::mailbox::Hub>,
+    /// Linearizable reads, gathered into rounds.
+    reads: Arc<super::mailbox::ReadRounds>,
 }
 
 impl Ctx {
@@ -195,8 +199,13 @@ async fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
             .max_request_bytes
             .saturating_sub(super::REQUEST_ENVELOPE_BYTES) as usize,
         forwards: Arc::new(tokio::sync::Semaphore::new(FORWARDS_MAX)),
+        hub: super::mailbox::Hub::new(),
+        reads: super::mailbox::ReadRounds::new(),
         shared: shared.clone(),
     };
+    // Both end with the runtime.
+    tokio::spawn(ctx.hub.clone().dispatch());
+    tokio::spawn(ctx.reads.clone().run(shared.clone()));
     let mut servers = tokio::task::JoinSet::new();
     for l in listeners {
         let listener = match tokio::net::TcpListener::from_std(l) {
