@@ -52,6 +52,9 @@ pub(crate) struct Ctx {
     /// `--max-request-bytes`, as the client gave it.
     max_request_bytes: usize,
     forwards: Arc<tokio::sync::Semaphore>,
+    /// Connections to the leader left open by forwarded requests (at most `FORWARDS_MAX`),
+    /// with the native address each is to.
+    idle_forwarders: Arc<parking_lot::Mutex<Vec<(String, crate::client::Client)>>>,
     /// Writes in flight, answered a batch at a time.
     hub: Arc<super::mailbox::Hub>,
     /// Linearizable reads, gathered into rounds.
@@ -114,9 +117,40 @@ impl Ctx {
                 "etcdserver: too many requests".to_string(),
             )
         })?;
+        let idle = self.idle_forwarders.clone();
+        // Keepalives and time-to-live may be asked twice: they reuse connections (a
+        // keepalive stream through a follower would otherwise dial the leader each time),
+        // and one that fails on a kept connection (closed meanwhile) is asked again on a new
+        // one. A member change is asked once, on a connection of its own.
+        let reusable = matches!(req, ClientRequest::Lease(_));
         let asked = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            crate::client::Client::new(vec![endpoint], FORWARD_TIMEOUT).request(&req)
+            let fresh = || crate::client::Client::new(vec![endpoint.clone()], FORWARD_TIMEOUT);
+            let kept = reusable
+                .then(|| {
+                    let mut idle = idle.lock();
+                    let at = idle.iter().position(|(e, _)| *e == endpoint);
+                    at.map(|i| idle.swap_remove(i).1)
+                })
+                .flatten();
+            let (mut client, was_kept) = match kept {
+                Some(c) => (c, true),
+                None => (fresh(), false),
+            };
+            let mut asked = client.request(&req);
+            if was_kept && matches!(asked, Err(ref e) if !matches!(e, crate::client::ClientError::Server { .. }))
+            {
+                client = fresh();
+                asked = client.request(&req);
+            }
+            if reusable && asked.is_ok() {
+                let mut idle = idle.lock();
+                if idle.len() >= FORWARDS_MAX {
+                    idle.remove(0);
+                }
+                idle.push((endpoint, client));
+            }
+            asked
         })
         .await
         .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
@@ -199,6 +233,7 @@ async fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
             .max_request_bytes
             .saturating_sub(super::REQUEST_ENVELOPE_BYTES) as usize,
         forwards: Arc::new(tokio::sync::Semaphore::new(FORWARDS_MAX)),
+        idle_forwarders: Arc::new(parking_lot::Mutex::new(Vec::new())),
         hub: super::mailbox::Hub::new(),
         reads: super::mailbox::ReadRounds::new(),
         shared: shared.clone(),
