@@ -3,7 +3,7 @@
 //! those that wait, a contender handed to the apply role, which answers once it holds.
 
 use super::watch::{ClientInput, ObserveSink};
-use super::{Input, Proposal, Shared};
+use super::Shared;
 use crate::lock::{self, LeaderKey, LockRequest, LockResponse, LockWait};
 use crate::mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
@@ -289,22 +289,5 @@ async fn propose(shared: &Shared, request: Request) -> Result<Response, Failure>
     let frame = encode_request(0, &ClientRequest::Kv(request))
         .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
     let command = crate::node::command::client(&frame[HEADER_BYTES..]);
-    let (tx, rx) = flume::bounded(1);
-    let proposal = Input::Propose(Proposal {
-        command,
-        reply: super::Reply::Own(tx),
-    });
-    shared.inputs.try_send(proposal).map_err(|e| match e {
-        flume::TrySendError::Full(_) => {
-            (ErrorCode::Overloaded, "too many proposals pending".into())
-        }
-        flume::TrySendError::Disconnected(_) => (ErrorCode::Unavailable, STOPPING.into()),
-    })?;
-    match rx.recv_async().await {
-        Ok(result) => result.map_err(super::front::error_of),
-        Err(_) => Err((
-            ErrorCode::Internal,
-            "the member failed before this write's outcome was known".into(),
-        )),
-    }
+    super::front::propose(shared, command).await
 }
