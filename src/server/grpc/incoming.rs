@@ -8,8 +8,10 @@
 //! told apart or served by tonic; one more is closed as soon as it is accepted (the
 //! native protocol's shards do the same), so that a flood of connections costs descriptors
 //! and memory up to a known amount. A connection must show its protocol within
-//! [`SNIFF_TIMEOUT`], or it is closed.
+//! [`SNIFF_TIMEOUT`], or it is closed. What a gRPC client sends passes through
+//! [`headers::Rewriter`](super::headers) on its way to tonic.
 
+use super::headers::Rewriter;
 use crate::server::http::Handoff;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +34,8 @@ const HANDED_QUEUE_MAX: usize = 64;
 /// How long the acceptor waits after a failed accept (out of descriptors, say): the
 /// connection waits in the backlog meanwhile.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+/// Bytes read from a gRPC connection at once.
+const READ_BYTES: usize = 16 << 10;
 /// The HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -60,6 +64,12 @@ fn classify(first: &[u8]) -> Option<Protocol> {
 pub(super) struct Conn {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    rewriter: Rewriter,
+    /// Bytes read from the client, not yet rewritten.
+    read: Box<[u8]>,
+    /// Rewritten bytes, not yet taken by tonic, from `taken` on.
+    rewritten: Vec<u8>,
+    taken: usize,
 }
 
 /// The gRPC connections of `listener`, as tonic takes them: the acceptor stops once
@@ -117,6 +127,10 @@ async fn sort(
                 .send(Ok(Conn {
                     stream,
                     _slot: slot,
+                    rewriter: Rewriter::new(),
+                    read: vec![0; READ_BYTES].into_boxed_slice(),
+                    rewritten: Vec::new(),
+                    taken: 0,
                 }))
                 .await;
         }
@@ -162,7 +176,25 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            if this.taken < this.rewritten.len() {
+                let n = (this.rewritten.len() - this.taken).min(buf.remaining());
+                buf.put_slice(&this.rewritten[this.taken..this.taken + n]);
+                this.taken += n;
+                return Poll::Ready(Ok(()));
+            }
+            this.rewritten.clear();
+            this.taken = 0;
+            let mut read = ReadBuf::new(&mut this.read);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.rewriter
+                .feed(read.filled(), &mut this.rewritten)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod cluster;
 mod convert;
+mod headers;
 mod incoming;
 mod kv;
 mod lease;
