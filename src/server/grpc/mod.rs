@@ -6,9 +6,11 @@
 //! any unknown method is.
 //!
 //! Each client URL's port serves HTTP/1 too (`/metrics`, `/health`...), as etcd's does:
-//! `incoming` tells the two apart per connection and bounds the connections.
+//! `incoming` tells the two apart per connection and bounds the connections; `headers`
+//! turns the `:authority` etcdctl 3.4 sends as a URL into one tonic takes.
 //!
-//! Bounds: connections per listener ([`incoming::CONNECTIONS_MAX`]), streams per connection, request message size (`--max-request-bytes` plus
+//! Bounds: connections per listener ([`incoming::CONNECTIONS_MAX`]), streams per
+//! connection, request message size (`--max-request-bytes` plus
 //! etcd's 512 KiB of gRPC overhead: more is ResourceExhausted; a request over
 //! `--max-request-bytes` is etcd's "request is too large"), forwarded requests in flight.
 //! Keepalive as etcd's server: a ping every 2 hours of silence, 20 s for its answer.
