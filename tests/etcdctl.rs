@@ -362,7 +362,10 @@ fn start_cairn_three(dir: &Path, three: &Three) -> Vec<Process> {
                 .args(["serve", "--name", &format!("m{i}"), "--data-dir"])
                 .arg(dir.join(format!("cairn{i}")))
                 .args(["--listen-native-addr", &common::free_addr()])
-                .args(["--listen-client-urls", &format!("http://{}", three.clients[i])])
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://{}", three.clients[i]),
+                ])
                 .args(["--listen-peer-urls", &three.peers[i]])
                 .args(["--initial-advertise-peer-urls", &three.peers[i]])
                 .args(["--initial-cluster", &three.initial_cluster()])
@@ -486,11 +489,21 @@ fn run_membership(three: &Three) -> Vec<(String, Run)> {
     let (m0, m1) = (member_id(&all, "m0"), member_id(&all, "m1"));
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<String>>();
     let commands = [
-        s(&["member", "update", &voter, &format!("--peer-urls={moved_url}")]),
+        s(&[
+            "member",
+            "update",
+            &voter,
+            &format!("--peer-urls={moved_url}"),
+        ]),
         s(&list),
         s(&["member", "remove", &voter]),
         s(&["member", "remove", &voter]),
-        s(&["member", "update", &voter, &format!("--peer-urls={voter_url}")]),
+        s(&[
+            "member",
+            "update",
+            &voter,
+            &format!("--peer-urls={voter_url}"),
+        ]),
         s(&["member", "promote", "1234"]),
         s(&["member", "remove", &learner]),
         s(&list),
@@ -549,10 +562,21 @@ fn etcdctl_sees_a_three_member_cairn_as_etcd() {
         .iter()
         .find(|(c, _)| c == "endpoint status --cluster")
         .expect("endpoint status ran");
-    assert_eq!(status.stdout.matches(", true, false, ").count(), 1, "{status:?}");
-    assert!(status.stdout.contains("EP1, ID, VERSION, SIZE, true"), "{status:?}");
+    assert_eq!(
+        status.stdout.matches(", true, false, ").count(),
+        1,
+        "{status:?}"
+    );
+    assert!(
+        status.stdout.contains("EP1, ID, VERSION, SIZE, true"),
+        "{status:?}"
+    );
     // The hashes, normalized away above, agree between cairn's members.
-    let hashes = etcdctl(&cairn_three.endpoints(), &["endpoint", "hashkv", "--cluster"], "");
+    let hashes = etcdctl(
+        &cairn_three.endpoints(),
+        &["endpoint", "hashkv", "--cluster"],
+        "",
+    );
     let hashes: Vec<&str> = hashes
         .stdout
         .lines()
@@ -568,7 +592,11 @@ fn verdicts(stdout: &str) -> Vec<&str> {
     stdout
         .split(['\n', '\r'])
         .map(str::trim)
-        .filter(|l| ["PASS", "FAIL", "Slowest", "Stddev"].iter().any(|p| l.starts_with(p)))
+        .filter(|l| {
+            ["PASS", "FAIL", "Slowest", "Stddev"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .collect()
 }
 
@@ -609,6 +637,10 @@ fn etcdctl_check_perf_and_datascale_pass_against_three_members() {
         "{scale:?}"
     );
     // Both removed their keys.
-    let left = etcdctl(&all, &["get", "/etcdctl-check", "--prefix", "--keys-only"], "");
+    let left = etcdctl(
+        &all,
+        &["get", "/etcdctl-check", "--prefix", "--keys-only"],
+        "",
+    );
     assert_eq!((left.exit, left.stdout.as_str()), (Some(0), ""), "{left:?}");
 }

@@ -770,7 +770,12 @@ fn h2_connect(addr: &str, limit: Duration) -> (std::net::TcpStream, bool, bool) 
     match s.read(&mut buf) {
         Ok(0) => (s, false, true),
         Ok(_) => (s, true, false),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
             (s, false, false)
         }
         Err(_) => (s, false, true),
@@ -797,7 +802,11 @@ fn connections_over_the_limit_are_closed_at_once() {
     let started = std::time::Instant::now();
     let (_, taken, closed) = h2_connect(&addr, Duration::from_secs(5));
     assert!(!taken && closed, "taken {taken}, closed {closed}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     runtime().block_on(async {
         let refused = Channel::from_shared(format!("http://{addr}"))
             .expect("URL")
@@ -817,6 +826,8 @@ fn connections_over_the_limit_are_closed_at_once() {
     });
     runtime().block_on(async {
         let mut kv = KvClient::new(channel(&addr).await);
-        kv.put(put("k", "v")).await.expect("put once connections closed");
+        kv.put(put("k", "v"))
+            .await
+            .expect("put once connections closed");
     });
 }

@@ -940,7 +940,10 @@ fn the_client_port_answers_http_as_the_metrics_port_does() {
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5));
     assert!(got.starts_with("HTTP/1.1 400 ") && closed, "{got:?}");
     rt.block_on(async {
-        before.put(put("after")).await.expect("gRPC put, old connection");
+        before
+            .put(put("after"))
+            .await
+            .expect("gRPC put, old connection");
         let mut after = connect().await;
         let got = after
             .range(pb::RangeRequest {

@@ -35,6 +35,9 @@ const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 
+/// A header field: its name and value.
+type Field = (Vec<u8>, Vec<u8>);
+
 /// Why a client's frames could not be rewritten: its connection is closed.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Malformed(&'static str);
@@ -180,7 +183,9 @@ fn headers_fragment(flags: u8, payload: &[u8]) -> Result<(&[u8], Option<[u8; 5]>
     let mut rest = payload;
     let mut pad = 0;
     if flags & PADDED != 0 {
-        let (&p, after) = rest.split_first().ok_or(Malformed("a short HEADERS frame"))?;
+        let (&p, after) = rest
+            .split_first()
+            .ok_or(Malformed("a short HEADERS frame"))?;
         pad = usize::from(p);
         rest = after;
     }
@@ -212,7 +217,13 @@ fn write_headers(open: &Open, block: &[u8], out: &mut Vec<u8>) {
     if rest.is_empty() {
         flags |= END_HEADERS;
     }
-    frame_header(priority.len() + head.len(), HEADERS, flags, open.stream_id, out);
+    frame_header(
+        priority.len() + head.len(),
+        HEADERS,
+        flags,
+        open.stream_id,
+        out,
+    );
     out.extend_from_slice(priority);
     out.extend_from_slice(head);
     while !rest.is_empty() {
@@ -226,7 +237,13 @@ fn write_headers(open: &Open, block: &[u8], out: &mut Vec<u8>) {
 
 fn frame_header(length: usize, kind: u8, flags: u8, stream_id: [u8; 4], out: &mut Vec<u8>) {
     debug_assert!(length <= FRAME_BYTES_MAX);
-    out.extend_from_slice(&[(length >> 16) as u8, (length >> 8) as u8, length as u8, kind, flags]);
+    out.extend_from_slice(&[
+        (length >> 16) as u8,
+        (length >> 8) as u8,
+        length as u8,
+        kind,
+        flags,
+    ]);
     out.extend_from_slice(&stream_id);
 }
 
@@ -245,7 +262,7 @@ fn authority(value: &[u8]) -> &[u8] {
 
 /// `fields` as literals without indexing, with new names, unencoded (RFC 7541 §6.2.2),
 /// and `:authority` as an authority.
-fn encode(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+fn encode(fields: &[Field]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         let value = if name == b":authority" {
@@ -332,7 +349,7 @@ impl Reader<'_> {
 /// The HPACK dynamic table, as the client's encoder keeps it.
 struct Table {
     /// Newest first.
-    entries: VecDeque<(Vec<u8>, Vec<u8>)>,
+    entries: VecDeque<Field>,
     bytes: usize,
     max_bytes: usize,
 }
@@ -352,7 +369,7 @@ impl Table {
     }
 
     /// Field `index` (1-based, the static table first).
-    fn get(&self, index: usize) -> Result<(Vec<u8>, Vec<u8>), Malformed> {
+    fn get(&self, index: usize) -> Result<Field, Malformed> {
         let found = match index.checked_sub(1) {
             Some(i) if i < STATIC.len() => {
                 let (name, value) = STATIC[i];
@@ -386,7 +403,7 @@ impl Table {
     }
 
     /// A block's fields, in order (RFC 7541 §6).
-    fn decode(&mut self, block: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Malformed> {
+    fn decode(&mut self, block: &[u8]) -> Result<Vec<Field>, Malformed> {
         let mut r = Reader { block, at: 0 };
         let mut fields = Vec::new();
         while r.at < block.len() {
@@ -489,15 +506,16 @@ const STATIC: [(&str, &str); 61] = [
 /// The length in bits of each symbol's Huffman code (RFC 7541 Appendix B; symbol 256 is
 /// EOS). The code is canonical: the lengths alone give the codes.
 const HUFFMAN_BITS: [u8; 257] = [
-    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 28,
-    6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10,
-    13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6,
-    15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6, 6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28,
-    20, 22, 20, 20, 22, 22, 22, 23, 22, 23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24,
-    22, 21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20, 22, 22, 22, 23, 22, 22, 23,
-    26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19, 21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27,
-    20, 24, 20, 21, 22, 21, 21, 23, 22, 22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26,
-    30,
+    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5,
+    5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10, 13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6, 15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6,
+    6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, 20, 22, 20, 20, 22, 22, 22, 23, 22,
+    23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, 22,
+    21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20,
+    22, 22, 22, 23, 22, 22, 23, 26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19,
+    21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27, 20, 24, 20, 21, 22, 21, 21, 23, 22,
+    22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26, 30,
 ];
 
 /// The canonical code's tables: per length, its first code, how many codes, and where
@@ -577,7 +595,7 @@ mod tests {
             .collect()
     }
 
-    fn text(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, String)> {
+    fn text(fields: &[Field]) -> Vec<(String, String)> {
         fields
             .iter()
             .map(|(n, v)| {
@@ -590,7 +608,9 @@ mod tests {
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -612,7 +632,9 @@ mod tests {
     #[test]
     fn blocks_decode_with_the_dynamic_table_as_rfc_7541_shows() {
         let mut t = Table::new();
-        let first = t.decode(&hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff")).expect("C.4.1");
+        let first = t
+            .decode(&hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"))
+            .expect("C.4.1");
         assert_eq!(
             text(&first),
             pairs(&[
@@ -622,8 +644,13 @@ mod tests {
                 (":authority", "www.example.com")
             ])
         );
-        let second = t.decode(&hex("8286 84be 5886 a8eb 1064 9cbf")).expect("C.4.2");
-        assert_eq!(text(&second)[3], pairs(&[(":authority", "www.example.com")])[0]);
+        let second = t
+            .decode(&hex("8286 84be 5886 a8eb 1064 9cbf"))
+            .expect("C.4.2");
+        assert_eq!(
+            text(&second)[3],
+            pairs(&[(":authority", "www.example.com")])[0]
+        );
         assert_eq!(text(&second)[4], pairs(&[("cache-control", "no-cache")])[0]);
         let third = t
             .decode(&hex(
@@ -681,7 +708,10 @@ mod tests {
             }
             at += FRAME_HEADER_BYTES + length;
         }
-        assert!(server.entries.is_empty(), "the server's table is left empty");
+        assert!(
+            server.entries.is_empty(),
+            "the server's table is left empty"
+        );
         (out, blocks)
     }
 
@@ -712,10 +742,18 @@ mod tests {
         input.extend(frame(CONTINUATION, END_HEADERS, 1, &block[10..]));
         input.extend(&data);
         // The next request: :authority by its index in the dynamic table (62).
-        input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &hex("8386 84be")));
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &hex("8386 84be"),
+        ));
         for step in [1, 7, input.len()] {
             let (out, blocks) = rewrite(&input, step);
-            assert_eq!(&out[..PREFACE_BYTES + settings.len()], &input[..PREFACE_BYTES + settings.len()]);
+            assert_eq!(
+                &out[..PREFACE_BYTES + settings.len()],
+                &input[..PREFACE_BYTES + settings.len()]
+            );
             assert_eq!(blocks.len(), 2);
             assert_eq!(
                 blocks[0],

@@ -241,7 +241,10 @@ mod tests {
         );
         assert_eq!(classify(b"PRI * HTTP/2"), None);
         assert_eq!(classify(b"P"), None);
-        assert_eq!(classify(b"GET /metrics HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"GET /metrics HTTP/1.1\r\n"),
+            Some(Protocol::Http1)
+        );
         assert_eq!(classify(b"PRI * HTTP/1.1\r\n"), Some(Protocol::Http1));
         assert_eq!(classify(b"\x16\x03\x01"), Some(Protocol::Http1));
     }

@@ -154,7 +154,10 @@ mod tests {
             (s.code(), s.message()),
             (Code::NotFound, "etcdserver: member not found")
         );
-        let s = status((ErrorCode::InvalidRequest, "etcdserver: ID removed: 1f".into()));
+        let s = status((
+            ErrorCode::InvalidRequest,
+            "etcdserver: ID removed: 1f".into(),
+        ));
         assert_eq!(
             (s.code(), s.message()),
             (Code::NotFound, "etcdserver: member not found")
