@@ -13,8 +13,10 @@
 //!
 //! Bounds: a frame of a header block at most [`FRAME_BYTES_MAX`] (the HTTP/2 default
 //! that the server announces), a block at most [`BLOCK_BYTES_MAX`], the table at most
-//! [`TABLE_BYTES_MAX`] (the default the server's SETTINGS leave in place). A client that
-//! exceeds them, or sends a block that does not decode, has its connection closed.
+//! [`TABLE_BYTES_MAX`] (the default the server's SETTINGS leave in place), a block's
+//! fields decoded at most [`FIELDS_BYTES_MAX`] (a few bytes can name large table entries
+//! again and again). A client that exceeds them, or sends a block that does not decode,
+//! has its connection closed.
 
 use std::collections::VecDeque;
 
@@ -27,6 +29,9 @@ const FRAME_BYTES_MAX: usize = 16_384;
 const BLOCK_BYTES_MAX: usize = 64 << 10;
 /// The HPACK dynamic table's size, at most: SETTINGS_HEADER_TABLE_SIZE's default.
 const TABLE_BYTES_MAX: usize = 4096;
+/// A block's fields, decoded and counted as HTTP/2 counts a header list (each field's
+/// name and value and 32 bytes), at most.
+const FIELDS_BYTES_MAX: usize = 1 << 20;
 const FRAME_HEADER_BYTES: usize = 9;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -405,12 +410,13 @@ impl Table {
     /// A block's fields, in order (RFC 7541 §6).
     fn decode(&mut self, block: &[u8]) -> Result<Vec<Field>, Malformed> {
         let mut r = Reader { block, at: 0 };
-        let mut fields = Vec::new();
+        let mut fields: Vec<Field> = Vec::new();
+        let mut fields_bytes = 0;
         while r.at < block.len() {
             let first = r.byte()?;
-            if first & 0x80 != 0 {
+            let field = if first & 0x80 != 0 {
                 let index = r.integer(7)?;
-                fields.push(self.get(index)?);
+                self.get(index)?
             } else if first & 0xe0 == 0x20 {
                 let size = r.integer(5)?;
                 if size > TABLE_BYTES_MAX {
@@ -418,6 +424,7 @@ impl Table {
                 }
                 self.max_bytes = size;
                 self.evict_to(size);
+                continue;
             } else {
                 // With incremental indexing (01), without (0000) or never indexed (0001).
                 let indexed = first & 0xc0 == 0x40;
@@ -431,8 +438,13 @@ impl Table {
                 if indexed {
                     self.insert(name.clone(), value.clone());
                 }
-                fields.push((name, value));
+                (name, value)
+            };
+            fields_bytes += entry_bytes(&field.0, &field.1);
+            if fields_bytes > FIELDS_BYTES_MAX {
+                return Err(Malformed("a header list over its maximum size"));
             }
+            fields.push(field);
         }
         Ok(fields)
     }
@@ -669,6 +681,14 @@ mod tests {
         );
         assert_eq!(t.bytes, 164);
         assert!(t.decode(&hex("c2")).is_err(), "index past the table");
+        // An entry of 4 KiB named again and again: refused once the list passes 1 MiB.
+        let mut t = Table::new();
+        let mut big = vec![0x40, 1, b'x'];
+        integer(4000, 7, 0, &mut big);
+        big.extend(std::iter::repeat_n(b'v', 4000));
+        assert_eq!(t.decode(&big).map(|f| f.len()), Ok(1));
+        assert!(t.decode(&vec![0xbe; 200]).is_ok());
+        assert!(t.decode(&vec![0xbe; 300]).is_err());
     }
 
     fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {

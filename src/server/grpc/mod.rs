@@ -264,6 +264,7 @@ async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let recv_max = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // HTTP/2's default frame size and header table size stay: `headers` relies on them.
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
