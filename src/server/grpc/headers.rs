@@ -687,8 +687,8 @@ mod tests {
         integer(4000, 7, 0, &mut big);
         big.extend(std::iter::repeat_n(b'v', 4000));
         assert_eq!(t.decode(&big).map(|f| f.len()), Ok(1));
-        assert!(t.decode(&vec![0xbe; 200]).is_ok());
-        assert!(t.decode(&vec![0xbe; 300]).is_err());
+        assert!(t.decode(&[0xbe; 200]).is_ok());
+        assert!(t.decode(&[0xbe; 300]).is_err());
     }
 
     fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
