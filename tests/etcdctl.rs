@@ -304,3 +304,343 @@ fn etcdctl_sees_cairn_as_etcd() {
         "{watched:?}"
     );
 }
+
+/// Three members' addresses: each one's client `host:port` and peer URL, the initial
+/// cluster naming them m0, m1, m2.
+struct Three {
+    clients: Vec<String>,
+    peers: Vec<String>,
+}
+
+impl Three {
+    fn new() -> Three {
+        Three {
+            clients: (0..3).map(|_| common::free_addr()).collect(),
+            peers: (0..3)
+                .map(|_| format!("http://{}", common::free_addr()))
+                .collect(),
+        }
+    }
+
+    fn initial_cluster(&self) -> String {
+        let named: Vec<String> = (0..3).map(|i| format!("m{i}={}", self.peers[i])).collect();
+        named.join(",")
+    }
+
+    /// Every member's endpoint, as `--endpoints` takes them.
+    fn endpoints(&self) -> String {
+        self.clients.join(",")
+    }
+}
+
+fn start_etcd_three(dir: &Path, three: &Three) -> Vec<Process> {
+    (0..3)
+        .map(|i| {
+            let client = format!("http://{}", three.clients[i]);
+            let child = Command::new("etcd")
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.join(format!("etcd{i}")))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &three.peers[i]])
+                .args(["--initial-advertise-peer-urls", &three.peers[i]])
+                .args(["--initial-cluster", &three.initial_cluster()])
+                .args(["--log-level", "error", "--logger", "zap"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd");
+            Process(child)
+        })
+        .collect()
+}
+
+fn start_cairn_three(dir: &Path, three: &Three) -> Vec<Process> {
+    (0..3)
+        .map(|i| {
+            let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .args(["serve", "--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.join(format!("cairn{i}")))
+                .args(["--listen-native-addr", &common::free_addr()])
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://{}", three.clients[i]),
+                ])
+                .args(["--listen-peer-urls", &three.peers[i]])
+                .args(["--initial-advertise-peer-urls", &three.peers[i]])
+                .args(["--initial-cluster", &three.initial_cluster()])
+                .args(["--log-level", "warn", "--placement", "unpinned"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start cairn");
+            Process(child)
+        })
+        .collect()
+}
+
+/// [`normalize`] for a cluster's output: each member's addresses become `EP<i>` and
+/// `PEER<i>`, the peer URLs given to `member add` and `member update` their names, and
+/// `endpoint hashkv`'s hashes `HASH` (whether they agree is checked apart); then the lines
+/// are sorted (and the members of `ETCD_INITIAL_CLUSTER`), since both
+/// print members in the order of their ids, which differ.
+fn normalize_three(text: &str, three: &Three, more_peers: &[(&str, &str)]) -> String {
+    let mut s = text.to_string();
+    for i in 0..3 {
+        s = s.replace(&three.clients[i], &format!("EP{i}"));
+        s = s.replace(&three.peers[i], &format!("PEER{i}"));
+    }
+    for (url, name) in more_peers {
+        s = s.replace(url, name);
+    }
+    let s = normalize(&s, "\u{0}", "\u{0}");
+    let hash = regex::Regex::new(r"(EP\d), \d+").expect("pattern");
+    let s = hash.replace_all(&s, "$1, HASH");
+    // "Member %16x added to cluster %16x": an id of fewer digits is padded with spaces.
+    let padded = regex::Regex::new(r"(Member|cluster) +ID").expect("pattern");
+    let s = padded.replace_all(&s, "$1 ID");
+    let mut lines: Vec<String> = s
+        .lines()
+        .map(|l| match l.strip_prefix("ETCD_INITIAL_CLUSTER=\"") {
+            Some(rest) => {
+                let mut members: Vec<&str> = rest.trim_end_matches('"').split(',').collect();
+                members.sort_unstable();
+                format!("ETCD_INITIAL_CLUSTER=\"{}\"", members.join(","))
+            }
+            None => l.to_string(),
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// The member id `member list` prints for `name`.
+fn member_id(endpoints: &str, name: &str) -> String {
+    let list = etcdctl(endpoints, &["member", "list"], "");
+    list.stdout
+        .lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split(", ").collect();
+            (fields.get(2) == Some(&name)).then(|| fields[0].to_string())
+        })
+        .unwrap_or_else(|| panic!("no member {name} in {list:?}"))
+}
+
+/// `member add`, again while the cluster refuses it: etcd takes no member for its first
+/// 5 seconds of serving ("unhealthy cluster": its peers must have been connected that
+/// long); the id it printed.
+fn member_add(endpoints: &str, args: &[&str]) -> (Run, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = etcdctl(endpoints, args, "");
+        if run.exit == Some(0) || !run.errors.contains("unhealthy cluster") {
+            let id = run
+                .stdout
+                .strip_prefix("Member ")
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or("")
+                .to_string();
+            return (run, id);
+        }
+        assert!(Instant::now() < deadline, "{run:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The membership and cluster-wide commands against a 3-member cluster: each command
+/// with its output normalized by [`normalize_three`].
+fn run_membership(three: &Three) -> Vec<(String, Run)> {
+    let all = three.endpoints();
+    let learner_url = format!("http://{}", common::free_addr());
+    let voter_url = format!("http://{}", common::free_addr());
+    let moved_url = format!("http://{}", common::free_addr());
+    let more = [
+        (learner_url.as_str(), "PEER_L"),
+        (voter_url.as_str(), "PEER_V"),
+        (moved_url.as_str(), "PEER_MOVED"),
+    ];
+    let mut runs = Vec::new();
+    let mut record = |args: &[&str], run: Run| {
+        let normalized = Run {
+            exit: run.exit,
+            stdout: normalize_three(&run.stdout, three, &more),
+            errors: normalize_three(&run.errors, three, &more),
+        };
+        runs.push((args.join(" "), normalized));
+    };
+    let list = ["member", "list"];
+    record(&list, etcdctl(&all, &list, ""));
+    let add_learner = [
+        "member",
+        "add",
+        "l",
+        &format!("--peer-urls={learner_url}"),
+        "--learner",
+    ];
+    let (run, learner) = member_add(&all, &add_learner);
+    record(&add_learner, run);
+    record(&list, etcdctl(&all, &list, ""));
+    // Never started, so not caught up: refused.
+    let promote = ["member", "promote", learner.as_str()];
+    record(&promote, etcdctl(&all, &promote, ""));
+    let add_voter = ["member", "add", "v", &format!("--peer-urls={voter_url}")];
+    let (run, voter) = member_add(&all, &add_voter);
+    record(&add_voter, run);
+    let (m0, m1) = (member_id(&all, "m0"), member_id(&all, "m1"));
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<String>>();
+    let commands = [
+        s(&[
+            "member",
+            "update",
+            &voter,
+            &format!("--peer-urls={moved_url}"),
+        ]),
+        s(&list),
+        s(&["member", "remove", &voter]),
+        s(&["member", "remove", &voter]),
+        s(&[
+            "member",
+            "update",
+            &voter,
+            &format!("--peer-urls={voter_url}"),
+        ]),
+        s(&["member", "promote", "1234"]),
+        s(&["member", "remove", &learner]),
+        s(&list),
+        // Leadership to m0 (which may lead already: etcd then names it twice), then to
+        // m1, so that both clusters' leader is m1 whoever won the election.
+        s(&["move-leader", &m0]),
+        s(&["move-leader", &m1]),
+        s(&["move-leader", "1234"]),
+        s(&["endpoint", "status", "--cluster"]),
+        s(&["endpoint", "health", "--cluster"]),
+        s(&["put", "after", "moves"]),
+        s(&["endpoint", "hashkv", "--cluster"]),
+    ];
+    for args in &commands {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        record(&args, etcdctl(&all, &args, ""));
+    }
+    runs
+}
+
+#[test]
+fn etcdctl_sees_a_three_member_cairn_as_etcd() {
+    if !installed("etcdctl", "version") || !installed("etcd", "--version") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs etcd and etcdctl (.ci/run)"
+        );
+        eprintln!("SKIPPED: etcd and etcdctl 3.4 are needed (Debian: etcd-server, etcd-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (etcd_three, cairn_three) = (Three::new(), Three::new());
+    let _etcd = start_etcd_three(dir.path(), &etcd_three);
+    let _cairn = start_cairn_three(dir.path(), &cairn_three);
+    wait_answers(&etcd_three.endpoints());
+    wait_answers(&cairn_three.endpoints());
+    let etcd = run_membership(&etcd_three);
+    let cairn = run_membership(&cairn_three);
+    let mut differences = Vec::new();
+    for ((command, want), (_, got)) in etcd.iter().zip(&cairn) {
+        if want != got {
+            differences.push(format!(
+                "etcdctl {command}\n  etcd:  {want:?}\n  cairn: {got:?}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    // etcd answered as the comparison assumes: the learner was refused promotion, m1
+    // leads at the end, and every member's hash is the same.
+    let promote = etcd.iter().find(|(c, _)| c.starts_with("member promote"));
+    assert!(
+        promote.is_some_and(|(_, r)| r.errors.contains("in sync with leader")),
+        "{promote:?}"
+    );
+    let (_, status) = etcd
+        .iter()
+        .find(|(c, _)| c == "endpoint status --cluster")
+        .expect("endpoint status ran");
+    assert_eq!(
+        status.stdout.matches(", true, false, ").count(),
+        1,
+        "{status:?}"
+    );
+    assert!(
+        status.stdout.contains("EP1, ID, VERSION, SIZE, true"),
+        "{status:?}"
+    );
+    // The hashes, normalized away above, agree between cairn's members.
+    let hashes = etcdctl(
+        &cairn_three.endpoints(),
+        &["endpoint", "hashkv", "--cluster"],
+        "",
+    );
+    let hashes: Vec<&str> = hashes
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(", ").nth(1))
+        .collect();
+    assert_eq!(hashes.len(), 3, "{hashes:?}");
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+}
+
+/// The lines of `check perf` that give its verdict (the progress bar aside): `PASS...`,
+/// or `FAIL...`, `Slowest request took too long...`, `Stddev too high...`.
+fn verdicts(stdout: &str) -> Vec<&str> {
+    stdout
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| {
+            ["PASS", "FAIL", "Slowest", "Stddev"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect()
+}
+
+/// `etcdctl check perf --load=s` (60 s of 1 KiB puts at 150 a second from 50 clients,
+/// spread over the members) passes against a 3-member cairn: throughput, slowest request
+/// and deviation; then `check datascale --load=s` (10,000 puts, the first member's resident
+/// memory read from `/metrics` on its client URL before and after) runs to its end.
+///
+/// About 65 s, 60 of them check perf's own.
+#[test]
+fn etcdctl_check_perf_and_datascale_pass_against_three_members() {
+    if !installed("etcdctl", "version") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs etcdctl (.ci/run)"
+        );
+        eprintln!("SKIPPED: etcdctl 3.4 is needed (Debian: etcd-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let three = Three::new();
+    let _cairn = start_cairn_three(dir.path(), &three);
+    let all = three.endpoints();
+    wait_answers(&all);
+    let perf = etcdctl(&all, &["check", "perf", "--load=s"], "");
+    let lines = verdicts(&perf.stdout);
+    eprintln!("etcdctl check perf --load=s: {lines:?}");
+    assert_eq!(lines.len(), 4, "{perf:?}");
+    assert!(lines.iter().all(|l| l.starts_with("PASS")), "{perf:?}");
+    assert_eq!((perf.exit, lines[3]), (Some(0), "PASS"), "{perf:?}");
+    let scale = etcdctl(&all, &["check", "datascale", "--load=s"], "");
+    assert_eq!(scale.exit, Some(0), "{scale:?}");
+    let lines = verdicts(&scale.stdout);
+    eprintln!("etcdctl check datascale --load=s: {lines:?}");
+    assert_eq!(lines.len(), 1, "{scale:?}");
+    assert!(
+        lines[0].starts_with("PASS: Approximate system memory used : "),
+        "{scale:?}"
+    );
+    // Both removed their keys.
+    let left = etcdctl(
+        &all,
+        &["get", "/etcdctl-check", "--prefix", "--keys-only"],
+        "",
+    );
+    assert_eq!((left.exit, left.stdout.as_str()), (Some(0), ""), "{left:?}");
+}

@@ -751,3 +751,83 @@ impl Drop for Process {
         let _ = self.0.wait();
     }
 }
+
+/// Connections a client URL's listener holds at once (`incoming::CONNECTIONS_MAX`).
+const GRPC_CONNECTIONS_MAX: usize = 1024;
+
+/// An HTTP/2 client's first bytes: the preface, then an empty SETTINGS frame.
+const H2_START: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Opens a connection that starts HTTP/2 and reads what the server sends within `limit`:
+/// whether it sent anything (its SETTINGS: the connection was taken), and whether it closed
+/// the connection.
+fn h2_connect(addr: &str, limit: Duration) -> (std::net::TcpStream, bool, bool) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let _ = s.write_all(H2_START);
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => (s, false, true),
+        Ok(_) => (s, true, false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            (s, false, false)
+        }
+        Err(_) => (s, false, true),
+    }
+}
+
+/// The gRPC port holds at most `GRPC_CONNECTIONS_MAX` connections: one more is closed as
+/// soon as it arrives, without an answer, and the port serves again once one closes.
+#[test]
+fn connections_over_the_limit_are_closed_at_once() {
+    let c = Cluster::start(1);
+    let addr = c.members[0].grpc_addr.clone();
+    poll(CONVERGE, "the member serves gRPC", || {
+        let (_, taken, _) = h2_connect(&addr, Duration::from_secs(2));
+        taken.then_some(())
+    });
+    let held: Vec<std::net::TcpStream> = (0..GRPC_CONNECTIONS_MAX)
+        .map(|i| {
+            let (s, taken, _) = h2_connect(&addr, Duration::from_secs(10));
+            assert!(taken, "connection {i} was not served");
+            s
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (_, taken, closed) = h2_connect(&addr, Duration::from_secs(5));
+    assert!(!taken && closed, "taken {taken}, closed {closed}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    runtime().block_on(async {
+        let refused = Channel::from_shared(format!("http://{addr}"))
+            .expect("URL")
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await;
+        if let Ok(ch) = refused {
+            let r = KvClient::new(ch).range(range("k")).await;
+            assert!(r.is_err(), "served over the limit: {r:?}");
+        }
+    });
+    drop(held);
+    poll(CONVERGE, "served again", || {
+        let (_, taken, _) = h2_connect(&addr, Duration::from_secs(2));
+        taken.then_some(())
+    });
+    runtime().block_on(async {
+        let mut kv = KvClient::new(channel(&addr).await);
+        kv.put(put("k", "v"))
+            .await
+            .expect("put once connections closed");
+    });
+}

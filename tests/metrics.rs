@@ -856,3 +856,105 @@ fn malformed_large_and_slow_requests_are_refused_while_others_are_served() {
         (r.status == 200).then_some(())
     });
 }
+
+/// The metric names of a scrape, each once.
+fn names(s: &Scrape) -> std::collections::BTreeSet<String> {
+    s.samples.iter().map(|s| s.name.clone()).collect()
+}
+
+/// The gRPC client URL's port answers HTTP/1.1 as the metrics port does (etcd serves both
+/// on its client port; `etcdctl check datascale` scrapes `/metrics` there), while gRPC
+/// calls on that port, on a connection opened before and one opened after, are served.
+#[test]
+fn the_client_port_answers_http_as_the_metrics_port_does() {
+    use cairn::grpc::pb::etcdserverpb as pb;
+    let _serial = serial();
+    let grpc = free_addr();
+    let m = Single::start_with(&["--listen-client-urls", &format!("http://{grpc}")]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let connect = || async {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+            .expect("URL")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .expect("gRPC connection");
+        pb::kv_client::KvClient::new(ch)
+    };
+    let put = |key: &str| pb::PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    let mut before = rt.block_on(connect());
+    rt.block_on(before.put(put("before"))).expect("gRPC put");
+    for port in [&m.http, &grpc] {
+        poll(Duration::from_secs(5), "ready", || {
+            (get(port, "/readyz").status == 200).then_some(())
+        });
+    }
+    for (method, path) in [
+        ("GET", "/health"),
+        ("GET", "/health?serializable=true"),
+        ("GET", "/livez"),
+        ("GET", "/readyz?verbose"),
+        ("GET", "/version"),
+        ("GET", "/nothing"),
+        ("POST", "/metrics"),
+    ] {
+        let (want, got) = (request(&m.http, method, path), request(&grpc, method, path));
+        assert_eq!(
+            (got.status, &got.body, got.headers.get("content-type")),
+            (want.status, &want.body, want.headers.get("content-type")),
+            "{method} {path}"
+        );
+    }
+    let (want, got) = (scrape(&m.http), scrape(&grpc));
+    assert_eq!(names(&got), names(&want));
+    assert!(got.value("process_resident_memory_bytes", &[]) > 0.0);
+    // Keep-alive, and a request line that arrives in pieces (the first bytes alone do not
+    // tell the protocol apart from HTTP/2's preface: "P").
+    let mut s = TcpStream::connect(&grpc).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"P").expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"OST /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_reply(&mut s).expect("reply").status, 405);
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let again = read_reply(&mut s).expect("reply");
+    assert_eq!(
+        (again.status, again.body.as_str()),
+        (200, r#"{"etcdserver":"3.4.0","etcdcluster":"3.4.0"}"#)
+    );
+    // Garbage is HTTP/1's to refuse.
+    let mut s = TcpStream::connect(&grpc).expect("connect");
+    s.write_all(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n")
+        .expect("write");
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5));
+    assert!(got.starts_with("HTTP/1.1 400 ") && closed, "{got:?}");
+    rt.block_on(async {
+        before
+            .put(put("after"))
+            .await
+            .expect("gRPC put, old connection");
+        let mut after = connect().await;
+        let got = after
+            .range(pb::RangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"c".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("gRPC range, new connection")
+            .into_inner();
+        let keys: Vec<&[u8]> = got.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, [&b"after"[..], b"before"]);
+    });
+}

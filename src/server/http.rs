@@ -1,10 +1,12 @@
 //! HTTP/1.1 on `--listen-metrics-urls`, as etcd serves it there: `/metrics` (Prometheus
 //! text), `/health` (etcd 3.5's JSON), `/livez` and `/readyz` (etcd 3.6's probes) and
-//! `/version`.
+//! `/version`. The same answers on `--listen-client-urls`, as etcd gives them there too
+//! (`etcdctl check datascale` reads `/metrics` from a client endpoint): the gRPC listener
+//! tells HTTP/1 connections from HTTP/2 ones and hands the former over ([`Handoff`]).
 //!
 //! A small server on threads of its own, away from the executors: an acceptor thread per
-//! URL, and a thread per connection, at most [`CONNECTIONS_MAX`] of them (one more is
-//! answered 503 and closed). A request's line and headers are at most [`HEAD_BYTES_MAX`]
+//! URL, and a thread per connection, at most [`CONNECTIONS_MAX`] of them over the metrics
+//! and the client URLs (one more is answered 503 and closed). A request's line and headers are at most [`HEAD_BYTES_MAX`]
 //! bytes (431 beyond) and must arrive within [`HEAD_TIMEOUT`] of their first byte (408
 //! beyond: a client that trickles them in does not hold its thread longer); an idle
 //! keep-alive connection is closed after [`IDLE_TIMEOUT`]. Only GET and HEAD are served
@@ -70,6 +72,25 @@ pub(crate) fn bind(urls: &[String]) -> Result<Vec<(String, TcpListener)>, Server
 pub(crate) struct HttpServer {
     stop: Arc<AtomicBool>,
     acceptors: Vec<std::thread::JoinHandle<()>>,
+    handoff: Handoff,
+}
+
+/// Serves HTTP/1 connections accepted by another listener (the client URLs'), counted
+/// with the metrics URLs' connections and stopped with them: one bound for every HTTP
+/// thread, wherever its connection came from.
+#[derive(Clone)]
+pub(crate) struct Handoff {
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Handoff {
+    /// Serves `stream` on a thread of its own, or answers 503 and closes it when
+    /// [`CONNECTIONS_MAX`] are served already.
+    pub fn serve(&self, stream: TcpStream) {
+        take(stream, &self.shared, &self.stop, &self.open);
+    }
 }
 
 impl HttpServer {
@@ -77,11 +98,17 @@ impl HttpServer {
         listeners: Vec<(String, TcpListener)>,
         shared: &Arc<Shared>,
     ) -> Result<HttpServer, ServerError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
         let mut server = HttpServer {
-            stop: Arc::new(AtomicBool::new(false)),
+            handoff: Handoff {
+                shared: shared.clone(),
+                stop: stop.clone(),
+                open: open.clone(),
+            },
+            stop,
             acceptors: Vec::new(),
         };
-        let open = Arc::new(AtomicUsize::new(0));
         for (url, listener) in listeners {
             listener
                 .set_nonblocking(true)
@@ -95,6 +122,11 @@ impl HttpServer {
             server.acceptors.push(thread);
         }
         Ok(server)
+    }
+
+    /// Where other listeners hand their HTTP/1 connections.
+    pub fn handoff(&self) -> Handoff {
+        self.handoff.clone()
     }
 }
 
@@ -143,24 +175,30 @@ fn accept(
                 continue;
             }
         };
-        if open.fetch_add(1, Ordering::Relaxed) >= CONNECTIONS_MAX {
-            open.fetch_sub(1, Ordering::Relaxed);
-            refuse_busy(stream);
-            continue;
-        }
-        let slot = Slot(open.clone());
-        let (shared, stopped) = (shared.clone(), stop.clone());
-        let spawned = std::thread::Builder::new()
-            .name("cairn-http".into())
-            .stack_size(THREAD_STACK_BYTES)
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(stream, &shared, &stopped);
-            });
-        if let Err(e) = spawned {
-            // The closure, the stream and its slot are dropped: the connection closes.
-            tracing::debug!(error = %e, "no thread for an HTTP connection");
-        }
+        take(stream, shared, stop, open);
+    }
+}
+
+/// Serves an accepted connection on a thread of its own, if one of [`CONNECTIONS_MAX`]
+/// is free; refuses it otherwise.
+fn take(stream: TcpStream, shared: &Arc<Shared>, stop: &Arc<AtomicBool>, open: &Arc<AtomicUsize>) {
+    if open.fetch_add(1, Ordering::Relaxed) >= CONNECTIONS_MAX {
+        open.fetch_sub(1, Ordering::Relaxed);
+        refuse_busy(stream);
+        return;
+    }
+    let slot = Slot(open.clone());
+    let (shared, stopped) = (shared.clone(), stop.clone());
+    let spawned = std::thread::Builder::new()
+        .name("cairn-http".into())
+        .stack_size(THREAD_STACK_BYTES)
+        .spawn(move || {
+            let _slot = slot;
+            serve_connection(stream, &shared, &stopped);
+        });
+    if let Err(e) = spawned {
+        // The closure, the stream and its slot are dropped: the connection closes.
+        tracing::debug!(error = %e, "no thread for an HTTP connection");
     }
 }
 

@@ -497,7 +497,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
         metrics: metrics::Metrics::new(plan.clone()),
     });
     // Stops (its acceptors) when dropped, once the executors are gone or failed to start.
-    let _http = http::HttpServer::start(http_listeners, &shared)?;
+    let http_server = http::HttpServer::start(http_listeners, &shared)?;
     let (store_tx, store_rx) = flume::bounded(1);
     let (wal_open_tx, wal_open_rx) = flume::bounded(1);
     let mut raft_role = Some(raft::RaftRole {
@@ -516,7 +516,7 @@ pub fn serve_until(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<(), Ser
     let grpc_thread = if grpc_listeners.is_empty() {
         None
     } else {
-        match grpc::start(shared.clone(), grpc_listeners) {
+        match grpc::start(shared.clone(), grpc_listeners, http_server.handoff()) {
             Ok(t) => Some(t),
             Err(e) => {
                 shared.set_phase(Phase::Stopped);

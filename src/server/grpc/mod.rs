@@ -5,13 +5,20 @@
 //! Services: KV, Watch, Lease, Cluster, Maintenance; others are answered Unimplemented, as
 //! any unknown method is.
 //!
-//! Bounds: streams per connection, request message size (`--max-request-bytes` plus
+//! Each client URL's port serves HTTP/1 too (`/metrics`, `/health`...), as etcd's does:
+//! `incoming` tells the two apart per connection and bounds the connections; `headers`
+//! turns the `:authority` etcdctl 3.4 sends as a URL into one tonic takes.
+//!
+//! Bounds: connections per listener ([`incoming::CONNECTIONS_MAX`]), streams per
+//! connection, request message size (`--max-request-bytes` plus
 //! etcd's 512 KiB of gRPC overhead: more is ResourceExhausted; a request over
 //! `--max-request-bytes` is etcd's "request is too large"), forwarded requests in flight.
 //! Keepalive as etcd's server: a ping every 2 hours of silence, 20 s for its answer.
 
 mod cluster;
 mod convert;
+mod headers;
+mod incoming;
 mod kv;
 mod lease;
 mod limits;
@@ -201,6 +208,7 @@ pub(crate) fn bind(
 pub(crate) fn start(
     shared: Arc<Shared>,
     listeners: Vec<std::net::TcpListener>,
+    http: super::http::Handoff,
 ) -> Result<std::thread::JoinHandle<()>, ServerError> {
     std::thread::Builder::new()
         .name("cairn-grpc".into())
@@ -210,7 +218,7 @@ pub(crate) fn start(
                 .max_blocking_threads(FORWARDS_MAX)
                 .build();
             match runtime {
-                Ok(rt) => rt.block_on(run(shared, listeners)),
+                Ok(rt) => rt.block_on(run(shared, listeners, http)),
                 Err(e) => {
                     tracing::error!(error = %e, "the gRPC runtime could not start");
                     shared.request_stop();
@@ -220,7 +228,11 @@ pub(crate) fn start(
         .map_err(|e| ServerError::Executor(e.to_string()))
 }
 
-async fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    http: super::http::Handoff,
+) {
     while shared.phase() == Phase::Starting {
         tokio::time::sleep(PHASE_POLL).await;
     }
@@ -251,9 +263,7 @@ async fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
                 continue;
             }
         };
-        // Replies are small and written as they are ready: no Nagle delay on them.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = incoming::incoming(listener, http.clone());
         let (ctx, stopping) = (ctx.clone(), shared.clone());
         servers.spawn(async move {
             let stop = async move {
@@ -294,10 +304,11 @@ fn has_leader(shared: Arc<Shared>) -> impl tonic::service::Interceptor + Clone {
 /// Serves the services on `incoming` until `stop` ends.
 async fn serve(
     ctx: Ctx,
-    incoming: tonic::transport::server::TcpIncoming,
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<incoming::Conn>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let recv_max = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // HTTP/2's default frame size and header table size stay: `headers` relies on them.
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

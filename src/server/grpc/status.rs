@@ -47,7 +47,6 @@ const ETCD_ERRORS: &[(&str, Code)] = &[
         Code::FailedPrecondition,
     ),
     ("etcdserver: member not found", Code::NotFound),
-    ("etcdserver: ID removed", Code::FailedPrecondition),
     (
         "etcdserver: given member URLs are invalid",
         Code::InvalidArgument,
@@ -87,6 +86,12 @@ const RENAMED: &[(&str, &str, Code)] = &[
         Code::Unavailable,
     ),
     (STOPPING, "etcdserver: server stopped", Code::Unavailable),
+    // etcd's gRPC layer answers a member id that was removed as one it never had.
+    (
+        "etcdserver: ID removed",
+        "etcdserver: member not found",
+        Code::NotFound,
+    ),
     (
         "etcdserver: member peer URLs are not provided",
         "etcdserver: given member URLs are invalid",
@@ -144,6 +149,14 @@ mod tests {
         let s = status((
             ErrorCode::InvalidRequest,
             "etcdserver: member not found: 1f".into(),
+        ));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "etcdserver: member not found")
+        );
+        let s = status((
+            ErrorCode::InvalidRequest,
+            "etcdserver: ID removed: 1f".into(),
         ));
         assert_eq!(
             (s.code(), s.message()),
