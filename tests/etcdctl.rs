@@ -492,6 +492,9 @@ async fn lock_service_errors(endpoint: &str) -> Vec<(tonic::Code, String)> {
         })
         .await
         .err(),
+        l.unlock(lpb::UnlockRequest { key: Vec::new() })
+            .await
+            .err(),
     ];
     errors
         .into_iter()
@@ -541,7 +544,7 @@ fn etcdctl_locks_and_elects_on_cairn_as_on_etcd() {
     let out = |c: &str| &etcd.iter().find(|(k, _)| *k == c).expect(c).1.stdout;
     assert_eq!(out("lock one -- echo ok"), "ok\n");
     assert_eq!(out("lock two (second)"), "second\n");
-    assert_eq!(out("lock three"), "three/ID\n");
+    assert_eq!(out("lock three"), "three/ID\n\n");
     assert_eq!(out("elect -l e (from the start)"), "e/ID\nv1\ne/ID\nv2\n");
     assert_eq!(out("elect e v2"), "e/ID\nv2\n");
 

@@ -5,6 +5,7 @@
 //! names another no longer applies.
 
 use super::convert::key_value;
+use super::lock::embedded;
 use super::status::status;
 use super::Ctx;
 use crate::grpc::pb::v3electionpb as pb;
@@ -86,7 +87,7 @@ impl pb::election_server::Election for Ctx {
     }
 
     async fn leader(&self, req: Request<pb::LeaderRequest>) -> Reply<pb::LeaderResponse> {
-        self.serving()?;
+        self.serving().map_err(embedded)?;
         let name = req.into_inner().name;
         match self.at_once(LockRequest::Leader { name }).await? {
             LockResponse::Leader { header, kv } => {
@@ -101,10 +102,10 @@ impl pb::election_server::Election for Ctx {
     /// The leader now (if any), then each new leader and each proclamation, until the
     /// client goes away (the stream's receiver is dropped, and with it the member's queue).
     async fn observe(&self, req: Request<pb::LeaderRequest>) -> Reply<Self::ObserveStream> {
-        self.serving()?;
+        self.serving().map_err(embedded)?;
         let leaders = lock::observe(&self.shared, &req.into_inner().name)
             .await
-            .map_err(status)?;
+            .map_err(|f| embedded(status(f)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(OBSERVE_BACKLOG_MAX);
         let ctx = self.clone();
         tokio::spawn(async move {
@@ -113,10 +114,10 @@ impl pb::election_server::Election for Ctx {
                     next = leaders.recv_async() => {
                         let Ok((revision, kv)) = next else {
                             // The member stops.
-                            let _ = tx.send(Err(status((
+                            let _ = tx.send(Err(embedded(status((
                                 crate::protocol::ErrorCode::Unavailable,
                                 crate::server::front::STOPPING.into(),
-                            )))).await;
+                            ))))).await;
                             break;
                         };
                         if tx.send(Ok(ctx.leader_response(revision, kv))).await.is_err() {
@@ -133,7 +134,7 @@ impl pb::election_server::Election for Ctx {
     }
 
     async fn resign(&self, req: Request<pb::ResignRequest>) -> Reply<pb::ResignResponse> {
-        self.serving()?;
+        self.serving().map_err(embedded)?;
         let leader = leader_key(req.into_inner().leader.ok_or_else(missing_leader)?);
         match self.at_once(LockRequest::Resign { leader }).await? {
             LockResponse::Resign { header } => Ok(Response::new(pb::ResignResponse {

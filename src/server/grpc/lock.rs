@@ -17,6 +17,17 @@ use tonic::{Request, Response, Status};
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// etcd's Lock and Election servers make their writes through an embedded client, which
+/// hands them the KV server's errors as plain errors: gRPC sends those as Unknown, with
+/// etcd's message. So do these services, for the messages that are etcd's.
+pub(super) fn embedded(s: Status) -> Status {
+    if s.message().starts_with("etcdserver: ") {
+        Status::unknown(s.message())
+    } else {
+        s
+    }
+}
+
 /// The TTL of the lease etcd's servers grant a Lock or Campaign that names none (the
 /// `concurrency` package's default session TTL): such a holder is released within a
 /// minute unless it unlocks first.
@@ -38,7 +49,7 @@ impl Ctx {
             lock::handle(req, &shared, left).await
         });
         match task.await {
-            Ok(answer) => answer.map_err(status),
+            Ok(answer) => answer.map_err(|f| embedded(status(f))),
             Err(e) => Err(Status::internal(e.to_string())),
         }
     }
@@ -47,18 +58,21 @@ impl Ctx {
     pub(super) async fn at_once(&self, req: LockRequest) -> Result<LockResponse, Status> {
         lock::handle(req, &self.shared, std::future::pending())
             .await
-            .map_err(status)
+            .map_err(|f| embedded(status(f)))
     }
 
     /// The checks a write of `request_bytes` passes before the log, as the KV service's:
     /// the member serves, the request is not too large, the database has room.
     pub(super) fn may_write(&self, request_bytes: usize) -> Result<(), Status> {
-        self.serving()?;
+        self.serving().map_err(embedded)?;
         if request_bytes > self.max_request_bytes {
-            return Err(too_large());
+            return Err(embedded(too_large()));
         }
         if front::no_space(&self.shared, request_bytes) {
-            return Err(status((ErrorCode::NoSpace, front::NO_SPACE.into())));
+            return Err(embedded(status((
+                ErrorCode::NoSpace,
+                front::NO_SPACE.into(),
+            ))));
         }
         Ok(())
     }
@@ -74,12 +88,12 @@ impl Ctx {
             id: 0,
         });
         let command = match front::lease_command(&self.shared, &grant) {
-            Some(c) => c.map_err(status)?,
+            Some(c) => c.map_err(|f| embedded(status(f)))?,
             None => return Err(Status::internal("a grant is a log command")),
         };
         match front::propose(&self.shared, command)
             .await
-            .map_err(status)?
+            .map_err(|f| embedded(status(f)))?
         {
             Applied::LeaseGrant(g) => Ok(g.id),
             _ => Err(Status::internal("a grant got another kind of reply")),
@@ -110,9 +124,9 @@ impl pb::lock_server::Lock for Ctx {
 
     async fn unlock(&self, req: Request<pb::UnlockRequest>) -> Reply<pb::UnlockResponse> {
         let req = req.into_inner();
-        self.serving()?;
+        self.serving().map_err(embedded)?;
         if req.encoded_len() > self.max_request_bytes {
-            return Err(too_large());
+            return Err(embedded(too_large()));
         }
         match self.at_once(LockRequest::Unlock { key: req.key }).await? {
             LockResponse::Unlock { header } => Ok(Response::new(pb::UnlockResponse {
