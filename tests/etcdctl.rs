@@ -405,7 +405,14 @@ fn lock_and_elect(endpoint: &str, peer: &str) -> (Vec<(&'static str, Run)>, bool
     // Two contenders: the first holds for a while, the second waits its turn.
     let mut first = etcdctl_background(
         endpoint,
-        &["lock", "two", "--", "sh", "-c", "echo first; sleep 1.5; echo done"],
+        &[
+            "lock",
+            "two",
+            "--",
+            "sh",
+            "-c",
+            "echo first; sleep 1.5; echo done",
+        ],
     );
     watch_for(Duration::from_millis(500), &mut [&mut first]);
     let mut second = etcdctl_background(endpoint, &["lock", "two", "--", "echo", "second"]);
@@ -444,7 +451,10 @@ fn lock_and_elect(endpoint: &str, peer: &str) -> (Vec<(&'static str, Run)>, bool
     }
     runs.push(("elect e v1", v1.finish(endpoint, peer)));
     runs.push(("elect e v2", v2.finish(endpoint, peer)));
-    runs.push(("elect -l e (from the start)", observer.finish(endpoint, peer)));
+    runs.push((
+        "elect -l e (from the start)",
+        observer.finish(endpoint, peer),
+    ));
     runs.push(("elect -l e (while v2 led)", late.finish(endpoint, peer)));
     (runs, in_turn)
 }
@@ -492,13 +502,15 @@ async fn lock_service_errors(endpoint: &str) -> Vec<(tonic::Code, String)> {
         })
         .await
         .err(),
-        l.unlock(lpb::UnlockRequest { key: Vec::new() })
-            .await
-            .err(),
+        l.unlock(lpb::UnlockRequest { key: Vec::new() }).await.err(),
     ];
     errors
         .into_iter()
-        .map(|s| s.map_or((tonic::Code::Ok, String::new()), |s| (s.code(), s.message().to_string())))
+        .map(|s| {
+            s.map_or((tonic::Code::Ok, String::new()), |s| {
+                (s.code(), s.message().to_string())
+            })
+        })
         .collect()
 }
 
@@ -538,7 +550,10 @@ fn etcdctl_locks_and_elects_on_cairn_as_on_etcd() {
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
-    assert!(etcd_in_turn && cairn_in_turn, "the second contender held only after the first");
+    assert!(
+        etcd_in_turn && cairn_in_turn,
+        "the second contender held only after the first"
+    );
     // The scenario did what it says on etcd: the lock ran its command, the observer saw
     // both leaders in order, the second candidate led after the first resigned.
     let out = |c: &str| &etcd.iter().find(|(k, _)| *k == c).expect(c).1.stdout;
@@ -555,6 +570,9 @@ fn etcdctl_locks_and_elects_on_cairn_as_on_etcd() {
         .expect("tokio runtime");
     let want = rt.block_on(lock_service_errors(&etcd_client));
     let got = rt.block_on(lock_service_errors(&cairn_client));
-    assert!(want.iter().all(|(code, _)| *code != tonic::Code::Ok), "{want:?}");
+    assert!(
+        want.iter().all(|(code, _)| *code != tonic::Code::Ok),
+        "{want:?}"
+    );
     assert_eq!(got, want);
 }

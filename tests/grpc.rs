@@ -776,7 +776,12 @@ mod lock_and_election {
     }
 
     async fn exists(kv: &mut KvClient<Channel>, key: &str) -> bool {
-        kv.range(range(key)).await.expect("range").into_inner().count == 1
+        kv.range(range(key))
+            .await
+            .expect("range")
+            .into_inner()
+            .count
+            == 1
     }
 
     /// Polls (for up to `CONVERGE`) until `key` exists or not, as `want` says.
@@ -846,7 +851,10 @@ mod lock_and_election {
                 .await
                 .expect("range")
                 .into_inner();
-            assert_eq!(owner.kvs[0].lease, l1, "the key is owned by the lock's lease");
+            assert_eq!(
+                owner.kvs[0].lease, l1,
+                "the key is owned by the lock's lease"
+            );
 
             // A second contender waits while the first holds.
             let second = contend(&addr, "L", l2).await;
@@ -926,7 +934,10 @@ mod lock_and_election {
             let lease = m.kvs[0].lease;
             assert!(lease != 0 && own.key == format!("M/{lease:x}").into_bytes());
             let ttl = LeaseClient::new(ch.clone())
-                .lease_time_to_live(pb::LeaseTimeToLiveRequest { id: lease, keys: false })
+                .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+                    id: lease,
+                    keys: false,
+                })
                 .await
                 .expect("time to live")
                 .into_inner();
@@ -1002,10 +1013,16 @@ mod lock_and_election {
                 .into_inner();
             let ours = won.leader.expect("leader key");
             let key_a = format!("E/{a:x}");
-            assert_eq!((ours.name.as_slice(), ours.key.clone(), ours.lease), (&b"E"[..], key_a.clone().into_bytes(), a));
+            assert_eq!(
+                (ours.name.as_slice(), ours.key.clone(), ours.lease),
+                (&b"E"[..], key_a.clone().into_bytes(), a)
+            );
             assert!(ours.rev > 1);
             assert_eq!(leader_value(&mut e, "E").await, "v1");
-            assert_eq!(next_leader(&mut observed).await, (key_a.clone(), "v1".into()));
+            assert_eq!(
+                next_leader(&mut observed).await,
+                (key_a.clone(), "v1".into())
+            );
 
             e.proclaim(epb::ProclaimRequest {
                 leader: Some(ours.clone()),
@@ -1014,7 +1031,10 @@ mod lock_and_election {
             .await
             .expect("proclaim");
             assert_eq!(leader_value(&mut e, "E").await, "v2");
-            assert_eq!(next_leader(&mut observed).await, (key_a.clone(), "v2".into()));
+            assert_eq!(
+                next_leader(&mut observed).await,
+                (key_a.clone(), "v2".into())
+            );
 
             // A second candidate waits while the first leads.
             let mut other = ElectionClient::new(channel(&addr).await);
@@ -1081,7 +1101,10 @@ mod lock_and_election {
             assert_eq!(next.key, format!("E/{b:x}").into_bytes());
             assert!(next.rev > ours.rev);
             assert_eq!(leader_value(&mut e, "E").await, "w1");
-            assert_eq!(next_leader(&mut observed).await, (format!("E/{b:x}"), "w1".into()));
+            assert_eq!(
+                next_leader(&mut observed).await,
+                (format!("E/{b:x}"), "w1".into())
+            );
             // The old leadership is over.
             assert_status(
                 e.proclaim(epb::ProclaimRequest {

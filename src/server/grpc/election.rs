@@ -93,7 +93,9 @@ impl pb::election_server::Election for Ctx {
             LockResponse::Leader { header, kv } => {
                 Ok(Response::new(self.leader_response(header.revision, kv)))
             }
-            _ => Err(Status::internal("a leader request got another kind of reply")),
+            _ => Err(Status::internal(
+                "a leader request got another kind of reply",
+            )),
         }
     }
 
