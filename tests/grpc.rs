@@ -766,6 +766,13 @@ mod lock_and_election {
     /// How long a contender is watched to not hold, while another does.
     const STILL_WAITING: Duration = Duration::from_millis(700);
 
+    /// A follower refuses writes ("no leader") until it has heard from the leader.
+    fn follower_knows_leader(c: &Cluster, follower: usize) {
+        poll(CONVERGE, "the follower knows the leader", || {
+            c.status(follower).filter(|s| s.leader != 0)
+        });
+    }
+
     async fn grant(ch: &Channel, ttl: i64) -> i64 {
         LeaseClient::new(ch.clone())
             .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
@@ -822,6 +829,7 @@ mod lock_and_election {
         let c = Cluster::start(3);
         let leader = c.wait_leader(&[0, 1, 2], CONVERGE);
         let follower = (leader + 1) % 3;
+        follower_knows_leader(&c, follower);
         let follower_id = c.status(follower).expect("status").member_id;
         let addr = c.members[follower].grpc_addr.clone();
         runtime().block_on(async {
@@ -986,6 +994,7 @@ mod lock_and_election {
         let c = Cluster::start(3);
         let leader = c.wait_leader(&[0, 1, 2], CONVERGE);
         let follower = (leader + 1) % 3;
+        follower_knows_leader(&c, follower);
         let addr = c.members[follower].grpc_addr.clone();
         runtime().block_on(async {
             let ch = channel(&addr).await;
@@ -1052,6 +1061,20 @@ mod lock_and_election {
             wait_exists(&mut kv, &format!("E/{b:x}"), true).await;
             tokio::time::sleep(STILL_WAITING).await;
             assert!(!second.is_finished(), "the second led while the first did");
+            // A third whose client gives up while it waits is withdrawn.
+            let c3 = grant(&ch, 30).await;
+            let mut third = ElectionClient::new(channel(&addr).await);
+            let gave_up = tokio::time::timeout(
+                STILL_WAITING,
+                third.campaign(epb::CampaignRequest {
+                    name: "E".into(),
+                    lease: c3,
+                    value: "x".into(),
+                }),
+            )
+            .await;
+            assert!(gave_up.is_err(), "the third led: {gave_up:?}");
+            wait_exists(&mut kv, &format!("E/{c3:x}"), false).await;
 
             // Only the leader proclaims; a leader key is needed.
             let pretender = epb::LeaderKey {
