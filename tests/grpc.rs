@@ -831,3 +831,403 @@ fn connections_over_the_limit_are_closed_at_once() {
             .expect("put once connections closed");
     });
 }
+
+mod lock_and_election {
+    //! etcd's Lock and Election services through a follower of 3 members: contenders wait
+    //! their turn, one whose client cancels is withdrawn, leases end holders, and
+    //! elections report their leaders (by Leader and by Observe) as etcd's do.
+
+    use super::*;
+    use cairn::grpc::pb::v3electionpb as epb;
+    use cairn::grpc::pb::v3lockpb as lpb;
+    use epb::election_client::ElectionClient;
+    use lpb::lock_client::LockClient;
+
+    /// How long a contender is watched to not hold, while another does.
+    const STILL_WAITING: Duration = Duration::from_millis(700);
+
+    /// A follower refuses writes ("no leader") until it has heard from the leader.
+    fn follower_knows_leader(c: &Cluster, follower: usize) {
+        poll(CONVERGE, "the follower knows the leader", || {
+            c.status(follower).filter(|s| s.leader != 0)
+        });
+    }
+
+    async fn grant(ch: &Channel, ttl: i64) -> i64 {
+        LeaseClient::new(ch.clone())
+            .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+            .await
+            .expect("grant")
+            .into_inner()
+            .id
+    }
+
+    async fn exists(kv: &mut KvClient<Channel>, key: &str) -> bool {
+        kv.range(range(key))
+            .await
+            .expect("range")
+            .into_inner()
+            .count
+            == 1
+    }
+
+    /// Polls (for up to `CONVERGE`) until `key` exists or not, as `want` says.
+    async fn wait_exists(kv: &mut KvClient<Channel>, key: &str, want: bool) {
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        while exists(kv, key).await != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} exists: {}, wanted {want}",
+                !want
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    type Waiting = tokio::task::JoinHandle<Result<lpb::LockResponse, tonic::Status>>;
+
+    /// A Lock call on a connection of its own, waiting on a task.
+    async fn contend(addr: &str, name: &str, lease: i64) -> Waiting {
+        let mut l = LockClient::new(channel(addr).await);
+        let req = lpb::LockRequest {
+            name: name.into(),
+            lease,
+        };
+        tokio::spawn(async move { l.lock(req).await.map(tonic::Response::into_inner) })
+    }
+
+    async fn held(w: Waiting) -> lpb::LockResponse {
+        tokio::time::timeout(CONVERGE, w)
+            .await
+            .expect("the lock in time")
+            .expect("task")
+            .expect("lock")
+    }
+
+    #[test]
+    fn lock_through_a_follower() {
+        let c = Cluster::start(3);
+        let leader = c.wait_leader(&[0, 1, 2], CONVERGE);
+        let follower = (leader + 1) % 3;
+        follower_knows_leader(&c, follower);
+        let follower_id = c.status(follower).expect("status").member_id;
+        let addr = c.members[follower].grpc_addr.clone();
+        runtime().block_on(async {
+            let ch = channel(&addr).await;
+            let mut kv = KvClient::new(ch.clone());
+            let mut locks = LockClient::new(ch.clone());
+            let (l1, l2, l3, l4) = (
+                grant(&ch, 30).await,
+                grant(&ch, 30).await,
+                grant(&ch, 30).await,
+                grant(&ch, 30).await,
+            );
+            let first = locks
+                .lock(lpb::LockRequest {
+                    name: "L".into(),
+                    lease: l1,
+                })
+                .await
+                .expect("lock")
+                .into_inner();
+            assert_eq!(first.key, format!("L/{l1:x}").into_bytes());
+            let h = first.header.expect("header");
+            assert_eq!(h.member_id, follower_id);
+            assert!(h.revision > 1 && h.raft_term > 0, "{h:?}");
+            let owner = kv
+                .range(range(&format!("L/{l1:x}")))
+                .await
+                .expect("range")
+                .into_inner();
+            assert_eq!(
+                owner.kvs[0].lease, l1,
+                "the key is owned by the lock's lease"
+            );
+
+            // A second contender waits while the first holds.
+            let second = contend(&addr, "L", l2).await;
+            wait_exists(&mut kv, &format!("L/{l2:x}"), true).await;
+            tokio::time::sleep(STILL_WAITING).await;
+            assert!(!second.is_finished(), "the second held while the first did");
+
+            // A third whose client gives up while it waits is withdrawn: its key goes.
+            let mut third = LockClient::new(channel(&addr).await);
+            let gave_up = tokio::time::timeout(
+                STILL_WAITING,
+                third.lock(lpb::LockRequest {
+                    name: "L".into(),
+                    lease: l3,
+                }),
+            )
+            .await;
+            assert!(gave_up.is_err(), "the third held: {gave_up:?}");
+            wait_exists(&mut kv, &format!("L/{l3:x}"), false).await;
+            // So does one whose connection closes while it waits.
+            let fourth = contend(&addr, "L", l4).await;
+            wait_exists(&mut kv, &format!("L/{l4:x}"), true).await;
+            fourth.abort();
+            let _ = fourth.await;
+            wait_exists(&mut kv, &format!("L/{l4:x}"), false).await;
+
+            // Unlocking the first hands the lock to the second.
+            let unlocked = locks
+                .unlock(lpb::UnlockRequest {
+                    key: first.key.clone(),
+                })
+                .await
+                .expect("unlock")
+                .into_inner();
+            let unlocked_at = unlocked.header.expect("header").revision;
+            assert!(!exists(&mut kv, &format!("L/{l1:x}")).await);
+            let got = held(second).await;
+            assert_eq!(got.key, format!("L/{l2:x}").into_bytes());
+            assert!(got.header.expect("header").revision >= unlocked_at);
+
+            // The next contender holds once the holder's lease ends.
+            let next = contend(&addr, "L", l3).await;
+            wait_exists(&mut kv, &format!("L/{l3:x}"), true).await;
+            tokio::time::sleep(STILL_WAITING).await;
+            assert!(!next.is_finished(), "held while the second did");
+            LeaseClient::new(ch.clone())
+                .lease_revoke(pb::LeaseRevokeRequest { id: l2 })
+                .await
+                .expect("revoke");
+            assert_eq!(held(next).await.key, format!("L/{l3:x}").into_bytes());
+
+            // Locking again with the same lease is the same acquisition.
+            let again = locks
+                .lock(lpb::LockRequest {
+                    name: "L".into(),
+                    lease: l3,
+                })
+                .await
+                .expect("lock again")
+                .into_inner();
+            assert_eq!(again.key, format!("L/{l3:x}").into_bytes());
+
+            // Without a lease, the server grants one of etcd's session TTL, 60 s.
+            let own = locks
+                .lock(lpb::LockRequest {
+                    name: "M".into(),
+                    lease: 0,
+                })
+                .await
+                .expect("lock without a lease")
+                .into_inner();
+            let m = kv
+                .range(range(std::str::from_utf8(&own.key).expect("key")))
+                .await
+                .expect("range")
+                .into_inner();
+            let lease = m.kvs[0].lease;
+            assert!(lease != 0 && own.key == format!("M/{lease:x}").into_bytes());
+            let ttl = LeaseClient::new(ch.clone())
+                .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+                    id: lease,
+                    keys: false,
+                })
+                .await
+                .expect("time to live")
+                .into_inner();
+            assert_eq!(ttl.granted_ttl, 60);
+
+            // A lease that does not exist: etcd's lock server passes on the KV error it
+            // got from its embedded client, which gRPC sends as Unknown.
+            assert_status(
+                locks
+                    .lock(lpb::LockRequest {
+                        name: "N".into(),
+                        lease: 0x7777,
+                    })
+                    .await,
+                Code::Unknown,
+                "etcdserver: requested lease not found",
+            );
+        });
+    }
+
+    async fn next_leader(s: &mut tonic::Streaming<epb::LeaderResponse>) -> (String, String) {
+        let r = tokio::time::timeout(CONVERGE, s.message())
+            .await
+            .expect("a leader in time")
+            .expect("observe stream")
+            .expect("a leader");
+        assert!(r.header.expect("header").revision > 0);
+        let kv = r.kv.expect("kv");
+        (
+            String::from_utf8_lossy(&kv.key).into_owned(),
+            String::from_utf8_lossy(&kv.value).into_owned(),
+        )
+    }
+
+    async fn leader_value(e: &mut ElectionClient<Channel>, name: &str) -> String {
+        let r = e
+            .leader(epb::LeaderRequest { name: name.into() })
+            .await
+            .expect("leader")
+            .into_inner();
+        String::from_utf8_lossy(&r.kv.expect("kv").value).into_owned()
+    }
+
+    #[test]
+    fn election_through_a_follower() {
+        let c = Cluster::start(3);
+        let leader = c.wait_leader(&[0, 1, 2], CONVERGE);
+        let follower = (leader + 1) % 3;
+        follower_knows_leader(&c, follower);
+        let addr = c.members[follower].grpc_addr.clone();
+        runtime().block_on(async {
+            let ch = channel(&addr).await;
+            let mut e = ElectionClient::new(ch.clone());
+            let (a, b) = (grant(&ch, 30).await, grant(&ch, 30).await);
+            assert_status(
+                e.leader(epb::LeaderRequest { name: "E".into() }).await,
+                Code::Unknown,
+                "election: no leader",
+            );
+            let mut observed = e
+                .observe(epb::LeaderRequest { name: "E".into() })
+                .await
+                .expect("observe")
+                .into_inner();
+
+            let won = e
+                .campaign(epb::CampaignRequest {
+                    name: "E".into(),
+                    lease: a,
+                    value: "v1".into(),
+                })
+                .await
+                .expect("campaign")
+                .into_inner();
+            let ours = won.leader.expect("leader key");
+            let key_a = format!("E/{a:x}");
+            assert_eq!(
+                (ours.name.as_slice(), ours.key.clone(), ours.lease),
+                (&b"E"[..], key_a.clone().into_bytes(), a)
+            );
+            assert!(ours.rev > 1);
+            assert_eq!(leader_value(&mut e, "E").await, "v1");
+            assert_eq!(
+                next_leader(&mut observed).await,
+                (key_a.clone(), "v1".into())
+            );
+
+            e.proclaim(epb::ProclaimRequest {
+                leader: Some(ours.clone()),
+                value: "v2".into(),
+            })
+            .await
+            .expect("proclaim");
+            assert_eq!(leader_value(&mut e, "E").await, "v2");
+            assert_eq!(
+                next_leader(&mut observed).await,
+                (key_a.clone(), "v2".into())
+            );
+
+            // A second candidate waits while the first leads.
+            let mut other = ElectionClient::new(channel(&addr).await);
+            let second = tokio::spawn(async move {
+                other
+                    .campaign(epb::CampaignRequest {
+                        name: "E".into(),
+                        lease: b,
+                        value: "w1".into(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            });
+            let mut kv = KvClient::new(ch.clone());
+            wait_exists(&mut kv, &format!("E/{b:x}"), true).await;
+            tokio::time::sleep(STILL_WAITING).await;
+            assert!(!second.is_finished(), "the second led while the first did");
+            // A third whose client gives up while it waits is withdrawn.
+            let c3 = grant(&ch, 30).await;
+            let mut third = ElectionClient::new(channel(&addr).await);
+            let gave_up = tokio::time::timeout(
+                STILL_WAITING,
+                third.campaign(epb::CampaignRequest {
+                    name: "E".into(),
+                    lease: c3,
+                    value: "x".into(),
+                }),
+            )
+            .await;
+            assert!(gave_up.is_err(), "the third led: {gave_up:?}");
+            wait_exists(&mut kv, &format!("E/{c3:x}"), false).await;
+
+            // Only the leader proclaims; a leader key is needed.
+            let pretender = epb::LeaderKey {
+                name: "E".into(),
+                key: format!("E/{b:x}").into_bytes(),
+                rev: ours.rev,
+                lease: b,
+            };
+            assert_status(
+                e.proclaim(epb::ProclaimRequest {
+                    leader: Some(pretender),
+                    value: "no".into(),
+                })
+                .await,
+                Code::Unknown,
+                "election: not leader",
+            );
+            assert_status(
+                e.proclaim(epb::ProclaimRequest {
+                    leader: None,
+                    value: "no".into(),
+                })
+                .await,
+                Code::Unknown,
+                "\"leader\" field must be provided",
+            );
+            assert_status(
+                e.resign(epb::ResignRequest { leader: None }).await,
+                Code::Unknown,
+                "\"leader\" field must be provided",
+            );
+            assert_eq!(leader_value(&mut e, "E").await, "v2");
+
+            // Resigning hands over to the next candidate.
+            e.resign(epb::ResignRequest {
+                leader: Some(ours.clone()),
+            })
+            .await
+            .expect("resign");
+            let next = tokio::time::timeout(CONVERGE, second)
+                .await
+                .expect("the second leads in time")
+                .expect("task")
+                .expect("campaign")
+                .leader
+                .expect("leader key");
+            assert_eq!(next.key, format!("E/{b:x}").into_bytes());
+            assert!(next.rev > ours.rev);
+            assert_eq!(leader_value(&mut e, "E").await, "w1");
+            assert_eq!(
+                next_leader(&mut observed).await,
+                (format!("E/{b:x}"), "w1".into())
+            );
+            // The old leadership is over.
+            assert_status(
+                e.proclaim(epb::ProclaimRequest {
+                    leader: Some(ours),
+                    value: "late".into(),
+                })
+                .await,
+                Code::Unknown,
+                "election: not leader",
+            );
+            // The leader's lease ends: no leader.
+            LeaseClient::new(ch.clone())
+                .lease_revoke(pb::LeaseRevokeRequest { id: b })
+                .await
+                .expect("revoke");
+            assert_status(
+                e.leader(epb::LeaderRequest { name: "E".into() }).await,
+                Code::Unknown,
+                "election: no leader",
+            );
+        });
+    }
+}

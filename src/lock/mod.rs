@@ -16,7 +16,7 @@
 //!
 //! The waiting is done by the apply role ([`Waiters`]), which sees every deletion as it is
 //! applied, on every member alike; so is the observing of elections ([`Observers`]). The
-//! requests are handled by the net shards.
+//! requests are handled by the net shards and by the gRPC Lock and Election services.
 
 mod observers;
 mod types;

@@ -1,6 +1,7 @@
-//! The lock, election and semaphore services on a net shard: each request becomes
-//! proposals through the log (the contender's key, a deletion, a proclamation) and, for
-//! those that wait, a contender handed to the apply role, which answers once it holds.
+//! The lock, election and semaphore services, for the net shards and the gRPC front end
+//! alike (runtime-agnostic): each request becomes proposals through the log (the
+//! contender's key, a deletion, a proclamation) and, for those that wait, a contender
+//! handed to the apply role, which answers once it holds.
 
 use super::watch::{ClientInput, ObserveSink};
 use super::Shared;

@@ -2,8 +2,9 @@
 //! translating each call to the same internal requests the native protocol makes
 //! (`super::front`): proposals with the same log commands, ReadIndex for linearizable
 //! reads, the published view for serializable ones, the watch hub for watch streams.
-//! Services: KV, Watch, Lease, Cluster, Maintenance; others are answered Unimplemented, as
-//! any unknown method is.
+//! Services: KV, Watch, Lease, Cluster, Maintenance, and etcd's Lock (`v3lockpb`) and
+//! Election (`v3electionpb`) on the lock logic the native protocol serves
+//! (`super::lock`); others are answered Unimplemented, as any unknown method is.
 //!
 //! Each client URL's port serves HTTP/1 too (`/metrics`, `/health`...), as etcd's does:
 //! `incoming` tells the two apart per connection and bounds the connections; `headers`
@@ -17,11 +18,13 @@
 
 mod cluster;
 mod convert;
+mod election;
 mod headers;
 mod incoming;
 mod kv;
 mod lease;
 mod limits;
+mod lock;
 mod maintenance;
 mod status;
 mod watch;
@@ -29,6 +32,7 @@ mod watch;
 use super::front::{self, Failure, NATIVE_SCHEME};
 use super::{Phase, ServerError, Shared};
 use crate::grpc::pb::etcdserverpb as pb;
+use crate::grpc::pb::{v3electionpb, v3lockpb};
 use crate::protocol::{ClientRequest, ClientResponse, ErrorCode};
 use std::sync::Arc;
 use std::time::Duration;
@@ -338,7 +342,17 @@ async fn serve(
                 .max_encoding_message_size(SEND_BYTES_MAX),
         )
         .add_service(
-            pb::maintenance_server::MaintenanceServer::new(ctx)
+            pb::maintenance_server::MaintenanceServer::new(ctx.clone())
+                .max_decoding_message_size(recv_max)
+                .max_encoding_message_size(SEND_BYTES_MAX),
+        )
+        .add_service(
+            v3lockpb::lock_server::LockServer::new(ctx.clone())
+                .max_decoding_message_size(recv_max)
+                .max_encoding_message_size(SEND_BYTES_MAX),
+        )
+        .add_service(
+            v3electionpb::election_server::ElectionServer::new(ctx)
                 .max_decoding_message_size(recv_max)
                 .max_encoding_message_size(SEND_BYTES_MAX),
         )

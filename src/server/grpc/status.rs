@@ -75,6 +75,10 @@ const ETCD_ERRORS: &[(&str, Code)] = &[
         "etcdserver: bad leader transferee",
         Code::FailedPrecondition,
     ),
+    // etcd's election server returns its concurrency package's errors as they are, which
+    // gRPC sends as Unknown.
+    (crate::lock::NOT_LEADER, Code::Unknown),
+    (crate::lock::NO_LEADER, Code::Unknown),
 ];
 
 /// cairn's messages for which etcd has other words.
