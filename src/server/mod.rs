@@ -30,6 +30,7 @@ mod grpc;
 mod http;
 mod lease;
 mod lock;
+mod maintenance;
 mod metrics;
 mod peer;
 mod placement;
