@@ -1188,7 +1188,9 @@ fn defrag(endpoints: &[String], timeout_s: u64) -> ExitCode {
                 println!("Finished defragmenting etcd member[{endpoint}]")
             }
             Ok(other) => {
-                eprintln!("Failed to defragment etcd member[{endpoint}] (unexpected reply {other:?})");
+                eprintln!(
+                    "Failed to defragment etcd member[{endpoint}] (unexpected reply {other:?})"
+                );
                 failed = true;
             }
             Err(e) => {

@@ -201,7 +201,12 @@ fn etcdctl_snapshot_save_restores_into_a_serving_member() {
     let mut c = source.client();
     let mut last = 0;
     for i in 0..300 {
-        last = put(&mut c, &format!("key{i:03}"), format!("value{i}").as_bytes()).expect("put");
+        last = put(
+            &mut c,
+            &format!("key{i:03}"),
+            format!("value{i}").as_bytes(),
+        )
+        .expect("put");
     }
     let file = dir.path().join("etcdctl.snap");
     let path = file.to_str().expect("path");
@@ -277,7 +282,10 @@ fn defragment_shrinks_the_file_while_a_writer_loses_nothing() {
     compact(&mut c, deleted_at);
     // The compaction's deletions free pages inside the file; it does not shrink.
     let before = m.db_bytes();
-    assert!(before > (BULK_KEYS * BULK_VALUE_BYTES) as u64, "{before} bytes");
+    assert!(
+        before > (BULK_KEYS * BULK_VALUE_BYTES) as u64,
+        "{before} bytes"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -379,20 +387,40 @@ fn members_that_applied_the_same_log_have_the_same_hash() {
     c.wait_converged(Duration::from_secs(20));
     let mut client = Client::new(c.endpoints(), TIMEOUT);
     for i in 0..200 {
-        put(&mut client, &format!("k{}", i % 50), format!("v{i}").as_bytes()).expect("put");
+        put(
+            &mut client,
+            &format!("k{}", i % 50),
+            format!("v{i}").as_bytes(),
+        )
+        .expect("put");
     }
     delete_prefix(&mut client, "k1");
-    let granted = cairn(&["--endpoints", &c.endpoints().join(","), "lease", "grant", "600"]);
+    let granted = cairn(&[
+        "--endpoints",
+        &c.endpoints().join(","),
+        "lease",
+        "grant",
+        "600",
+    ]);
     assert!(granted.status.success());
     let first = hashes(&c);
     assert!(first.iter().all(|h| *h == first[0]), "{first:?}");
     // A compaction changes what the history holds: every member hashes it alike.
     compact(&mut client, first[0].1 - 10);
     let compacted = hashes(&c);
-    assert!(compacted.iter().all(|h| *h == compacted[0]), "{compacted:?}");
+    assert!(
+        compacted.iter().all(|h| *h == compacted[0]),
+        "{compacted:?}"
+    );
     assert_ne!(compacted[0].0, first[0].0);
     // So does a new lease (no key changed).
-    let granted = cairn(&["--endpoints", &c.endpoints().join(","), "lease", "grant", "60"]);
+    let granted = cairn(&[
+        "--endpoints",
+        &c.endpoints().join(","),
+        "lease",
+        "grant",
+        "60",
+    ]);
     assert!(granted.status.success());
     let leased = hashes(&c);
     assert!(leased.iter().all(|h| *h == leased[0]), "{leased:?}");
@@ -422,7 +450,13 @@ fn quota_exceeded_until_compaction_defragment_and_disarm() {
         assert!(filled < 10_000, "the quota never refused a put");
     };
     assert!(
-        matches!(&refused, ClientError::Server { code: ErrorCode::NoSpace, .. }),
+        matches!(
+            &refused,
+            ClientError::Server {
+                code: ErrorCode::NoSpace,
+                ..
+            }
+        ),
         "{refused}"
     );
     assert!(filled > 100, "only {filled} puts were taken");

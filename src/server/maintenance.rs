@@ -16,10 +16,13 @@ use crate::protocol::ErrorCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Where the apply role answers a snapshot request.
+pub(crate) type SnapshotReply = flume::Sender<Result<Arc<Snapshot>, String>>;
+
 /// What a front end asks the apply role for.
 pub(crate) enum MaintenanceInput {
     /// The tree as of a durable checkpoint holding everything applied when this came.
-    Snapshot(flume::Sender<Result<Arc<Snapshot>, String>>),
+    Snapshot(SnapshotReply),
     /// Answered once a space reclamation started after this came has switched files.
     Defragment(flume::Sender<Result<(), String>>),
     /// The state to hash, taken at one point of the log.
@@ -198,7 +201,7 @@ struct Defrag {
 pub(crate) struct Waiting {
     /// Snapshot requests with the store's applied index when each came: the first durable
     /// checkpoint at or after it answers them.
-    snapshots: Vec<(u64, flume::Sender<Result<Arc<Snapshot>, String>>)>,
+    snapshots: Vec<(u64, SnapshotReply)>,
     defrags: Vec<Defrag>,
 }
 
@@ -306,5 +309,70 @@ impl Waiting {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btree::DbOptions;
+    use crate::mvcc::{PutRequest, RaftPosition, Request};
+
+    fn store_with(dir: &std::path::Path, puts: u64) -> Store {
+        let mut store = Store::open(dir.join("cairn.db"), DbOptions::default()).expect("store");
+        for i in 1..=puts {
+            let put = Request::Put(PutRequest {
+                key: format!("k{i}").into_bytes(),
+                value: vec![b'v'; 100],
+                ..Default::default()
+            });
+            store
+                .apply(RaftPosition { index: i, term: 1 }, &[put])
+                .expect("apply");
+        }
+        store
+    }
+
+    #[test]
+    fn a_snapshot_waits_for_a_checkpoint_holding_what_was_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = store_with(dir.path(), 10);
+        let mut waiting = Waiting::default();
+        let (tx, rx) = flume::bounded(1);
+        waiting.request(MaintenanceInput::Snapshot(tx), &store);
+        waiting.step(&mut store);
+        assert!(rx.try_recv().is_err(), "answered before a checkpoint");
+        assert!(waiting.checkpoint_due(&store));
+        store.checkpoint().expect("checkpoint");
+        assert!(!waiting.checkpoint_due(&store));
+        waiting.step(&mut store);
+        let snapshot = rx.try_recv().expect("answered").expect("a snapshot");
+        assert_eq!(snapshot.meta().applied_index, 10);
+        assert!(!waiting.pending());
+    }
+
+    #[test]
+    fn a_defragment_is_answered_once_the_checkpoint_switched_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = store_with(dir.path(), 200);
+        store.checkpoint().expect("checkpoint");
+        let mut waiting = Waiting::default();
+        let (tx, rx) = flume::bounded(1);
+        waiting.request(MaintenanceInput::Defragment(tx), &store);
+        waiting.step(&mut store);
+        assert!(store.reclaim_pending(), "the reclamation started");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !store.reclaim_built() {
+            assert!(std::time::Instant::now() < deadline, "never built");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        waiting.step(&mut store);
+        assert!(rx.try_recv().is_err(), "answered before the switch");
+        assert!(waiting.checkpoint_due(&store));
+        store.checkpoint().expect("the checkpoint that switches");
+        waiting.step(&mut store);
+        assert_eq!(rx.try_recv().expect("answered"), Ok(()));
+        assert_eq!(store.reclaims_done(), 1);
+        assert!(!waiting.pending() && !store.reclaim_pending());
     }
 }

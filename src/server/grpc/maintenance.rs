@@ -114,7 +114,7 @@ impl pb::maintenance_server::Maintenance for Ctx {
         let header = self.header_now();
         let stream = chunks.into_stream().map(move |chunk| match chunk {
             Ok(c) => Ok(pb::SnapshotResponse {
-                header: header.clone(),
+                header,
                 remaining_bytes: c.remaining_bytes,
                 blob: c.blob,
                 version: ETCD_API_VERSION.into(),
