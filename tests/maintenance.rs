@@ -498,3 +498,44 @@ fn quota_exceeded_until_compaction_defragment_and_disarm() {
     assert_eq!(out, "");
     assert!(m.db_bytes() < QUOTA_BYTES, "{} bytes", m.db_bytes());
 }
+
+/// Snapshot streams abandoned by their clients after one chunk, more of them than the
+/// member reads at once: each one's reader stops and gives its place back (else the later
+/// ones would be refused for good).
+#[test]
+fn abandoned_snapshot_streams_stop_reading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = Member::start(&dir.path().join("m"), &["--snapshot-count", "500"]);
+    let mut c = m.client();
+    // 20 MiB: more than a stream's read-ahead, the connection's reply backlog and the
+    // sockets' buffers hold, so a reader blocks when nobody takes the chunks.
+    for i in 0..5000 {
+        put(&mut c, &format!("big/{i:05}"), &[b'b'; 4096]).expect("put");
+    }
+    for n in 0..20 {
+        let chunk = poll(Duration::from_secs(15), "a snapshot stream's place", || {
+            let mut download =
+                cairn::client::SnapshotDownload::start(&[m.addr.clone()], TIMEOUT, None)
+                    .expect("connect");
+            match download.next_chunk() {
+                Ok(chunk) => chunk,
+                Err(ClientError::Server {
+                    code: ErrorCode::Overloaded,
+                    ..
+                }) => None,
+                Err(e) => panic!("snapshot stream {n}: {e}"),
+            }
+        });
+        assert!(chunk.remaining_bytes > 3 << 20, "{}", chunk.remaining_bytes);
+    }
+    let file = dir.path().join("whole.snap");
+    let path = file.to_str().expect("path");
+    let out = cairn(&["--endpoints", &m.addr, "snapshot", "save", path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = cairn(&["snapshot", "status", path]);
+    assert!(status.status.success());
+}
