@@ -514,9 +514,12 @@ fn abandoned_snapshot_streams_stop_reading() {
     }
     for n in 0..20 {
         let chunk = poll(Duration::from_secs(15), "a snapshot stream's place", || {
-            let mut download =
-                cairn::client::SnapshotDownload::start(&[m.addr.clone()], TIMEOUT, None)
-                    .expect("connect");
+            let mut download = cairn::client::SnapshotDownload::start(
+                std::slice::from_ref(&m.addr),
+                TIMEOUT,
+                None,
+            )
+            .expect("connect");
             match download.next_chunk() {
                 Ok(chunk) => chunk,
                 Err(ClientError::Server {
