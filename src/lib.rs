@@ -40,7 +40,8 @@
 //!   threads of their own. Replication: `docs/cluster.md`; metrics: `docs/metrics.md`.
 //! - [`backup`]: snapshot files (the tree file up to a commit, then its SHA-256, as etcd's
 //!   snapshots end), streamed in chunks, incremental snapshots and their combination,
-//!   `cairn snapshot status` and `cairn snapshot restore` (a new cluster's data directory
+//!   `cairn snapshot save` (from a running member), `cairn snapshot status` and
+//!   `cairn snapshot restore` (a new cluster's data directory
 //!   from a snapshot). Format: `docs/backup.md`.
 //! - [`check`]: `cairn check` (what a start would do to a data directory, found without
 //!   changing it) and `cairn repair` (doing it).

@@ -247,7 +247,11 @@ enum Command {
         /// The member to lead, in hex.
         transferee: String,
     },
-    /// Snapshot files: status, restore into a new cluster, combine increments.
+    /// Defragments the storage of each endpoint's member: its dead space is reclaimed
+    /// online (writes go on), and the answer comes once it writes to the compacted file.
+    Defrag,
+    /// Snapshots: save one of a running member, status, restore into a new cluster,
+    /// combine increments.
     Snapshot {
         #[command(subcommand)]
         command: cairn::backup::cli::SnapshotCmd,
@@ -1021,6 +1025,7 @@ fn run_client(
         }
         Command::Serve(_)
         | Command::Snapshot { .. }
+        | Command::Defrag
         | Command::Check { .. }
         | Command::Repair { .. }
         | Command::Watch(_)
@@ -1158,21 +1163,62 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Snapshot { command } => snapshot(&command, cli.write_out),
+        Command::Snapshot { command } => {
+            let remote = cairn::backup::cli::Remote {
+                endpoints: cli.endpoints.clone(),
+                timeout: Duration::from_secs(cli.command_timeout),
+            };
+            snapshot(&command, cli.write_out, &remote)
+        }
+        Command::Defrag => defrag(&cli.endpoints, cli.command_timeout),
         Command::Check { data_dir } => check(&data_dir),
         Command::Repair { data_dir } => repair(&data_dir),
     }
 }
 
+/// `cairn defrag`: each endpoint's member reclaims its dead space; etcdctl's lines, a
+/// failure on stderr and exit code 1 (the other endpoints are still asked).
+fn defrag(endpoints: &[String], timeout_s: u64) -> ExitCode {
+    let mut failed = false;
+    for endpoint in endpoints {
+        let mut client =
+            cairn::client::Client::new(vec![endpoint.clone()], Duration::from_secs(timeout_s));
+        match client.request(&ClientRequest::Defragment) {
+            Ok(ClientResponse::Defragment) => {
+                println!("Finished defragmenting etcd member[{endpoint}]")
+            }
+            Ok(other) => {
+                eprintln!(
+                    "Failed to defragment etcd member[{endpoint}] (unexpected reply {other:?})"
+                );
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("Failed to defragment etcd member[{endpoint}] ({e})");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// `cairn snapshot ...`: the output on stdout, an error on stderr with exit code 1.
-fn snapshot(command: &cairn::backup::cli::SnapshotCmd, format: OutputFormat) -> ExitCode {
+fn snapshot(
+    command: &cairn::backup::cli::SnapshotCmd,
+    format: OutputFormat,
+    remote: &cairn::backup::cli::Remote,
+) -> ExitCode {
     use cairn::backup::cli::Format;
     let format = match format {
         OutputFormat::Simple => Format::Simple,
         OutputFormat::Json => Format::Json,
         OutputFormat::Table => Format::Table,
     };
-    match cairn::backup::cli::run(command, format) {
+    match cairn::backup::cli::run(command, format, remote) {
         Ok(out) => match write_out(out.as_bytes()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,11 +1,11 @@
-//! Backups of real `cairn serve` processes: a snapshot (and an increment after it) taken
-//! from a running member's tree file while a client writes, checked by `cairn snapshot
+//! Backups of real `cairn serve` processes: a snapshot (and an increment after it) saved
+//! from a running member by `cairn snapshot save` while a client writes, checked by `cairn snapshot
 //! status`, restored into new one- and three-member clusters that serve exactly the state
 //! at the snapshot's revision and go on from it; damaged files refused.
 
 mod common;
 
-use cairn::backup::{combine, SnapshotPoint, SnapshotStream};
+use cairn::backup::{combine, SnapshotStream};
 use cairn::btree::Snapshot;
 use cairn::client::Client;
 use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
@@ -156,6 +156,27 @@ fn save(stream: SnapshotStream, path: &Path) {
     std::fs::write(path, bytes).expect("write snapshot");
 }
 
+/// `cairn snapshot save FILE [--since PREVIOUS]` from the member at `addr`: etcdctl's line,
+/// and nothing left beside the file.
+fn save_remote(addr: &str, file: &Path, since: Option<&Path>) {
+    let path = file.to_str().expect("path");
+    let mut args = vec!["--endpoints", addr, "snapshot", "save", path];
+    if let Some(since) = since {
+        args.extend(["--since", since.to_str().expect("path")]);
+    }
+    let out = cairn(&args);
+    assert!(
+        out.status.success(),
+        "snapshot save: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("Snapshot saved at {path}\n")
+    );
+    assert!(!Path::new(&format!("{path}.part")).exists());
+}
+
 fn field(json: &str, name: &str) -> i64 {
     json.split(&format!("\"{name}\":"))
         .nth(1)
@@ -267,35 +288,32 @@ fn snapshots_of_a_running_member_restore_into_new_clusters() {
             }
         })
     };
-    let db = dir.path().join("src/db/cairn.db");
     let first = dir.path().join("first.snap");
     let wait_for = |n: usize| {
         poll(Duration::from_secs(60), "writes", || {
             (acked_all.lock().expect("acked").len() >= n).then_some(())
         })
     };
+    // Both taken from the running member while the writer writes.
     wait_for(1500);
-    save(
-        SnapshotStream::full(Arc::new(Snapshot::of_file(&db).expect("snapshot"))),
-        &first,
-    );
+    save_remote(&source.addr, &first, None);
     wait_for(3500);
     let inc = dir.path().join("second.inc");
-    let base = SnapshotPoint::of_file(&first).expect("point");
-    let live = Arc::new(Snapshot::of_file(&db).expect("snapshot"));
-    save(
-        SnapshotStream::since(live.clone(), &base).expect("since"),
-        &inc,
-    );
-    let second_direct = dir.path().join("second.snap");
-    save(SnapshotStream::full(live), &second_direct);
+    save_remote(&source.addr, &inc, Some(&first));
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
     let second = dir.path().join("combined.snap");
     combine(&first, std::slice::from_ref(&inc), &second).expect("combine");
+    // With nothing written in between, an increment and a full snapshot end at the same
+    // checkpoint: combined, the increment is the full snapshot byte for byte.
+    let (inc_now, full_now) = (dir.path().join("now.inc"), dir.path().join("now.snap"));
+    save_remote(&source.addr, &inc_now, Some(&first));
+    save_remote(&source.addr, &full_now, None);
+    let combined_now = dir.path().join("combined-now.snap");
+    combine(&first, std::slice::from_ref(&inc_now), &combined_now).expect("combine");
     assert_eq!(
-        std::fs::read(&second).expect("read"),
-        std::fs::read(&second_direct).expect("read")
+        std::fs::read(&combined_now).expect("read"),
+        std::fs::read(&full_now).expect("read")
     );
     let acked = acked_all.lock().expect("acked").clone();
 

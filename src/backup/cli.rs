@@ -1,11 +1,24 @@
-//! `cairn snapshot status|restore|combine`: the arguments (etcdctl 3.4's, where etcdctl has
-//! the command) and the output.
+//! `cairn snapshot save|status|restore|combine`: the arguments (etcdctl 3.4's, where etcdctl
+//! has the command) and the output.
 
-use super::{combine, restore, status, RestoreConfig, Status};
+use super::{combine, restore, save, status, RestoreConfig, Status};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SnapshotCmd {
+    /// Stores a snapshot of a running member (the first of --endpoints that answers) in
+    /// FILE: the member checkpoints, then streams its tree as of that checkpoint; it
+    /// writes on meanwhile. With --since, only what the member appended after an earlier
+    /// snapshot of it (an increment for `combine`). Written to FILE.part, synced, renamed.
+    Save {
+        /// The snapshot file to write (replaced if it exists).
+        file: PathBuf,
+        /// An earlier snapshot of the same member (full or incremental): save only what
+        /// came after it.
+        #[arg(long)]
+        since: Option<PathBuf>,
+    },
     /// Gets backend snapshot status of a given file: its hash, revision, total keys and
     /// total size. The file's SHA-256 trailer is checked, and every page of it as it is read.
     Status {
@@ -62,9 +75,23 @@ pub enum Format {
     Table,
 }
 
+/// Where `save` asks for a snapshot: the native protocol endpoints, and how long to wait
+/// for each piece.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub endpoints: Vec<String>,
+    pub timeout: Duration,
+}
+
 /// Runs the command: what to print on stdout, or the error (exit code 1).
-pub fn run(cmd: &SnapshotCmd, format: Format) -> Result<String, String> {
+pub fn run(cmd: &SnapshotCmd, format: Format, remote: &Remote) -> Result<String, String> {
     match cmd {
+        SnapshotCmd::Save { file, since } => {
+            save(&remote.endpoints, remote.timeout, file, since.as_deref())
+                .map_err(|e| e.to_string())?;
+            // etcdctl's line.
+            Ok(format!("Snapshot saved at {}\n", file.display()))
+        }
         SnapshotCmd::Status { file } => {
             let s = status(file).map_err(|e| e.to_string())?;
             if !s.hash_checked {

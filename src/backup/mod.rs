@@ -11,16 +11,20 @@
 //! - `status`: [`status`], etcdctl's `snapshot status` (hash, revision, keys, size).
 //! - `restore`: [`restore`], a new member's data directory of a new cluster from a
 //!   snapshot, as `etcdctl snapshot restore` makes one.
+//! - `save`: [`save`], `cairn snapshot save`: a running member's snapshot (full, or since
+//!   an earlier one) received over the native protocol into a file.
 //! - `cli`: the `cairn snapshot` command's arguments and output.
 
 pub mod cli;
 mod file;
 mod restore;
+mod save;
 mod status;
 mod stream;
 
 pub use file::{combine, Combined, FileKind, INCREMENT_HEADER_BYTES, INCREMENT_MAGIC};
 pub use restore::{restore, RestoreConfig, Restored};
+pub use save::{save, Saved};
 pub use status::{status, Status};
 pub use stream::{SnapshotPoint, SnapshotStream};
 
@@ -51,6 +55,9 @@ pub enum BackupError {
     /// directory in use).
     #[error("{0}")]
     Invalid(String),
+    /// The member a snapshot was asked of failed, or could not be reached.
+    #[error("{0}")]
+    Remote(String),
     #[error(transparent)]
     Btree(#[from] crate::btree::BtreeError),
     #[error(transparent)]

@@ -59,6 +59,10 @@ pub struct Db {
     state: FileState,
     meta: CommitMeta,
     reclaim: Option<Reclaim>,
+    /// Reclamations that switched to their new file since the database was opened: how a
+    /// caller waiting for one tells a switch from a reclamation abandoned or failed (both
+    /// end with none pending).
+    reclaims_done: u64,
     /// Set when a write or sync failed: the file's durable state is unknown, so nothing more
     /// is written (a failed fsync cannot be retried safely).
     poisoned: bool,
@@ -323,6 +327,7 @@ impl Db {
             state,
             meta,
             reclaim: None,
+            reclaims_done: 0,
             poisoned: false,
             pending: None,
             durable_pages,
@@ -641,6 +646,17 @@ impl Db {
         self.reclaim.is_some()
     }
 
+    /// Whether a running reclamation has built its file, without waiting: the next commit
+    /// switches to it.
+    pub fn reclaim_built(&self) -> bool {
+        self.reclaim.as_ref().is_some_and(Reclaim::is_finished)
+    }
+
+    /// Reclamations that switched files since the database was opened.
+    pub fn reclaims_done(&self) -> u64 {
+        self.reclaims_done
+    }
+
     /// Blocks until a running reclamation has built its file (the next commit switches).
     pub fn wait_reclaim_built(&self) {
         if let Some(r) = &self.reclaim {
@@ -691,6 +707,7 @@ impl Db {
             "space reclaimed"
         );
         self.state = next;
+        self.reclaims_done += 1;
         Ok(())
     }
 

@@ -2,11 +2,13 @@
 //! endpoints: [`Client`] blocks (the CLI, tests, plain threads); [`AsyncClient`] runs on a
 //! glommio executor with many requests in flight on one connection. [`LeaderClient`] finds
 //! the leader for what only it answers (lease keepalives and time-to-live), and
-//! [`keep_alive_loop`] keeps a lease alive.
+//! [`keep_alive_loop`] keeps a lease alive. [`SnapshotDownload`] receives a member's
+//! snapshot.
 
 mod lease;
 mod local;
 mod observe;
+mod snapshot;
 mod watch;
 
 pub use lease::{
@@ -14,6 +16,7 @@ pub use lease::{
 };
 pub use local::{AsyncClient, DEFAULT_MAX_INFLIGHT, REPLY_FRAME_BYTES_MAX};
 pub use observe::ObserveStream;
+pub use snapshot::SnapshotDownload;
 pub use watch::WatchStream;
 
 use crate::protocol::{

@@ -428,6 +428,32 @@ impl Store {
         self.checkpoint()
     }
 
+    /// Starts rewriting the tree file without its dead pages on a background thread, from
+    /// the state as it is now (changes made meanwhile are carried over); the checkpoint after
+    /// it is built switches files ([`Store::reclaim_built`] says when that is due). Does
+    /// nothing if one is running.
+    pub fn start_reclaim(&mut self) -> Result<(), MvccError> {
+        if self.poisoned {
+            return Err(MvccError::Poisoned);
+        }
+        Ok(self.db.start_reclaim()?)
+    }
+
+    /// Whether a reclamation is running or built and waiting for a checkpoint to switch.
+    pub fn reclaim_pending(&self) -> bool {
+        self.db.reclaim_pending()
+    }
+
+    /// Whether a running reclamation is built: the next checkpoint switches files.
+    pub fn reclaim_built(&self) -> bool {
+        self.db.reclaim_built()
+    }
+
+    /// Reclamations that switched files since the store was opened.
+    pub fn reclaims_done(&self) -> u64 {
+        self.db.reclaims_done()
+    }
+
     /// Deletes up to `max` records that compaction made unreachable; returns how many are
     /// left. Reads never reach these records, so when this runs does not change results.
     pub fn compact_step(&mut self, max: usize) -> Result<usize, MvccError> {

@@ -110,7 +110,9 @@ fn apply_entry(
         | ArchivedClientRequest::Member(_)
         | ArchivedClientRequest::Watch(_)
         | ArchivedClientRequest::Lock(_)
-        | ArchivedClientRequest::Lease(_) => {
+        | ArchivedClientRequest::Lease(_)
+        | ArchivedClientRequest::Snapshot(_)
+        | ArchivedClientRequest::Defragment => {
             return Err(bad("a request that is never logged".into()))
         }
     };

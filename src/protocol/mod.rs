@@ -82,6 +82,49 @@ pub enum ClientRequest {
     /// time-to-live are answered by the leader (a follower answers Unavailable, "etcdserver:
     /// not leader: ..."); the list by any member, from its table.
     Lease(crate::lease::LeaseRequest),
+    /// etcd's `SnapshotRequest`: the member's tree as of a checkpoint taken now, all of it
+    /// or (given the end of an earlier snapshot of this member) only what was appended
+    /// since. Answered by [`SnapshotChunk`]s on the request's id, in order, the last one
+    /// with `remaining_bytes` 0. Format of what they make up: `docs/backup.md`.
+    Snapshot(Option<SnapshotBase>),
+    /// etcd's `DefragmentRequest`: reclaims the member's dead space; answered once it
+    /// writes to the compacted file.
+    Defragment,
+}
+
+/// Where an earlier snapshot ended, for an incremental one (`crate::backup::SnapshotPoint`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotBase {
+    pub end: u64,
+    pub tail_crc: u32,
+    pub sha256: [u8; 32],
+}
+
+impl From<crate::backup::SnapshotPoint> for SnapshotBase {
+    fn from(p: crate::backup::SnapshotPoint) -> SnapshotBase {
+        SnapshotBase {
+            end: p.end,
+            tail_crc: p.tail_crc,
+            sha256: p.sha256,
+        }
+    }
+}
+
+impl From<SnapshotBase> for crate::backup::SnapshotPoint {
+    fn from(b: SnapshotBase) -> crate::backup::SnapshotPoint {
+        crate::backup::SnapshotPoint {
+            end: b.end,
+            tail_crc: b.tail_crc,
+            sha256: b.sha256,
+        }
+    }
+}
+
+/// One piece of a snapshot (etcd's `SnapshotResponse`): the bytes, and how many follow.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub remaining_bytes: u64,
+    pub blob: Vec<u8>,
 }
 
 /// etcd's `Cluster` service requests. Changes are taken by the leader only (a follower
@@ -215,6 +258,9 @@ pub enum ClientResponse {
     Watch(crate::watch::WatchResponse),
     Lock(crate::lock::LockResponse),
     Lease(crate::lease::LeaseResponse),
+    Snapshot(SnapshotChunk),
+    /// The member writes to its compacted file now.
+    Defragment,
 }
 
 /// Why a request (or, with request id 0, the connection) failed.

@@ -89,7 +89,7 @@ async fn apply_loop(
         // failed one again, even with nothing to apply.
         let wait = if store.compaction_backlog() > 0 || hub.catching_up {
             Some(std::time::Duration::ZERO)
-        } else if store.checkpoint_pending() {
+        } else if store.checkpoint_pending() || hub.maintenance.pending() {
             Some(CHECKPOINT_POLL)
         } else if space.owed {
             Some(space.until_retry())
@@ -205,6 +205,7 @@ async fn apply_loop(
             || log_bytes >= LOG_BYTES_PER_CHECKPOINT_MAX
             || compacted
             || (wanted && applied > checkpointed)
+            || hub.maintenance.checkpoint_due(store)
             || space.owed;
         let mut written = false;
         // A checkpoint still being written is waited for by the next one: report it first
@@ -237,6 +238,9 @@ async fn apply_loop(
         if let Some(took) = store.take_checkpoint_duration() {
             shared.metrics.backend_commit.observe_duration(took);
         }
+        // After the checkpoint: a snapshot request may be answered by it, a defragment
+        // request by the switch it made.
+        hub.maintenance.step(store);
     }
     Ok(())
 }
@@ -353,6 +357,8 @@ struct Hub {
     observers_swept: std::time::Instant,
     /// Unsynced watchers could be fed now: step again soon.
     catching_up: bool,
+    /// Snapshot and defragment requests waiting for a checkpoint or a file switch.
+    maintenance: super::maintenance::Waiting,
     started: std::time::Instant,
     progress_notify_ms: u64,
 }
@@ -376,6 +382,7 @@ impl Hub {
             observers: crate::lock::Observers::default(),
             observers_swept: std::time::Instant::now(),
             catching_up: false,
+            maintenance: super::maintenance::Waiting::default(),
             started: std::time::Instant::now(),
             progress_notify_ms: shared.config.watch_progress_notify_ms,
         }
@@ -399,6 +406,9 @@ impl Hub {
             }
             super::watch::ClientInput::Observe(prefix, sink) => {
                 self.observers.add(prefix, sink, store)?;
+            }
+            super::watch::ClientInput::Maintenance(input) => {
+                self.maintenance.request(input, store);
             }
         }
         Ok(())

@@ -413,6 +413,25 @@ fn dispatch(
             });
             return true;
         }
+        ClientRequest::Snapshot(_) | ClientRequest::Defragment if stopping => {
+            error_frame(id, ErrorCode::Unavailable, STOPPING.into())
+        }
+        ClientRequest::Snapshot(base) => {
+            let (shared, replies) = (shard.shared.clone(), out.clone());
+            let base = base.map(Into::into);
+            spawn_reply(out, inflight, send_snapshot(id, base, shared, replies));
+            return true;
+        }
+        ClientRequest::Defragment => {
+            let shared = shard.shared.clone();
+            spawn_reply(out, inflight, async move {
+                match super::maintenance::defragment(&shared).await {
+                    Ok(()) => or_internal(id, encode_response(id, &ClientResponse::Defragment)),
+                    Err((code, e)) => error_frame(id, code, e),
+                }
+            });
+            return true;
+        }
         ClientRequest::Watch(req) => match watch_request(id, req, shard, out, watch) {
             Ok(()) => return true,
             Err(frame) => frame,
@@ -482,6 +501,62 @@ async fn observe(id: u64, name: Vec<u8>, shared: Arc<Shared>, out: Rc<Replies>) 
             id,
             encode_response(id, &ClientResponse::Lock(leader)),
         ));
+    }
+}
+
+/// Streams a fresh snapshot to the client, each chunk a frame on the request's id sent once
+/// the connection's replies have room (so a slow client holds the reply backlog plus the
+/// chunks read ahead); the last chunk, or an error, is the frame that ends it. When the
+/// client leaves, the chunks' receiver is dropped and their reader stops.
+async fn send_snapshot(
+    id: u64,
+    base: Option<crate::backup::SnapshotPoint>,
+    shared: Arc<Shared>,
+    out: Rc<Replies>,
+) -> AlignedVec {
+    let chunks = match super::maintenance::snapshot_chunks(&shared, base).await {
+        Ok(rx) => rx,
+        Err((code, message)) => return error_frame(id, code, message),
+    };
+    let gone = || error_frame(id, ErrorCode::Unavailable, "the client left".into());
+    loop {
+        let next = async { Some(chunks.recv_async().await) };
+        let left = async {
+            out.left().await;
+            None
+        };
+        let Some(next) = futures_lite::future::or(left, next).await else {
+            return gone();
+        };
+        let chunk = match next {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => return error_frame(id, ErrorCode::Internal, e),
+            Err(_) => {
+                let msg = "the snapshot's reader stopped".to_string();
+                return error_frame(id, ErrorCode::Internal, msg);
+            }
+        };
+        let last = chunk.remaining_bytes == 0;
+        let room = async {
+            out.room().await;
+            true
+        };
+        let left = async {
+            out.left().await;
+            false
+        };
+        if !futures_lite::future::or(left, room).await {
+            return gone();
+        }
+        let response = ClientResponse::Snapshot(protocol::SnapshotChunk {
+            remaining_bytes: chunk.remaining_bytes,
+            blob: chunk.blob,
+        });
+        let frame = or_internal(id, encode_response(id, &response));
+        if last {
+            return frame;
+        }
+        out.send(frame);
     }
 }
 

@@ -9,7 +9,9 @@
 //!   native protocol's through `front.rs`, the path both front ends share;
 //! - `raft` (`raft.rs`): RawNode, the WAL (group commit), ticks, ReadIndex, log compaction;
 //! - `apply` (`apply.rs`): the MVCC store, replies to proposals, view publishing, checkpoints;
-//!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives;
+//!   on the leader, the lease clock (`lease.rs`): expiry, TTL checkpoints, keepalives; the
+//!   maintenance requests that need the store (`maintenance.rs`): a snapshot after a fresh
+//!   checkpoint, defragmentation by the tree's online reclamation, the keyspace's hash;
 //! - HTTP on `--listen-metrics-urls` (`http.rs`), on threads of its own: `/metrics` from what
 //!   the roles measure (`metrics.rs`) and `/proc` (`procfs.rs`), `/health`, `/livez`,
 //!   `/readyz`, `/version`.
@@ -31,6 +33,7 @@ mod http;
 mod lease;
 mod lock;
 mod mailbox;
+mod maintenance;
 mod metrics;
 mod peer;
 mod placement;

@@ -26,12 +26,14 @@ pub(crate) type LockReply = flume::Sender<crate::lock::Outcome>;
 /// Where an election's observer is told its leaders: `(revision, leader's key-value)`.
 pub(crate) type ObserveSink = flume::Sender<(i64, crate::mvcc::KeyValue)>;
 
-/// What the net shards hand the apply role for their clients: watch requests, lock
-/// contenders to wait for their turn, and observers of an election (`NAME/`).
+/// What the front ends hand the apply role for their clients: watch requests, lock
+/// contenders to wait for their turn, observers of an election (`NAME/`), and maintenance
+/// requests that need the store (snapshot, defragment, hash).
 pub(crate) enum ClientInput {
     Watch(HubInput),
     Lock(crate::lock::LockWait, LockReply),
     Observe(Vec<u8>, ObserveSink),
+    Maintenance(super::maintenance::MaintenanceInput),
 }
 
 /// A connection's queue of watch responses, on the hub's side.

@@ -1,13 +1,19 @@
-//! etcd's Maintenance service: Status, Alarm, HashKV and MoveLeader. Defragment, Hash,
-//! Snapshot and Downgrade are answered Unimplemented.
+//! etcd's Maintenance service: Status, Alarm, Hash, HashKV, Snapshot, Defragment and
+//! MoveLeader. Downgrade is answered Unimplemented.
 
 use super::status::status;
 use super::Ctx;
 use crate::grpc::pb::etcdserverpb as pb;
-use crate::server::front;
+use crate::server::{front, maintenance};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// The chunks of a snapshot as tonic sends them.
+pub(crate) type SnapshotChunks = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>,
+>;
 
 /// The etcd API version cairn speaks, as Status reports it (clients compare it with
 /// the versions they know).
@@ -51,12 +57,31 @@ impl pb::maintenance_server::Maintenance for Ctx {
         }))
     }
 
+    /// Answered once the member writes to the compacted file; writes go on meanwhile.
     async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Reply<pb::DefragmentResponse> {
-        Err(not_yet("Defragment"))
+        self.serving()?;
+        maintenance::defragment(&self.shared)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.header_now(),
+        }))
     }
 
     async fn hash(&self, _: Request<pb::HashRequest>) -> Reply<pb::HashResponse> {
-        Err(not_yet("Hash"))
+        self.serving()?;
+        let basis = maintenance::hash_basis(&self.shared)
+            .await
+            .map_err(status)?;
+        // It reads all history: not on the runtime's thread.
+        let (hash, revision) = tokio::task::spawn_blocking(move || basis.hash())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?;
+        Ok(Response::new(pb::HashResponse {
+            header: self.header(revision),
+            hash,
+        }))
     }
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Reply<pb::HashKvResponse> {
@@ -75,10 +100,28 @@ impl pb::maintenance_server::Maintenance for Ctx {
         }))
     }
 
-    type SnapshotStream = tokio_stream::Empty<Result<pb::SnapshotResponse, Status>>;
+    type SnapshotStream = SnapshotChunks;
 
+    /// The member's tree as of a checkpoint taken now, in chunks of at most 1 MiB, the
+    /// SHA-256 trailer last (what `etcdctl snapshot save` writes and `restore` checks). The
+    /// chunks are read on a thread of their own, a few ahead of the sending; when the
+    /// client goes away tonic drops the stream, and the reading stops.
     async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Reply<Self::SnapshotStream> {
-        Err(not_yet("Snapshot"))
+        self.serving()?;
+        let chunks = maintenance::snapshot_chunks(&self.shared, None)
+            .await
+            .map_err(status)?;
+        let header = self.header_now();
+        let stream = chunks.into_stream().map(move |chunk| match chunk {
+            Ok(c) => Ok(pb::SnapshotResponse {
+                header,
+                remaining_bytes: c.remaining_bytes,
+                blob: c.blob,
+                version: ETCD_API_VERSION.into(),
+            }),
+            Err(e) => Err(Status::internal(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn move_leader(
