@@ -1125,6 +1125,28 @@ mod lock_and_election {
                 (key_a.clone(), "v2".into())
             );
 
+            // Campaigning again with the same lease and another value proclaims it, as
+            // etcd's election does: the same key and revision, the new value.
+            for value in ["v3", "v2"] {
+                let again = e
+                    .campaign(epb::CampaignRequest {
+                        name: "E".into(),
+                        lease: a,
+                        value: value.into(),
+                    })
+                    .await
+                    .expect("campaign again")
+                    .into_inner()
+                    .leader
+                    .expect("leader key");
+                assert_eq!((again.key.clone(), again.rev), (ours.key.clone(), ours.rev));
+                assert_eq!(leader_value(&mut e, "E").await, value);
+                assert_eq!(
+                    next_leader(&mut observed).await,
+                    (key_a.clone(), value.into())
+                );
+            }
+
             // A second candidate waits while the first leads.
             let mut other = ElectionClient::new(channel(&addr).await);
             let second = tokio::spawn(async move {

@@ -208,7 +208,7 @@ async fn acquire(
         }],
         success: vec![RequestOp::Put(PutRequest {
             key: key.clone(),
-            value,
+            value: value.clone(),
             lease,
             ..PutRequest::default()
         })],
@@ -218,16 +218,38 @@ async fn acquire(
         })],
     };
     let t = run_txn(shared, txn).await?;
-    let rev = if t.succeeded {
-        t.header.revision
+    let (rev, held_value) = if t.succeeded {
+        (t.header.revision, None)
     } else {
         match t.responses.first() {
-            Some(ResponseOp::Range(r)) => r.kvs.first().map_or(0, |kv| kv.create_revision),
-            _ => 0,
+            Some(ResponseOp::Range(r)) => r
+                .kvs
+                .first()
+                .map_or((0, None), |kv| (kv.create_revision, Some(kv.value.clone()))),
+            _ => (0, None),
         }
     };
     if rev == 0 {
         return Err((ErrorCode::Unavailable, lock::KEY_GONE.into()));
+    }
+    // The same lease campaigning again with another value proclaims it, as etcd's election
+    // does (its key, and its place in line, are kept).
+    if held_value.is_some_and(|v| v != value) {
+        let leader = LeaderKey {
+            key: key.clone(),
+            rev,
+            lease,
+            ..LeaderKey::default()
+        };
+        let put = RequestOp::Put(PutRequest {
+            key: key.clone(),
+            value,
+            lease,
+            ..PutRequest::default()
+        });
+        if !run_txn(shared, if_leader(&leader, put)).await?.succeeded {
+            return Err((ErrorCode::Unavailable, lock::KEY_GONE.into()));
+        }
     }
     let wait = LockWait {
         prefix: lock::prefix(name),
