@@ -158,7 +158,8 @@ fn start_cairn(dir: &Path, client: &str, peer: &str) -> Process {
     Process(child)
 }
 
-/// The commands, in order; `LEASE` stands for the lease the first `lease grant` printed.
+/// The commands, in order; `LEASE` stands for the lease the first `lease grant` printed,
+/// `SNAPSHOT` for a file in a directory of the test's own.
 const SCRIPT: &[(&[&str], &str)] = &[
     (&["put", "foo", "bar"], ""),
     (&["put", "foo2", "baz"], ""),
@@ -209,6 +210,8 @@ const SCRIPT: &[(&[&str], &str)] = &[
     (&["endpoint", "hashkv"], ""),
     (&["member", "list"], ""),
     (&["alarm", "list"], ""),
+    (&["defrag"], ""),
+    (&["snapshot", "save", "SNAPSHOT"], ""),
     (&["lease", "grant", "100"], ""),
     (&["put", "leased", "v", "--lease", "LEASE"], ""),
     (&["lease", "timetolive", "LEASE"], ""),
@@ -223,23 +226,21 @@ const SCRIPT: &[(&[&str], &str)] = &[
 ];
 
 /// Runs the script against `endpoint`: each command's normalized output.
-fn run_script(endpoint: &str, peer: &str) -> Vec<(String, Run)> {
+fn run_script(endpoint: &str, peer: &str, snapshot: &Path) -> Vec<(String, Run)> {
     let mut lease = String::new();
     let mut runs = Vec::new();
     for (args, stdin) in SCRIPT {
         let args: Vec<String> = args
             .iter()
-            .map(|a| {
-                if *a == "LEASE" {
-                    lease.clone()
-                } else {
-                    a.to_string()
-                }
+            .map(|a| match *a {
+                "LEASE" => lease.clone(),
+                "SNAPSHOT" => snapshot.display().to_string(),
+                _ => a.to_string(),
             })
             .collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = etcdctl(endpoint, &args, stdin);
-        if args[..2] == ["lease", "grant"] {
+        if args.starts_with(&["lease", "grant"]) {
             lease = run
                 .stdout
                 .split_whitespace()
@@ -247,12 +248,13 @@ fn run_script(endpoint: &str, peer: &str) -> Vec<(String, Run)> {
                 .unwrap_or("")
                 .to_string();
         }
+        let file = snapshot.display().to_string();
         let normalized = Run {
             exit: run.exit,
-            stdout: normalize(&run.stdout, endpoint, peer),
-            errors: normalize(&run.errors, endpoint, peer),
+            stdout: normalize(&run.stdout.replace(&file, "SNAPSHOT"), endpoint, peer),
+            errors: normalize(&run.errors.replace(&file, "SNAPSHOT"), endpoint, peer),
         };
-        runs.push((args.join(" "), normalized));
+        runs.push((args.join(" ").replace(&file, "SNAPSHOT"), normalized));
     }
     runs
 }
@@ -282,8 +284,12 @@ fn etcdctl_sees_cairn_as_etcd() {
     );
     wait_answers(&etcd_client);
     wait_answers(&cairn_client);
-    let etcd = run_script(&etcd_client, &etcd_peer);
-    let cairn = run_script(&cairn_client, &cairn_peer);
+    let (etcd_snapshot, cairn_snapshot) = (
+        dir.path().join("etcd-snapshot.db"),
+        dir.path().join("cairn-snapshot.db"),
+    );
+    let etcd = run_script(&etcd_client, &etcd_peer, &etcd_snapshot);
+    let cairn = run_script(&cairn_client, &cairn_peer, &cairn_snapshot);
     let mut differences = Vec::new();
     for ((command, want), (_, got)) in etcd.iter().zip(&cairn) {
         if want != got {
@@ -293,6 +299,27 @@ fn etcdctl_sees_cairn_as_etcd() {
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
+    // Both saved a snapshot and defragmented (the outputs compared equal above).
+    let run_of = |c: &str| &etcd.iter().find(|(k, _)| k == c).expect(c).1;
+    assert_eq!(
+        run_of("snapshot save SNAPSHOT").stdout,
+        "Snapshot saved at SNAPSHOT\n"
+    );
+    assert_eq!(
+        run_of("defrag").stdout,
+        "Finished defragmenting etcd member[ENDPOINT]\n"
+    );
+    // The snapshot etcdctl saved from cairn is a whole cairn snapshot.
+    let status = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&cairn_snapshot)
+        .output()
+        .expect("cairn snapshot status");
+    assert!(status.status.success(), "{status:?}");
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("\"revision\""),
+        "{status:?}"
+    );
     // etcd answered, and the script exercised both outcomes: some commands failed, alike.
     assert_eq!(etcd[3].1.stdout, "foo\nbar\n", "{:?}", etcd[3]);
     assert!(etcd.iter().any(|(_, r)| r.exit != Some(0)));
