@@ -1,7 +1,7 @@
 //! `--target etcd`: the same workloads through etcd's v3 gRPC API, to an etcd or to
-//! cairn's gRPC port, so both are measured by one client in one run. A tokio runtime with a
-//! worker per core; `--conns` HTTP/2 connections spread over the endpoints, `--clients`
-//! client tasks spread over the connections, each with one request in flight (gRPC
+//! cairn's gRPC port, so both are measured by one client in one run. A thread per core, each
+//! with a tokio runtime of its own; `--conns` HTTP/2 connections spread over the endpoints
+//! and the threads, `--clients` client tasks spread over the connections, each with one request in flight (gRPC
 //! multiplexes them on the connection). Closed loop by default; with `--rate`, open loop,
 //! latency measured from each request's scheduled time, as the native target does.
 
@@ -38,35 +38,80 @@ pub fn run(
     deadline: Instant,
     progress: &Arc<Progress>,
 ) -> Result<Histogram<u64>, Failure> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.max(1))
+    let args = Arc::new(args.clone());
+    // One thread a core, each with a runtime of its own holding its share of the
+    // connections and of the clients on them: a reply wakes its client on the thread that
+    // reads it, never another (work stealing would move tasks, and wake across threads).
+    let threads = cores.clamp(1, args.conns.max(1));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (args, progress) = (args.clone(), progress.clone());
+            std::thread::Builder::new()
+                .name(format!("etcd-client-{t}"))
+                .spawn(move || worker(&args, t, threads, deadline, &progress))
+                .map_err(|e| Failure::Failed(format!("cannot start a client thread: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut hist = crate::conn::new_hist();
+    let mut failure = None;
+    for w in workers {
+        match w.join() {
+            Ok(Ok(h)) => hist.add(h).map_err(|e| Failure::Failed(e.to_string()))?,
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => {
+                failure = failure.or(Some(Failure::Failed("a client thread panicked".into())))
+            }
+        }
+    }
+    progress.finished.fetch_add(1, Ordering::Relaxed);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(hist),
+    }
+}
+
+/// Thread `t` of `threads`: connections `t`, `t + threads`, ... and the clients on them.
+fn worker(
+    args: &Arc<Args>,
+    t: usize,
+    threads: usize,
+    deadline: Instant,
+    progress: &Arc<Progress>,
+) -> Result<Histogram<u64>, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))?;
-    let args = Arc::new(args.clone());
-    let progress = progress.clone();
     runtime.block_on(async move {
-        let mut channels = Vec::with_capacity(args.conns);
-        for c in 0..args.conns {
+        let conns: Vec<usize> = (t..args.conns.max(1)).step_by(threads).collect();
+        let mut channels = Vec::with_capacity(conns.len());
+        for &c in &conns {
             let endpoint = &args.endpoints[c % args.endpoints.len()];
             channels.push(connect(endpoint).await?);
         }
+        // Client c is on connection c mod --conns, as with the native target.
         let tasks: Vec<_> = (0..args.clients)
+            .filter(|c| c % args.conns.max(1) % threads == t)
             .map(|c| {
-                let channel = channels[c % channels.len()].clone();
+                let at = conns
+                    .iter()
+                    .position(|&k| k == c % args.conns.max(1))
+                    .unwrap_or(0);
+                let channel = channels[at].clone();
                 let (args, progress) = (args.clone(), progress.clone());
-                tokio::spawn(async move { client(&args, c, channel, deadline, &progress).await })
+                tokio::task::spawn(
+                    async move { client(&args, c, channel, deadline, &progress).await },
+                )
             })
             .collect();
         let mut hist = crate::conn::new_hist();
-        for t in tasks {
-            let h = t
+        for task in tasks {
+            let h = task
                 .await
                 .map_err(|e| Failure::Failed(format!("a client task failed: {e}")))?
                 .map_err(Failure::Failed)?;
             hist.add(h).map_err(|e| Failure::Failed(e.to_string()))?;
         }
-        progress.finished.fetch_add(1, Ordering::Relaxed);
         Ok(hist)
     })
 }
