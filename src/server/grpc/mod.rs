@@ -312,6 +312,15 @@ async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let recv_max = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // Every service takes the same message bounds (the generated servers share no trait
+    // to set them through).
+    macro_rules! bounded {
+        ($server:expr) => {
+            $server
+                .max_decoding_message_size(recv_max)
+                .max_encoding_message_size(SEND_BYTES_MAX)
+        };
+    }
     // HTTP/2's default frame size and header table size stay: `headers` relies on them.
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -321,41 +330,21 @@ async fn serve(
         .layer(tonic::service::InterceptorLayer::new(has_leader(
             ctx.shared.clone(),
         )))
-        .add_service(
-            pb::kv_server::KvServer::new(ctx.clone())
-                .max_decoding_message_size(recv_max)
-                .max_encoding_message_size(SEND_BYTES_MAX),
-        )
-        .add_service(
-            pb::lease_server::LeaseServer::new(ctx.clone())
-                .max_decoding_message_size(recv_max)
-                .max_encoding_message_size(SEND_BYTES_MAX),
-        )
-        .add_service(
-            pb::watch_server::WatchServer::new(ctx.clone())
-                .max_decoding_message_size(recv_max)
-                .max_encoding_message_size(SEND_BYTES_MAX),
-        )
-        .add_service(
-            pb::cluster_server::ClusterServer::new(ctx.clone())
-                .max_decoding_message_size(recv_max)
-                .max_encoding_message_size(SEND_BYTES_MAX),
-        )
-        .add_service(
-            pb::maintenance_server::MaintenanceServer::new(ctx.clone())
-                .max_decoding_message_size(recv_max)
-                .max_encoding_message_size(SEND_BYTES_MAX),
-        )
-        .add_service(
-            v3lockpb::lock_server::LockServer::new(ctx.clone())
-                .max_decoding_message_size(recv_max)
-                .max_encoding_message_size(SEND_BYTES_MAX),
-        )
-        .add_service(
+        .add_service(bounded!(pb::kv_server::KvServer::new(ctx.clone())))
+        .add_service(bounded!(pb::lease_server::LeaseServer::new(ctx.clone())))
+        .add_service(bounded!(pb::watch_server::WatchServer::new(ctx.clone())))
+        .add_service(bounded!(pb::cluster_server::ClusterServer::new(
+            ctx.clone()
+        )))
+        .add_service(bounded!(pb::maintenance_server::MaintenanceServer::new(
+            ctx.clone()
+        )))
+        .add_service(bounded!(v3lockpb::lock_server::LockServer::new(
+            ctx.clone()
+        )))
+        .add_service(bounded!(
             v3electionpb::election_server::ElectionServer::new(ctx)
-                .max_decoding_message_size(recv_max)
-                .max_encoding_message_size(SEND_BYTES_MAX),
-        )
+        ))
         .serve_with_incoming_shutdown(incoming, stop)
         .await
 }
