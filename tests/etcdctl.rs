@@ -28,6 +28,82 @@ fn installed(tool: &str, version_arg: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether etcd and etcdctl can be run (see [`at_hand`]).
+fn etcd_at_hand() -> bool {
+    at_hand(
+        &[("etcdctl", "version"), ("etcd", "--version")],
+        "etcd and etcdctl",
+        "Debian: etcd-server, etcd-client",
+    )
+}
+
+/// Whether every one of `tools` (command, version argument) can be run. Outside CI a
+/// missing one skips the test, saying so; CI installs them (`.ci/run`), so there it fails.
+fn at_hand(tools: &[(&str, &str)], what: &str, packages: &str) -> bool {
+    if tools.iter().all(|(tool, arg)| installed(tool, arg)) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI installs {what} (.ci/run)"
+    );
+    let are = if tools.len() > 1 { "are" } else { "is" };
+    eprintln!("SKIPPED: {what} 3.4 {are} needed ({packages})");
+    false
+}
+
+/// One etcd and one cairn member, each on ports of its own, answering; both stopped
+/// when this is dropped.
+struct OneEach {
+    /// Client and peer addresses.
+    etcd: (String, String),
+    cairn: (String, String),
+    _processes: [Process; 2],
+    /// The members' data directories, and room for a test's files.
+    tmp: tempfile::TempDir,
+}
+
+impl OneEach {
+    fn start() -> OneEach {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let etcd = (common::free_addr(), common::free_addr());
+        let cairn = (common::free_addr(), common::free_addr());
+        let processes = [
+            start_etcd(
+                &tmp.path().join("etcd"),
+                &format!("http://{}", etcd.0),
+                &format!("http://{}", etcd.1),
+            ),
+            start_cairn(
+                &tmp.path().join("cairn"),
+                &format!("http://{}", cairn.0),
+                &format!("http://{}", cairn.1),
+            ),
+        ];
+        wait_answers(&etcd.0);
+        wait_answers(&cairn.0);
+        OneEach {
+            etcd,
+            cairn,
+            _processes: processes,
+            tmp,
+        }
+    }
+}
+
+/// Fails with every command whose output differs between etcd and cairn.
+fn assert_same_output<C: std::fmt::Display>(etcd: &[(C, Run)], cairn: &[(C, Run)]) {
+    let mut differences = Vec::new();
+    for ((command, want), (_, got)) in etcd.iter().zip(cairn) {
+        if want != got {
+            differences.push(format!(
+                "etcdctl {command}\n  etcd:  {want:?}\n  cairn: {got:?}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
 /// What etcdctl printed and how it exited.
 #[derive(Debug, PartialEq)]
 struct Run {
@@ -261,44 +337,19 @@ fn run_script(endpoint: &str, peer: &str, snapshot: &Path) -> Vec<(String, Run)>
 
 #[test]
 fn etcdctl_sees_cairn_as_etcd() {
-    if !installed("etcdctl", "version") || !installed("etcd", "--version") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI installs etcd and etcdctl (.ci/run)"
-        );
-        eprintln!("SKIPPED: etcd and etcdctl 3.4 are needed (Debian: etcd-server, etcd-client)");
+    if !etcd_at_hand() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (etcd_client, etcd_peer) = (common::free_addr(), common::free_addr());
-    let (cairn_client, cairn_peer) = (common::free_addr(), common::free_addr());
-    let _etcd = start_etcd(
-        &dir.path().join("etcd"),
-        &format!("http://{etcd_client}"),
-        &format!("http://{etcd_peer}"),
-    );
-    let _cairn = start_cairn(
-        &dir.path().join("cairn"),
-        &format!("http://{cairn_client}"),
-        &format!("http://{cairn_peer}"),
-    );
-    wait_answers(&etcd_client);
-    wait_answers(&cairn_client);
+    let one = OneEach::start();
+    let (etcd_client, etcd_peer) = (&one.etcd.0, &one.etcd.1);
+    let (cairn_client, cairn_peer) = (&one.cairn.0, &one.cairn.1);
     let (etcd_snapshot, cairn_snapshot) = (
-        dir.path().join("etcd-snapshot.db"),
-        dir.path().join("cairn-snapshot.db"),
+        one.tmp.path().join("etcd-snapshot.db"),
+        one.tmp.path().join("cairn-snapshot.db"),
     );
-    let etcd = run_script(&etcd_client, &etcd_peer, &etcd_snapshot);
-    let cairn = run_script(&cairn_client, &cairn_peer, &cairn_snapshot);
-    let mut differences = Vec::new();
-    for ((command, want), (_, got)) in etcd.iter().zip(&cairn) {
-        if want != got {
-            differences.push(format!(
-                "etcdctl {command}\n  etcd:  {want:?}\n  cairn: {got:?}"
-            ));
-        }
-    }
-    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    let etcd = run_script(etcd_client, etcd_peer, &etcd_snapshot);
+    let cairn = run_script(cairn_client, cairn_peer, &cairn_snapshot);
+    assert_same_output(&etcd, &cairn);
     // Both saved a snapshot and defragmented (the outputs compared equal above).
     let run_of = |c: &str| &etcd.iter().find(|(k, _)| k == c).expect(c).1;
     assert_eq!(
@@ -553,12 +604,7 @@ fn run_membership(three: &Three) -> Vec<(String, Run)> {
 
 #[test]
 fn etcdctl_sees_a_three_member_cairn_as_etcd() {
-    if !installed("etcdctl", "version") || !installed("etcd", "--version") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI installs etcd and etcdctl (.ci/run)"
-        );
-        eprintln!("SKIPPED: etcd and etcdctl 3.4 are needed (Debian: etcd-server, etcd-client)");
+    if !etcd_at_hand() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -569,15 +615,7 @@ fn etcdctl_sees_a_three_member_cairn_as_etcd() {
     wait_answers(&cairn_three.endpoints());
     let etcd = run_membership(&etcd_three);
     let cairn = run_membership(&cairn_three);
-    let mut differences = Vec::new();
-    for ((command, want), (_, got)) in etcd.iter().zip(&cairn) {
-        if want != got {
-            differences.push(format!(
-                "etcdctl {command}\n  etcd:  {want:?}\n  cairn: {got:?}"
-            ));
-        }
-    }
-    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    assert_same_output(&etcd, &cairn);
     // etcd answered as the comparison assumes: the learner was refused promotion, m1
     // leads at the end, and every member's hash is the same.
     let promote = etcd.iter().find(|(c, _)| c.starts_with("member promote"));
@@ -635,12 +673,7 @@ fn verdicts(stdout: &str) -> Vec<&str> {
 /// About 65 s, 60 of them check perf's own.
 #[test]
 fn etcdctl_check_perf_and_datascale_pass_against_three_members() {
-    if !installed("etcdctl", "version") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI installs etcdctl (.ci/run)"
-        );
-        eprintln!("SKIPPED: etcdctl 3.4 is needed (Debian: etcd-client)");
+    if !at_hand(&[("etcdctl", "version")], "etcdctl", "Debian: etcd-client") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -883,40 +916,15 @@ async fn lock_service_errors(endpoint: &str) -> Vec<(tonic::Code, String)> {
 
 #[test]
 fn etcdctl_locks_and_elects_on_cairn_as_on_etcd() {
-    if !installed("etcdctl", "version") || !installed("etcd", "--version") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI installs etcd and etcdctl (.ci/run)"
-        );
-        eprintln!("SKIPPED: etcd and etcdctl 3.4 are needed (Debian: etcd-server, etcd-client)");
+    if !etcd_at_hand() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (etcd_client, etcd_peer) = (common::free_addr(), common::free_addr());
-    let (cairn_client, cairn_peer) = (common::free_addr(), common::free_addr());
-    let _etcd = start_etcd(
-        &dir.path().join("etcd"),
-        &format!("http://{etcd_client}"),
-        &format!("http://{etcd_peer}"),
-    );
-    let _cairn = start_cairn(
-        &dir.path().join("cairn"),
-        &format!("http://{cairn_client}"),
-        &format!("http://{cairn_peer}"),
-    );
-    wait_answers(&etcd_client);
-    wait_answers(&cairn_client);
-    let (etcd, etcd_in_turn) = lock_and_elect(&etcd_client, &etcd_peer);
-    let (cairn, cairn_in_turn) = lock_and_elect(&cairn_client, &cairn_peer);
-    let mut differences = Vec::new();
-    for ((command, want), (_, got)) in etcd.iter().zip(&cairn) {
-        if want != got {
-            differences.push(format!(
-                "etcdctl {command}\n  etcd:  {want:?}\n  cairn: {got:?}"
-            ));
-        }
-    }
-    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    let one = OneEach::start();
+    let (etcd_client, etcd_peer) = (&one.etcd.0, &one.etcd.1);
+    let (cairn_client, cairn_peer) = (&one.cairn.0, &one.cairn.1);
+    let (etcd, etcd_in_turn) = lock_and_elect(etcd_client, etcd_peer);
+    let (cairn, cairn_in_turn) = lock_and_elect(cairn_client, cairn_peer);
+    assert_same_output(&etcd, &cairn);
     assert!(
         etcd_in_turn && cairn_in_turn,
         "the second contender held only after the first"
@@ -935,8 +943,8 @@ fn etcdctl_locks_and_elects_on_cairn_as_on_etcd() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let want = rt.block_on(lock_service_errors(&etcd_client));
-    let got = rt.block_on(lock_service_errors(&cairn_client));
+    let want = rt.block_on(lock_service_errors(etcd_client));
+    let got = rt.block_on(lock_service_errors(cairn_client));
     assert!(
         want.iter().all(|(code, _)| *code != tonic::Code::Ok),
         "{want:?}"
