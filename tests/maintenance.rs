@@ -79,15 +79,7 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {} ----\n{}",
-                self.addr,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
+        common::end_member(&mut self.child, &self.addr, &self.log);
     }
 }
 

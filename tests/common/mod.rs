@@ -120,3 +120,17 @@ pub fn wait_serving(addr: &str, mut child: Option<&mut std::process::Child>) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Ends a test's `cairn serve` process (SIGKILL, then reaped) and, if the test is failing,
+/// prints its log under `label`.
+#[allow(dead_code)]
+pub fn end_member(child: &mut std::process::Child, label: &str, log: &std::path::Path) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if std::thread::panicking() {
+        eprintln!(
+            "---- {label} ----\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
