@@ -686,6 +686,13 @@ fn limits_malformed_and_unknown_requests() {
         kv.put(put("k", "v2"))
             .await
             .expect("served after a large request");
+        // A message far over the codec's first buffer goes through whole, both ways.
+        let large = "y".repeat(60_000);
+        kv.put(put("large", &large))
+            .await
+            .expect("put under the limit");
+        let got = kv.range(range("large")).await.expect("range").into_inner();
+        assert_eq!(got.kvs[0].value, large.as_bytes());
         let huge = "x".repeat(65536 + 512 * 1024 + 1);
         let r = kv.put(put("k", &huge)).await;
         assert_eq!(
