@@ -73,6 +73,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Takes transparent huge pages off for this process's anonymous memory. With them on, the
+/// allocator's freed memory goes back to the kernel in 64 KiB pieces and comes back as a
+/// fresh 2 MiB page, zeroed whole, when any byte of it is touched again: under a steady
+/// write load the leader's executor spent a fifth of its time zeroing pages. See tuning.md
+/// ("Transparent huge pages").
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and changes nothing but this flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(
+            "could not turn transparent huge pages off: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Each connection takes a descriptor: the soft limit is raised to the hard one, as Go's
 /// runtime does for etcd (a soft limit of 1,024 is common and far under what a member
 /// serves).
@@ -1062,6 +1078,7 @@ fn main() -> ExitCode {
                 std::process::exit(EXIT_PANIC);
             }));
             raise_open_files_limit();
+            disable_transparent_huge_pages();
             let config = cairn::server::ServeConfig {
                 name: args.name,
                 data_dir: args.data_dir,
