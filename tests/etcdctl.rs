@@ -652,15 +652,18 @@ fn etcdctl_sees_a_three_member_cairn_as_etcd() {
 }
 
 /// The lines of `check perf` that give its verdict (the progress bar aside): `PASS...`,
-/// or `FAIL...`, `Slowest request took too long...`, `Stddev too high...`.
+/// or `FAIL...`, `Slowest request took too long...`, `Stddev too high...`. The first may
+/// follow the bar's last frame on the same line (when the bar stops short of its end, it
+/// prints no line break).
 fn verdicts(stdout: &str) -> Vec<&str> {
     stdout
         .split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|l| {
+        .filter_map(|l| {
             ["PASS", "FAIL", "Slowest", "Stddev"]
                 .iter()
-                .any(|p| l.starts_with(p))
+                .filter_map(|p| l.find(p))
+                .min()
+                .map(|at| l[at..].trim())
         })
         .collect()
 }
