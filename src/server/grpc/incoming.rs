@@ -1,15 +1,15 @@
-//! The connections of a `--listen-client-urls` listener, before tonic sees them. etcd
+//! The connections of a `--listen-client-urls` listener, before the gRPC server sees them. etcd
 //! serves gRPC and HTTP (`/metrics`, `/health`, `/version`...) on its client port, so each
 //! connection is told apart by its first bytes, peeked and left unread: an HTTP/2
-//! connection begins with the client preface (RFC 9113 §3.4) and goes to tonic, anything
+//! connection begins with the client preface (RFC 9113 §3.4) and goes to the gRPC server, anything
 //! else goes to the HTTP/1 server's [`Handoff`] (which answers 400 to what is not HTTP).
 //!
 //! Bounds: at most [`CONNECTIONS_MAX`] connections of a listener at once, whether being
-//! told apart or served by tonic; one more is closed as soon as it is accepted (the
+//! told apart or served by the gRPC server; one more is closed as soon as it is accepted (the
 //! native protocol's shards do the same), so that a flood of connections costs descriptors
 //! and memory up to a known amount. A connection must show its protocol within
 //! [`SNIFF_TIMEOUT`], or it is closed. What a gRPC client sends passes through
-//! [`headers::Rewriter`](super::headers) on its way to tonic.
+//! [`headers::Rewriter`](super::headers) on its way to the gRPC server.
 
 use super::headers::Rewriter;
 use crate::server::http::Handoff;
@@ -20,7 +20,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Connections one client URL's listener holds at once (gRPC ones, and those whose
 /// protocol is not known yet; HTTP/1 ones count against the HTTP server's own bound).
@@ -29,7 +28,7 @@ pub const CONNECTIONS_MAX: usize = 1024;
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connection that sent part of the preface is looked at again.
 const SNIFF_POLL: Duration = Duration::from_millis(10);
-/// Told-apart gRPC connections waiting for tonic to take them.
+/// Told-apart gRPC connections waiting for the gRPC server to take them.
 const HANDED_QUEUE_MAX: usize = 64;
 /// How long the acceptor waits after a failed accept (out of descriptors, say): the
 /// connection waits in the backlog meanwhile.
@@ -60,20 +59,20 @@ fn classify(first: &[u8]) -> Option<Protocol> {
 }
 
 /// An accepted gRPC connection; it holds its place among the listener's
-/// [`CONNECTIONS_MAX`] until tonic drops it.
+/// [`CONNECTIONS_MAX`] until the gRPC server drops it.
 pub(super) struct Conn {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     rewriter: Rewriter,
     /// Bytes read from the client, not yet rewritten.
     read: Box<[u8]>,
-    /// Rewritten bytes, not yet taken by tonic, from `taken` on.
+    /// Rewritten bytes, not yet taken by the gRPC server, from `taken` on.
     rewritten: Vec<u8>,
     taken: usize,
 }
 
-/// The gRPC connections of `listener`, as tonic takes them: the acceptor stops once
-/// tonic drops the stream (the member stops).
+/// The gRPC connections of `listener`, as the gRPC server takes them: the acceptor stops once
+/// the server drops the stream (the member stops).
 pub(super) fn incoming(
     listener: TcpListener,
     http: Handoff,
@@ -112,7 +111,7 @@ async fn accept(listener: TcpListener, tx: mpsc::Sender<std::io::Result<Conn>>, 
     }
 }
 
-/// Hands `stream` to tonic or to the HTTP/1 server, or closes it if it ends or stays
+/// Hands `stream` to the gRPC server or to the HTTP/1 server, or closes it if it ends or stays
 /// silent before it tells its protocol.
 async fn sort(
     stream: TcpStream,
@@ -122,7 +121,7 @@ async fn sort(
 ) {
     match tokio::time::timeout(SNIFF_TIMEOUT, protocol(&stream)).await {
         Ok(Some(Protocol::Http2)) => {
-            // Fails only when tonic stopped taking connections: this one closes too.
+            // Fails only when the gRPC server stopped taking connections: this one closes too.
             let _ = tx
                 .send(Ok(Conn {
                     stream,
@@ -159,14 +158,6 @@ async fn protocol(stream: &TcpStream) -> Option<Protocol> {
         }
         // Part of the preface: peeking again at once would see the same bytes.
         tokio::time::sleep(SNIFF_POLL).await;
-    }
-}
-
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
     }
 }
 

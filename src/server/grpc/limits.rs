@@ -1,54 +1,15 @@
 //! A request message over the size limit is ResourceExhausted with etcd (grpc-go's
-//! "received message larger than max"); tonic says OutOfRange. This layer gives such
-//! answers etcd's code, so that clients treat them as etcd's.
+//! "received message larger than max"); tonic says OutOfRange. This gives such
+//! answers etcd's code, so that clients treat them as etcd's (every response passes through
+//! [`resource_exhausted`]).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use tonic::codegen::http;
 
 /// tonic's words for a message over `max_decoding_message_size`.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large";
 
-#[derive(Clone, Copy)]
-pub(super) struct EtcdLimitsLayer;
-
-impl<S> tower::Layer<S> for EtcdLimitsLayer {
-    type Service = EtcdLimits<S>;
-
-    fn layer(&self, inner: S) -> EtcdLimits<S> {
-        EtcdLimits(inner)
-    }
-}
-
-#[derive(Clone)]
-pub(super) struct EtcdLimits<S>(S);
-
-impl<S, B, R> tower::Service<http::Request<B>> for EtcdLimits<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let answer = self.0.call(req);
-        Box::pin(async move {
-            let mut resp = answer.await?;
-            resource_exhausted(resp.headers_mut());
-            Ok(resp)
-        })
-    }
-}
-
 /// Rewrites a trailers-only answer "OutOfRange: message too large" as etcd's.
-fn resource_exhausted(headers: &mut http::HeaderMap) {
+pub(super) fn resource_exhausted(headers: &mut http::HeaderMap) {
     let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
     let too_large = headers
         .get("grpc-status")

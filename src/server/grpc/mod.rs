@@ -1,14 +1,15 @@
-//! The etcd v3 gRPC API (tonic), on a thread of its own with a one-thread tokio runtime,
-//! translating each call to the same internal requests the native protocol makes
-//! (`super::front`): proposals with the same log commands, ReadIndex for linearizable
-//! reads, the published view for serializable ones, the watch hub for watch streams.
+//! The etcd v3 gRPC API: tonic's generated services on hyper's HTTP/2 (`router`), on a
+//! thread of its own with a one-thread tokio runtime, translating each call to the same
+//! internal requests the native protocol makes (`super::front`): proposals with the same
+//! log commands, ReadIndex for linearizable reads, the published view for serializable
+//! ones, the watch hub for watch streams.
 //! Services: KV, Watch, Lease, Cluster, Maintenance, and etcd's Lock (`v3lockpb`) and
 //! Election (`v3electionpb`) on the lock logic the native protocol serves
 //! (`super::lock`); others are answered Unimplemented, as any unknown method is.
 //!
 //! Each client URL's port serves HTTP/1 too (`/metrics`, `/health`...), as etcd's does:
 //! `incoming` tells the two apart per connection and bounds the connections; `headers`
-//! turns the `:authority` etcdctl 3.4 sends as a URL into one tonic takes.
+//! turns the `:authority` etcdctl 3.4 sends as a URL into one the HTTP/2 server takes.
 //!
 //! Bounds: connections per listener ([`incoming::CONNECTIONS_MAX`]), streams per
 //! connection, request message size (`--max-request-bytes` plus
@@ -26,6 +27,7 @@ mod lease;
 mod limits;
 mod lock;
 mod maintenance;
+mod router;
 mod status;
 mod watch;
 
@@ -257,6 +259,11 @@ async fn run(
     // Both end with the runtime.
     tokio::spawn(ctx.hub.clone().dispatch());
     tokio::spawn(ctx.reads.clone().run(shared.clone()));
+    let services = router::Services::new(
+        ctx.clone(),
+        ctx.max_request_bytes + GRPC_OVERHEAD_BYTES,
+        SEND_BYTES_MAX,
+    );
     let mut servers = tokio::task::JoinSet::new();
     for l in listeners {
         let listener = match tokio::net::TcpListener::from_std(l) {
@@ -268,16 +275,14 @@ async fn run(
             }
         };
         let incoming = incoming::incoming(listener, http.clone());
-        let (ctx, stopping) = (ctx.clone(), shared.clone());
+        let (services, stopping) = (services.clone(), shared.clone());
         servers.spawn(async move {
             let stop = async move {
                 while stopping.phase() < Phase::Stopping {
                     tokio::time::sleep(PHASE_POLL).await;
                 }
             };
-            if let Err(e) = serve(ctx, incoming, stop).await {
-                tracing::warn!(error = %e, "the gRPC server failed");
-            }
+            router::serve(services, incoming, stop).await;
         });
     }
     while shared.phase() < Phase::Stopping {
@@ -289,62 +294,4 @@ async fn run(
         while servers.join_next().await.is_some() {}
     })
     .await;
-}
-
-/// etcd clients send `hasleader: true` to be told at once when the member has no leader.
-fn has_leader(shared: Arc<Shared>) -> impl tonic::service::Interceptor + Clone {
-    move |req: tonic::Request<()>| {
-        let wants_leader = req
-            .metadata()
-            .get("hasleader")
-            .is_some_and(|v| v.as_bytes() == b"true");
-        if wants_leader && shared.status.lock().leader == 0 {
-            return Err(status::no_leader());
-        }
-        Ok(req)
-    }
-}
-
-/// Serves the services on `incoming` until `stop` ends.
-async fn serve(
-    ctx: Ctx,
-    incoming: impl tokio_stream::Stream<Item = std::io::Result<incoming::Conn>>,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let recv_max = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    // Every service takes the same message bounds (the generated servers share no trait
-    // to set them through).
-    macro_rules! bounded {
-        ($server:expr) => {
-            $server
-                .max_decoding_message_size(recv_max)
-                .max_encoding_message_size(SEND_BYTES_MAX)
-        };
-    }
-    // HTTP/2's default frame size and header table size stay: `headers` relies on them.
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
-        .layer(limits::EtcdLimitsLayer)
-        .layer(tonic::service::InterceptorLayer::new(has_leader(
-            ctx.shared.clone(),
-        )))
-        .add_service(bounded!(pb::kv_server::KvServer::new(ctx.clone())))
-        .add_service(bounded!(pb::lease_server::LeaseServer::new(ctx.clone())))
-        .add_service(bounded!(pb::watch_server::WatchServer::new(ctx.clone())))
-        .add_service(bounded!(pb::cluster_server::ClusterServer::new(
-            ctx.clone()
-        )))
-        .add_service(bounded!(pb::maintenance_server::MaintenanceServer::new(
-            ctx.clone()
-        )))
-        .add_service(bounded!(v3lockpb::lock_server::LockServer::new(
-            ctx.clone()
-        )))
-        .add_service(bounded!(
-            v3electionpb::election_server::ElectionServer::new(ctx)
-        ))
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await
 }
