@@ -195,7 +195,7 @@ enum Command {
     /// Runs a member. Flags keep etcd's names; each is also read from CAIRN_<FLAG>, and
     /// --name, --initial-cluster, --initial-advertise-peer-urls and --initial-cluster-state
     /// from etcd's ETCD_<FLAG> (which `member add` prints) where CAIRN_<FLAG> is not set.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Puts the given key into the store. Without a value, the value is all of standard
     /// input.
     Put(cairn::cli::PutArgs),
@@ -403,6 +403,19 @@ struct ServeArgs {
           env = "CAIRN_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m",
           value_parser = parse_duration)]
     watch_progress_notify_interval: Duration,
+    /// Minimum time a client should wait before pinging the server: one pinging more often
+    /// is sent GOAWAY "too_many_pings" and disconnected (a duration: 5s, 500ms...).
+    #[arg(long, env = "CAIRN_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s",
+          value_parser = parse_duration)]
+    grpc_keepalive_min_time: Duration,
+    /// How long a gRPC connection may stay silent before the server pings it.
+    #[arg(long, env = "CAIRN_GRPC_KEEPALIVE_INTERVAL", default_value = "2h",
+          value_parser = parse_duration)]
+    grpc_keepalive_interval: Duration,
+    /// How long the server waits for the answer to its ping before closing the connection.
+    #[arg(long, env = "CAIRN_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s",
+          value_parser = parse_duration)]
+    grpc_keepalive_timeout: Duration,
     /// Number of executors for spread and unpinned; 0: one per core this process may use.
     #[arg(long, env = "CAIRN_EXECUTORS", default_value_t = 0)]
     executors: usize,
@@ -1066,6 +1079,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
+            let args = *args;
             tracing_subscriber::fmt()
                 .with_max_level(args.log_level)
                 .with_writer(std::io::stderr)
@@ -1103,6 +1117,11 @@ fn main() -> ExitCode {
                 snapshot_catch_up_entries: args.snapshot_catch_up_entries,
                 lease_checkpoint_interval_ms: args.lease_checkpoint_interval,
                 listen_metrics_urls: args.listen_metrics_urls,
+                grpc_keepalive: cairn::server::GrpcKeepalive {
+                    min_time: args.grpc_keepalive_min_time,
+                    interval: args.grpc_keepalive_interval,
+                    timeout: args.grpc_keepalive_timeout,
+                },
                 wal_segment_bytes: args.wal_segment_bytes,
                 quota_backend_bytes: if args.quota_backend_bytes == 0 {
                     DEFAULT_QUOTA_BACKEND_BYTES

@@ -32,6 +32,7 @@ fn config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
         snapshot_catch_up_entries: 5_000,
         lease_checkpoint_interval_ms: cairn::lease::CHECKPOINT_INTERVAL_MS_DEFAULT,
         listen_metrics_urls: Vec::new(),
+        grpc_keepalive: Default::default(),
         wal_segment_bytes: 8 << 20,
         quota_backend_bytes: 8 << 30,
         watch_progress_notify_ms: 600_000,

@@ -1260,3 +1260,151 @@ mod lock_and_election {
         });
     }
 }
+
+mod keepalive {
+    //! etcd's keepalive enforcement: a client pinging more often than
+    //! `--grpc-keepalive-min-time` (or pinging at all on a connection with no call open) is
+    //! sent GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and disconnected; one that keeps to
+    //! the minimum time is answered, and other clients are served throughout.
+
+    use super::*;
+    use std::io::{Read, Write};
+
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
+    const HEADERS: u8 = 0x1;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut b = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        b.extend_from_slice(&[kind, flags]);
+        b.extend_from_slice(&stream.to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    /// The next frame from the server: kind, flags, payload; `None` once it closed.
+    fn next_frame(s: &mut std::net::TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).ok()?;
+        Some((head[3], head[4], payload))
+    }
+
+    /// Frames up to the server's answer to a ping: true for the PING ACK, false for a
+    /// GOAWAY "too_many_pings" followed by the connection's end.
+    fn answer_to_ping(s: &mut std::net::TcpStream) -> bool {
+        loop {
+            let (kind, flags, payload) = next_frame(s).expect("the server closed without GOAWAY");
+            match kind {
+                PING if flags & 1 == 1 => return true,
+                GOAWAY => {
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    assert_eq!(code, ENHANCE_YOUR_CALM);
+                    assert_eq!(&payload[8..], b"too_many_pings");
+                    assert!(
+                        next_frame(s).is_none(),
+                        "the connection stays open after GOAWAY"
+                    );
+                    return false;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A connection past the preface and settings exchange.
+    fn connect(addr: &str) -> std::net::TcpStream {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(H2_START).expect("preface");
+        s.write_all(&frame(SETTINGS, 1, 0, &[]))
+            .expect("settings ack");
+        s
+    }
+
+    /// Opens a Watch call that stays open (a literal header block, no Huffman coding).
+    fn open_watch(s: &mut std::net::TcpStream) {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/etcdserverpb.Watch/Watch"),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ] {
+            block.push(0);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        s.write_all(&frame(HEADERS, 0x4, 1, &block))
+            .expect("headers");
+    }
+
+    fn ping(s: &mut std::net::TcpStream, n: u8) {
+        s.write_all(&frame(PING, 0, 0, &[n; 8])).expect("ping");
+    }
+
+    #[test]
+    fn clients_pinging_too_often_are_sent_goaway() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let native = common::free_addr();
+        let grpc = common::free_addr();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(["serve", "--listen-native-addr", &native, "--data-dir"])
+            .arg(dir.path().join("d"))
+            .args([
+                "--listen-peer-urls",
+                &format!("http://{}", common::free_addr()),
+            ])
+            .args(["--listen-client-urls", &format!("http://{grpc}")])
+            .args(["--grpc-keepalive-min-time", "300ms", "--log-level", "warn"])
+            .stderr(std::process::Stdio::null());
+        let mut child = Process(cmd.spawn().expect("spawn cairn serve"));
+        common::wait_serving(&native, Some(&mut child.0));
+
+        // No call open: keepalive is not permitted, so the third strike comes on the
+        // fourth ping, however slow.
+        let mut idle = connect(&grpc);
+        for n in 0..3 {
+            ping(&mut idle, n);
+            assert!(answer_to_ping(&mut idle), "ping {n} refused");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        ping(&mut idle, 3);
+        assert!(
+            !answer_to_ping(&mut idle),
+            "an idle client pinged four times"
+        );
+
+        // A call open: pings the minimum time apart are answered, however many.
+        let mut busy = connect(&grpc);
+        open_watch(&mut busy);
+        for n in 0..6 {
+            ping(&mut busy, n);
+            assert!(answer_to_ping(&mut busy), "ping {n}, 400 ms apart, refused");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        // Then four back to back: the third is the third strike. (The server may read the
+        // four at once and answer none of them before its GOAWAY.)
+        for n in 0..4 {
+            ping(&mut busy, 10 + n);
+        }
+        let acks = (0..4).take_while(|_| answer_to_ping(&mut busy)).count();
+        assert!(acks <= 2, "{acks} pings answered before GOAWAY");
+
+        runtime().block_on(async {
+            let mut kv = KvClient::new(channel(&grpc).await);
+            kv.put(put("k", "v"))
+                .await
+                .expect("others are served after a connection is closed");
+        });
+    }
+}

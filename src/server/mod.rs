@@ -115,7 +115,32 @@ pub struct ServeConfig {
     /// `http://host:port` URLs serving `/metrics`, `/health`, `/livez`, `/readyz` and
     /// `/version` (etcd's `--listen-metrics-urls`); none by default.
     pub listen_metrics_urls: Vec<String>,
+    /// gRPC keepalive, as etcd's flags set it.
+    pub grpc_keepalive: GrpcKeepalive,
     pub cluster: ClusterConfig,
+}
+
+/// gRPC keepalive on the client URLs, as etcd configures its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcKeepalive {
+    /// A client that pings more often than this is sent GOAWAY "too_many_pings" and closed
+    /// (etcd's `--grpc-keepalive-min-time`).
+    pub min_time: std::time::Duration,
+    /// A connection silent this long is pinged (`--grpc-keepalive-interval`)...
+    pub interval: std::time::Duration,
+    /// ...and closed if the ping is not answered within this (`--grpc-keepalive-timeout`).
+    pub timeout: std::time::Duration,
+}
+
+impl Default for GrpcKeepalive {
+    /// etcd's defaults: 5 s, 2 h, 20 s.
+    fn default() -> Self {
+        GrpcKeepalive {
+            min_time: std::time::Duration::from_secs(5),
+            interval: std::time::Duration::from_secs(2 * 60 * 60),
+            timeout: std::time::Duration::from_secs(20),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

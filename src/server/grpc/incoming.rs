@@ -9,9 +9,12 @@
 //! native protocol's shards do the same), so that a flood of connections costs descriptors
 //! and memory up to a known amount. A connection must show its protocol within
 //! [`SNIFF_TIMEOUT`], or it is closed. What a gRPC client sends passes through
-//! [`headers::Rewriter`](super::headers) on its way to the gRPC server.
+//! [`headers::Rewriter`](super::headers) on its way to the gRPC server, and the frames
+//! each way through [`keepalive`](super::keepalive), which closes a connection whose client
+//! pings too often.
 
 use super::headers::Rewriter;
+use super::keepalive::{FrameScanner, PingPolicy};
 use crate::server::http::Handoff;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,20 +72,31 @@ pub(super) struct Conn {
     /// Rewritten bytes, not yet taken by the gRPC server, from `taken` on.
     rewritten: Vec<u8>,
     taken: usize,
+    /// etcd's keepalive enforcement: the frames each way, and the client's pings.
+    from_client: FrameScanner,
+    to_client: FrameScanner,
+    pings: PingPolicy,
 }
 
-/// The gRPC connections of `listener`, as the gRPC server takes them: the acceptor stops once
-/// the server drops the stream (the member stops).
+/// The gRPC connections of `listener`, as the gRPC server takes them: the acceptor stops
+/// once the server drops the stream (the member stops). A client pinging more often than
+/// `ping_min_time` is sent GOAWAY and closed (`keepalive`).
 pub(super) fn incoming(
     listener: TcpListener,
     http: Handoff,
+    ping_min_time: Duration,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(HANDED_QUEUE_MAX);
-    tokio::spawn(accept(listener, tx, http));
+    tokio::spawn(accept(listener, tx, http, ping_min_time));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-async fn accept(listener: TcpListener, tx: mpsc::Sender<std::io::Result<Conn>>, http: Handoff) {
+async fn accept(
+    listener: TcpListener,
+    tx: mpsc::Sender<std::io::Result<Conn>>,
+    http: Handoff,
+    ping_min_time: Duration,
+) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let accepted = tokio::select! {
@@ -107,7 +121,7 @@ async fn accept(listener: TcpListener, tx: mpsc::Sender<std::io::Result<Conn>>, 
         };
         // Replies are small and written as they are ready: no Nagle delay on them.
         let _ = stream.set_nodelay(true);
-        tokio::spawn(sort(stream, slot, tx.clone(), http.clone()));
+        tokio::spawn(sort(stream, slot, tx.clone(), http.clone(), ping_min_time));
     }
 }
 
@@ -118,6 +132,7 @@ async fn sort(
     slot: OwnedSemaphorePermit,
     tx: mpsc::Sender<std::io::Result<Conn>>,
     http: Handoff,
+    ping_min_time: Duration,
 ) {
     match tokio::time::timeout(SNIFF_TIMEOUT, protocol(&stream)).await {
         Ok(Some(Protocol::Http2)) => {
@@ -130,6 +145,9 @@ async fn sort(
                     read: vec![0; READ_BYTES].into_boxed_slice(),
                     rewritten: Vec::new(),
                     taken: 0,
+                    from_client: FrameScanner::new(PREFACE.len()),
+                    to_client: FrameScanner::new(0),
+                    pings: PingPolicy::new(ping_min_time),
                 }))
                 .await;
         }
@@ -182,9 +200,44 @@ impl AsyncRead for Conn {
             if read.filled().is_empty() {
                 return Poll::Ready(Ok(()));
             }
+            let now = std::time::Instant::now();
+            let mut calm = true;
+            let pings = &mut this.pings;
+            this.from_client
+                .scan(read.filled(), |frame| calm &= pings.client_sent(frame, now));
+            if !calm {
+                return Poll::Ready(Err(this.too_many_pings()));
+            }
             this.rewriter
                 .feed(read.filled(), &mut this.rewritten)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        }
+    }
+}
+
+impl Conn {
+    /// Sends the client GOAWAY "too_many_pings" if the server is between frames (else it
+    /// only closes), and gives the error that ends the connection.
+    fn too_many_pings(&mut self) -> std::io::Error {
+        tracing::debug!("a gRPC client pinged too often: closing its connection");
+        if self.to_client.at_boundary() {
+            let goaway = self.pings.goaway();
+            // Best effort: the connection closes whether or not it goes out whole.
+            let _ = self.stream.try_write(&goaway);
+        }
+        std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "too many pings")
+    }
+
+    /// Notes the frames in the first `n` bytes of `bufs`, written to the client.
+    fn written(&mut self, bufs: &[std::io::IoSlice<'_>], mut n: usize) {
+        let pings = &mut self.pings;
+        for buf in bufs {
+            if n == 0 {
+                break;
+            }
+            let part = &buf[..n.min(buf.len())];
+            self.to_client.scan(part, |frame| pings.server_sent(frame));
+            n -= part.len();
         }
     }
 }
@@ -195,7 +248,10 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let n = std::task::ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
+        this.written(&[std::io::IoSlice::new(buf)], n);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -203,7 +259,10 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let n = std::task::ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
+        this.written(bufs, n);
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -15,13 +15,16 @@
 //! connection, request message size (`--max-request-bytes` plus
 //! etcd's 512 KiB of gRPC overhead: more is ResourceExhausted; a request over
 //! `--max-request-bytes` is etcd's "request is too large"), forwarded requests in flight.
-//! Keepalive as etcd's server: a ping every 2 hours of silence, 20 s for its answer.
+//! Keepalive as etcd's server (`--grpc-keepalive-*`): a ping every 2 hours of silence, 20 s
+//! for its answer, and a client pinging more often than every 5 s is sent GOAWAY
+//! "too_many_pings" (`keepalive`).
 
 mod cluster;
 mod convert;
 mod election;
 mod headers;
 mod incoming;
+mod keepalive;
 mod kv;
 mod lease;
 mod limits;
@@ -50,9 +53,6 @@ const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 const FORWARDS_MAX: usize = 16;
 /// How long a request handed to the leader may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// etcd's `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopping member waits for calls in flight before closing their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the thread looks at the member's phase.
@@ -274,7 +274,8 @@ async fn run(
                 continue;
             }
         };
-        let incoming = incoming::incoming(listener, http.clone());
+        let keepalive = shared.config.grpc_keepalive;
+        let incoming = incoming::incoming(listener, http.clone(), keepalive.min_time);
         let (services, stopping) = (services.clone(), shared.clone());
         servers.spawn(async move {
             let stop = async move {
@@ -282,7 +283,7 @@ async fn run(
                     tokio::time::sleep(PHASE_POLL).await;
                 }
             };
-            router::serve(services, incoming, stop).await;
+            router::serve(services, incoming, stop, keepalive).await;
         });
     }
     while shared.phase() < Phase::Stopping {

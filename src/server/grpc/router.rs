@@ -130,10 +130,11 @@ pub(super) async fn serve(
     services: Services,
     incoming: impl tokio_stream::Stream<Item = std::io::Result<super::incoming::Conn>>,
     stop: impl std::future::Future<Output = ()>,
+    keepalive: crate::server::GrpcKeepalive,
 ) {
     let http2 = http2(
-        super::KEEPALIVE_INTERVAL,
-        super::KEEPALIVE_TIMEOUT,
+        keepalive.interval,
+        keepalive.timeout,
         super::STREAMS_PER_CONNECTION_MAX,
     );
     let (closing, closed) = tokio::sync::watch::channel(false);
