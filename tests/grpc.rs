@@ -658,21 +658,7 @@ async fn watch_calls(ch: &Channel, kv: &mut KvClient<Channel>) {
 /// Unimplemented. The member serves the next request after each.
 #[test]
 fn limits_malformed_and_unknown_requests() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let native = common::free_addr();
-    let grpc = common::free_addr();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args(["serve", "--listen-native-addr", &native, "--data-dir"])
-        .arg(dir.path().join("d"))
-        .args([
-            "--listen-peer-urls",
-            &format!("http://{}", common::free_addr()),
-        ])
-        .args(["--listen-client-urls", &format!("http://{grpc}")])
-        .args(["--max-request-bytes", "65536", "--log-level", "warn"])
-        .stderr(std::process::Stdio::null());
-    let mut child = Process(cmd.spawn().expect("spawn cairn serve"));
-    common::wait_serving(&native, Some(&mut child.0));
+    let (_member, grpc) = OneMember::start(&["--max-request-bytes", "65536"]);
     runtime().block_on(async {
         let ch = channel(&grpc).await;
         let mut kv = KvClient::new(ch.clone());
@@ -751,6 +737,41 @@ where
 
 /// A child process killed when the test ends, however it ends.
 struct Process(std::process::Child);
+
+/// A one-member cluster of its own, started with `cairn serve` and `extra` flags; ends
+/// with the test.
+struct OneMember {
+    // Killed before its directory is removed (fields drop in order).
+    _child: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl OneMember {
+    /// The member, serving, and its gRPC address.
+    fn start(extra: &[&str]) -> (OneMember, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let native = common::free_addr();
+        let grpc = common::free_addr();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(["serve", "--listen-native-addr", &native, "--data-dir"])
+            .arg(dir.path().join("d"))
+            .args([
+                "--listen-peer-urls",
+                &format!("http://{}", common::free_addr()),
+            ])
+            .args(["--listen-client-urls", &format!("http://{grpc}")])
+            .args(extra)
+            .args(["--log-level", "warn"])
+            .stderr(std::process::Stdio::null());
+        let mut child = Process(cmd.spawn().expect("spawn cairn serve"));
+        common::wait_serving(&native, Some(&mut child.0));
+        let member = OneMember {
+            _child: child,
+            _dir: dir,
+        };
+        (member, grpc)
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -1354,21 +1375,7 @@ mod keepalive {
 
     #[test]
     fn clients_pinging_too_often_are_sent_goaway() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let native = common::free_addr();
-        let grpc = common::free_addr();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
-        cmd.args(["serve", "--listen-native-addr", &native, "--data-dir"])
-            .arg(dir.path().join("d"))
-            .args([
-                "--listen-peer-urls",
-                &format!("http://{}", common::free_addr()),
-            ])
-            .args(["--listen-client-urls", &format!("http://{grpc}")])
-            .args(["--grpc-keepalive-min-time", "300ms", "--log-level", "warn"])
-            .stderr(std::process::Stdio::null());
-        let mut child = Process(cmd.spawn().expect("spawn cairn serve"));
-        common::wait_serving(&native, Some(&mut child.0));
+        let (_member, grpc) = OneMember::start(&["--grpc-keepalive-min-time", "300ms"]);
 
         // No call open: keepalive is not permitted, so the third strike comes on the
         // fourth ping, however slow.
