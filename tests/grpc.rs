@@ -1129,6 +1129,8 @@ mod lock_and_election {
                 .expect("campaign")
                 .into_inner();
             let ours = won.leader.expect("leader key");
+            // etcd answers a campaign with the header of its first write: its key's creation.
+            assert_eq!(won.header.expect("header").revision, ours.rev);
             let key_a = format!("E/{a:x}");
             assert_eq!(
                 (ours.name.as_slice(), ours.key.clone(), ours.lease),
@@ -1244,15 +1246,16 @@ mod lock_and_election {
             })
             .await
             .expect("resign");
-            let next = tokio::time::timeout(CONVERGE, second)
+            let led = tokio::time::timeout(CONVERGE, second)
                 .await
                 .expect("the second leads in time")
                 .expect("task")
-                .expect("campaign")
-                .leader
-                .expect("leader key");
+                .expect("campaign");
+            let next = led.leader.expect("leader key");
             assert_eq!(next.key, format!("E/{b:x}").into_bytes());
             assert!(next.rev > ours.rev);
+            // Its header is its key's creation, not the resignation it waited for.
+            assert_eq!(led.header.expect("header").revision, next.rev);
             assert_eq!(leader_value(&mut e, "E").await, "w1");
             assert_eq!(
                 next_leader(&mut observed).await,

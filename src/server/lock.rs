@@ -26,7 +26,7 @@ pub(crate) async fn handle(
 ) -> Result<LockResponse, Failure> {
     Ok(match req {
         LockRequest::Lock { name, lease } => {
-            let (key, revision, header) =
+            let (key, revision, header, _) =
                 acquire(shared, &name, lease, Vec::new(), 1, left).await?;
             LockResponse::Lock {
                 header,
@@ -41,7 +41,7 @@ pub(crate) async fn handle(
                     "a semaphore's limit must be at least 1".into(),
                 ));
             }
-            let (key, revision, header) =
+            let (key, revision, header, _) =
                 acquire(shared, &name, lease, Vec::new(), limit, left).await?;
             LockResponse::Acquire {
                 header,
@@ -50,7 +50,9 @@ pub(crate) async fn handle(
             }
         }
         LockRequest::Campaign { name, lease, value } => {
-            let (key, rev, header) = acquire(shared, &name, lease, value, 1, left).await?;
+            // etcd's election answers with the header of the campaign's first write (its
+            // key's creation, or the read of the key it already had), not of its turn.
+            let (key, rev, _, header) = acquire(shared, &name, lease, value, 1, left).await?;
             LockResponse::Campaign {
                 header,
                 leader: LeaderKey {
@@ -188,7 +190,8 @@ fn first_created(prefix: &[u8]) -> RangeRequest {
 }
 
 /// Puts the contender's key (once: kept if it exists) and waits until it is among the
-/// first `limit`: its key, the key's create revision, and the header of when it held.
+/// first `limit`: its key, the key's create revision, the header of when it held, and the
+/// header of its first write (the put of its key, or the read of the key it had).
 async fn acquire(
     shared: &Shared,
     name: &[u8],
@@ -196,7 +199,7 @@ async fn acquire(
     value: Vec<u8>,
     limit: u32,
     left: impl Future<Output = ()>,
-) -> Result<(Vec<u8>, i64, ResponseHeader), Failure> {
+) -> Result<(Vec<u8>, i64, ResponseHeader, ResponseHeader), Failure> {
     let key = lock::contender_key(name, lease);
     let txn = TxnRequest {
         compare: vec![Compare {
@@ -270,7 +273,7 @@ async fn acquire(
         None
     };
     match futures_lite::future::or(turn, gone).await {
-        Some(Ok(Ok(revision))) => Ok((key, rev, ResponseHeader { revision })),
+        Some(Ok(Ok(revision))) => Ok((key, rev, ResponseHeader { revision }, t.header)),
         Some(Ok(Err(why))) => Err((ErrorCode::Unavailable, why)),
         Some(Err(_)) => Err(stopping()),
         None => {
