@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an observer may be without a member to observe through, after one is killed.
-const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
 fn one_cluster_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -355,14 +353,9 @@ fn an_election_is_observed_through_every_member_across_a_leader_kill() {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let mut seen: Vec<(String, String)> = Vec::new();
-                // The observer of the member killed is between members for a while: `next`
-                // says so when a wait ends before it is connected again, and the next call
-                // goes on reconnecting. Only a stream that stays broken fails the test.
-                let mut connected_at = std::time::Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     match stream.next(Duration::from_millis(200)) {
                         Ok(Some(kv)) => {
-                            connected_at = std::time::Instant::now();
                             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                             let now = (text(&kv.key), text(&kv.value));
                             // A proclamation sent again after a failure is the same state.
@@ -370,11 +363,8 @@ fn an_election_is_observed_through_every_member_across_a_leader_kill() {
                                 seen.push(now);
                             }
                         }
-                        Ok(None) => connected_at = std::time::Instant::now(),
-                        Err(e) if connected_at.elapsed() > RECONNECT_MAX => {
-                            panic!("observer {i}: {e}")
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        Ok(None) => {}
+                        Err(e) => panic!("observer {i}: {e}"),
                     }
                 }
                 seen

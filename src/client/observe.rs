@@ -1,6 +1,7 @@
 //! [`ObserveStream`]: an election's leader now and at each change, blocking. When the
 //! connection fails, it observes again through the next endpoint; the leader it was last
-//! given is not given twice.
+//! given is not given twice. It gives up once no endpoint has taken the stream for
+//! [`RECONNECT_MAX`].
 
 use super::ClientError;
 use crate::lock::{LockRequest, LockResponse};
@@ -10,6 +11,11 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// How long a stream may go without an endpoint to observe through before
+/// [`ObserveStream::next`] fails: long enough for a cluster to elect a new leader and for
+/// a client to reach another member after one stops.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
 pub struct ObserveStream {
     endpoints: Vec<String>,
     timeout: Duration,
@@ -18,6 +24,8 @@ pub struct ObserveStream {
     buf: Vec<u8>,
     /// The leader last returned: its key and mod revision.
     last: Option<(Vec<u8>, i64)>,
+    /// Since when the stream has had no working connection.
+    broken_since: Option<Instant>,
 }
 
 impl ObserveStream {
@@ -35,6 +43,7 @@ impl ObserveStream {
             conn: None,
             buf: Vec::new(),
             last: None,
+            broken_since: None,
         };
         s.observe_from(0)?;
         Ok(s)
@@ -65,12 +74,14 @@ impl ObserveStream {
 
     /// The next leader (its key-value: the key, its create revision, the proclaimed
     /// value), waiting at most `wait`; `None` if none came. A failed connection is
-    /// replaced within `wait`.
+    /// replaced meanwhile (`None` if the wait ends first: the next call goes on); the
+    /// stream fails once no endpoint has taken it for [`RECONNECT_MAX`].
     pub fn next(&mut self, wait: Duration) -> Result<Option<KeyValue>, ClientError> {
         let deadline = Instant::now() + wait;
         loop {
             let failed = match self.read_one(deadline) {
                 Ok(kv) => {
+                    self.broken_since = None;
                     let id = (kv.key.clone(), kv.mod_revision);
                     if self.last.as_ref() == Some(&id) {
                         continue; // given already, before a reconnect
@@ -78,15 +89,23 @@ impl ObserveStream {
                     self.last = Some(id);
                     return Ok(Some(kv));
                 }
-                Err(ClientError::Timeout { .. }) => return Ok(None),
+                Err(ClientError::Timeout { .. }) => {
+                    self.broken_since = None;
+                    return Ok(None);
+                }
                 // Refused, not failed: another member would refuse it too.
                 Err(e @ ClientError::Server { code, .. }) if code != ErrorCode::Unavailable => {
                     return Err(e)
                 }
                 Err(e) => e,
             };
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            let broken_since = *self.broken_since.get_or_insert(now);
+            if now.duration_since(broken_since) >= RECONNECT_MAX {
                 return Err(failed);
+            }
+            if now >= deadline {
+                return Ok(None);
             }
             let next = self.conn.take().map_or(0, |(i, _)| i + 1);
             if self.observe_from(next).is_err() {
