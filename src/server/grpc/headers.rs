@@ -18,6 +18,7 @@
 //! again and again). A client that exceeds them, or sends a block that does not decode,
 //! has its connection closed.
 
+use super::keepalive::Frame;
 use std::collections::VecDeque;
 
 /// The client connection preface, passed through before the frames.
@@ -85,8 +86,14 @@ impl Rewriter {
     }
 
     /// Takes `input` (bytes from the client) and appends what the server is to read to
-    /// `out`.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    /// `out`, calling `seen` with the header of each frame as the client sent it (for
+    /// `keepalive`).
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+        mut seen: impl FnMut(Frame),
+    ) -> Result<(), Malformed> {
         while !input.is_empty() {
             let through = if self.preface_left > 0 {
                 &mut self.preface_left
@@ -108,7 +115,7 @@ impl Rewriter {
             self.pending.extend_from_slice(&input[..n]);
             input = &input[n..];
             if self.pending.len() == FRAME_HEADER_BYTES || self.pending.len() == wanted {
-                self.frame(out)?;
+                self.frame(out, &mut seen)?;
             }
         }
         Ok(())
@@ -116,7 +123,7 @@ impl Rewriter {
 
     /// Looks at the frame in `pending`: a header that starts another frame, or a whole
     /// frame of a header block.
-    fn frame(&mut self, out: &mut Vec<u8>) -> Result<(), Malformed> {
+    fn frame(&mut self, out: &mut Vec<u8>, seen: &mut impl FnMut(Frame)) -> Result<(), Malformed> {
         let length = frame_length(&self.pending).unwrap_or(0);
         let kind = self.pending[3];
         let in_block = kind == HEADERS || kind == CONTINUATION;
@@ -125,6 +132,7 @@ impl Rewriter {
                 if self.open.is_some() {
                     return Err(Malformed("a frame inside a header block"));
                 }
+                seen(Frame::of(&self.pending));
                 out.extend_from_slice(&self.pending);
                 self.pending.clear();
                 self.passing = length;
@@ -137,6 +145,7 @@ impl Rewriter {
             return Ok(());
         }
         let frame = std::mem::take(&mut self.pending);
+        seen(Frame::of(&frame));
         let (flags, stream_id) = (frame[4], [frame[5], frame[6], frame[7], frame[8]]);
         let payload = &frame[FRAME_HEADER_BYTES..];
         match (kind, &self.open) {
@@ -704,7 +713,7 @@ mod tests {
         let mut r = Rewriter::new();
         let mut out = Vec::new();
         for chunk in input.chunks(step) {
-            r.feed(chunk, &mut out).expect("rewrites");
+            r.feed(chunk, &mut out, |_| {}).expect("rewrites");
         }
         let mut blocks = Vec::new();
         let mut server = Table::new();
@@ -796,10 +805,10 @@ mod tests {
         input.extend(frame(HEADERS, 0, 1, &hex("82")));
         input.extend(frame(0x0, 0, 1, b"x"));
         let mut out = Vec::new();
-        assert!(Rewriter::new().feed(&input, &mut out).is_err());
+        assert!(Rewriter::new().feed(&input, &mut out, |_| {}).is_err());
         let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         input.extend(&[0x01, 0x00, 0x00, HEADERS, END_HEADERS, 0, 0, 0, 1]);
-        assert!(Rewriter::new().feed(&input, &mut out).is_err());
+        assert!(Rewriter::new().feed(&input, &mut out, |_| {}).is_err());
         assert_eq!(authority(b"https://a:1/x"), b"a:1");
         assert_eq!(authority(b"a:1"), b"a:1");
     }

@@ -9,9 +9,9 @@
 //! native protocol's shards do the same), so that a flood of connections costs descriptors
 //! and memory up to a known amount. A connection must show its protocol within
 //! [`SNIFF_TIMEOUT`], or it is closed. What a gRPC client sends passes through
-//! [`headers::Rewriter`](super::headers) on its way to the gRPC server, and the frames
-//! each way through [`keepalive`](super::keepalive), which closes a connection whose client
-//! pings too often.
+//! [`headers::Rewriter`](super::headers) on its way to the gRPC server; the frames each
+//! way go to [`keepalive`](super::keepalive), which closes a connection whose client pings
+//! too often.
 
 use super::headers::Rewriter;
 use super::keepalive::{FrameScanner, PingPolicy};
@@ -72,8 +72,8 @@ pub(super) struct Conn {
     /// Rewritten bytes, not yet taken by the gRPC server, from `taken` on.
     rewritten: Vec<u8>,
     taken: usize,
-    /// etcd's keepalive enforcement: the frames each way, and the client's pings.
-    from_client: FrameScanner,
+    /// etcd's keepalive enforcement: the frames written to the client (the rewriter reports
+    /// the client's), and the client's pings.
     to_client: FrameScanner,
     pings: PingPolicy,
 }
@@ -145,8 +145,7 @@ async fn sort(
                     read: vec![0; READ_BYTES].into_boxed_slice(),
                     rewritten: Vec::new(),
                     taken: 0,
-                    from_client: FrameScanner::new(PREFACE.len()),
-                    to_client: FrameScanner::new(0),
+                    to_client: FrameScanner::new(),
                     pings: PingPolicy::new(ping_min_time),
                 }))
                 .await;
@@ -203,14 +202,14 @@ impl AsyncRead for Conn {
             let now = std::time::Instant::now();
             let mut calm = true;
             let pings = &mut this.pings;
-            this.from_client
-                .scan(read.filled(), |frame| calm &= pings.client_sent(frame, now));
+            this.rewriter
+                .feed(read.filled(), &mut this.rewritten, |frame| {
+                    calm &= pings.client_sent(frame, now)
+                })
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             if !calm {
                 return Poll::Ready(Err(this.too_many_pings()));
             }
-            this.rewriter
-                .feed(read.filled(), &mut this.rewritten)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
         }
     }
 }

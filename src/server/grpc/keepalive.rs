@@ -1,7 +1,8 @@
 //! etcd's keepalive enforcement on gRPC connections: a client that pings more often than
 //! `--grpc-keepalive-min-time` (5 s) is sent GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and
 //! its connection closed, as grpc-go's server does for etcd. Sans-IO: `super::incoming`
-//! feeds it the bytes each way and writes the GOAWAY it returns.
+//! feeds it the frames each way (the client's as `headers::Rewriter` parses them, the
+//! server's through [`FrameScanner`]) and writes the GOAWAY it returns.
 //!
 //! grpc-go's rule, kept here: a client PING that comes sooner than the minimum time after
 //! the previous one is a strike (or, on a connection with no call open, sooner than 2
@@ -41,11 +42,20 @@ pub(super) struct Frame {
     stream: u32,
 }
 
-/// Finds the frame headers in one direction of an HTTP/2 connection, fed its bytes in
-/// pieces of any size.
+impl Frame {
+    /// The header at the start of `h` (at least [`HEADER_BYTES`] long).
+    pub(super) fn of(h: &[u8]) -> Frame {
+        Frame {
+            kind: h[3],
+            flags: h[4],
+            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+        }
+    }
+}
+
+/// Finds the frame headers in what the server writes, fed its bytes in pieces of any
+/// size. (What the client sends is parsed by `headers::Rewriter`, which reports them.)
 pub(super) struct FrameScanner {
-    /// Bytes still to skip before the first frame (the client's connection preface).
-    skip: usize,
     header: [u8; HEADER_BYTES],
     have: usize,
     /// Payload bytes of the current frame still to pass.
@@ -53,10 +63,8 @@ pub(super) struct FrameScanner {
 }
 
 impl FrameScanner {
-    /// A scanner for a stream whose frames begin after `skip` bytes.
-    pub(super) fn new(skip: usize) -> FrameScanner {
+    pub(super) fn new() -> FrameScanner {
         FrameScanner {
-            skip,
             header: [0; HEADER_BYTES],
             have: 0,
             payload_left: 0,
@@ -65,17 +73,13 @@ impl FrameScanner {
 
     /// Whether the bytes so far end on a frame's end (a frame may be written next).
     pub(super) fn at_boundary(&self) -> bool {
-        self.skip == 0 && self.have == 0 && self.payload_left == 0
+        self.have == 0 && self.payload_left == 0
     }
 
     /// Passes `bytes`, calling `seen` with each frame header completed in them.
     pub(super) fn scan(&mut self, mut bytes: &[u8], mut seen: impl FnMut(Frame)) {
         while !bytes.is_empty() {
-            let n = if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
-                self.skip -= n;
-                n
-            } else if self.payload_left > 0 {
+            let n = if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
                 self.payload_left -= n;
                 n
@@ -87,11 +91,7 @@ impl FrameScanner {
                     let h = self.header;
                     self.have = 0;
                     self.payload_left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-                    seen(Frame {
-                        kind: h[3],
-                        flags: h[4],
-                        stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
-                    });
+                    seen(Frame::of(&h));
                 }
                 n
             };
@@ -204,8 +204,7 @@ mod tests {
 
     #[test]
     fn frames_are_found_whatever_the_pieces() {
-        let mut stream = b"PREFACE".to_vec();
-        stream.extend(frame_bytes(HEADERS, 0x4, 1, &[7; 20]));
+        let mut stream = frame_bytes(HEADERS, 0x4, 1, &[7; 20]);
         stream.extend(frame_bytes(PING, 0, 0, &[0; 8]));
         stream.extend(frame_bytes(DATA, 0x1, 1, &[]));
         let want = vec![
@@ -226,7 +225,7 @@ mod tests {
             },
         ];
         for piece in [1, 2, 5, 9, 10, 64] {
-            let mut scanner = FrameScanner::new(7);
+            let mut scanner = FrameScanner::new();
             let mut got = Vec::new();
             for chunk in stream.chunks(piece) {
                 scanner.scan(chunk, |f| got.push(f));
@@ -234,7 +233,7 @@ mod tests {
             assert_eq!(got, want, "pieces of {piece}");
             assert!(scanner.at_boundary());
         }
-        let mut scanner = FrameScanner::new(0);
+        let mut scanner = FrameScanner::new();
         scanner.scan(&frame_bytes(DATA, 0, 1, &[1; 4])[..11], |_| {});
         assert!(!scanner.at_boundary());
     }
