@@ -5,11 +5,12 @@
 //! multiplexes them on the connection). Closed loop by default; with `--rate`, open loop,
 //! latency measured from each request's scheduled time, as the native target does.
 
+use crate::unary;
 use crate::{Args, Progress, Workload};
 use cairn::grpc::pb::etcdserverpb::{
-    compare, kv_client::KvClient, lease_client::LeaseClient, request_op, Compare,
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
+    compare, lease_client::LeaseClient, request_op, Compare, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use cairn::grpc::pb::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
 use hdrhistogram::Histogram;
@@ -87,7 +88,7 @@ fn worker(
         let mut channels = Vec::with_capacity(conns.len());
         for &c in &conns {
             let endpoint = &args.endpoints[c % args.endpoints.len()];
-            channels.push(connect(endpoint).await?);
+            channels.push(connect(endpoint, args.workload).await?);
         }
         // Client c is on connection c mod --conns, as with the native target.
         let tasks: Vec<_> = (0..args.clients)
@@ -97,11 +98,9 @@ fn worker(
                     .iter()
                     .position(|&k| k == c % args.conns.max(1))
                     .unwrap_or(0);
-                let channel = channels[at].clone();
+                let link = channels[at].clone();
                 let (args, progress) = (args.clone(), progress.clone());
-                tokio::task::spawn(
-                    async move { client(&args, c, channel, deadline, &progress).await },
-                )
+                tokio::task::spawn(async move { client(&args, c, link, deadline, &progress).await })
             })
             .collect();
         let mut hist = crate::conn::new_hist();
@@ -116,7 +115,23 @@ fn worker(
     })
 }
 
-async fn connect(endpoint: &str) -> Result<Channel, Failure> {
+/// A connection to an endpoint: the key-value workloads make unary calls of their own on
+/// it; lock and lease use tonic's generated clients (their keepalive is a stream).
+#[derive(Clone)]
+enum Link {
+    Unary(unary::Conn),
+    Tonic(Channel),
+}
+
+async fn connect(endpoint: &str, workload: Workload) -> Result<Link, Failure> {
+    if !matches!(workload, Workload::Lock | Workload::Lease) {
+        let authority = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, unary::Conn::connect(authority))
+            .await
+            .map_err(|_| Failure::Unreachable(format!("{endpoint}: connecting timed out")))?
+            .map_err(Failure::Unreachable)?;
+        return Ok(Link::Unary(conn));
+    }
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {
@@ -129,6 +144,7 @@ async fn connect(endpoint: &str) -> Result<Channel, Failure> {
         .tcp_nodelay(true)
         .connect()
         .await
+        .map(Link::Tonic)
         .map_err(|e| unreachable(&e))
 }
 
@@ -136,14 +152,17 @@ async fn connect(endpoint: &str) -> Result<Channel, Failure> {
 async fn client(
     args: &Args,
     c: usize,
-    channel: Channel,
+    link: Link,
     deadline: Instant,
     progress: &Progress,
 ) -> Result<Histogram<u64>, String> {
-    match args.workload {
-        Workload::Lock => lock_client(args, c, channel, deadline, progress).await,
-        Workload::Lease => lease_client(channel, deadline, progress).await,
-        _ => kv_client(args, c, channel, deadline, progress).await,
+    match (args.workload, link) {
+        (Workload::Lock, Link::Tonic(channel)) => {
+            lock_client(args, c, channel, deadline, progress).await
+        }
+        (Workload::Lease, Link::Tonic(channel)) => lease_client(channel, deadline, progress).await,
+        (_, Link::Unary(conn)) => kv_client(args, c, conn, deadline, progress).await,
+        _ => Err("a client on the wrong kind of connection".into()),
     }
 }
 
@@ -152,11 +171,13 @@ async fn client(
 async fn kv_client(
     args: &Args,
     c: usize,
-    channel: Channel,
+    conn: unary::Conn,
     deadline: Instant,
     progress: &Progress,
 ) -> Result<Histogram<u64>, String> {
-    let mut kv = KvClient::new(channel).max_decoding_message_size(64 << 20);
+    let put_uri = conn.uri("/etcdserverpb.KV/Put")?;
+    let range_uri = conn.uri("/etcdserverpb.KV/Range")?;
+    let txn_uri = conn.uri("/etcdserverpb.KV/Txn")?;
     let mut rng = StdRng::seed_from_u64(c as u64);
     let mut hist = crate::conn::new_hist();
     let value = vec![b'v'; args.value_size];
@@ -205,8 +226,14 @@ async fn kv_client(
         };
         let call = async {
             match args.workload {
-                Workload::Range => kv.range(range()).await.map(drop),
-                Workload::Mixed if rng.gen_range(0..10) != 0 => kv.range(range()).await.map(drop),
+                Workload::Range => conn
+                    .call::<_, RangeResponse>(&range_uri, &range())
+                    .await
+                    .map(drop),
+                Workload::Mixed if rng.gen_range(0..10) != 0 => conn
+                    .call::<_, RangeResponse>(&range_uri, &range())
+                    .await
+                    .map(drop),
                 Workload::Txn => {
                     let op = || RequestOp {
                         request: Some(request_op::Request::RequestPut(put())),
@@ -222,9 +249,12 @@ async fn kv_client(
                         success: vec![op()],
                         failure: vec![op()],
                     };
-                    kv.txn(t).await.map(drop)
+                    conn.call::<_, TxnResponse>(&txn_uri, &t).await.map(drop)
                 }
-                _ => kv.put(put()).await.map(drop),
+                _ => conn
+                    .call::<_, PutResponse>(&put_uri, &put())
+                    .await
+                    .map(drop),
             }
         };
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call).await;

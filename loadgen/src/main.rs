@@ -17,6 +17,7 @@
 mod conn;
 mod coord;
 mod etcd;
+mod unary;
 mod watch;
 
 use clap::{Parser, ValueEnum};

@@ -110,3 +110,84 @@ fn every_workload_runs_against_a_member() {
     stop.store(true, Ordering::Relaxed);
     assert_eq!(server.join().unwrap(), Ok(()));
 }
+
+/// `--target etcd` speaks etcd's gRPC API: against the member's gRPC port every workload it
+/// offers completes requests without errors, `fill` writes each key once, and a request the
+/// member refuses counts as an error, not as an operation.
+#[test]
+fn every_workload_runs_through_the_grpc_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let grpc = free_addr();
+    let mut config = member_config(dir.path(), &addr);
+    config.listen_client_urls = vec![format!("http://{grpc}")];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let member_stop = stop.clone();
+    let server = std::thread::spawn(move || {
+        cairn::server::serve_until(config, member_stop).map_err(|e| e.to_string())
+    });
+    wait_for(&grpc);
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairn-loadgen"))
+            .args(["--target", "etcd", "--endpoints", &grpc, "--json"])
+            .args(["--clients", "8", "--conns", "2"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (workload, consistency) in [
+        ("put", "l"),
+        ("range", "s"),
+        ("range", "l"),
+        ("txn", "l"),
+        ("mixed", "s"),
+        ("lock", "l"),
+        ("lease", "l"),
+    ] {
+        let out = run(&[
+            "--workload",
+            workload,
+            "--consistency",
+            consistency,
+            "--key-space",
+            "100",
+            "--duration",
+            "1",
+        ]);
+        assert!(
+            out.status.success(),
+            "{workload}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        assert!(number(&line, "ops") > 0.0, "{workload}: {line}");
+        assert_eq!(number(&line, "errors"), 0.0, "{workload}: {line}");
+    }
+    let out = run(&[
+        "--workload",
+        "fill",
+        "--key-space",
+        "300",
+        "--duration",
+        "60",
+    ]);
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(number(&line, "ops"), 300.0, "{line}");
+    assert_eq!(number(&line, "errors"), 0.0, "{line}");
+    // Values over the member's 1 MiB request limit: every put is refused.
+    let out = run(&[
+        "--workload",
+        "put",
+        "--value-size",
+        "2000000",
+        "--key-space",
+        "100",
+        "--duration",
+        "1",
+    ]);
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(number(&line, "errors") > 0.0, "{line}");
+    assert_eq!(number(&line, "ops"), 0.0, "{line}");
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(server.join().unwrap(), Ok(()));
+}
