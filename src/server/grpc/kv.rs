@@ -52,7 +52,7 @@ impl pb::kv_server::Kv for Ctx {
 
     async fn put(&self, req: GrpcRequest<pb::PutRequest>) -> Reply<pb::PutResponse> {
         let req = req.into_inner();
-        let len = req.encoded_len();
+        let len = self.raft_request_bytes(RAFT_PUT, req.encoded_len());
         match self
             .write(Request::Put(convert::put_request(req)), len)
             .await?
@@ -70,7 +70,7 @@ impl pb::kv_server::Kv for Ctx {
         req: GrpcRequest<pb::DeleteRangeRequest>,
     ) -> Reply<pb::DeleteRangeResponse> {
         let req = req.into_inner();
-        let len = req.encoded_len();
+        let len = self.raft_request_bytes(RAFT_DELETE_RANGE, req.encoded_len());
         match self
             .write(Request::DeleteRange(convert::delete_request(req)), len)
             .await?
@@ -85,7 +85,7 @@ impl pb::kv_server::Kv for Ctx {
 
     async fn txn(&self, req: GrpcRequest<pb::TxnRequest>) -> Reply<pb::TxnResponse> {
         let req = req.into_inner();
-        let len = req.encoded_len();
+        let len = self.raft_request_bytes(RAFT_TXN, req.encoded_len());
         match self
             .write(Request::Txn(convert::txn_request(req)?), len)
             .await?
@@ -108,7 +108,10 @@ impl pb::kv_server::Kv for Ctx {
             physical: req.physical,
         };
         match self
-            .write(Request::Compaction(c), req.encoded_len())
+            .write(
+                Request::Compaction(c),
+                self.raft_request_bytes(RAFT_COMPACTION, req.encoded_len()),
+            )
             .await?
         {
             Response::Compaction(r) => Ok(GrpcResponse::new(pb::CompactionResponse {
@@ -119,7 +122,34 @@ impl pb::kv_server::Kv for Ctx {
     }
 }
 
+/// The field numbers of the requests in etcd's `InternalRaftRequest`.
+const RAFT_PUT: u32 = 4;
+const RAFT_DELETE_RANGE: u32 = 5;
+const RAFT_TXN: u32 = 6;
+const RAFT_COMPACTION: u32 = 7;
+/// And of its request header, and of the id in that header.
+const RAFT_HEADER: u32 = 100;
+const RAFT_HEADER_ID: u32 = 1;
+
 impl Ctx {
+    /// What etcd measures against `--max-request-bytes`: not the gRPC message, of
+    /// `message_bytes`, but the raft request it becomes (`InternalRaftRequest`), that
+    /// message as its field `field` beside a header holding the request's id. etcd makes the
+    /// ids of a member with that member's id in their top 16 bits, above a time in
+    /// milliseconds: as a varint, 9 or 10 bytes depending on the member.
+    fn raft_request_bytes(&self, field: u32, message_bytes: usize) -> usize {
+        use prost::encoding::{encoded_len_varint, key_len};
+        let member = self.shared.status.lock().member_id;
+        let id = ((member & 0xffff) << 48) | (1 << 47);
+        let header = key_len(RAFT_HEADER_ID) + encoded_len_varint(id);
+        key_len(RAFT_HEADER)
+            + encoded_len_varint(header as u64)
+            + header
+            + key_len(field)
+            + encoded_len_varint(message_bytes as u64)
+            + message_bytes
+    }
+
     fn validate(&self, req: &Request) -> Result<(), Status> {
         crate::mvcc::validate(req, self.shared.config.max_txn_ops)
             .map_err(|e| status((crate::protocol::ErrorCode::InvalidRequest, e.to_string())))

@@ -14,7 +14,8 @@
 //! Bounds: connections per listener ([`incoming::CONNECTIONS_MAX`]), streams per
 //! connection, request message size (`--max-request-bytes` plus
 //! etcd's 512 KiB of gRPC overhead: more is ResourceExhausted; a request over
-//! `--max-request-bytes` is etcd's "request is too large"), forwarded requests in flight.
+//! `--max-request-bytes`, measured as etcd does on the raft request a write becomes, is
+//! etcd's "request is too large"), forwarded requests in flight.
 //! Keepalive as etcd's server (`--grpc-keepalive-*`): a ping every 2 hours of silence, 20 s
 //! for its answer, and a client pinging more often than every 5 s is sent GOAWAY
 //! "too_many_pings" (`keepalive`).
