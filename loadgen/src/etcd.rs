@@ -32,42 +32,54 @@ pub enum Failure {
 }
 
 /// Runs the workload (any but watch, which `main` refuses for this target) until the
-/// deadline; the latencies of the requests that completed.
+/// deadline: the latencies of the requests that completed, and why the run failed if it
+/// did (the first failure; a lost connection stops its clients, as with the native
+/// target, and the others go on).
 pub fn run(
     args: &Args,
     cores: usize,
     deadline: Instant,
     progress: &Arc<Progress>,
-) -> Result<Histogram<u64>, Failure> {
+) -> (Histogram<u64>, Option<Failure>) {
     let args = Arc::new(args.clone());
     // One thread a core, each with a runtime of its own holding its share of the
     // connections and of the clients on them: a reply wakes its client on the thread that
     // reads it, never another (work stealing would move tasks, and wake across threads).
     let threads = cores.clamp(1, args.conns.max(1));
-    let workers: Vec<_> = (0..threads)
-        .map(|t| {
-            let (args, progress) = (args.clone(), progress.clone());
-            std::thread::Builder::new()
-                .name(format!("etcd-client-{t}"))
-                .spawn(move || worker(&args, t, threads, deadline, &progress))
-                .map_err(|e| Failure::Failed(format!("cannot start a client thread: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
     let mut hist = crate::conn::new_hist();
     let mut failure = None;
-    for w in workers {
-        match w.join() {
-            Ok(Ok(h)) => hist.add(h).map_err(|e| Failure::Failed(e.to_string()))?,
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(_) => {
-                failure = failure.or(Some(Failure::Failed("a client thread panicked".into())))
+    let mut workers = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let (args, progress) = (args.clone(), progress.clone());
+        match std::thread::Builder::new()
+            .name(format!("etcd-client-{t}"))
+            .spawn(move || worker(&args, t, threads, deadline, &progress))
+        {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                failure = Some(Failure::Failed(format!(
+                    "cannot start a client thread: {e}"
+                )));
+                break;
             }
         }
     }
+    for w in workers {
+        let (h, failed) = w.join().unwrap_or_else(|_| {
+            let panicked = Failure::Failed("a client thread panicked".into());
+            (crate::conn::new_hist(), Some(panicked))
+        });
+        add(&mut hist, h, &mut failure);
+        failure = failure.or(failed);
+    }
     progress.finished.fetch_add(1, Ordering::Relaxed);
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(hist),
+    (hist, failure)
+}
+
+/// Adds `h` to `hist`; a failure to, to `failure` if there is none yet.
+fn add(hist: &mut Histogram<u64>, h: Histogram<u64>, failure: &mut Option<Failure>) {
+    if let Err(e) = hist.add(h) {
+        *failure = failure.take().or(Some(Failure::Failed(e.to_string())));
     }
 }
 
@@ -78,17 +90,27 @@ fn worker(
     threads: usize,
     deadline: Instant,
     progress: &Arc<Progress>,
-) -> Result<Histogram<u64>, Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+) -> (Histogram<u64>, Option<Failure>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))?;
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let failed = Failure::Failed(format!("cannot start the runtime: {e}"));
+            return (crate::conn::new_hist(), Some(failed));
+        }
+    };
     runtime.block_on(async move {
+        let mut hist = crate::conn::new_hist();
         let conns: Vec<usize> = (t..args.conns.max(1)).step_by(threads).collect();
         let mut channels = Vec::with_capacity(conns.len());
         for &c in &conns {
             let endpoint = &args.endpoints[c % args.endpoints.len()];
-            channels.push(connect(endpoint, args.workload).await?);
+            match connect(endpoint, args.workload).await {
+                Ok(link) => channels.push(link),
+                Err(e) => return (hist, Some(e)),
+            }
         }
         // Client c is on connection c mod --conns, as with the native target.
         let tasks: Vec<_> = (0..args.clients)
@@ -103,15 +125,20 @@ fn worker(
                 tokio::task::spawn(async move { client(&args, c, link, deadline, &progress).await })
             })
             .collect();
-        let mut hist = crate::conn::new_hist();
+        let mut failure = None;
         for task in tasks {
-            let h = task
-                .await
-                .map_err(|e| Failure::Failed(format!("a client task failed: {e}")))?
-                .map_err(Failure::Failed)?;
-            hist.add(h).map_err(|e| Failure::Failed(e.to_string()))?;
+            match task.await {
+                Ok((h, failed)) => {
+                    add(&mut hist, h, &mut failure);
+                    failure = failure.or(failed);
+                }
+                Err(e) => {
+                    let failed = Failure::Failed(format!("a client task failed: {e}"));
+                    failure = failure.or(Some(failed));
+                }
+            }
         }
-        Ok(hist)
+        (hist, failure)
     })
 }
 
@@ -155,31 +182,40 @@ async fn client(
     link: Link,
     deadline: Instant,
     progress: &Progress,
-) -> Result<Histogram<u64>, String> {
-    match (args.workload, link) {
+) -> (Histogram<u64>, Option<Failure>) {
+    let done = match (args.workload, link) {
         (Workload::Lock, Link::Tonic(channel)) => {
             lock_client(args, c, channel, deadline, progress).await
         }
         (Workload::Lease, Link::Tonic(channel)) => lease_client(channel, deadline, progress).await,
-        (_, Link::Unary(conn)) => kv_client(args, c, conn, deadline, progress).await,
+        (_, Link::Unary(conn)) => return kv_client(args, c, conn, deadline, progress).await,
         _ => Err("a client on the wrong kind of connection".into()),
+    };
+    match done {
+        Ok(h) => (h, None),
+        Err(e) => (crate::conn::new_hist(), Some(Failure::Failed(e))),
     }
 }
 
 /// The key-value workloads: put, range, txn, mixed and fill, as the native target makes
-/// them (same keys, values and mix).
+/// them (same keys, values and mix). A client stops when its connection is lost.
 async fn kv_client(
     args: &Args,
     c: usize,
     conn: unary::Conn,
     deadline: Instant,
     progress: &Progress,
-) -> Result<Histogram<u64>, String> {
-    let put_uri = conn.uri("/etcdserverpb.KV/Put")?;
-    let range_uri = conn.uri("/etcdserverpb.KV/Range")?;
-    let txn_uri = conn.uri("/etcdserverpb.KV/Txn")?;
-    let mut rng = StdRng::seed_from_u64(c as u64);
+) -> (Histogram<u64>, Option<Failure>) {
     let mut hist = crate::conn::new_hist();
+    let uris = ["Put", "Range", "Txn"].map(|m| conn.uri(&format!("/etcdserverpb.KV/{m}")));
+    let [put_uri, range_uri, txn_uri] = match uris {
+        [Ok(p), Ok(r), Ok(t)] => [p, r, t],
+        [p, r, t] => {
+            let e = p.and(r).and(t).err().unwrap_or_default();
+            return (hist, Some(Failure::Failed(e)));
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(c as u64);
     let value = vec![b'v'; args.value_size];
     let space = args.key_space.max(1);
     // Open loop: each client sends every `interval`, staggered over the clients.
@@ -202,12 +238,12 @@ async fn kv_client(
             None => Instant::now(),
         };
         if Instant::now() >= deadline {
-            return Ok(hist);
+            return (hist, None);
         }
         let n = if args.workload == Workload::Fill {
             let n = progress.next_key.fetch_add(1, Ordering::Relaxed);
             if n >= space {
-                return Ok(hist);
+                return (hist, None);
             }
             n
         } else {
@@ -264,6 +300,10 @@ async fn kv_client(
             scheduled,
             matches!(outcome, Ok(Ok(()))),
         );
+        if conn.is_closed() {
+            let lost = format!("{}: the connection was lost", conn.authority());
+            return (hist, Some(Failure::Unreachable(lost)));
+        }
     }
 }
 

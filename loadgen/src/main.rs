@@ -322,7 +322,8 @@ fn report_watch(
     }
 }
 
-/// The etcd target: the clients on a tokio runtime, progress each second, the report.
+/// The etcd target: the clients on tokio runtimes, progress each second, the report (also
+/// of a run that failed part way, as the native target's), then the exit code.
 fn run_etcd(
     args: &Args,
     cores: usize,
@@ -331,13 +332,30 @@ fn run_etcd(
     deadline: Instant,
 ) {
     let (args2, progress2) = (args.clone(), progress.clone());
-    let runner = std::thread::spawn(move || {
-        etcd::run(&args2, cores, deadline, &progress2).map_err(|e| match e {
-            etcd::Failure::Unreachable(e) => (EXIT_UNREACHABLE, e),
-            etcd::Failure::Failed(e) => (EXIT_FAILED, e),
-        })
+    let runner = std::thread::spawn(move || etcd::run(&args2, cores, deadline, &progress2));
+    show_progress(progress, start, &runner);
+    let (hist, failure) = runner.join().unwrap_or_else(|_| {
+        eprintln!("cairn-loadgen: the clients failed");
+        std::process::exit(EXIT_FAILED);
     });
-    finish_threaded(args, progress, start, runner);
+    report(
+        args,
+        &hist,
+        progress.ops.load(Ordering::Relaxed),
+        progress.errors.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+    );
+    match failure {
+        None => {}
+        Some(etcd::Failure::Unreachable(e)) => {
+            eprintln!("cairn-loadgen: {e}");
+            std::process::exit(EXIT_UNREACHABLE);
+        }
+        Some(etcd::Failure::Failed(e)) => {
+            eprintln!("cairn-loadgen: {e}");
+            std::process::exit(EXIT_FAILED);
+        }
+    }
 }
 
 /// The lock and lease workloads: client threads, progress each second, the report.
@@ -351,12 +369,8 @@ fn run_coordination(args: &Args, progress: &Arc<Progress>, start: Instant, deadl
 
 /// Shows the progress of clients running on `runner` each second, then reports them (or
 /// exits with the code and message of their failure).
-fn finish_threaded(
-    args: &Args,
-    progress: &Progress,
-    start: Instant,
-    runner: std::thread::JoinHandle<Result<Histogram<u64>, (i32, String)>>,
-) {
+/// Prints the operations and errors of each second until `runner` ends.
+fn show_progress<T>(progress: &Progress, start: Instant, runner: &std::thread::JoinHandle<T>) {
     let mut last = 0;
     while !runner.is_finished() {
         std::thread::sleep(Duration::from_secs(1));
@@ -369,6 +383,15 @@ fn finish_threaded(
         );
         last = ops;
     }
+}
+
+fn finish_threaded(
+    args: &Args,
+    progress: &Progress,
+    start: Instant,
+    runner: std::thread::JoinHandle<Result<Histogram<u64>, (i32, String)>>,
+) {
+    show_progress(progress, start, &runner);
     let hist = match runner.join() {
         Ok(Ok(h)) => h,
         Ok(Err((code, e))) => {

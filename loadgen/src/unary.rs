@@ -9,6 +9,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::{HeaderValue, Method, Request, Uri};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A response message, at most: etcd's default for a client (`--max-request-bytes`
 /// plus room); larger ones fail the call.
@@ -22,6 +24,8 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 pub struct Conn {
     send: SendRequest<Bytes>,
     authority: http::uri::Authority,
+    /// Set once the connection has ended.
+    closed: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -41,10 +45,26 @@ impl Conn {
             .handshake(tcp)
             .await
             .map_err(|e| fail(&e))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
         tokio::spawn(async move {
             let _ = connection.await;
+            ended.store(true, Ordering::Relaxed);
         });
-        Ok(Conn { send, authority })
+        Ok(Conn {
+            send,
+            authority,
+            closed,
+        })
+    }
+
+    /// Whether the connection has ended (the peer closed it, or it failed).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
     }
 
     /// The full URI of the method at `path` (`/package.Service/Method`), made once and
