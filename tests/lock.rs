@@ -12,7 +12,7 @@ use cairn::mvcc::{
     Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, Request, RequestOp, Response,
     SortOrder, SortTarget, TargetUnion, TxnRequest,
 };
-use cairn::protocol::{encode_request, ClientRequest, ClientResponse};
+use cairn::protocol::{encode_request, ClientRequest, ClientResponse, ErrorCode};
 use common::cluster::{poll, Cluster};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,11 +111,27 @@ fn holder_at(client: &mut Client, prefix: &[u8], rev: i64) -> Option<(Vec<u8>, i
         sort_target: SortTarget::Create,
         ..RangeRequest::default()
     };
-    match client.request(&ClientRequest::Kv(Request::Range(r))) {
+    match read(client, r) {
         Ok(ClientResponse::Kv(Response::Range(mut r))) => {
             r.kvs.pop().map(|kv| (kv.key, kv.create_revision))
         }
         other => panic!("range at {rev}: {other:?}"),
+    }
+}
+
+/// Sends the read `r`, again while the member answers that it knows no leader (a member
+/// just restarted, before it hears from the leader), as etcd's client retries a read
+/// answered Unavailable; for at most 10 s.
+fn read(client: &mut Client, r: RangeRequest) -> Result<ClientResponse, ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.request(&ClientRequest::Kv(Request::Range(r.clone()))) {
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => return other,
+        }
     }
 }
 
@@ -226,7 +242,7 @@ fn first_at(client: &mut Client, prefix: &[u8], rev: i64, n: i64) -> Vec<Vec<u8>
         sort_target: SortTarget::Create,
         ..RangeRequest::default()
     };
-    match client.request(&ClientRequest::Kv(Request::Range(r))) {
+    match read(client, r) {
         Ok(ClientResponse::Kv(Response::Range(r))) => r.kvs.into_iter().map(|kv| kv.key).collect(),
         other => panic!("range at {rev}: {other:?}"),
     }
@@ -313,7 +329,7 @@ fn keys_under(client: &mut Client, prefix: &[u8]) -> Vec<Vec<u8>> {
         keys_only: true,
         ..RangeRequest::default()
     };
-    match client.request(&ClientRequest::Kv(Request::Range(r))) {
+    match read(client, r) {
         Ok(ClientResponse::Kv(Response::Range(r))) => r.kvs.into_iter().map(|kv| kv.key).collect(),
         other => panic!("range of {prefix:?}: {other:?}"),
     }

@@ -13,17 +13,62 @@ fn number(line: &str, name: &str) -> f64 {
     field(line, name).unwrap_or_else(|| panic!("{name} is null: {line}"))
 }
 
+/// A member running in this process (native protocol at `addr`, gRPC at `grpc`), stopped
+/// by [`InProcess::stop`], which checks that it stopped cleanly.
+struct InProcess {
+    addr: String,
+    grpc: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    server: std::thread::JoinHandle<Result<(), String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    fn start() -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, grpc) = (free_addr(), free_addr());
+        let mut config = member_config(dir.path(), &addr);
+        config.listen_client_urls = vec![format!("http://{grpc}")];
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let member_stop = stop.clone();
+        let server = std::thread::spawn(move || {
+            cairn::server::serve_until(config, member_stop).map_err(|e| e.to_string())
+        });
+        wait_for(&addr);
+        wait_for(&grpc);
+        InProcess {
+            addr,
+            grpc,
+            stop,
+            server,
+            _dir: dir,
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        assert_eq!(self.server.join().unwrap(), Ok(()));
+    }
+}
+
+/// The report of a run of `workload` that went through and completed requests without
+/// errors.
+fn clean_run(workload: &str, out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{workload}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(number(&line, "ops") > 0.0, "{workload}: {line}");
+    assert_eq!(number(&line, "errors"), 0.0, "{workload}: {line}");
+    line
+}
+
 #[test]
 fn every_workload_runs_against_a_member() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let config = member_config(dir.path(), &addr);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let member_stop = stop.clone();
-    let server = std::thread::spawn(move || {
-        cairn::server::serve_until(config, member_stop).map_err(|e| e.to_string())
-    });
-    wait_for(&addr);
+    let member = InProcess::start();
+    let addr = member.addr.clone();
     for (workload, consistency, rate) in [
         ("put", "l", "0"),
         ("range", "s", "0"),
@@ -55,14 +100,7 @@ fn every_workload_runs_against_a_member() {
             ])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{workload}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8(out.stdout).unwrap();
-        assert!(number(&line, "ops") > 0.0, "{workload}: {line}");
-        assert_eq!(number(&line, "errors"), 0.0, "{workload}: {line}");
+        let line = clean_run(workload, out);
         assert!(number(&line, "p50_ms") <= number(&line, "p99_ms"), "{line}");
         if rate != "0" {
             // Open loop at 2000/s for one second.
@@ -107,8 +145,7 @@ fn every_workload_runs_against_a_member() {
         started.elapsed() < Duration::from_secs(30),
         "fill stopped on its own"
     );
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(server.join().unwrap(), Ok(()));
+    member.stop();
 }
 
 /// `--target etcd` speaks etcd's gRPC API: against the member's gRPC port every workload it
@@ -116,17 +153,8 @@ fn every_workload_runs_against_a_member() {
 /// member refuses counts as an error, not as an operation.
 #[test]
 fn every_workload_runs_through_the_grpc_api() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let grpc = free_addr();
-    let mut config = member_config(dir.path(), &addr);
-    config.listen_client_urls = vec![format!("http://{grpc}")];
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let member_stop = stop.clone();
-    let server = std::thread::spawn(move || {
-        cairn::server::serve_until(config, member_stop).map_err(|e| e.to_string())
-    });
-    wait_for(&grpc);
+    let member = InProcess::start();
+    let grpc = member.grpc.clone();
     let run = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_cairn-loadgen"))
             .args(["--target", "etcd", "--endpoints", &grpc, "--json"])
@@ -154,14 +182,7 @@ fn every_workload_runs_through_the_grpc_api() {
             "--duration",
             "1",
         ]);
-        assert!(
-            out.status.success(),
-            "{workload}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8(out.stdout).unwrap();
-        assert!(number(&line, "ops") > 0.0, "{workload}: {line}");
-        assert_eq!(number(&line, "errors"), 0.0, "{workload}: {line}");
+        clean_run(workload, out);
     }
     let out = run(&[
         "--workload",
@@ -188,6 +209,5 @@ fn every_workload_runs_through_the_grpc_api() {
     let line = String::from_utf8(out.stdout).unwrap();
     assert!(number(&line, "errors") > 0.0, "{line}");
     assert_eq!(number(&line, "ops"), 0.0, "{line}");
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(server.join().unwrap(), Ok(()));
+    member.stop();
 }
