@@ -39,27 +39,16 @@ impl Drop for Member {
 }
 
 fn loadgen(target: &str, addr: &str, duration: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-loadgen"));
-    cmd.args(["--target", target])
-        .args([
-            "--endpoints",
-            addr,
-            "--workload",
-            "put",
-            "--key-space",
-            "100",
-        ])
-        .args([
-            "--clients",
-            "8",
-            "--conns",
-            "2",
-            "--duration",
-            duration,
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let extra = [
+        "--workload",
+        "put",
+        "--key-space",
+        "100",
+        "--duration",
+        duration,
+    ];
+    let mut cmd = common::loadgen(target, addr, &extra);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
 

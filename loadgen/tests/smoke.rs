@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::{field, free_addr, member_config, wait_for};
-use std::process::Command;
+use common::{field, free_addr, loadgen, member_config, wait_for};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -76,30 +75,24 @@ fn every_workload_runs_against_a_member() {
         ("txn", "l", "0"),
         ("mixed", "s", "2000"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_cairn-loadgen"))
-            .args([
-                "--endpoints",
-                &addr,
+        let out = loadgen(
+            "native",
+            &addr,
+            &[
                 "--workload",
                 workload,
                 "--consistency",
                 consistency,
                 "--rate",
                 rate,
-            ])
-            .args([
-                "--clients",
-                "8",
-                "--conns",
-                "2",
                 "--duration",
                 "1",
                 "--key-space",
                 "100",
-                "--json",
-            ])
-            .output()
-            .unwrap();
+            ],
+        )
+        .output()
+        .unwrap();
         let line = clean_run(workload, out);
         assert!(number(&line, "p50_ms") <= number(&line, "p99_ms"), "{line}");
         if rate != "0" {
@@ -113,26 +106,15 @@ fn every_workload_runs_against_a_member() {
     }
     // fill puts each key once and stops on its own, long before --duration.
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn-loadgen"))
-        .args([
-            "--endpoints",
-            &addr,
-            "--workload",
-            "fill",
-            "--key-space",
-            "500",
-        ])
-        .args([
-            "--clients",
-            "8",
-            "--conns",
-            "2",
-            "--duration",
-            "60",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let extra = [
+        "--workload",
+        "fill",
+        "--key-space",
+        "500",
+        "--duration",
+        "60",
+    ];
+    let out = loadgen("native", &addr, &extra).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -155,14 +137,7 @@ fn every_workload_runs_against_a_member() {
 fn every_workload_runs_through_the_grpc_api() {
     let member = InProcess::start();
     let grpc = member.grpc.clone();
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cairn-loadgen"))
-            .args(["--target", "etcd", "--endpoints", &grpc, "--json"])
-            .args(["--clients", "8", "--conns", "2"])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let run = |extra: &[&str]| loadgen("etcd", &grpc, extra).output().unwrap();
     for (workload, consistency) in [
         ("put", "l"),
         ("range", "s"),

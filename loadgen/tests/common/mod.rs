@@ -58,6 +58,16 @@ pub fn wait_for(addr: &str) {
     }
 }
 
+/// `cairn-loadgen --target TARGET --endpoints ENDPOINTS --json` with 8 clients on 2
+/// connections, then `extra` (workload, key space, duration...).
+pub fn loadgen(target: &str, endpoints: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-loadgen"));
+    cmd.args(["--target", target, "--endpoints", endpoints, "--json"])
+        .args(["--clients", "8", "--conns", "2"])
+        .args(extra);
+    cmd
+}
+
 /// A number of the report's JSON line; `None` for `null`.
 pub fn field(line: &str, name: &str) -> Option<f64> {
     let at = line.find(&format!("\"{name}\":")).expect(name) + name.len() + 3;
