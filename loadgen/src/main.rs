@@ -367,8 +367,6 @@ fn run_coordination(args: &Args, progress: &Arc<Progress>, start: Instant, deadl
     finish_threaded(args, progress, start, runner);
 }
 
-/// Shows the progress of clients running on `runner` each second, then reports them (or
-/// exits with the code and message of their failure).
 /// Prints the operations and errors of each second until `runner` ends.
 fn show_progress<T>(progress: &Progress, start: Instant, runner: &std::thread::JoinHandle<T>) {
     let mut last = 0;
@@ -385,6 +383,8 @@ fn show_progress<T>(progress: &Progress, start: Instant, runner: &std::thread::J
     }
 }
 
+/// Shows the progress of clients running on `runner` each second, then reports them (or
+/// exits with the code and message of their failure).
 fn finish_threaded(
     args: &Args,
     progress: &Progress,
