@@ -1441,4 +1441,75 @@ mod keepalive {
                 .expect("others are served after a connection is closed");
         });
     }
+
+    /// The next frame, `Ok(None)` once the server closed the connection, `Err` when nothing
+    /// came within the read timeout.
+    fn next_or_closed(
+        s: &mut std::net::TcpStream,
+    ) -> Result<Option<(u8, u8, Vec<u8>)>, std::io::Error> {
+        let mut head = [0u8; 9];
+        match s.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload)?;
+        Ok(Some((head[3], head[4], payload)))
+    }
+
+    #[test]
+    fn a_silent_connection_is_pinged_and_closed_unless_it_answers() {
+        let (_member, grpc) = OneMember::start(&[
+            "--grpc-keepalive-interval",
+            "500ms",
+            "--grpc-keepalive-timeout",
+            "500ms",
+        ]);
+
+        // A client that answers the server's pings keeps its connection, silent as it is.
+        let mut answering = connect(&grpc);
+        let mut pings = 0;
+        while pings < 3 {
+            match next_or_closed(&mut answering) {
+                Ok(Some((PING, 0, payload))) => {
+                    pings += 1;
+                    answering
+                        .write_all(&frame(PING, 1, 0, &payload))
+                        .expect("ping ack");
+                }
+                Ok(Some((GOAWAY, _, payload))) => {
+                    panic!("GOAWAY to a client that answers pings: {payload:?}")
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the connection of a client answering pings was closed"),
+                Err(e) => panic!("no ping within 10 s: {e}"),
+            }
+        }
+
+        // One that does not is pinged once, then sent GOAWAY and closed.
+        let mut silent = connect(&grpc);
+        let mut seen = Vec::new();
+        loop {
+            match next_or_closed(&mut silent) {
+                Ok(Some((kind, flags, _))) => seen.push((kind, flags)),
+                Ok(None) => break,
+                Err(e) => panic!("still open after 10 s of silence ({seen:?}): {e}"),
+            }
+        }
+        let ping_at = seen.iter().position(|f| *f == (PING, 0));
+        let goaway_at = seen.iter().position(|f| f.0 == GOAWAY);
+        assert!(
+            matches!((ping_at, goaway_at), (Some(p), Some(g)) if p < g),
+            "expected a PING then GOAWAY, got {seen:?}"
+        );
+
+        // And the member serves the others meanwhile.
+        runtime().block_on(async {
+            let mut kv = KvClient::new(channel(&grpc).await);
+            kv.put(put("k", "v")).await.expect("put");
+        });
+    }
 }

@@ -17,6 +17,7 @@ use super::headers::Rewriter;
 use super::keepalive::{FrameScanner, PingPolicy};
 use crate::server::http::Handoff;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,6 +62,21 @@ fn classify(first: &[u8]) -> Option<Protocol> {
     }
 }
 
+/// Counts the reads that brought a connection's client's bytes: the server pings a
+/// connection whose count stays put for its keepalive interval (`super::conn`).
+#[derive(Clone, Default)]
+pub(super) struct Activity(Arc<AtomicU64>);
+
+impl Activity {
+    pub(super) fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn note(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// An accepted gRPC connection; it holds its place among the listener's
 /// [`CONNECTIONS_MAX`] until the gRPC server drops it.
 pub(super) struct Conn {
@@ -76,6 +92,7 @@ pub(super) struct Conn {
     /// the client's), and the client's pings.
     to_client: FrameScanner,
     pings: PingPolicy,
+    activity: Activity,
 }
 
 /// The gRPC connections of `listener`, as the gRPC server takes them: the acceptor stops
@@ -147,6 +164,7 @@ async fn sort(
                     taken: 0,
                     to_client: FrameScanner::new(),
                     pings: PingPolicy::new(ping_min_time),
+                    activity: Activity::default(),
                 }))
                 .await;
         }
@@ -199,6 +217,7 @@ impl AsyncRead for Conn {
             if read.filled().is_empty() {
                 return Poll::Ready(Ok(()));
             }
+            this.activity.note();
             let now = std::time::Instant::now();
             let mut calm = true;
             let pings = &mut this.pings;
@@ -215,6 +234,11 @@ impl AsyncRead for Conn {
 }
 
 impl Conn {
+    /// The count of this connection's reads.
+    pub(super) fn activity(&self) -> Activity {
+        self.activity.clone()
+    }
+
     /// Sends the client GOAWAY "too_many_pings" if the server is between frames (else it
     /// only closes), and gives the error that ends the connection.
     fn too_many_pings(&mut self) -> std::io::Error {

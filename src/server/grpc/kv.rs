@@ -19,24 +19,9 @@ fn unexpected() -> Status {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for Ctx {
     async fn range(&self, req: GrpcRequest<pb::RangeRequest>) -> Reply<pb::RangeResponse> {
-        let req = Request::Range(convert::range_request(req.into_inner())?);
-        self.validate(&req)?;
-        let Request::Range(r) = req else {
-            return Err(unexpected());
-        };
-        if !r.serializable {
-            self.serving()?;
-            self.reads.read_index().await.map_err(status)?;
-        }
-        let view = self
-            .shared
-            .view()
-            .ok_or_else(|| status(front::not_open()))?;
-        let resp = view
-            .range(&r)
-            .map_err(|e| status(front::error_of(e.into())))?;
-        let header = self.header(resp.header.revision);
-        Ok(GrpcResponse::new(convert::range_response(resp, header)))
+        self.range_call(req.into_inner())
+            .await
+            .map(GrpcResponse::new)
     }
 
     type RangeStreamStream = tokio_stream::Empty<Result<pb::RangeStreamResponse, Status>>;
@@ -51,51 +36,20 @@ impl pb::kv_server::Kv for Ctx {
     }
 
     async fn put(&self, req: GrpcRequest<pb::PutRequest>) -> Reply<pb::PutResponse> {
-        let req = req.into_inner();
-        let len = self.raft_request_bytes(RAFT_PUT, req.encoded_len());
-        match self
-            .write(Request::Put(convert::put_request(req)), len)
-            .await?
-        {
-            Response::Put(r) => {
-                let header = self.header(r.header.revision);
-                Ok(GrpcResponse::new(convert::put_response(r, header)))
-            }
-            _ => Err(unexpected()),
-        }
+        self.put_call(req.into_inner()).await.map(GrpcResponse::new)
     }
 
     async fn delete_range(
         &self,
         req: GrpcRequest<pb::DeleteRangeRequest>,
     ) -> Reply<pb::DeleteRangeResponse> {
-        let req = req.into_inner();
-        let len = self.raft_request_bytes(RAFT_DELETE_RANGE, req.encoded_len());
-        match self
-            .write(Request::DeleteRange(convert::delete_request(req)), len)
-            .await?
-        {
-            Response::DeleteRange(r) => {
-                let header = self.header(r.header.revision);
-                Ok(GrpcResponse::new(convert::delete_response(r, header)))
-            }
-            _ => Err(unexpected()),
-        }
+        self.delete_range_call(req.into_inner())
+            .await
+            .map(GrpcResponse::new)
     }
 
     async fn txn(&self, req: GrpcRequest<pb::TxnRequest>) -> Reply<pb::TxnResponse> {
-        let req = req.into_inner();
-        let len = self.raft_request_bytes(RAFT_TXN, req.encoded_len());
-        match self
-            .write(Request::Txn(convert::txn_request(req)?), len)
-            .await?
-        {
-            Response::Txn(t) => {
-                let header = self.header(t.header.revision);
-                Ok(GrpcResponse::new(convert::txn_response(t, header)))
-            }
-            _ => Err(unexpected()),
-        }
+        self.txn_call(req.into_inner()).await.map(GrpcResponse::new)
     }
 
     async fn compact(
@@ -117,6 +71,78 @@ impl pb::kv_server::Kv for Ctx {
             Response::Compaction(r) => Ok(GrpcResponse::new(pb::CompactionResponse {
                 header: self.header(r.header.revision),
             })),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+/// The unary calls, as tonic's service and `super::unary` both serve them.
+impl Ctx {
+    pub(super) async fn range_call(
+        &self,
+        req: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, Status> {
+        let req = Request::Range(convert::range_request(req)?);
+        self.validate(&req)?;
+        let Request::Range(r) = req else {
+            return Err(unexpected());
+        };
+        if !r.serializable {
+            self.serving()?;
+            self.reads.read_index().await.map_err(status)?;
+        }
+        let view = self
+            .shared
+            .view()
+            .ok_or_else(|| status(front::not_open()))?;
+        let resp = view
+            .range(&r)
+            .map_err(|e| status(front::error_of(e.into())))?;
+        let header = self.header(resp.header.revision);
+        Ok(convert::range_response(resp, header))
+    }
+
+    pub(super) async fn put_call(&self, req: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+        let len = self.raft_request_bytes(RAFT_PUT, req.encoded_len());
+        match self
+            .write(Request::Put(convert::put_request(req)), len)
+            .await?
+        {
+            Response::Put(r) => {
+                let header = self.header(r.header.revision);
+                Ok(convert::put_response(r, header))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub(super) async fn delete_range_call(
+        &self,
+        req: pb::DeleteRangeRequest,
+    ) -> Result<pb::DeleteRangeResponse, Status> {
+        let len = self.raft_request_bytes(RAFT_DELETE_RANGE, req.encoded_len());
+        match self
+            .write(Request::DeleteRange(convert::delete_request(req)), len)
+            .await?
+        {
+            Response::DeleteRange(r) => {
+                let header = self.header(r.header.revision);
+                Ok(convert::delete_response(r, header))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub(super) async fn txn_call(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        let len = self.raft_request_bytes(RAFT_TXN, req.encoded_len());
+        match self
+            .write(Request::Txn(convert::txn_request(req)?), len)
+            .await?
+        {
+            Response::Txn(t) => {
+                let header = self.header(t.header.revision);
+                Ok(convert::txn_response(t, header))
+            }
             _ => Err(unexpected()),
         }
     }

@@ -1,4 +1,5 @@
-//! The etcd v3 gRPC API: tonic's generated services on hyper's HTTP/2 (`router`), on a
+//! The etcd v3 gRPC API: tonic's generated services on h2's HTTP/2 (`router`, `conn`;
+//! the unary KV calls without tonic's per-call machinery, `unary`), on a
 //! thread of its own with a one-thread tokio runtime, translating each call to the same
 //! internal requests the native protocol makes (`super::front`): proposals with the same
 //! log commands, ReadIndex for linearizable reads, the published view for serializable
@@ -21,6 +22,7 @@
 //! "too_many_pings" (`keepalive`).
 
 mod cluster;
+mod conn;
 mod convert;
 mod election;
 mod headers;
@@ -33,6 +35,7 @@ mod lock;
 mod maintenance;
 mod router;
 mod status;
+mod unary;
 mod watch;
 
 use super::front::{self, Failure, NATIVE_SCHEME};
