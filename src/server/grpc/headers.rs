@@ -5,17 +5,22 @@
 //! authority has no scheme). So the request header blocks a client sends are rewritten
 //! on their way in, with `:authority` cut down to its `host:port`.
 //!
-//! A header block's fields can refer to the client's earlier ones (HPACK's dynamic table,
-//! RFC 7541), so every block is decoded, with the table kept as the client's encoder
-//! keeps it, and encoded again as literals that add nothing to the server's table: the
-//! server's decoder then needs no state the client did not give it. Every other frame,
-//! and the connection preface, pass unchanged.
+//! A header block passes as the client encoded it, but for a literal `:authority` with a
+//! scheme, which is written again with the same representation (RFC 7541 §6.2: with
+//! incremental indexing, without, never indexed) and the value cut. The server's decoder
+//! so keeps the client's dynamic table, except that an `:authority` entry holds the cut
+//! value: an entry no larger than the client's, so the server's table holds every entry the
+//! client's does, at the same index, and the client's later references to it (HPACK's
+//! indexed fields) pass unchanged and name the cut value. To know which fields are
+//! `:authority`, the rewriter keeps the table as the client's encoder keeps it; values
+//! neither indexed nor `:authority` are skipped, not decoded. Every other frame, and the
+//! connection preface, pass unchanged.
 //!
 //! Bounds: a frame of a header block at most [`FRAME_BYTES_MAX`] (the HTTP/2 default
 //! that the server announces), a block at most [`BLOCK_BYTES_MAX`], the table at most
 //! [`TABLE_BYTES_MAX`] (the default the server's SETTINGS leave in place), a block's
-//! fields decoded at most [`FIELDS_BYTES_MAX`] (a few bytes can name large table entries
-//! again and again). A client that exceeds them, or sends a block that does not decode,
+//! fields at most [`FIELDS_BYTES_MAX`] decoded (a few bytes can name large table entries
+//! again and again; a value skipped counts as the most its Huffman code can decode to). A client that exceeds them, or sends a block that does not decode,
 //! has its connection closed.
 
 use super::keepalive::Frame;
@@ -175,12 +180,11 @@ impl Rewriter {
             return Err(Malformed("a header block over its maximum size"));
         }
         if flags & END_HEADERS != 0 {
-            let block = std::mem::take(&mut self.block);
-            let fields = self.table.decode(&block)?;
-            let encoded = encode(&fields);
+            let rewritten = self.table.rewrite(&self.block, None)?;
             if let Some(open) = self.open.take() {
-                write_headers(&open, &encoded, out);
+                write_headers(&open, rewritten.as_deref().unwrap_or(&self.block), out);
             }
+            self.block.clear();
         }
         Ok(())
     }
@@ -274,25 +278,6 @@ fn authority(value: &[u8]) -> &[u8] {
     &after_scheme[..end]
 }
 
-/// `fields` as literals without indexing, with new names, unencoded (RFC 7541 §6.2.2),
-/// and `:authority` as an authority.
-fn encode(fields: &[Field]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        let value = if name == b":authority" {
-            authority(value)
-        } else {
-            value
-        };
-        out.push(0);
-        for s in [&name[..], value] {
-            integer(s.len(), 7, 0, &mut out);
-            out.extend_from_slice(s);
-        }
-    }
-    out
-}
-
 /// An HPACK integer with an `n`-bit prefix, after `high` bits (RFC 7541 §5.1).
 fn integer(mut v: usize, n: u32, high: u8, out: &mut Vec<u8>) {
     let max = (1usize << n) - 1;
@@ -342,7 +327,8 @@ impl Reader<'_> {
         Err(Malformed("an integer too large"))
     }
 
-    fn string(&mut self) -> Result<Vec<u8>, Malformed> {
+    /// A string's bytes as encoded, and whether they are Huffman-coded.
+    fn raw_string(&mut self) -> Result<(&[u8], bool), Malformed> {
         let huffman = self.byte()? & 0x80 != 0;
         let length = self.integer(7)?;
         let end = self
@@ -352,10 +338,21 @@ impl Reader<'_> {
             .ok_or(Malformed("a string longer than its block"))?;
         let raw = &self.block[self.at..end];
         self.at = end;
-        if huffman {
-            huffman_decode(raw)
-        } else {
-            Ok(raw.to_vec())
+        Ok((raw, huffman))
+    }
+
+    fn string(&mut self) -> Result<Vec<u8>, Malformed> {
+        match self.raw_string()? {
+            (raw, true) => huffman_decode(raw),
+            (raw, false) => Ok(raw.to_vec()),
+        }
+    }
+
+    /// Passes a string: the most bytes it can decode to (Huffman's shortest code is 5 bits).
+    fn skip_string(&mut self) -> Result<usize, Malformed> {
+        match self.raw_string()? {
+            (raw, true) => Ok(raw.len() * 8 / 5),
+            (raw, false) => Ok(raw.len()),
         }
     }
 }
@@ -369,8 +366,8 @@ struct Table {
 }
 
 /// An entry's size as HPACK counts it (RFC 7541 §4.1).
-fn entry_bytes(name: &[u8], value: &[u8]) -> usize {
-    name.len() + value.len() + 32
+fn entry_bytes(name: usize, value: usize) -> usize {
+    name + value + 32
 }
 
 impl Table {
@@ -382,14 +379,17 @@ impl Table {
         }
     }
 
-    /// Field `index` (1-based, the static table first).
-    fn get(&self, index: usize) -> Result<Field, Malformed> {
+    /// Field `index` (1-based, the static table first): its name and value.
+    fn get(&self, index: usize) -> Result<(&[u8], &[u8]), Malformed> {
         let found = match index.checked_sub(1) {
             Some(i) if i < STATIC.len() => {
                 let (name, value) = STATIC[i];
-                Some((name.as_bytes().to_vec(), value.as_bytes().to_vec()))
+                Some((name.as_bytes(), value.as_bytes()))
             }
-            Some(i) => self.entries.get(i - STATIC.len()).cloned(),
+            Some(i) => self
+                .entries
+                .get(i - STATIC.len())
+                .map(|(n, v)| (&n[..], &v[..])),
             None => None,
         };
         found.ok_or(Malformed("an index beyond the tables"))
@@ -398,14 +398,14 @@ impl Table {
     fn evict_to(&mut self, max_bytes: usize) {
         while self.bytes > max_bytes {
             match self.entries.pop_back() {
-                Some((n, v)) => self.bytes -= entry_bytes(&n, &v),
+                Some((n, v)) => self.bytes -= entry_bytes(n.len(), v.len()),
                 None => break,
             }
         }
     }
 
     fn insert(&mut self, name: Vec<u8>, value: Vec<u8>) {
-        let size = entry_bytes(&name, &value);
+        let size = entry_bytes(name.len(), value.len());
         if size > self.max_bytes {
             self.entries.clear();
             self.bytes = 0;
@@ -416,16 +416,30 @@ impl Table {
         self.entries.push_front((name, value));
     }
 
-    /// A block's fields, in order (RFC 7541 §6).
-    fn decode(&mut self, block: &[u8]) -> Result<Vec<Field>, Malformed> {
+    /// Reads `block` (RFC 7541 §6), keeping the table as the client's encoder keeps it, and
+    /// gives the block to pass on when it differs from `block`: each literal `:authority`
+    /// with a scheme written again, with its representation and its name as the client
+    /// wrote them and its value cut to the authority, unencoded. With `fields`, each field
+    /// is also given decoded, as a server's decoder reads it.
+    fn rewrite(
+        &mut self,
+        block: &[u8],
+        mut fields: Option<&mut Vec<Field>>,
+    ) -> Result<Option<Vec<u8>>, Malformed> {
         let mut r = Reader { block, at: 0 };
-        let mut fields: Vec<Field> = Vec::new();
-        let mut fields_bytes = 0;
+        let mut out: Option<Vec<u8>> = None;
+        // `block` up to here is in `out`, once there is one.
+        let mut copied = 0;
+        let mut list_bytes = 0;
         while r.at < block.len() {
+            let start = r.at;
             let first = r.byte()?;
-            let field = if first & 0x80 != 0 {
-                let index = r.integer(7)?;
-                self.get(index)?
+            if first & 0x80 != 0 {
+                let (name, value) = self.get(r.integer(7)?)?;
+                list_bytes += entry_bytes(name.len(), value.len());
+                if let Some(fields) = fields.as_deref_mut() {
+                    fields.push((name.to_vec(), value.to_vec()));
+                }
             } else if first & 0xe0 == 0x20 {
                 let size = r.integer(5)?;
                 if size > TABLE_BYTES_MAX {
@@ -437,25 +451,66 @@ impl Table {
             } else {
                 // With incremental indexing (01), without (0000) or never indexed (0001).
                 let indexed = first & 0xc0 == 0x40;
-                let index = r.integer(if indexed { 6 } else { 4 })?;
-                let name = if index == 0 {
-                    r.string()?
-                } else {
-                    self.get(index)?.0
+                let prefix = if indexed { 6 } else { 4 };
+                let index = r.integer(prefix)?;
+                let literal_name = if index == 0 { Some(r.string()?) } else { None };
+                let authority_name = match &literal_name {
+                    Some(name) => name == b":authority",
+                    None => self.get(index)?.0 == b":authority",
                 };
-                let value = r.string()?;
-                if indexed {
-                    self.insert(name.clone(), value.clone());
+                let value = if indexed || authority_name || fields.is_some() {
+                    Some(r.string()?)
+                } else {
+                    None
+                };
+                let value_len = match &value {
+                    Some(v) => v.len(),
+                    None => r.skip_string()?,
+                };
+                let name_len = match &literal_name {
+                    Some(name) => name.len(),
+                    None => self.get(index)?.0.len(),
+                };
+                list_bytes += entry_bytes(name_len, value_len);
+                let cut = value
+                    .as_deref()
+                    .filter(|_| authority_name)
+                    .map(authority)
+                    .filter(|cut| cut.len() != value_len);
+                if let Some(cut) = cut {
+                    let o = out.get_or_insert_with(|| Vec::with_capacity(block.len()));
+                    o.extend_from_slice(&block[copied..start]);
+                    integer(index, prefix, first & !((1 << prefix) - 1), o);
+                    if let Some(name) = &literal_name {
+                        integer(name.len(), 7, 0, o);
+                        o.extend_from_slice(name);
+                    }
+                    integer(cut.len(), 7, 0, o);
+                    o.extend_from_slice(cut);
+                    copied = r.at;
                 }
-                (name, value)
-            };
-            fields_bytes += entry_bytes(&field.0, &field.1);
-            if fields_bytes > FIELDS_BYTES_MAX {
+                if indexed || fields.is_some() {
+                    let name = match literal_name {
+                        Some(name) => name,
+                        None => self.get(index)?.0.to_vec(),
+                    };
+                    let value = value.unwrap_or_default();
+                    if let Some(fields) = fields.as_deref_mut() {
+                        fields.push((name.clone(), value.clone()));
+                    }
+                    if indexed {
+                        self.insert(name, value);
+                    }
+                }
+            }
+            if list_bytes > FIELDS_BYTES_MAX {
                 return Err(Malformed("a header list over its maximum size"));
             }
-            fields.push(field);
         }
-        Ok(fields)
+        Ok(out.map(|mut o| {
+            o.extend_from_slice(&block[copied..]);
+            o
+        }))
     }
 }
 
@@ -628,6 +683,13 @@ mod tests {
             .collect()
     }
 
+    /// A block's fields, as a server's decoder with table `t` reads them.
+    fn decode(t: &mut Table, block: &[u8]) -> Result<Vec<Field>, Malformed> {
+        let mut fields = Vec::new();
+        t.rewrite(block, Some(&mut fields))?;
+        Ok(fields)
+    }
+
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
         p.iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -653,8 +715,7 @@ mod tests {
     #[test]
     fn blocks_decode_with_the_dynamic_table_as_rfc_7541_shows() {
         let mut t = Table::new();
-        let first = t
-            .decode(&hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"))
+        let first = decode(&mut t, &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"))
             .expect("C.4.1");
         assert_eq!(
             text(&first),
@@ -665,19 +726,17 @@ mod tests {
                 (":authority", "www.example.com")
             ])
         );
-        let second = t
-            .decode(&hex("8286 84be 5886 a8eb 1064 9cbf"))
-            .expect("C.4.2");
+        let second = decode(&mut t, &hex("8286 84be 5886 a8eb 1064 9cbf")).expect("C.4.2");
         assert_eq!(
             text(&second)[3],
             pairs(&[(":authority", "www.example.com")])[0]
         );
         assert_eq!(text(&second)[4], pairs(&[("cache-control", "no-cache")])[0]);
-        let third = t
-            .decode(&hex(
-                "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
-            ))
-            .expect("C.4.3");
+        let third = decode(
+            &mut t,
+            &hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"),
+        )
+        .expect("C.4.3");
         assert_eq!(
             text(&third),
             pairs(&[
@@ -689,15 +748,27 @@ mod tests {
             ])
         );
         assert_eq!(t.bytes, 164);
-        assert!(t.decode(&hex("c2")).is_err(), "index past the table");
+        assert!(decode(&mut t, &hex("c2")).is_err(), "index past the table");
+        // Nothing to rewrite (no scheme): the block passes as it is.
+        let mut t = Table::new();
+        let block = hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff");
+        assert_eq!(t.rewrite(&block, None), Ok(None));
         // An entry of 4 KiB named again and again: refused once the list passes 1 MiB.
         let mut t = Table::new();
         let mut big = vec![0x40, 1, b'x'];
         integer(4000, 7, 0, &mut big);
         big.extend(std::iter::repeat_n(b'v', 4000));
-        assert_eq!(t.decode(&big).map(|f| f.len()), Ok(1));
-        assert!(t.decode(&[0xbe; 200]).is_ok());
-        assert!(t.decode(&[0xbe; 300]).is_err());
+        assert_eq!(decode(&mut t, &big).map(|f| f.len()), Ok(1));
+        assert!(t.rewrite(&[0xbe; 200], None).is_ok());
+        assert!(t.rewrite(&[0xbe; 300], None).is_err());
+        // A value skipped counts as the most it can decode to: 1 MiB of Huffman-coded
+        // bytes without indexing is over the bound, however short it decodes.
+        let mut skipped = Vec::new();
+        for _ in 0..100 {
+            skipped.extend_from_slice(&[0x00, 1, b'x', 0xff, 0xc1, 0x3d]);
+            skipped.extend(std::iter::repeat_n(0xff, 8000));
+        }
+        assert!(Table::new().rewrite(&skipped, None).is_err());
     }
 
     fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
@@ -731,15 +802,17 @@ mod tests {
                 };
                 block.extend_from_slice(fragment);
                 if flags & END_HEADERS != 0 {
-                    blocks.push(text(&server.decode(&block).expect("decodes")));
+                    blocks.push(text(&decode(&mut server, &block).expect("decodes")));
                     block.clear();
                 }
             }
             at += FRAME_HEADER_BYTES + length;
         }
-        assert!(
-            server.entries.is_empty(),
-            "the server's table is left empty"
+        // The server's table is the client's, with the authority cut.
+        let entries: Vec<Field> = server.entries.iter().cloned().collect();
+        assert_eq!(
+            text(&entries),
+            pairs(&[(":authority", "127.0.0.1:2379")])
         );
         (out, blocks)
     }
@@ -796,6 +869,9 @@ mod tests {
             assert_eq!(blocks[1][3], pairs(&[(":authority", "127.0.0.1:2379")])[0]);
             let at = out.windows(data.len()).position(|w| w == data.as_slice());
             assert!(at.is_some(), "the DATA frame passes unchanged");
+            // A block with nothing to rewrite passes as the client encoded it.
+            let second = frame(HEADERS, END_HEADERS | END_STREAM, 3, &hex("8386 84be"));
+            assert!(out.ends_with(&second), "the second block passes unchanged");
         }
     }
 
