@@ -715,8 +715,8 @@ mod tests {
     #[test]
     fn blocks_decode_with_the_dynamic_table_as_rfc_7541_shows() {
         let mut t = Table::new();
-        let first = decode(&mut t, &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"))
-            .expect("C.4.1");
+        let first =
+            decode(&mut t, &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff")).expect("C.4.1");
         assert_eq!(
             text(&first),
             pairs(&[
@@ -810,10 +810,7 @@ mod tests {
         }
         // The server's table is the client's, with the authority cut.
         let entries: Vec<Field> = server.entries.iter().cloned().collect();
-        assert_eq!(
-            text(&entries),
-            pairs(&[(":authority", "127.0.0.1:2379")])
-        );
+        assert_eq!(text(&entries), pairs(&[(":authority", "127.0.0.1:2379")]));
         (out, blocks)
     }
 
