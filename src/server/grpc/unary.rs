@@ -75,9 +75,9 @@ fn too_large(found: usize, limit: usize) -> Status {
     ))
 }
 
-/// The whole request body, at most one message of `limit` bytes and its prefix past what
-/// its messages hold; a message declared over `limit` is refused as soon as its prefix
-/// is read.
+/// The whole request body. A message declared over `limit` bytes is refused as soon as
+/// its prefix is read, and a body that grows past one message of `limit` bytes (and two
+/// prefixes) is refused there: no more than that is ever held.
 async fn gather(mut recv: RecvStream, limit: usize) -> Result<Bytes, Status> {
     let mut first: Option<Bytes> = None;
     let mut more = BytesMut::new();
