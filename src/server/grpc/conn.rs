@@ -210,7 +210,10 @@ async fn call(
     };
     let sent = match answer {
         Answer::Unary(Ok(message)) => send_message(&mut respond, message),
-        Answer::Unary(Err(status)) => send_head(&mut respond, status.into_http::<()>(), true),
+        // Trailers-only: the status in the headers, which end the stream.
+        Answer::Unary(Err(status)) => respond
+            .send_response(status.into_http::<()>(), true)
+            .map(|_| ()),
         Answer::Http(answer) => {
             let (head, body) = answer.into_parts();
             let end = body.is_end_stream();
@@ -245,14 +248,6 @@ fn send_message(respond: &mut SendResponse<Bytes>, message: Bytes) -> Result<(),
     let mut trailers = http::HeaderMap::with_capacity(1);
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     tx.send_trailers(trailers)
-}
-
-fn send_head(
-    respond: &mut SendResponse<Bytes>,
-    head: http::Response<()>,
-    end: bool,
-) -> Result<(), h2::Error> {
-    respond.send_response(head, end).map(|_| ())
 }
 
 /// Sends `body` on `tx`: each data frame once the client's flow control lets it go (so

@@ -454,10 +454,11 @@ impl Table {
                 let prefix = if indexed { 6 } else { 4 };
                 let index = r.integer(prefix)?;
                 let literal_name = if index == 0 { Some(r.string()?) } else { None };
-                let authority_name = match &literal_name {
-                    Some(name) => name == b":authority",
-                    None => self.get(index)?.0 == b":authority",
+                let name: &[u8] = match &literal_name {
+                    Some(name) => name,
+                    None => self.get(index)?.0,
                 };
+                let (name_len, authority_name) = (name.len(), name == b":authority");
                 let value = if indexed || authority_name || fields.is_some() {
                     Some(r.string()?)
                 } else {
@@ -466,10 +467,6 @@ impl Table {
                 let value_len = match &value {
                     Some(v) => v.len(),
                     None => r.skip_string()?,
-                };
-                let name_len = match &literal_name {
-                    Some(name) => name.len(),
-                    None => self.get(index)?.0.len(),
                 };
                 list_bytes += entry_bytes(name_len, value_len);
                 let cut = value
