@@ -1332,14 +1332,10 @@ mod keepalive {
         b
     }
 
-    /// The next frame from the server: kind, flags, payload; `None` once it closed.
+    /// The next frame from the server: kind, flags, payload; `None` once it closed (or
+    /// nothing came within the read timeout).
     fn next_frame(s: &mut std::net::TcpStream) -> Option<(u8, u8, Vec<u8>)> {
-        let mut head = [0u8; 9];
-        s.read_exact(&mut head).ok()?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).ok()?;
-        Some((head[3], head[4], payload))
+        next_or_closed(s).ok().flatten()
     }
 
     /// Frames up to the server's answer to a ping: true for the PING ACK, false for a
