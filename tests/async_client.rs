@@ -7,7 +7,6 @@ use cairn::client::{AsyncClient, ClientError};
 use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
 use cairn::protocol::{ClientRequest, ClientResponse};
 use common::{free_addr, serve_command};
-use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,16 +21,12 @@ impl Drop for Member {
 
 fn start(dir: &std::path::Path) -> Member {
     let addr = free_addr();
-    let child = serve_command(dir, &addr)
+    let mut child = serve_command(dir, &addr)
         .args(["--placement", "unpinned"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "member did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_serving(&addr, Some(&mut child));
     Member(child, addr)
 }
 

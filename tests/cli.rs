@@ -6,7 +6,6 @@ use std::os::unix::ffi::OsStrExt;
 mod common;
 
 use common::free_addr;
-use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,15 +20,11 @@ impl Drop for Server {
 
 fn start(dir: &std::path::Path) -> Server {
     let addr = free_addr();
-    let child = common::serve_command(dir, &addr)
+    let mut child = common::serve_command(dir, &addr)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_serving(&addr, Some(&mut child));
     Server(child, addr)
 }
 

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 /// A port for one member of this test process. Ports the kernel hands out for port 0 can
 /// repeat between tests running in parallel (two members would then race for one port), so
 /// each call takes the next port of a range of this process's own. The ports stay below
-/// Linux's ephemeral range (32768 and up): a client connecting to a port in that range
-/// while nothing listens there can be handed the same port as its own and connect to
-/// itself, which looks like a member that is up.
+/// Linux's default ephemeral range (32768 and up): a client connecting to a port in that
+/// range while nothing listens there can be handed the same port as its own and connect to
+/// itself, which looks like a member that is up. (A machine may set a wider range: wait
+/// for a member with [`wait_serving`], which a connection to itself does not satisfy.)
 pub fn free_addr() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = (std::process::id() % 1_000) as u16 * 20;

@@ -49,10 +49,14 @@ pub fn member_config(dir: &Path, addr: &str) -> cairn::server::ServeConfig {
     }
 }
 
-/// Waits until something listens on `addr`.
+/// Waits until something listens on `addr`. A port of the ephemeral range (as port 0
+/// gives) can be handed to the connecting socket itself while nothing listens there: such
+/// a connection to itself is not a listener.
 pub fn wait_for(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
+    let listening =
+        || TcpStream::connect(addr).is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok());
+    while !listening() {
         assert!(Instant::now() < deadline, "member did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
