@@ -728,6 +728,86 @@ fn a_reply_over_64_mib_is_an_error_asking_for_a_limit() {
 }
 
 #[test]
+fn a_read_a_member_cannot_serve_is_asked_of_the_next_endpoint_and_a_write_is_not() {
+    use cairn::client::{Client as Library, ClientError};
+    // A member of a two-member cluster whose other member never starts: it has no leader,
+    // and answers linearizable reads and writes Unavailable at once.
+    let (lonely_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (own, absent) = (free_addr(), free_addr());
+    let lonely = Server::start_with(
+        lonely_dir.path(),
+        &free_addr(),
+        &[
+            "--name",
+            "a",
+            "--initial-cluster",
+            &format!("a=http://{own},b=http://{absent}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://{own}"),
+        ],
+    );
+    let healthy = Server::start(dir.path(), &free_addr());
+    let timeout = Duration::from_secs(5);
+    let range = ClientRequest::Kv(Request::Range(RangeRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    }));
+    let put = |value: &str| {
+        ClientRequest::Kv(Request::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }))
+    };
+    let unavailable = |r: Result<ClientResponse, ClientError>| {
+        matches!(
+            r,
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            })
+        )
+    };
+    Library::new(vec![healthy.addr.clone()], timeout)
+        .request(&put("v"))
+        .expect("put");
+    let mut alone = Library::new(vec![lonely.addr.clone()], timeout);
+    assert!(unavailable(alone.request(&range)), "no leader, no read");
+
+    // Both endpoints, the leaderless one first: the read is answered by the other...
+    let both = vec![lonely.addr.clone(), healthy.addr.clone()];
+    let mut client = Library::new(both.clone(), timeout);
+    let Ok(ClientResponse::Kv(Response::Range(r))) = client.request(&range) else {
+        panic!("the read was not asked of the second endpoint")
+    };
+    assert_eq!(r.kvs[0].value, b"v");
+    // ...and so is a read-only txn...
+    let txn = ClientRequest::Kv(Request::Txn(TxnRequest {
+        success: vec![RequestOp::Range(RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })],
+        ..Default::default()
+    }));
+    let mut client = Library::new(both.clone(), timeout);
+    assert!(client.request(&txn).is_ok(), "a read-only txn");
+    // ...but a write the first member refused is not sent on: its error is the answer.
+    let mut client = Library::new(both.clone(), timeout);
+    assert!(unavailable(client.request(&put("w"))), "a write went on");
+    let mut client = Library::new(vec![healthy.addr.clone()], timeout);
+    let Ok(ClientResponse::Kv(Response::Range(r))) = client.request(&range) else {
+        panic!("read")
+    };
+    assert_eq!(r.kvs[0].value, b"v", "the refused put was not applied");
+    // The command line goes through the same client.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--endpoints", &both.join(","), "get", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k\nv\n");
+}
+
+#[test]
 fn an_election_timeout_under_five_heartbeats_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))

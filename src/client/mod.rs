@@ -137,6 +137,9 @@ impl Client {
     /// Sends one request and waits for its reply, all within the client's timeout once
     /// connected. A request that could not be sent is tried on the next endpoint; one that
     /// was sent, or timed out while being sent, is not repeated (it may have been applied).
+    /// A read that a member answers Unavailable (no leader, stopping, not serving yet) is
+    /// asked of the other endpoints, each once, as etcd's client retries its repeatable
+    /// requests; a write so answered is not (the error is returned).
     pub fn request(&mut self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
         self.request_within(request, self.timeout)
     }
@@ -154,6 +157,31 @@ impl Client {
             endpoint: String::new(),
             reason: e.to_string(),
         })?;
+        let mut deadline = None;
+        let mut asked = 0;
+        loop {
+            self.send(&frame)?;
+            // A timeout too large for a deadline (`--command-timeout` is the user's) is none.
+            let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout).unwrap_or(far));
+            asked += 1;
+            match self.read_reply(id, deadline) {
+                Err(ClientError::Server {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }) if asked < self.endpoints.len() && repeatable(request) => {
+                    // Connecting from the current endpoint goes on to the next one.
+                    self.connect()?;
+                }
+                reply => return reply,
+            }
+        }
+    }
+
+    /// Writes a request frame, on the next endpoint if the connection fails (the request
+    /// was not sent, so nothing was applied).
+    fn send(&mut self, frame: &[u8]) -> Result<(), ClientError> {
         let mut attempts = 0;
         loop {
             if self.conn.is_none() {
@@ -163,8 +191,8 @@ impl Client {
                 continue;
             };
             let i = *i;
-            match stream.write_all(&frame) {
-                Ok(()) => break,
+            match stream.write_all(frame) {
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     attempts += 1;
                     self.conn = None;
@@ -176,10 +204,6 @@ impl Client {
                 }
             }
         }
-        // A timeout too large for a deadline (`--command-timeout` is the user's) is none.
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let deadline = Instant::now().checked_add(timeout).unwrap_or(far);
-        self.read_reply(id, deadline)
     }
 
     fn read_reply(&mut self, id: u64, deadline: Instant) -> Result<ClientResponse, ClientError> {
@@ -248,6 +272,21 @@ impl Client {
     /// The endpoint currently connected to.
     pub fn endpoint(&self) -> Option<&str> {
         self.conn.as_ref().map(|(i, _)| self.endpoints[*i].as_str())
+    }
+}
+
+/// Whether a request only reads, so that asking another member after an Unavailable answer
+/// cannot apply anything twice: ranges, read-only txns, status, hashes and the member list
+/// (etcd's client retries the same ones).
+fn repeatable(request: &ClientRequest) -> bool {
+    use crate::mvcc::Request;
+    match request {
+        ClientRequest::Kv(Request::Range(_)) | ClientRequest::Status | ClientRequest::HashKv(_) => {
+            true
+        }
+        ClientRequest::Kv(Request::Txn(t)) => crate::mvcc::is_read_only(t),
+        ClientRequest::Member(crate::protocol::MemberRequest::List) => true,
+        _ => false,
     }
 }
 

@@ -121,5 +121,6 @@ pub use revision::Revision;
 pub use store::{
     ApplyOutcome, RaftPosition, Store, CHECKPOINT_UNCOMMITTED_BYTES_MAX, COMPACTION_STEP_RECORDS,
 };
+pub(crate) use txn::is_read_only;
 pub use txn::{validate, MAX_TXN_OPS_DEFAULT};
 pub use types::*;

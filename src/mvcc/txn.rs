@@ -262,7 +262,7 @@ fn next_path<'p>(paths: &mut std::slice::Iter<'p, TxnPath>) -> &'p TxnPath {
 }
 
 /// etcd's `isTxnReadonly`: only ranges, in both branches (nested txns count as writes).
-fn is_read_only(t: &TxnRequest) -> bool {
+pub(crate) fn is_read_only(t: &TxnRequest) -> bool {
     t.success
         .iter()
         .chain(&t.failure)
