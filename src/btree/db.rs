@@ -5,7 +5,7 @@ use super::backing::Dir;
 use super::file::{io_err, Appender, FileShared};
 use super::node::{BranchEntry, LeafEntry, Node, NodeRef, Val};
 use super::page::{
-    self, check_tree, CommitRecord, COMMIT_COPIES, COMMIT_USER_BYTES_MAX, NO_PAGE, PAGE_SIZE,
+    self, check_tree, CommitRecord, Seal, COMMIT_COPIES, COMMIT_USER_BYTES_MAX, NO_PAGE, PAGE_SIZE,
 };
 use super::reclaim::{self, Reclaim};
 use super::snapshot::Snapshot;
@@ -207,11 +207,11 @@ pub(crate) fn empty_commit() -> CommitRecord {
     }
 }
 
-/// Creates a new file holding only the header page, atomically (temp file, fsync, rename,
-/// directory fsync).
+/// Creates a new file holding only the header page (with a new salt), atomically (temp
+/// file, fsync, rename, directory fsync).
 pub(crate) fn create_file(dir: &Dir, path: &Path, tmp: &Path) -> Result<()> {
     let f = dir.create(tmp).map_err(|e| io_err(tmp, e))?;
-    f.write_all_at(&page::encode_file_header(), 0)
+    f.write_all_at(&page::encode_file_header(Seal::fresh()), 0)
         .map_err(|e| io_err(tmp, e))?;
     f.sync_all().map_err(|e| io_err(tmp, e))?;
     dir.rename(tmp, path).map_err(|e| io_err(path, e))?;
@@ -241,7 +241,11 @@ impl Db {
             create_file(&dir, &path, &suffixed(&path, ".tmp"))?;
         }
         let file = dir.open(&path, true).map_err(|e| io_err(&path, e))?;
-        let shared = Arc::new(FileShared::new(file, path.clone(), opts.branch_cache_pages));
+        let shared = Arc::new(FileShared::open(
+            file,
+            path.clone(),
+            opts.branch_cache_pages,
+        )?);
         let (state, cut) = recover(shared)?;
         if let Some(cut) = cut {
             tracing::warn!(
@@ -267,7 +271,11 @@ impl Db {
         let file = Dir::of(&opts)
             .open(&path, false)
             .map_err(|e| io_err(&path, e))?;
-        let shared = Arc::new(FileShared::new(file, path.clone(), opts.branch_cache_pages));
+        let shared = Arc::new(FileShared::open(
+            file,
+            path.clone(),
+            opts.branch_cache_pages,
+        )?);
         let (state, _) = recover(shared)?;
         Ok(Db::new(path, opts, state, true))
     }
@@ -299,7 +307,7 @@ impl Db {
             }
             Err(e) => return Err(io_err(path, e)),
         };
-        let shared = FileShared::new(file, path.to_owned(), 0);
+        let shared = FileShared::open(file, path.to_owned(), 0)?;
         let (last, len, cut) = find_state(&shared)?;
         Ok(Inspection {
             exists: true,
@@ -742,7 +750,12 @@ impl Db {
 /// Re-labels the shared file with its final path after the rename (the fd stays the same).
 fn reopen_shared(path: &Path, old: &Arc<FileShared>, cache: usize) -> Result<Arc<FileShared>> {
     let f = old.file.try_clone().map_err(|e| io_err(path, e))?;
-    Ok(Arc::new(FileShared::new(f, path.to_path_buf(), cache)))
+    Ok(Arc::new(FileShared::new(
+        f,
+        path.to_path_buf(),
+        cache,
+        old.seal,
+    )))
 }
 
 /// The commit protocol: append every memory node, fdatasync, append the commit record,
@@ -826,9 +839,9 @@ fn write_commit(
         user: meta.user.clone(),
     };
     let finish = FinishCommit {
+        record: record.encode(file.seal),
         file,
         data_pages,
-        record: record.encode(),
         record_page: commit_page,
     };
     Ok(BuiltCommit {
@@ -908,17 +921,8 @@ fn recover(file: Arc<FileShared>) -> Result<(FileState, Option<Cut>)> {
 /// Reads only: the newest valid commit (its pages verified, or the empty commit of a file
 /// holding only its header), the file's length, and what lies after that commit.
 pub(crate) fn find_state(file: &FileShared) -> Result<(CommitRecord, u64, Option<Cut>)> {
-    let path = &file.path;
-    let len = file.file.len().map_err(|e| io_err(path, e))?;
+    let len = file.file.len().map_err(|e| io_err(&file.path, e))?;
     let pages = len / PAGE_SIZE as u64;
-    if pages == 0 {
-        return Err(BtreeError::Corrupt {
-            path: path.clone(),
-            offset: 0,
-            reason: "file shorter than its header page".into(),
-        });
-    }
-    page::check_file_header(&file.read_raw(0, 1)?, path)?;
     let last = find_newest_commit(file, pages)?;
     if let Some(c) = &last {
         verify_commit_data(file, c)?;
@@ -941,7 +945,7 @@ fn find_newest_commit(file: &FileShared, pages: u64) -> Result<Option<CommitReco
         let buf = file.read_raw(lo, hi - lo)?;
         for id in (lo..hi).rev() {
             let at = ((id - lo) as usize) * PAGE_SIZE;
-            if let Some(c) = CommitRecord::decode(&buf[at..at + PAGE_SIZE], id) {
+            if let Some(c) = CommitRecord::decode(&buf[at..at + PAGE_SIZE], id, file.seal) {
                 return Ok(Some(c));
             }
         }
@@ -1086,6 +1090,124 @@ mod tests {
         db.range(t, Bound::Unbounded, Bound::Unbounded, false)
             .map(|r| r.unwrap())
             .collect()
+    }
+
+    /// A value whose pages, from the second on, are `forged` (page `j` of the run at
+    /// `forged[j - 1]`), each page otherwise zero.
+    fn value_of_pages(forged: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = vec![0u8; (forged.len() + 1) * PAGE_SIZE - page::HEADER_BYTES];
+        v[..6].copy_from_slice(b"marker");
+        for (j, p) in forged.iter().enumerate() {
+            let at = (j + 1) * PAGE_SIZE - page::HEADER_BYTES;
+            v[at..at + PAGE_SIZE].copy_from_slice(p);
+        }
+        v
+    }
+
+    /// In a new file at `path`, commits `before` (applied index 1), then the value `value`
+    /// makes from the file's seal (applied index 2); returns the first page of the value's
+    /// overflow run.
+    fn commit_value(path: &Path, value: impl Fn(Seal) -> Vec<u8>) -> u64 {
+        let mut db = Db::open(path, DbOptions::default()).unwrap();
+        db.put(0, b"before", b"1").unwrap();
+        db.commit(CommitMeta {
+            applied_index: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let value = value(db.state.cur.file.seal);
+        db.put(0, b"value", &value).unwrap();
+        db.commit(CommitMeta {
+            applied_index: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        drop(db);
+        let bytes = std::fs::read(path).unwrap();
+        let run = bytes
+            .chunks(PAGE_SIZE)
+            .position(|p| {
+                page::kind_of(p) == page::KIND_OVERFLOW
+                    && &p[page::HEADER_BYTES..page::HEADER_BYTES + 6] == b"marker"
+            })
+            .expect("the value's run");
+        run as u64
+    }
+
+    /// A client's value can hold pages built to decode as a commit record. A crash while
+    /// its run is written (the run's first pages on disk, the rest and the real record
+    /// not) must leave the file at the commit before, not at the forged record: only a
+    /// record sealed with the file's own salt is one.
+    #[test]
+    fn a_value_built_to_look_like_a_commit_record_is_not_taken_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // Where the run lands: the layout does not depend on the values.
+        let run = commit_value(&dir.path().join("probe"), |_| {
+            value_of_pages(&vec![vec![0; PAGE_SIZE]; 3])
+        });
+        // Pages 2 and 3 of the run: both copies of a record of an empty database at applied
+        // index 999, with no data pages (so nothing for open to verify).
+        let forge = |seal: Seal| {
+            let record = CommitRecord {
+                seq: 9,
+                page_id: run + 2,
+                applied_index: 999,
+                applied_term: 1,
+                data_start: run + 2,
+                data_crc: 0,
+                prev_commit: NO_PAGE,
+                live_bytes: 3 * PAGE_SIZE as u64,
+                roots: [NO_PAGE; MAX_TREES],
+                user: Vec::new(),
+            };
+            let both = record.encode(seal);
+            let (copy0, copy1) = both.split_at(PAGE_SIZE);
+            value_of_pages(&[vec![0; PAGE_SIZE], copy0.to_vec(), copy1.to_vec()])
+        };
+        let open_torn = |name: &str, value: &dyn Fn(Seal) -> Vec<u8>| {
+            let path = dir.path().join(name);
+            assert_eq!(commit_value(&path, value), run);
+            // The crash: the run on disk up to its forged record, nothing after it.
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_len((run + 4) * PAGE_SIZE as u64).unwrap();
+            drop(f);
+            let db = Db::open(&path, DbOptions::default()).unwrap();
+            (
+                db.last_commit().applied_index,
+                db.get(0, b"before").unwrap(),
+            )
+        };
+        // The control: a page sealed as the file seals its records would be taken (so the
+        // crash above is one that matters)...
+        assert_eq!(open_torn("own", &forge), (999, None));
+        // ...but one sealed without a salt (version 1) or with another salt is not.
+        let unsalted = |_| forge(Seal::unsalted());
+        let other = |_| forge(Seal::fresh());
+        assert_eq!(open_torn("unsalted", &unsalted), (1, Some(b"1".to_vec())));
+        assert_eq!(open_torn("other", &other), (1, Some(b"1".to_vec())));
+    }
+
+    /// Files of the first format (no salt) open, take commits in their own format, and
+    /// open again.
+    #[test]
+    fn a_version_1_file_is_opened_and_written_in_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1");
+        std::fs::write(&path, page::encode_file_header(Seal::unsalted())).unwrap();
+        for i in 1..=3u64 {
+            let mut db = Db::open(&path, DbOptions::default()).unwrap();
+            assert_eq!(db.state.cur.file.seal, Seal::unsalted());
+            assert_eq!(db.last_commit().applied_index, i - 1);
+            db.put(0, &i.to_be_bytes(), &vec![i as u8; 5000]).unwrap();
+            db.commit(CommitMeta {
+                applied_index: i,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let db = Db::open(&path, DbOptions::default()).unwrap();
+        assert_eq!(all(&db, 0).len(), 3);
+        assert_eq!(db.last_commit().applied_index, 3);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (`pread`, safe from any thread), a bounded cache of branch pages, and the append path.
 
 use super::backing::Backing;
-use super::page::{self, PageBuf, PAGE_SIZE};
+use super::page::{self, PageBuf, Seal, PAGE_SIZE};
 use super::{BtreeError, Result};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -14,6 +14,8 @@ const CACHE_SHARDS: usize = 16;
 pub struct FileShared {
     pub file: Backing,
     pub path: PathBuf,
+    /// How the file's commit records are sealed, as its header says.
+    pub seal: Seal,
     cache: Vec<Mutex<HashMap<u64, Arc<PageBuf>>>>,
     cache_per_shard: usize,
 }
@@ -26,10 +28,31 @@ pub fn io_err(path: &Path, source: std::io::Error) -> BtreeError {
 }
 
 impl FileShared {
-    pub fn new(file: Backing, path: PathBuf, cache_pages: usize) -> FileShared {
+    /// The database file `file` at `path`, its header checked: a file too short for one, or
+    /// whose header is damaged or foreign, is `Corrupt`.
+    pub fn open(file: Backing, path: PathBuf, cache_pages: usize) -> Result<FileShared> {
+        let len = file.len().map_err(|e| io_err(&path, e))?;
+        if len < PAGE_SIZE as u64 {
+            return Err(BtreeError::Corrupt {
+                path,
+                offset: 0,
+                reason: "file shorter than its header page".into(),
+            });
+        }
+        let mut header = vec![0u8; PAGE_SIZE];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| io_err(&path, e))?;
+        let seal = page::check_file_header(&header, &path)?;
+        Ok(FileShared::new(file, path, cache_pages, seal))
+    }
+
+    /// The same file under another name (after a rename), or a file whose header was just
+    /// written with `seal`.
+    pub fn new(file: Backing, path: PathBuf, cache_pages: usize, seal: Seal) -> FileShared {
         FileShared {
             file,
             path,
+            seal,
             cache: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),

@@ -19,7 +19,11 @@ pub const KIND_FILE_HEADER: u8 = 5;
 
 pub const FILE_MAGIC: &[u8; 8] = b"CAIRNDB\0";
 pub const COMMIT_MAGIC: &[u8; 8] = b"CAIRNCMT";
-pub const FORMAT_VERSION: u32 = 1;
+/// The format new files are written in. Version 2 adds the file's salt (see [`Seal`]);
+/// files of version 1 are still opened, and written on in their own format.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version, without a salt.
+const FORMAT_VERSION_UNSALTED: u32 = 1;
 
 /// Per-entry bytes in a leaf besides key and value: slot (2) + klen (2) + flags (1) + pad (1) + vlen (4).
 pub const LEAF_ENTRY_OVERHEAD: usize = 10;
@@ -315,6 +319,50 @@ pub fn decode_overflow(run: &[u8], page_id: u64, len: u32, path: &Path) -> Resul
     Ok(run[HEADER_BYTES..HEADER_BYTES + len as usize].to_vec())
 }
 
+/// How a file's commit records are sealed: its format version, and (version 2) its salt, a
+/// random number in the file header that seeds each record's CRC. Open finds the newest
+/// commit by scanning back for a page that decodes as a record; without the salt, a
+/// client's value stored in an overflow run could hold a page built to decode as one, and a
+/// crash while that run was written would make open take it for the newest commit. The salt
+/// never leaves the file (only a snapshot of the file holds it), so such a page matches
+/// with the chance of guessing a 32-bit CRC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    version: u32,
+    salt: u64,
+}
+
+impl Seal {
+    /// A new file's: the current format, with a salt drawn from the operating system's
+    /// randomness (the keys of std's `RandomState`).
+    pub fn fresh() -> Seal {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        Seal {
+            version: FORMAT_VERSION,
+            salt: h.finish(),
+        }
+    }
+
+    /// A version 1 file's (records sealed by a plain CRC).
+    #[cfg(test)]
+    pub fn unsalted() -> Seal {
+        Seal {
+            version: FORMAT_VERSION_UNSALTED,
+            salt: 0,
+        }
+    }
+
+    /// The CRC of a commit record page (over bytes 4..).
+    fn crc(&self, p: &[u8]) -> u32 {
+        match self.version {
+            FORMAT_VERSION_UNSALTED => crc32c::crc32c(&p[4..]),
+            _ => crc32c::crc32c_append(crc32c::crc32c(&self.salt.to_le_bytes()), &p[4..]),
+        }
+    }
+}
+
 /// Every commit record is written twice, in consecutive pages, so that damage to one copy
 /// of the newest record is told apart from a torn write (see docs/btree.md).
 pub const COMMIT_COPIES: u64 = 2;
@@ -354,21 +402,22 @@ pub const COMMIT_USER_BYTES_MAX: usize = 2048;
 const _: () = assert!(C_USER + COMMIT_USER_BYTES_MAX <= PAGE_SIZE);
 
 impl CommitRecord {
-    /// Encodes both copies of the record (`COMMIT_COPIES` pages from `page_id`).
-    pub fn encode(&self) -> Vec<u8> {
+    /// Encodes both copies of the record (`COMMIT_COPIES` pages from `page_id`), sealed for
+    /// its file.
+    pub fn encode(&self, seal: Seal) -> Vec<u8> {
         let mut out = Vec::with_capacity(COMMIT_COPIES as usize * PAGE_SIZE);
         for copy in 0..COMMIT_COPIES {
-            out.extend_from_slice(&self.encode_copy(copy));
+            out.extend_from_slice(&self.encode_copy(copy, seal));
         }
         out
     }
 
-    fn encode_copy(&self, copy: u64) -> Vec<u8> {
+    fn encode_copy(&self, copy: u64, file_seal: Seal) -> Vec<u8> {
         assert!(self.user.len() <= COMMIT_USER_BYTES_MAX);
         let mut p = vec![0u8; PAGE_SIZE];
         p[C_COPY..C_COPY + 8].copy_from_slice(&copy.to_le_bytes());
         p[C_MAGIC..C_MAGIC + 8].copy_from_slice(COMMIT_MAGIC);
-        p[C_VERSION..C_VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        p[C_VERSION..C_VERSION + 4].copy_from_slice(&file_seal.version.to_le_bytes());
         p[C_NTREES..C_NTREES + 4].copy_from_slice(&(MAX_TREES as u32).to_le_bytes());
         p[C_APPLIED_INDEX..C_APPLIED_INDEX + 8].copy_from_slice(&self.applied_index.to_le_bytes());
         p[C_APPLIED_TERM..C_APPLIED_TERM + 8].copy_from_slice(&self.applied_term.to_le_bytes());
@@ -382,20 +431,24 @@ impl CommitRecord {
         }
         p[C_USER..C_USER + self.user.len()].copy_from_slice(&self.user);
         seal(&mut p, KIND_COMMIT, 0, self.page_id + copy, self.seq);
+        let crc = file_seal.crc(&p);
+        p[0..4].copy_from_slice(&crc.to_le_bytes());
         p
     }
 
-    /// Decodes a page that is a copy of a commit record at `page_id`, or `None` if it is not
-    /// one (wrong kind, bad checksum, wrong id or magic): a torn, damaged or foreign page.
-    pub fn decode(p: &[u8], page_id: u64) -> Option<CommitRecord> {
+    /// Decodes a page that is a copy of a commit record at `page_id` in a file sealed with
+    /// `seal`, or `None` if it is not one (wrong kind, bad checksum, wrong id, magic or
+    /// version): a torn, damaged or foreign page, or a page of a value built to look like a
+    /// record.
+    pub fn decode(p: &[u8], page_id: u64, seal: Seal) -> Option<CommitRecord> {
         if p.len() != PAGE_SIZE || kind_of(p) != KIND_COMMIT {
             return None;
         }
-        if rd_u32(p, 0) != crc32c::crc32c(&p[4..]) || rd_u64(p, 8) != page_id {
+        if rd_u32(p, 0) != seal.crc(p) || rd_u64(p, 8) != page_id {
             return None;
         }
         if &p[C_MAGIC..C_MAGIC + 8] != COMMIT_MAGIC
-            || rd_u32(p, C_VERSION) != FORMAT_VERSION
+            || rd_u32(p, C_VERSION) != seal.version
             || rd_u32(p, C_NTREES) as usize != MAX_TREES
         {
             return None;
@@ -434,17 +487,21 @@ impl CommitRecord {
     }
 }
 
-/// The file header (page 0): magic, format version, page size.
-pub fn encode_file_header() -> Vec<u8> {
+/// The file header (page 0): magic, format version, page size and (version 2) the salt.
+pub fn encode_file_header(file_seal: Seal) -> Vec<u8> {
     let mut p = vec![0u8; PAGE_SIZE];
     p[32..40].copy_from_slice(FILE_MAGIC);
-    p[40..44].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    p[40..44].copy_from_slice(&file_seal.version.to_le_bytes());
     p[44..48].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    if file_seal.version != FORMAT_VERSION_UNSALTED {
+        p[48..56].copy_from_slice(&file_seal.salt.to_le_bytes());
+    }
     seal(&mut p, KIND_FILE_HEADER, 0, 0, 0);
     p
 }
 
-pub fn check_file_header(p: &[u8], path: &Path) -> Result<()> {
+/// Checks the file header and returns how the file's commit records are sealed.
+pub fn check_file_header(p: &[u8], path: &Path) -> Result<Seal> {
     verify(p, 0, path)?;
     let bad = |reason: String| BtreeError::Corrupt {
         path: path.to_path_buf(),
@@ -455,7 +512,7 @@ pub fn check_file_header(p: &[u8], path: &Path) -> Result<()> {
         return Err(bad("not a cairn database file (bad magic)".into()));
     }
     let version = rd_u32(p, 40);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_UNSALTED {
         return Err(bad(format!("unsupported format version {version}")));
     }
     let page = rd_u32(p, 44);
@@ -464,7 +521,11 @@ pub fn check_file_header(p: &[u8], path: &Path) -> Result<()> {
             "page size {page}, this build uses {PAGE_SIZE}"
         )));
     }
-    Ok(())
+    let salt = match version {
+        FORMAT_VERSION_UNSALTED => 0,
+        _ => rd_u64(p, 48),
+    };
+    Ok(Seal { version, salt })
 }
 
 /// A tree id is valid if it indexes a root slot.

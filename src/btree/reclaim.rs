@@ -244,7 +244,7 @@ fn build(
     };
     create_file(dir, &tmp, &scratch)?;
     let f = dir.open(&tmp, true).map_err(|e| io_err(&tmp, e))?;
-    let file = Arc::new(FileShared::new(f, tmp.clone(), cache_pages));
+    let file = Arc::new(FileShared::open(f, tmp.clone(), cache_pages)?);
     let mut roots = [None, None, None, None, None, None, None, None];
     let mut loader = Loader {
         file: &file,

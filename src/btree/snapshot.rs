@@ -38,7 +38,7 @@ impl Snapshot {
     pub fn of_file(path: impl AsRef<Path>) -> Result<Snapshot> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-        let shared = FileShared::new(Backing::Disk(file), path.to_path_buf(), 0);
+        let shared = FileShared::open(Backing::Disk(file), path.to_path_buf(), 0)?;
         let (last, _, _) = find_state(&shared)?;
         let len = end_pages(&last) * PAGE_SIZE as u64;
         let meta = CommitMeta {
