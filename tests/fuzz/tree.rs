@@ -234,10 +234,12 @@ fn tree_fields(bytes: &[u8]) -> Vec<Field> {
 }
 
 /// Recomputes every checksum a mutation broke: each page's (an overflow run's over the
-/// run), then each commit record's data checksum and its own, in file order, so that
-/// damage behind the checksums reaches the decoders.
+/// run), then each commit record's data checksum and its own (seeded with the file's salt
+/// as its header gives it, for format 2), in file order, so that damage behind the
+/// checksums reaches the decoders.
 pub fn reseal(bytes: &mut [u8]) {
     let pages = bytes.len() / PAGE;
+    let salt = (pages > 0 && u32_at(bytes, 40) == 2).then(|| u64_at(bytes, 48));
     let mut p = 0;
     while p < pages {
         let b = p * PAGE;
@@ -260,7 +262,12 @@ pub fn reseal(bytes: &mut [u8]) {
         if p + run > pages {
             run = 1;
         }
-        let crc = crc32c::crc32c(&bytes[b + 4..b + run * PAGE]);
+        let crc = match (bytes[b + 4], salt) {
+            (4, Some(salt)) => {
+                crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &bytes[b + 4..b + PAGE])
+            }
+            _ => crc32c::crc32c(&bytes[b + 4..b + run * PAGE]),
+        };
         bytes[b..b + 4].copy_from_slice(&crc.to_le_bytes());
         p += run;
     }
