@@ -5,7 +5,7 @@ mod common;
 
 use cairn::client::{AsyncClient, ClientError};
 use cairn::mvcc::{PutRequest, RangeRequest, Request, Response};
-use cairn::protocol::{ClientRequest, ClientResponse};
+use cairn::protocol::{ClientRequest, ClientResponse, ErrorCode};
 use common::{free_addr, serve_command};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -83,6 +83,60 @@ fn many_tasks_share_one_connection_and_every_request_gets_its_own_reply() {
         (2..302).collect::<Vec<i64>>(),
         "each put its own revision"
     );
+}
+
+#[test]
+fn a_read_a_member_cannot_serve_goes_to_the_next_endpoint_and_a_write_does_not() {
+    // A member of a two-member cluster whose other member never starts: it has no leader,
+    // and answers linearizable reads and writes Unavailable at once.
+    let (lonely_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (own, absent, lonely) = (free_addr(), free_addr(), free_addr());
+    let mut child = serve_command(lonely_dir.path(), &lonely)
+        .args(["--placement", "unpinned", "--name", "a"])
+        .args([
+            "--initial-cluster",
+            &format!("a=http://{own},b=http://{absent}"),
+        ])
+        .args(["--initial-advertise-peer-urls", &format!("http://{own}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_serving(&lonely, Some(&mut child));
+    let _lonely = Member(child, lonely.clone());
+    let healthy = start(dir.path());
+    let endpoints = vec![lonely.clone(), healthy.1.clone()];
+    run(async move {
+        let client = AsyncClient::new(endpoints.clone(), Duration::from_secs(5));
+        // A write the first member refuses is not sent on: its error is the answer.
+        let refused = client.request(&put("w".into())).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ClientError::Server {
+                    code: ErrorCode::Unavailable,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        // A read goes on to the second member, and so do the requests after it.
+        let get = |key: &str| {
+            ClientRequest::Kv(Request::Range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            }))
+        };
+        let Ok(ClientResponse::Kv(Response::Range(r))) = client.request(&get("w")).await else {
+            panic!("the read was not asked of the second endpoint")
+        };
+        assert!(r.kvs.is_empty(), "the refused put was not applied");
+        assert_eq!(client.endpoint(), Some(endpoints[1].clone()));
+        client.request(&put("k".into())).await.expect("a put after");
+        let Ok(ClientResponse::Kv(Response::Range(r))) = client.request(&get("k")).await else {
+            panic!("read")
+        };
+        assert_eq!(r.kvs.len(), 1);
+    });
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! use cairn::client::AsyncClient;
 //! use cairn::mvcc::{PutRequest, Request};
 //! use cairn::protocol::ClientRequest;
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //!
 //! glommio::LocalExecutor::default().run(async {
 //!     let client = AsyncClient::new(vec!["127.0.0.1:2378".into()], Duration::from_secs(5));
@@ -19,7 +19,7 @@
 use super::ClientError;
 use crate::protocol::{
     decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
-    FrameKind, HEADER_BYTES,
+    ErrorCode, FrameKind, HEADER_BYTES,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -28,7 +28,7 @@ use rkyv::util::AlignedVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Requests in flight on one client by default; more wait for a slot.
 pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
@@ -67,6 +67,9 @@ struct Conn {
     out: flume::Sender<AlignedVec>,
     pending: RefCell<HashMap<u64, Waiter>>,
     dead: Cell<bool>,
+    /// Takes no new requests (its member answered a read Unavailable); those in flight on
+    /// it finish, and it closes with the last of them.
+    retired: Cell<bool>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
 
@@ -127,19 +130,48 @@ impl AsyncClient {
             .conn
             .borrow()
             .as_ref()
-            .filter(|c| !c.dead.get())
+            .filter(|c| !c.dead.get() && !c.retired.get())
             .cloned()
     }
 
     /// Sends one request and waits for its reply (or the timeout). A request that could not
     /// be handed to a connection is tried on the next endpoint; one that was is not
-    /// repeated (it may have been applied).
+    /// repeated (it may have been applied). A read answered Unavailable (no leader,
+    /// stopping) is asked of each other endpoint once, as [`super::Client::request`] does:
+    /// the connection to the member that answered takes no new requests (those in flight
+    /// on it finish there), and the next ones go to the next endpoint.
     pub async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
         let inner = &self.inner;
         let _slot = inner.slots.acquire_permit(1).await.map_err(local_err)?;
         let id = inner.next_id.get();
         inner.next_id.set(id + 1);
         let frame = encode_request(id, request).map_err(local_err)?;
+        let deadline = Instant::now().checked_add(inner.timeout);
+        let mut asked = 0;
+        loop {
+            asked += 1;
+            let (conn, reply) = self.ask(id, &frame, deadline).await?;
+            match reply {
+                Err(ClientError::Server {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }) if asked < inner.endpoints.len() && super::repeatable(request) => {
+                    conn.retired.set(true);
+                }
+                reply => return reply,
+            }
+        }
+    }
+
+    /// Sends a request frame on the live connection (connecting if needed) and waits for
+    /// its reply until `deadline` (none: no limit): the connection, and the reply.
+    async fn ask(
+        &self,
+        id: u64,
+        frame: &AlignedVec,
+        deadline: Option<Instant>,
+    ) -> Result<(Rc<Conn>, Result<ClientResponse, ClientError>), ClientError> {
+        let inner = &self.inner;
         let (tx, rx) = flume::bounded(1);
         let mut attempts = 0;
         let conn = loop {
@@ -165,13 +197,15 @@ impl AsyncClient {
             }
         };
         drop(tx);
-        let timeout = inner.timeout;
         let reply = futures_lite::future::or(async { Some(rx.recv_async().await) }, async {
-            glommio::timer::sleep(timeout).await;
+            match deadline {
+                Some(d) => glommio::timer::sleep(d.saturating_duration_since(Instant::now())).await,
+                None => futures_lite::future::pending().await,
+            }
             None
         })
         .await;
-        match reply {
+        let reply = match reply {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(ClientError::Protocol {
                 endpoint: conn.endpoint.clone(),
@@ -181,10 +215,11 @@ impl AsyncClient {
                 conn.pending.borrow_mut().remove(&id);
                 Err(ClientError::Timeout {
                     endpoint: conn.endpoint.clone(),
-                    after: timeout,
+                    after: inner.timeout,
                 })
             }
-        }
+        };
+        Ok((conn, reply))
     }
 
     /// The live connection, connecting (to the next endpoint after a failed one) if needed.
@@ -250,6 +285,7 @@ fn start_conn(stream: TcpStream, endpoint: String, index: usize, slots: usize) -
         out,
         pending: RefCell::new(HashMap::new()),
         dead: Cell::new(false),
+        retired: Cell::new(false),
         tasks: RefCell::new(Vec::new()),
     });
     let weak = Rc::downgrade(&conn);
