@@ -6,7 +6,7 @@
 //! use cairn::client::AsyncClient;
 //! use cairn::mvcc::{PutRequest, Request};
 //! use cairn::protocol::ClientRequest;
-//! use std::time::{Duration, Instant};
+//! use std::time::Duration;
 //!
 //! glommio::LocalExecutor::default().run(async {
 //!     let client = AsyncClient::new(vec!["127.0.0.1:2378".into()], Duration::from_secs(5));
@@ -147,16 +147,24 @@ impl AsyncClient {
         inner.next_id.set(id + 1);
         let frame = encode_request(id, request).map_err(local_err)?;
         let deadline = Instant::now().checked_add(inner.timeout);
+        let mut unavailable = None;
         let mut asked = 0;
         loop {
             asked += 1;
-            let (conn, reply) = self.ask(id, &frame, deadline).await?;
+            // Asked again but not sent: the member's answer is the error.
+            let (conn, reply) = match self.ask(id, &frame, deadline).await {
+                Ok(asked) => asked,
+                Err(e) => return Err(unavailable.unwrap_or(e)),
+            };
             match reply {
-                Err(ClientError::Server {
-                    code: ErrorCode::Unavailable,
-                    ..
-                }) if asked < inner.endpoints.len() && super::repeatable(request) => {
+                Err(
+                    e @ ClientError::Server {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    },
+                ) if asked < inner.endpoints.len() && super::repeatable(request) => {
                     conn.retired.set(true);
+                    unavailable = Some(e);
                 }
                 reply => return reply,
             }

@@ -167,12 +167,17 @@ impl Client {
                 *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout).unwrap_or(far));
             asked += 1;
             match self.read_reply(id, deadline) {
-                Err(ClientError::Server {
-                    code: ErrorCode::Unavailable,
-                    ..
-                }) if asked < self.endpoints.len() && repeatable(request) => {
-                    // Connecting from the current endpoint goes on to the next one.
-                    self.connect()?;
+                Err(
+                    e @ ClientError::Server {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    },
+                ) if asked < self.endpoints.len() && repeatable(request) => {
+                    // Connecting from the current endpoint goes on to the next one; if none
+                    // answers, the member's answer is the error.
+                    if self.connect().is_err() {
+                        return Err(e);
+                    }
                 }
                 reply => return reply,
             }
