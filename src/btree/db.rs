@@ -1188,9 +1188,9 @@ mod tests {
     }
 
     /// Files of the first format (no salt) open, take commits in their own format, and
-    /// open again.
+    /// open again; space reclamation moves one to a file of the current format.
     #[test]
-    fn a_version_1_file_is_opened_and_written_in_its_format() {
+    fn a_version_1_file_is_opened_and_written_in_its_format_until_a_reclaim() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1");
         std::fs::write(&path, page::encode_file_header(Seal::unsalted())).unwrap();
@@ -1205,9 +1205,28 @@ mod tests {
             })
             .unwrap();
         }
-        let db = Db::open(&path, DbOptions::default()).unwrap();
+        let mut db = Db::open(&path, DbOptions::default()).unwrap();
         assert_eq!(all(&db, 0).len(), 3);
         assert_eq!(db.last_commit().applied_index, 3);
+        db.start_reclaim().unwrap();
+        db.wait_reclaim_built();
+        db.commit(CommitMeta {
+            applied_index: 4,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(db.reclaims_done(), 1);
+        drop(db);
+        let db = Db::open(&path, DbOptions::default()).unwrap();
+        let seal = db.state.cur.file.seal;
+        assert_ne!(seal, Seal::unsalted());
+        let header = std::fs::read(&path).unwrap();
+        assert_eq!(
+            page::check_file_header(&header[..PAGE_SIZE], &path).unwrap(),
+            seal
+        );
+        assert_eq!(all(&db, 0).len(), 3);
+        assert_eq!(db.last_commit().applied_index, 4);
     }
 
     #[test]

@@ -323,9 +323,9 @@ pub fn decode_overflow(run: &[u8], page_id: u64, len: u32, path: &Path) -> Resul
 /// random number in the file header that seeds each record's CRC. Open finds the newest
 /// commit by scanning back for a page that decodes as a record; without the salt, a
 /// client's value stored in an overflow run could hold a page built to decode as one, and a
-/// crash while that run was written would make open take it for the newest commit. The salt
-/// never leaves the file (only a snapshot of the file holds it), so such a page matches
-/// with the chance of guessing a 32-bit CRC.
+/// crash while that run was written would make open take it for the newest commit. With the
+/// salt, such a page matches with the chance of guessing a 32-bit CRC; nothing but the tree
+/// reads it, except that a snapshot is a copy of the file (docs/btree.md, "The salt").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seal {
     version: u32,

@@ -137,7 +137,8 @@ impl AsyncClient {
     /// Sends one request and waits for its reply (or the timeout). A request that could not
     /// be handed to a connection is tried on the next endpoint; one that was is not
     /// repeated (it may have been applied). A read answered Unavailable (no leader,
-    /// stopping) is asked of each other endpoint once, as [`super::Client::request`] does:
+    /// stopping) is asked again on the next endpoint, at most once for each other endpoint,
+    /// as [`super::Client::request`] does:
     /// the connection to the member that answered takes no new requests (those in flight
     /// on it finish there), and the next ones go to the next endpoint.
     pub async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {

@@ -138,8 +138,9 @@ impl Client {
     /// connected. A request that could not be sent is tried on the next endpoint; one that
     /// was sent, or timed out while being sent, is not repeated (it may have been applied).
     /// A read that a member answers Unavailable (no leader, stopping, not serving yet) is
-    /// asked of the other endpoints, each once, as etcd's client retries its repeatable
-    /// requests; a write so answered is not (the error is returned).
+    /// asked again on the next endpoint that takes a connection, at most once for each
+    /// other endpoint, as etcd's client retries its repeatable requests; a write so answered
+    /// is not (the error is returned).
     pub fn request(&mut self, request: &ClientRequest) -> Result<ClientResponse, ClientError> {
         self.request_within(request, self.timeout)
     }
@@ -158,9 +159,13 @@ impl Client {
             reason: e.to_string(),
         })?;
         let mut deadline = None;
+        let mut unavailable = None;
         let mut asked = 0;
         loop {
-            self.send(&frame)?;
+            if let Err(e) = self.send(&frame) {
+                // Not sent: after a member's Unavailable answer, that answer is the error.
+                return Err(unavailable.unwrap_or(e));
+            }
             // A timeout too large for a deadline (`--command-timeout` is the user's) is none.
             let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
             let deadline =
@@ -178,6 +183,7 @@ impl Client {
                     if self.connect().is_err() {
                         return Err(e);
                     }
+                    unavailable = Some(e);
                 }
                 reply => return reply,
             }
