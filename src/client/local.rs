@@ -19,7 +19,7 @@
 use super::ClientError;
 use crate::protocol::{
     decode_error, decode_response, encode_request, split_frame, ClientRequest, ClientResponse,
-    ErrorCode, FrameKind, HEADER_BYTES,
+    FrameKind, HEADER_BYTES,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -158,12 +158,7 @@ impl AsyncClient {
                 Err(e) => return Err(unavailable.unwrap_or(e)),
             };
             match reply {
-                Err(
-                    e @ ClientError::Server {
-                        code: ErrorCode::Unavailable,
-                        ..
-                    },
-                ) if asked < inner.endpoints.len() && super::repeatable(request) => {
+                Err(e) if super::asks_again(&e, request, asked, inner.endpoints.len()) => {
                     conn.retired.set(true);
                     unavailable = Some(e);
                 }

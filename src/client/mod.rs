@@ -167,17 +167,13 @@ impl Client {
                 return Err(unavailable.unwrap_or(e));
             }
             // A timeout too large for a deadline (`--command-timeout` is the user's) is none.
-            let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-            let deadline =
-                *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout).unwrap_or(far));
+            let deadline = *deadline.get_or_insert_with(|| {
+                let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+                Instant::now().checked_add(timeout).unwrap_or(far)
+            });
             asked += 1;
             match self.read_reply(id, deadline) {
-                Err(
-                    e @ ClientError::Server {
-                        code: ErrorCode::Unavailable,
-                        ..
-                    },
-                ) if asked < self.endpoints.len() && repeatable(request) => {
+                Err(e) if asks_again(&e, request, asked, self.endpoints.len()) => {
                     // Connecting from the current endpoint goes on to the next one; if none
                     // answers, the member's answer is the error.
                     if self.connect().is_err() {
@@ -284,6 +280,24 @@ impl Client {
     pub fn endpoint(&self) -> Option<&str> {
         self.conn.as_ref().map(|(i, _)| self.endpoints[*i].as_str())
     }
+}
+
+/// Whether a request that got `error` on its `asked`-th try, of `endpoints`, is asked again
+/// on another endpoint: a read answered Unavailable, until each other endpoint had a try.
+fn asks_again(
+    error: &ClientError,
+    request: &ClientRequest,
+    asked: usize,
+    endpoints: usize,
+) -> bool {
+    matches!(
+        error,
+        ClientError::Server {
+            code: ErrorCode::Unavailable,
+            ..
+        }
+    ) && asked < endpoints
+        && repeatable(request)
 }
 
 /// Whether a request only reads, so that asking another member after an Unavailable answer
