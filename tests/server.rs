@@ -730,22 +730,11 @@ fn a_reply_over_64_mib_is_an_error_asking_for_a_limit() {
 #[test]
 fn a_read_a_member_cannot_serve_is_asked_of_the_next_endpoint_and_a_write_is_not() {
     use cairn::client::{Client as Library, ClientError};
-    // A member of a two-member cluster whose other member never starts: it has no leader,
-    // and answers linearizable reads and writes Unavailable at once.
+    // A member that never has a leader: it answers reads and writes Unavailable at once.
     let (lonely_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (own, absent) = (free_addr(), free_addr());
-    let lonely = Server::start_with(
-        lonely_dir.path(),
-        &free_addr(),
-        &[
-            "--name",
-            "a",
-            "--initial-cluster",
-            &format!("a=http://{own},b=http://{absent}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://{own}"),
-        ],
-    );
+    let flags = common::leaderless_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let lonely = Server::start_with(lonely_dir.path(), &free_addr(), &flags);
     let healthy = Server::start(dir.path(), &free_addr());
     let timeout = Duration::from_secs(5);
     let range = ClientRequest::Kv(Request::Range(RangeRequest {

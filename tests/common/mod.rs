@@ -41,6 +41,22 @@ pub fn serve_command(dir: &std::path::Path, addr: &str) -> std::process::Command
     cmd
 }
 
+/// `cairn serve` flags for a member of a two-member cluster whose other member never
+/// starts: it never has a leader, and answers linearizable reads and writes Unavailable at
+/// once.
+#[allow(dead_code)]
+pub fn leaderless_flags() -> Vec<String> {
+    let (own, absent) = (free_addr(), free_addr());
+    vec![
+        "--name".into(),
+        "a".into(),
+        "--initial-cluster".into(),
+        format!("a=http://{own},b=http://{absent}"),
+        "--initial-advertise-peer-urls".into(),
+        format!("http://{own}"),
+    ]
+}
+
 /// A tmpfs of `size` (as mount's `size=` option takes it) mounted for a test, unmounted on
 /// drop (stop every process using it first). Mounting needs root: `None`, with a line
 /// saying the test is skipped, where it is not allowed.
